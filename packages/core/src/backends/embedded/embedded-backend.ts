@@ -1,0 +1,107 @@
+import net from 'node:net';
+import { CoproxyError, ProxyHeaderMalformedError, RecordsMismatchError } from '../../errors.js';
+import { connectWithRecords } from '../../connector/connect.js';
+import type { Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
+import { readFlowHeader } from './read-flow-header.js';
+import { defaultRegistryDir, publishEntry, removeEntry } from './registry.js';
+
+/**
+ * The default backend: a userspace redirect layer for any OS, no privileges. Installing
+ * publishes a registry entry; `connect()` in any process then sends matching connections
+ * to this listener with a PROXY v2 header, which is read here before the flow is handed on.
+ * Cooperative: an app that does not use the connector is not redirected.
+ */
+export const embeddedBackend: Backend = {
+  name: 'embedded',
+  async install(spec: InstallSpec, sink: FlowSink): Promise<Installation> {
+    const registry = spec.registry ?? defaultRegistryDir();
+    const inHandshake = new Set<net.Socket>();
+    let uninstalled = false;
+
+    // Half-open allowed: a client's FIN must reach the origin while the reply still flows.
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+      inHandshake.add(socket);
+      const remote = { address: socket.remoteAddress, port: socket.remotePort };
+      readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes }).then(
+        ({ flow, headerBytes }) => {
+          inHandshake.delete(socket);
+          if (uninstalled) return void socket.destroy();
+          const redirectedBy = flow.records.redirectedBy;
+          if (redirectedBy[redirectedBy.length - 1] !== spec.id) {
+            reject(new RecordsMismatchError(spec.id, redirectedBy));
+            return;
+          }
+          sink.accepted({
+            socket,
+            originalDestination: flow.destination,
+            source: { ...flow.source, ...(flow.pid !== undefined && { pid: flow.pid }) },
+            records: flow.records,
+            context: flow.context,
+            framingBytes: headerBytes,
+            connectOnward: (records) =>
+              connectWithRecords(
+                { host: flow.destination.address, port: flow.destination.port, registry, allowHalfOpen: true },
+                records,
+              ),
+          });
+        },
+        (error: unknown) => {
+          inHandshake.delete(socket);
+          reject(error instanceof CoproxyError ? error : new ProxyHeaderMalformedError('unexpected', { cause: error }));
+        },
+      );
+      function reject(error: CoproxyError): void {
+        socket.destroy();
+        if (!uninstalled) sink.rejected(error, withoutUndefined(remote));
+      }
+    });
+
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: spec.listen.host, port: spec.listen.port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const address = server.address() as net.AddressInfo;
+    const listening = { address: address.address, port: address.port };
+    try {
+      publishEntry(registry, {
+        format: 1,
+        id: spec.id,
+        priority: spec.priority,
+        match: spec.match.rule,
+        failMode: spec.failMode,
+        listen: { host: listening.address, port: listening.port },
+        pid: process.pid,
+        ...(spec.context !== undefined && { context: spec.context.toString('base64') }),
+        startedAt: new Date().toISOString(),
+      });
+    } catch (error) {
+      server.close();
+      throw error;
+    }
+
+    return {
+      listening,
+      uninstall() {
+        if (uninstalled) return;
+        uninstalled = true;
+        removeEntry(registry, spec.id);
+        server.close(); // stops accepting; established flows finish on their own
+        for (const socket of inHandshake) socket.destroy();
+        inHandshake.clear();
+      },
+    };
+  },
+};
+
+function withoutUndefined(remote: { address: string | undefined; port: number | undefined }): {
+  address?: string;
+  port?: number;
+} {
+  return {
+    ...(remote.address !== undefined && { address: remote.address }),
+    ...(remote.port !== undefined && { port: remote.port }),
+  };
+}

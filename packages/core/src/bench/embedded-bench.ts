@@ -1,0 +1,648 @@
+/**
+ * What the embedded backend costs: connections per second and bytes per second on
+ * loopback through 0 (direct), 1 and 2 pass-through redirectors, measured side by side in
+ * one run and reported as absolute figures and as ratios to the direct case.
+ *
+ * The origin and each vendor run in their own child process (this script, forked with
+ * `origin` or `vendor …`), so the client and the proxies do not share one event loop.
+ * Everything uses a fresh temporary registry and 127.0.0.1 only.
+ *
+ * ```sh
+ * pnpm bench                                   # from the repo root
+ * BENCH_SECONDS=2 BENCH_MIB=64 node dist/bench/embedded-bench.js --json bench.json
+ * ```
+ *
+ * Environment: `BENCH_SECONDS` (3) per configuration for the connection rate,
+ * `BENCH_CONCURRENCY` (32) concurrent connection loops, `BENCH_MIB` (256) sent through one
+ * connection for the byte rate.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import type net from 'node:net';
+import { createServer } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pipeline } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { connect, createRedirector, type AcceptedConnection } from '../index.js';
+
+const HOST = '127.0.0.1';
+/** The origin's modes, chosen by the first byte of a connection. */
+const ECHO = 0x45; // 'E': echo every byte, this one included
+const SINK = 0x53; // 'S': count the bytes after this one, reply with the count on end
+const VENDORS = [
+  { id: 'bench-a', priority: 10 },
+  { id: 'bench-b', priority: 20 },
+] as const;
+const CONFIGURATIONS = [
+  { name: 'direct', vendors: 0 },
+  { name: '1 redirector', vendors: 1 },
+  { name: '2 redirectors', vendors: 2 },
+] as const;
+const MAX_CONNECTIONS = 200_000;
+/** Loops stop early once this many connections have failed: the figures would be noise. */
+const MAX_ERRORS = 100;
+const WARMUP_SECONDS = 0.5;
+const CONNECTION_TIMEOUT_MS = 10_000;
+const CHILD_TIMEOUT_MS = 10_000;
+const CHUNK_BYTES = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// IPC between the bench and its children
+
+interface ChildStats {
+  /** Connections the origin or vendor accepted. */
+  readonly accepted: number;
+  /** Vendors: accepted connections by the number of redirects in their records. */
+  readonly hops: Readonly<Record<string, number>>;
+  /** Connections that ended in an error (onward connect, relay, protocol). */
+  readonly failures: number;
+}
+
+type ChildMessage = { readonly ready: true; readonly port: number } | { readonly stats: ChildStats };
+type ParentMessage = { readonly query: 'stats' };
+
+function isChildMessage(value: unknown): value is ChildMessage {
+  if (typeof value !== 'object' || value === null) return false;
+  if ('ready' in value) return value.ready === true && 'port' in value && typeof value.port === 'number';
+  return 'stats' in value && typeof value.stats === 'object' && value.stats !== null;
+}
+
+function isParentMessage(value: unknown): value is ParentMessage {
+  return typeof value === 'object' && value !== null && 'query' in value && value.query === 'stats';
+}
+
+// ---------------------------------------------------------------------------------------
+// Children: the origin and the vendors
+
+interface ChildService {
+  readonly port: number;
+  stats(): ChildStats;
+  close(): Promise<void>;
+}
+
+/** Starts a service, reports it ready, answers stats queries, and stops with the bench. */
+function runChild(name: string, start: () => Promise<ChildService>): void {
+  const send = process.send?.bind(process);
+  if (send === undefined) {
+    console.error(`embedded-bench ${name}: runs as a child of the bench, with an IPC channel`);
+    process.exit(2);
+  }
+  let service: ChildService | undefined;
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    (service?.close() ?? Promise.resolve()).then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(`embedded-bench ${name}: close failed:`, error);
+        process.exit(1);
+      },
+    );
+  };
+  // The bench going away disconnects the channel; a terminal's Ctrl-C reaches us too.
+  process.on('disconnect', stop);
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('message', (message: unknown) => {
+    if (isParentMessage(message) && service !== undefined) send({ stats: service.stats() } satisfies ChildMessage);
+  });
+  start().then(
+    (started) => {
+      service = started;
+      if (stopping) return void started.close().finally(() => process.exit(0));
+      send({ ready: true, port: started.port } satisfies ChildMessage);
+    },
+    (error: unknown) => {
+      console.error(`embedded-bench ${name}: failed to start:`, error);
+      process.exit(1);
+    },
+  );
+}
+
+/** An echo/sink server: see {@link ECHO} and {@link SINK}. */
+async function startOrigin(): Promise<ChildService> {
+  let accepted = 0;
+  let failures = 0;
+  // Half-open, so a sink can still reply after the client has finished sending.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    accepted++;
+    let mode: number | undefined;
+    let count = 0;
+    socket.on('error', () => {
+      failures++;
+      socket.destroy();
+    });
+    socket.on('data', (chunk: Buffer) => {
+      if (mode === undefined) {
+        mode = chunk[0];
+        if (mode !== ECHO && mode !== SINK) return void socket.destroy(new Error(`unknown mode byte ${String(mode)}`));
+        if (mode === SINK) chunk = chunk.subarray(1);
+      }
+      if (mode === SINK) {
+        count += chunk.length;
+      } else if (!socket.write(chunk)) {
+        socket.pause();
+        socket.once('drain', () => socket.resume());
+      }
+    });
+    socket.on('end', () => (mode === SINK ? socket.end(String(count)) : socket.end()));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: HOST, port: 0 }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    stats: () => ({ accepted, hops: {}, failures }),
+    close: () => {
+      server.close();
+      return Promise.resolve();
+    },
+  };
+}
+
+/** A pass-through vendor: every accepted connection is relayed to its destination unchanged. */
+async function startVendor(id: string, priority: number, registry: string, originPort: number): Promise<ChildService> {
+  const redirector = createRedirector({ id, priority, registry, match: { ports: [originPort] } });
+  let accepted = 0;
+  let failures = 0;
+  const hops: Record<string, number> = {};
+  const subscription = redirector.accepted$.subscribe({
+    next: (connection) => {
+      accepted++;
+      const key = String(connection.records.hops);
+      hops[key] = (hops[key] ?? 0) + 1;
+      void relay(connection, (error) => {
+        if (failures++ === 0) console.error(`embedded-bench vendor ${id}: ${connection.id}:`, error);
+      });
+    },
+    error: (error: unknown) => {
+      console.error(`embedded-bench vendor ${id}: accepted$ failed:`, error);
+      process.exit(1);
+    },
+  });
+  await redirector.installed();
+  return {
+    port: redirector.listening?.port ?? 0,
+    stats: () => ({ accepted, hops: { ...hops }, failures }),
+    close: async () => {
+      subscription.unsubscribe();
+      await redirector.close();
+    },
+  };
+}
+
+/** Never rejects: every failure ends in `onFailure` and both sockets destroyed. */
+async function relay(connection: AcceptedConnection, onFailure: (error: unknown) => void): Promise<void> {
+  let upstream: net.Socket;
+  try {
+    upstream = await connection.connectOnward();
+  } catch (error) {
+    connection.socket.destroy();
+    onFailure(error);
+    return;
+  }
+  let failed = false;
+  // Each direction ends on its own (half-close passes through); only an error ends both.
+  const done = (error: Error | null | undefined): void => {
+    if (error === null || error === undefined || failed) return;
+    failed = true;
+    connection.socket.destroy();
+    upstream.destroy();
+    onFailure(error);
+  };
+  pipeline(connection.socket, upstream, done);
+  pipeline(upstream, connection.socket, done);
+}
+
+// ---------------------------------------------------------------------------------------
+// The bench: managing children
+
+interface Child {
+  readonly name: string;
+  readonly process: ChildProcess;
+  readonly port: number;
+}
+
+/** Live children, so a signal or a failure can stop them all. */
+const children = new Set<ChildProcess>();
+
+function spawnChild(name: string, args: readonly string[]): Promise<Child> {
+  const child = fork(fileURLToPath(import.meta.url), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return new Promise((resolve, reject) => {
+    const finish = (error: Error | undefined, port?: number): void => {
+      clearTimeout(timer);
+      child.off('message', onMessage);
+      child.off('exit', onExit);
+      child.off('error', onError);
+      if (error !== undefined) {
+        child.kill('SIGKILL');
+        reject(error);
+      } else {
+        resolve({ name, process: child, port: port ?? 0 });
+      }
+    };
+    const onMessage = (message: unknown): void => {
+      if (isChildMessage(message) && 'ready' in message) finish(undefined, message.port);
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null): void =>
+      finish(new Error(`${name} exited before it was ready (code ${String(code)}, signal ${String(signal)})`));
+    const onError = (error: Error): void => finish(error);
+    const timer = setTimeout(() => finish(new Error(`${name} not ready within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
+    child.on('message', onMessage);
+    child.once('exit', onExit);
+    child.once('error', onError);
+  });
+}
+
+function askStats(child: Child): Promise<ChildStats> {
+  return new Promise((resolve, reject) => {
+    const finish = (error: Error | undefined, stats?: ChildStats): void => {
+      clearTimeout(timer);
+      child.process.off('message', onMessage);
+      child.process.off('exit', onExit);
+      if (stats !== undefined) resolve(stats);
+      else reject(error ?? new Error(`${child.name}: no stats`));
+    };
+    const onMessage = (message: unknown): void => {
+      if (isChildMessage(message) && 'stats' in message) finish(undefined, message.stats);
+    };
+    const onExit = (): void => finish(new Error(`${child.name} exited before reporting its stats`));
+    const timer = setTimeout(() => finish(new Error(`${child.name}: no stats within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
+    child.process.on('message', onMessage);
+    child.process.once('exit', onExit);
+    child.process.send({ query: 'stats' } satisfies ParentMessage);
+  });
+}
+
+/** SIGTERM (the child closes its redirector and exits), then SIGKILL if it lingers. */
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// The bench: measuring
+
+interface Target {
+  readonly port: number;
+  readonly registry: string;
+  /** Connections opened by the client, so the vendors' counts can be checked against it. */
+  opened: number;
+}
+
+/** `connect()`, bounded in time: a connection that turns up late is destroyed. */
+function connectWithin(target: Target, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      reject(new Error(`connect did not complete within ${timeoutMs} ms`));
+    }, timeoutMs);
+    connect({ host: HOST, port: target.port, registry: target.registry }).then(
+      (socket) => {
+        clearTimeout(timer);
+        if (timedOut) return void socket.destroy();
+        target.opened++;
+        resolve(socket);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+/** One round trip: connect, write one byte, read it back, end, wait for close. */
+async function echoOnce(target: Target): Promise<void> {
+  const socket = await connectWithin(target, CONNECTION_TIMEOUT_MS);
+  return new Promise((resolve, reject) => {
+    let echoed = false;
+    const timer = setTimeout(() => socket.destroy(new Error('echo timed out')), CONNECTION_TIMEOUT_MS);
+    socket.on('data', (chunk: Buffer) => {
+      if (echoed || chunk.length !== 1 || chunk[0] !== ECHO) {
+        socket.destroy(new Error(`unexpected echo ${chunk.toString('hex')}`));
+        return;
+      }
+      echoed = true;
+      socket.end();
+    });
+    socket.on('error', reject);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      if (echoed) resolve();
+      else reject(new Error('closed before the echo'));
+    });
+    socket.write(Buffer.of(ECHO));
+  });
+}
+
+interface RateResult {
+  readonly completed: number;
+  readonly errors: number;
+  readonly seconds: number;
+  readonly firstError: unknown;
+}
+
+/** `concurrency` loops of `echoOnce` until the time is up, the cap reached, or too many fail. */
+async function connectionRate(target: Target, seconds: number, concurrency: number): Promise<RateResult> {
+  let started = 0;
+  let completed = 0;
+  let errors = 0;
+  let firstError: unknown;
+  const start = performance.now();
+  const deadline = start + seconds * 1000;
+  const loop = async (): Promise<void> => {
+    while (performance.now() < deadline && started < MAX_CONNECTIONS && errors < MAX_ERRORS) {
+      started++;
+      try {
+        await echoOnce(target);
+        completed++;
+      } catch (error) {
+        errors++;
+        firstError ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  return { completed, errors, seconds: (performance.now() - start) / 1000, firstError };
+}
+
+interface TransferResult {
+  readonly bytes: number;
+  readonly seconds: number;
+}
+
+/**
+ * Sends `bytes` to the origin's sink as fast as backpressure allows; timed from the first
+ * write to the arrival of the origin's count, which must equal what was sent.
+ */
+async function transfer(target: Target, bytes: number): Promise<TransferResult> {
+  const timeoutMs = 60_000 + bytes / 2 ** 20 * 500;
+  const socket = await connectWithin(target, CONNECTION_TIMEOUT_MS);
+  const chunk = Buffer.alloc(CHUNK_BYTES);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 131) & 0xff;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => socket.destroy(new Error(`transfer timed out after ${timeoutMs} ms`)), timeoutMs);
+    const reply: Buffer[] = [];
+    let replyBytes = 0;
+    let seconds: number | undefined;
+    let result: TransferResult | undefined;
+    socket.on('data', (data: Buffer) => {
+      seconds ??= (performance.now() - start) / 1000;
+      reply.push(data);
+      replyBytes += data.length;
+      if (replyBytes > 20) socket.destroy(new Error('the count reply is too long'));
+    });
+    socket.on('end', () => {
+      const text = Buffer.concat(reply).toString('latin1');
+      if (text !== String(bytes)) {
+        socket.destroy(new Error(`sent ${bytes} bytes, the origin counted ${JSON.stringify(text)}`));
+      } else if (seconds !== undefined) {
+        result = { bytes, seconds };
+      }
+    });
+    socket.on('error', reject);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      if (result !== undefined) resolve(result);
+      else reject(new Error('the connection closed without a valid count'));
+    });
+
+    let remaining = bytes;
+    const pump = (): void => {
+      while (remaining > 0) {
+        const size = Math.min(chunk.length, remaining);
+        remaining -= size;
+        if (!socket.write(size === chunk.length ? chunk : chunk.subarray(0, size))) {
+          socket.once('drain', pump);
+          return;
+        }
+      }
+      socket.end();
+    };
+    const start = performance.now();
+    socket.write(Buffer.of(SINK));
+    pump();
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// The bench: configurations and report
+
+interface Settings {
+  readonly seconds: number;
+  readonly concurrency: number;
+  readonly mib: number;
+  readonly json: string | undefined;
+}
+
+interface ConfigurationResult {
+  readonly name: string;
+  readonly redirectors: number;
+  readonly connections: number;
+  readonly connectionSeconds: number;
+  readonly connectionsPerSecond: number;
+  readonly bytes: number;
+  readonly bytesSeconds: number;
+  readonly megabytesPerSecond: number;
+  /** Connections accepted by the origin and each vendor, all opened by the client. */
+  readonly accepted: Readonly<Record<string, number>>;
+}
+
+async function runConfiguration(
+  configuration: (typeof CONFIGURATIONS)[number],
+  origin: Child,
+  registry: string,
+  settings: Settings,
+): Promise<ConfigurationResult> {
+  const vendors: Child[] = [];
+  try {
+    for (const vendor of VENDORS.slice(0, configuration.vendors)) {
+      const args = ['vendor', vendor.id, String(vendor.priority), registry, String(origin.port)];
+      vendors.push(await spawnChild(vendor.id, args));
+    }
+    const originBefore = await askStats(origin);
+    const target: Target = { port: origin.port, registry, opened: 0 };
+
+    const warmup = await connectionRate(target, WARMUP_SECONDS, settings.concurrency);
+    const rate = await connectionRate(target, settings.seconds, settings.concurrency);
+    for (const run of [warmup, rate]) {
+      if (run.errors > 0) {
+        throw new Error(`${configuration.name}: ${run.errors} connections failed; the first: ${describe(run.firstError)}`);
+      }
+    }
+    const bytes = await transfer(target, settings.mib * 2 ** 20);
+
+    // Every connection the client opened must have crossed each vendor once, in priority
+    // order (the n-th vendor sees n redirects in the records), and reached the origin.
+    const originAfter = await askStats(origin);
+    const accepted: Record<string, number> = { origin: originAfter.accepted - originBefore.accepted };
+    const problems: string[] = [];
+    if (accepted.origin !== target.opened) problems.push(`origin accepted ${accepted.origin}`);
+    if (originAfter.failures !== originBefore.failures) problems.push(`origin saw ${originAfter.failures - originBefore.failures} failures`);
+    for (const [index, vendor] of vendors.entries()) {
+      const stats = await askStats(vendor);
+      accepted[vendor.name] = stats.accepted;
+      const atHop = stats.hops[String(index + 1)] ?? 0;
+      if (stats.accepted !== target.opened) problems.push(`${vendor.name} accepted ${stats.accepted}`);
+      if (atHop !== stats.accepted) problems.push(`${vendor.name} took only ${atHop} as redirect ${index + 1} (${JSON.stringify(stats.hops)})`);
+      if (stats.failures !== 0) problems.push(`${vendor.name} saw ${stats.failures} failures`);
+    }
+    const counts = Object.entries(accepted).map(([name, count]) => `${name} ${count}`).join(', ');
+    console.log(`  ${configuration.name}: client opened ${target.opened}; accepted: ${counts}`);
+    if (problems.length > 0) {
+      throw new Error(`${configuration.name}: expected ${target.opened} everywhere, but ${problems.join('; ')}`);
+    }
+    return {
+      name: configuration.name,
+      redirectors: configuration.vendors,
+      connections: rate.completed,
+      connectionSeconds: rate.seconds,
+      connectionsPerSecond: rate.completed / rate.seconds,
+      bytes: bytes.bytes,
+      bytesSeconds: bytes.seconds,
+      megabytesPerSecond: bytes.bytes / bytes.seconds / 1e6,
+      accepted,
+    };
+  } finally {
+    await Promise.all(vendors.map((vendor) => stopChild(vendor.process)));
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+function readSettings(): Settings {
+  const { values } = parseArgs({ options: { json: { type: 'string' } }, strict: true, allowPositionals: false });
+  const number = (name: string, fallback: number, integer: boolean): number => {
+    const text = process.env[name];
+    if (text === undefined || text === '') return fallback;
+    const value = Number(text);
+    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+      throw new Error(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${JSON.stringify(text)}`);
+    }
+    return value;
+  };
+  return {
+    seconds: number('BENCH_SECONDS', 3, false),
+    concurrency: number('BENCH_CONCURRENCY', 32, true),
+    mib: number('BENCH_MIB', 256, true),
+    json: values.json,
+  };
+}
+
+function printTable(results: readonly ConfigurationResult[]): void {
+  const direct = results[0];
+  const ratio = (value: number, base: number | undefined): string =>
+    base === undefined || base === 0 ? '-' : (value / base).toFixed(2);
+  const rows = [
+    ['', 'conn/s', 'ratio', 'MB/s', 'ratio'],
+    ...results.map((result) => [
+      result.name,
+      result.connectionsPerSecond.toFixed(0),
+      ratio(result.connectionsPerSecond, direct?.connectionsPerSecond),
+      result.megabytesPerSecond.toFixed(1),
+      ratio(result.megabytesPerSecond, direct?.megabytesPerSecond),
+    ]),
+  ];
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
+  for (const row of rows) {
+    console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  '));
+  }
+}
+
+async function main(): Promise<void> {
+  const settings = readSettings();
+  const registry = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-bench-'));
+  const cleanUp = (): void => {
+    for (const child of children) child.kill('SIGTERM');
+    fs.rmSync(registry, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    console.error(`embedded-bench: ${signal}, stopping`);
+    cleanUp();
+    process.exit(130);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+    const machine = {
+      node: process.version,
+      cpu,
+      cores: os.cpus().length,
+      date: new Date().toISOString(),
+    };
+    console.log(
+      `embedded backend on ${HOST}: ${settings.seconds} s per configuration, ${settings.concurrency} concurrent ` +
+        `connections, ${settings.mib} MiB through one connection`,
+    );
+    const origin = await spawnChild('origin', ['origin']);
+    const results: ConfigurationResult[] = [];
+    for (const configuration of CONFIGURATIONS) {
+      results.push(await runConfiguration(configuration, origin, registry, settings));
+    }
+    console.log('');
+    printTable(results);
+    console.log('');
+    console.log(`Node ${machine.node}, ${machine.cpu}, ${machine.cores} cores, ${machine.date} (MB = 10^6 bytes)`);
+    if (settings.json !== undefined) {
+      const report = { ...machine, settings: { ...settings, json: undefined }, results };
+      fs.writeFileSync(settings.json, JSON.stringify(report, null, 2) + '\n');
+      console.log(`wrote ${path.resolve(settings.json)}`);
+    }
+    await stopChild(origin.process);
+  } finally {
+    await Promise.all([...children].map(stopChild));
+    fs.rmSync(registry, { recursive: true, force: true });
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function childArgs(): { id: string; priority: number; registry: string; originPort: number } {
+  const [id = '', priority = '', registry = '', originPort = ''] = process.argv.slice(3);
+  const result = { id, priority: Number(priority), registry, originPort: Number(originPort) };
+  if (id === '' || registry === '' || !Number.isInteger(result.priority) || !Number.isInteger(result.originPort)) {
+    throw new Error(`usage: embedded-bench vendor ID PRIORITY REGISTRY ORIGIN_PORT, got ${process.argv.slice(3).join(' ')}`);
+  }
+  return result;
+}
+
+switch (process.argv[2]) {
+  case 'origin':
+    runChild('origin', startOrigin);
+    break;
+  case 'vendor': {
+    const { id, priority, registry, originPort } = childArgs();
+    runChild(`vendor ${id}`, () => startVendor(id, priority, registry, originPort));
+    break;
+  }
+  default:
+    main().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error('embedded-bench failed:', error);
+        process.exit(1);
+      },
+    );
+}

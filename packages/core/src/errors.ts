@@ -1,0 +1,230 @@
+/**
+ * Every error coproxy raises is a `CoproxyError` with a stable literal `code`, so callers
+ * branch on `err.code` rather than on message text. Subclasses carry the facts a caller
+ * needs as readonly fields and keep the underlying `cause`.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   conn.context();
+ * } catch (err) {
+ *   if (err instanceof CoproxyError && err.code === 'COPROXY_CONTEXT_NOT_FOUND') {
+ *     // this redirector attached no context to the flow
+ *   } else throw err;
+ * }
+ * ```
+ */
+export abstract class CoproxyError extends Error {
+  abstract readonly code: CoproxyErrorCode;
+
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+export type CoproxyErrorCode =
+  | 'COPROXY_INVALID_OPTIONS'
+  | 'COPROXY_RECORDS_MALFORMED'
+  | 'COPROXY_RECORDS_FULL'
+  | 'COPROXY_RECORDS_MISMATCH'
+  | 'COPROXY_CONTEXT_NOT_FOUND'
+  | 'COPROXY_CONTEXT_ACCESS_DENIED'
+  | 'COPROXY_PROXY_HEADER_MALFORMED'
+  | 'COPROXY_PROXY_HEADER_TOO_LARGE'
+  | 'COPROXY_PROXY_HEADER_TIMEOUT'
+  | 'COPROXY_PROXY_HEADER_INCOMPLETE'
+  | 'COPROXY_REDIRECTOR_ID_IN_USE'
+  | 'COPROXY_REDIRECTOR_UNAVAILABLE'
+  | 'COPROXY_REDIRECTOR_CLOSED'
+  | 'COPROXY_REGISTRY_ERROR'
+  | 'COPROXY_BACKEND_UNAVAILABLE';
+
+/** An option passed to a coproxy function is out of its documented range. */
+export class InvalidOptionsError extends CoproxyError {
+  override readonly name = 'InvalidOptionsError';
+  readonly code = 'COPROXY_INVALID_OPTIONS';
+  constructor(
+    message: string,
+    readonly option: string,
+  ) {
+    super(`${option}: ${message}`);
+  }
+}
+
+/** A records blob failed strict decoding: wrong version, bad length, bad id, trailing bytes. */
+export class RecordsMalformedError extends CoproxyError {
+  override readonly name = 'RecordsMalformedError';
+  readonly code = 'COPROXY_RECORDS_MALFORMED';
+  constructor(
+    message: string,
+    /** Byte offset in the blob where decoding failed. */
+    readonly offset: number,
+  ) {
+    super(`malformed redirect records at byte ${offset}: ${message}`);
+  }
+}
+
+/** Adding one more redirect would exceed the records' bound. */
+export class RecordsFullError extends CoproxyError {
+  override readonly name = 'RecordsFullError';
+  readonly code = 'COPROXY_RECORDS_FULL';
+  constructor(readonly limit: number) {
+    super(`a flow may cross at most ${limit} redirectors; records are full`);
+  }
+}
+
+/**
+ * A connection reached a redirector whose own redirect is not the last one in the records
+ * it carries: it was not redirected here by the redirect layer.
+ */
+export class RecordsMismatchError extends CoproxyError {
+  override readonly name = 'RecordsMismatchError';
+  readonly code = 'COPROXY_RECORDS_MISMATCH';
+  constructor(
+    readonly redirectorId: string,
+    readonly redirectedBy: readonly string[],
+  ) {
+    super(
+      `connection reached redirector '${redirectorId}' but its records say it was redirected by [${redirectedBy.join(', ')}]`,
+    );
+  }
+}
+
+/** The redirector attached no context to this flow (WFP: the query finds nothing). */
+export class ContextNotFoundError extends CoproxyError {
+  override readonly name = 'ContextNotFoundError';
+  readonly code = 'COPROXY_CONTEXT_NOT_FOUND';
+  constructor(readonly redirectorId: string) {
+    super(`no redirect context for redirector '${redirectorId}' on this connection`);
+  }
+}
+
+/** The context belongs to another redirector; only the one that attached it may read it. */
+export class ContextAccessDeniedError extends CoproxyError {
+  override readonly name = 'ContextAccessDeniedError';
+  readonly code = 'COPROXY_CONTEXT_ACCESS_DENIED';
+  constructor(
+    readonly redirectorId: string,
+    readonly ownerId: string,
+  ) {
+    super(`redirector '${redirectorId}' may not read the context attached by '${ownerId}'`);
+  }
+}
+
+/** The PROXY protocol v2 header that starts a redirected connection is not valid. */
+export class ProxyHeaderMalformedError extends CoproxyError {
+  override readonly name = 'ProxyHeaderMalformedError';
+  readonly code = 'COPROXY_PROXY_HEADER_MALFORMED';
+  constructor(message: string, options?: ErrorOptions) {
+    super(`malformed PROXY v2 header: ${message}`, options);
+  }
+}
+
+/** The PROXY header announces more bytes than the accepting side allows. */
+export class ProxyHeaderTooLargeError extends CoproxyError {
+  override readonly name = 'ProxyHeaderTooLargeError';
+  readonly code = 'COPROXY_PROXY_HEADER_TOO_LARGE';
+  constructor(
+    readonly announced: number,
+    readonly limit: number,
+  ) {
+    super(`PROXY v2 header of ${announced} bytes exceeds the limit of ${limit}`);
+  }
+}
+
+/** The peer did not finish sending the PROXY header in time. */
+export class ProxyHeaderTimeoutError extends CoproxyError {
+  override readonly name = 'ProxyHeaderTimeoutError';
+  readonly code = 'COPROXY_PROXY_HEADER_TIMEOUT';
+  constructor(
+    readonly timeoutMs: number,
+    readonly received: number,
+  ) {
+    super(`PROXY v2 header not complete after ${timeoutMs} ms (${received} bytes received)`);
+  }
+}
+
+/** The peer closed or reset the connection before the PROXY header was complete. */
+export class ProxyHeaderIncompleteError extends CoproxyError {
+  override readonly name = 'ProxyHeaderIncompleteError';
+  readonly code = 'COPROXY_PROXY_HEADER_INCOMPLETE';
+  constructor(
+    readonly received: number,
+    options?: ErrorOptions,
+  ) {
+    super(`connection ended after ${received} bytes, before the PROXY v2 header was complete`, options);
+  }
+}
+
+/** Another live redirector already uses this id. */
+export class RedirectorIdInUseError extends CoproxyError {
+  override readonly name = 'RedirectorIdInUseError';
+  readonly code = 'COPROXY_REDIRECTOR_ID_IN_USE';
+  constructor(
+    readonly redirectorId: string,
+    readonly ownerPid: number,
+  ) {
+    super(`redirector id '${redirectorId}' is in use by process ${ownerPid}`);
+  }
+}
+
+/**
+ * A fail-closed redirector that matches the flow is down (its process is gone or its
+ * listener refuses), so the flow is refused rather than let through uninspected.
+ */
+export class RedirectorUnavailableError extends CoproxyError {
+  override readonly name = 'RedirectorUnavailableError';
+  readonly code = 'COPROXY_REDIRECTOR_UNAVAILABLE';
+  constructor(
+    readonly redirectorId: string,
+    readonly reason: string,
+    options?: ErrorOptions,
+  ) {
+    super(`redirector '${redirectorId}' is fail-closed and unavailable (${reason}); connection refused`, options);
+  }
+}
+
+/** The redirector was closed; it cannot be subscribed to again. */
+export class RedirectorClosedError extends CoproxyError {
+  override readonly name = 'RedirectorClosedError';
+  readonly code = 'COPROXY_REDIRECTOR_CLOSED';
+  constructor(readonly redirectorId: string) {
+    super(`redirector '${redirectorId}' is closed`);
+  }
+}
+
+/** The registry directory cannot be read or written. */
+export class RegistryError extends CoproxyError {
+  override readonly name = 'RegistryError';
+  readonly code = 'COPROXY_REGISTRY_ERROR';
+  constructor(
+    message: string,
+    readonly path: string,
+    options?: ErrorOptions,
+  ) {
+    super(`${message} (${path})`, options);
+  }
+}
+
+/** The requested backend cannot run here (wrong platform, missing privileges, not built yet). */
+export class BackendUnavailableError extends CoproxyError {
+  override readonly name = 'BackendUnavailableError';
+  readonly code = 'COPROXY_BACKEND_UNAVAILABLE';
+  constructor(
+    readonly backend: string,
+    readonly reason: string,
+  ) {
+    super(`backend '${backend}' is unavailable: ${reason}`);
+  }
+}
+
+/** Node's system errors carry an errno name in `code`; narrow `unknown` to read it. */
+export function errnoCode(error: unknown): string | undefined {
+  if (error instanceof Error && 'code' in error && typeof error.code === 'string') return error.code;
+  return undefined;
+}
+
+/** For `switch` statements over unions: adding a member breaks the build here. */
+export function unreachable(value: never): never {
+  throw new Error(`unreachable: ${JSON.stringify(value)}`);
+}

@@ -1,0 +1,66 @@
+/**
+ * @coproxy/core: redirect records for cooperating inspection proxies.
+ *
+ * A vendor creates a redirector, subscribes to its `accepted$` stream, inspects each
+ * connection and opens the onward leg with `connectOnward()`, which carries the flow's
+ * redirect records so no other cooperating redirector inspects it twice.
+ */
+export { createRedirector } from './redirector/redirector.js';
+export type { Redirector } from './redirector/redirector.js';
+export type { AcceptedConnection, ConnectOnwardOptions } from './redirector/accepted-connection.js';
+export type {
+  RedirectorOptions,
+  BackendName,
+  FailMode,
+} from './redirector/redirector-options.js';
+export { MAX_CONTEXT_BYTES } from './redirector/redirector-options.js';
+export type { MatchRule, PortSpec, Destination } from './redirector/match-rule.js';
+export { compileMatch } from './redirector/match-rule.js';
+export type {
+  RedirectorEvent,
+  InstalledEvent,
+  UninstalledEvent,
+  AcceptedEvent,
+  OnwardConnectedEvent,
+  OnwardFailedEvent,
+  ClosedEvent,
+  RejectedEvent,
+} from './redirector/redirector-events.js';
+export type { Endpoint } from './backends/backend.js';
+
+export { RedirectState, shouldRedirect } from './records/redirect-state.js';
+export { RedirectRecords, MAX_REDIRECTS } from './records/redirect-records.js';
+export { encodeRecords, decodeRecords, MAX_RECORDS_BYTES, RECORDS_VERSION } from './records/records-codec.js';
+export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './records/redirector-id.js';
+
+export { connect } from './connector/connect.js';
+export type { ConnectOptions } from './connector/connect.js';
+export { createAgent, createHttpsAgent } from './connector/agent.js';
+export type { CoproxyAgentOptions, CoproxyHttpsAgentOptions } from './connector/agent.js';
+
+export { defaultRegistryDir } from './backends/embedded/registry.js';
+export type { RegistryEntry } from './backends/embedded/registry.js';
+export { encodeProxyV2, decodeProxyV2, PROXY_V2_SIGNATURE } from './backends/embedded/proxy-v2.js';
+export type { ProxyV2Header, ProxyV2Tlv, ProxyV2Endpoint } from './backends/embedded/proxy-v2.js';
+export { encodeFlowHeader, decodeFlowHeader, TLV_RECORDS, TLV_CONTEXT, TLV_PID } from './backends/embedded/flow-header.js';
+export type { FlowHeader, FlowContext } from './backends/embedded/flow-header.js';
+
+export {
+  CoproxyError,
+  InvalidOptionsError,
+  RecordsMalformedError,
+  RecordsFullError,
+  RecordsMismatchError,
+  ContextNotFoundError,
+  ContextAccessDeniedError,
+  ProxyHeaderMalformedError,
+  ProxyHeaderTooLargeError,
+  ProxyHeaderTimeoutError,
+  ProxyHeaderIncompleteError,
+  RedirectorIdInUseError,
+  RedirectorUnavailableError,
+  RedirectorClosedError,
+  RegistryError,
+  BackendUnavailableError,
+} from './errors.js';
+export type { CoproxyErrorCode } from './errors.js';

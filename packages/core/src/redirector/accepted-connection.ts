@@ -1,0 +1,78 @@
+import type net from 'node:net';
+import type { AcceptedFlow, Endpoint } from '../backends/backend.js';
+import { ContextAccessDeniedError, ContextNotFoundError } from '../errors.js';
+import { RedirectRecords } from '../records/redirect-records.js';
+import { RedirectState } from '../records/redirect-state.js';
+import type { Destination } from './match-rule.js';
+import type { RedirectorEvent } from './redirector-events.js';
+
+export interface ConnectOnwardOptions {
+  /**
+   * Default `true`: the onward connection carries the flow's records, so no redirector
+   * inspects it twice. `false` carries only this redirector's own redirect, as a vendor
+   * that merely excludes itself would: for demonstrations and tests of the loop.
+   */
+  readonly propagateRecords?: boolean;
+}
+
+/**
+ * A connection redirected to this redirector, with what the redirect layer knows of it.
+ * The socket arrives paused; pipe it (with `stream.pipeline`) once the onward leg is up.
+ */
+export interface AcceptedConnection {
+  /** `<redirector id>#<n>`, unique in this process; events about it carry the same id. */
+  readonly id: string;
+  readonly socket: net.Socket;
+  readonly originalDestination: Destination;
+  readonly source: Endpoint & { readonly pid?: number };
+  /** What this redirector saw when the flow was classified: `NotRedirected` or `RedirectedByOther`. */
+  readonly state: RedirectState;
+  /** Opaque; includes this redirect, so `records.stateFor(self)` is `RedirectedBySelf`. */
+  readonly records: RedirectRecords;
+  /** This redirector's context; throws `COPROXY_CONTEXT_NOT_FOUND` when it attached none. */
+  context(): Buffer;
+  /** Opens the connection to the original destination with the records attached. */
+  connectOnward(options?: ConnectOnwardOptions): Promise<net.Socket>;
+}
+
+export class Accepted implements AcceptedConnection {
+  readonly socket: net.Socket;
+  readonly originalDestination: Destination;
+  readonly source: Endpoint & { readonly pid?: number };
+  readonly state: RedirectState;
+  readonly records: RedirectRecords;
+
+  constructor(
+    readonly id: string,
+    private readonly redirectorId: string,
+    private readonly flow: AcceptedFlow,
+    private readonly emit: (event: RedirectorEvent) => void,
+  ) {
+    this.socket = flow.socket;
+    this.originalDestination = flow.originalDestination;
+    this.source = flow.source;
+    this.records = flow.records;
+    this.state = flow.records.hops > 1 ? RedirectState.RedirectedByOther : RedirectState.NotRedirected;
+  }
+
+  context(): Buffer {
+    const context = this.flow.context;
+    if (context === undefined) throw new ContextNotFoundError(this.redirectorId);
+    if (context.owner !== this.redirectorId) throw new ContextAccessDeniedError(this.redirectorId, context.owner);
+    return Buffer.from(context.bytes);
+  }
+
+  async connectOnward(options: ConnectOnwardOptions = {}): Promise<net.Socket> {
+    const propagateRecords = options.propagateRecords ?? true;
+    const records = propagateRecords ? this.records : RedirectRecords.empty.withRedirect(this.redirectorId);
+    const base = { redirectorId: this.redirectorId, connectionId: this.id, destination: this.originalDestination };
+    try {
+      const socket = await this.flow.connectOnward(records);
+      this.emit({ type: 'onward-connected', at: Date.now(), ...base, propagateRecords, redirectedBy: records.redirectedBy });
+      return socket;
+    } catch (error) {
+      this.emit({ type: 'onward-failed', at: Date.now(), ...base, error: error as Error });
+      throw error;
+    }
+  }
+}

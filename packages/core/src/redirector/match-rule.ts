@@ -1,0 +1,100 @@
+import net from 'node:net';
+import { InvalidOptionsError } from '../errors.js';
+
+/** A port, or an inclusive range `[from, to]`. */
+export type PortSpec = number | readonly [from: number, to: number];
+
+/**
+ * Which outbound TCP connections a redirector takes. Every field narrows; an absent field
+ * matches everything. Addresses are matched after name resolution, as the kernel sees
+ * them, so the same rule means the same thing on every backend.
+ *
+ * @example
+ * ```ts
+ * { ports: [80, [8000, 8099]], hosts: ['203.0.113.0/24', '::1'], family: 4 }
+ * ```
+ */
+export interface MatchRule {
+  readonly ports?: readonly PortSpec[];
+  /** IP addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`, `127.0.0.1`). */
+  readonly hosts?: readonly string[];
+  readonly family?: 4 | 6;
+}
+
+export interface Destination {
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+}
+
+/** A validated rule, compiled for the per-connection check. */
+export interface CompiledMatch {
+  readonly rule: MatchRule;
+  matches(destination: Destination): boolean;
+}
+
+function assertPort(value: unknown, option: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 65535) {
+    throw new InvalidOptionsError(`ports are integers in 1..65535, got ${JSON.stringify(value)}`, option);
+  }
+}
+
+/** Validates a rule (it may come from JSON) and compiles it; throws `InvalidOptionsError`. */
+export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMatch {
+  if (typeof rule !== 'object' || rule === null) throw new InvalidOptionsError('must be an object', option);
+  const ranges: [number, number][] = [];
+  for (const [i, spec] of (rule.ports ?? []).entries()) {
+    if (Array.isArray(spec)) {
+      const [from, to] = spec as readonly unknown[];
+      assertPort(from, `${option}.ports[${i}][0]`);
+      assertPort(to, `${option}.ports[${i}][1]`);
+      if (from > to) throw new InvalidOptionsError(`range ${from}-${to} is empty`, `${option}.ports[${i}]`);
+      ranges.push([from, to]);
+    } else {
+      assertPort(spec, `${option}.ports[${i}]`);
+      ranges.push([spec, spec]);
+    }
+  }
+  if (rule.family !== undefined && rule.family !== 4 && rule.family !== 6) {
+    throw new InvalidOptionsError(`must be 4 or 6, got ${JSON.stringify(rule.family)}`, `${option}.family`);
+  }
+  let hosts: net.BlockList | undefined;
+  if (rule.hosts !== undefined) {
+    hosts = new net.BlockList();
+    for (const [i, host] of rule.hosts.entries()) addHost(hosts, host, `${option}.hosts[${i}]`);
+  }
+  const family = rule.family;
+  return {
+    rule,
+    matches(destination) {
+      if (family !== undefined && destination.family !== family) return false;
+      if (ranges.length > 0 && !ranges.some(([from, to]) => destination.port >= from && destination.port <= to)) {
+        return false;
+      }
+      if (hosts !== undefined && !hosts.check(destination.address, destination.family === 6 ? 'ipv6' : 'ipv4')) {
+        return false;
+      }
+      return true;
+    },
+  };
+}
+
+function addHost(list: net.BlockList, host: unknown, option: string): void {
+  if (typeof host !== 'string') throw new InvalidOptionsError('must be an address or CIDR string', option);
+  const [address = '', prefixText, ...extra] = host.split('/');
+  const family = net.isIP(address);
+  if (family === 0 || extra.length > 0) {
+    throw new InvalidOptionsError(`'${host}' is not an IP address or CIDR block (names are not matched)`, option);
+  }
+  const type = family === 6 ? 'ipv6' : 'ipv4';
+  if (prefixText === undefined) {
+    list.addAddress(address, type);
+    return;
+  }
+  const prefix = Number(prefixText);
+  const max = family === 6 ? 128 : 32;
+  if (!/^\d{1,3}$/.test(prefixText) || prefix > max) {
+    throw new InvalidOptionsError(`prefix length of '${host}' must be 0..${max}`, option);
+  }
+  list.addSubnet(address, prefix, type);
+}

@@ -1,0 +1,74 @@
+import type { BackendName } from './redirector-options.js';
+import type { CoproxyError } from '../errors.js';
+import type { Endpoint } from '../backends/backend.js';
+import type { Destination } from './match-rule.js';
+import type { RedirectState } from '../records/redirect-state.js';
+
+interface EventBase {
+  readonly redirectorId: string;
+  /** `Date.now()` when the event was emitted. */
+  readonly at: number;
+}
+
+/** The redirect rule is in place and the listener accepts connections. */
+export interface InstalledEvent extends EventBase {
+  readonly type: 'installed';
+  readonly backend: BackendName;
+  readonly listening: Endpoint;
+}
+
+/** The last subscriber left or the redirector closed: rule removed, listener closed. */
+export interface UninstalledEvent extends EventBase {
+  readonly type: 'uninstalled';
+}
+
+export interface AcceptedEvent extends EventBase {
+  readonly type: 'accepted';
+  readonly connectionId: string;
+  readonly source: Endpoint & { readonly pid?: number };
+  readonly originalDestination: Destination;
+  readonly state: RedirectState;
+  readonly redirectedBy: readonly string[];
+}
+
+export interface OnwardConnectedEvent extends EventBase {
+  readonly type: 'onward-connected';
+  readonly connectionId: string;
+  readonly destination: Destination;
+  readonly propagateRecords: boolean;
+  /** The records the onward connection carries. */
+  readonly redirectedBy: readonly string[];
+}
+
+export interface OnwardFailedEvent extends EventBase {
+  readonly type: 'onward-failed';
+  readonly connectionId: string;
+  readonly destination: Destination;
+  readonly error: Error;
+}
+
+/** An accepted connection ended; payload byte counts exclude redirect-layer framing. */
+export interface ClosedEvent extends EventBase {
+  readonly type: 'closed';
+  readonly connectionId: string;
+  readonly bytesFromClient: number;
+  readonly bytesToClient: number;
+  /** The socket error that ended it, if any. */
+  readonly error?: Error;
+}
+
+/** A connection reached the listener but was refused: bad header, wrong records… */
+export interface RejectedEvent extends EventBase {
+  readonly type: 'rejected';
+  readonly error: CoproxyError;
+  readonly remote: Partial<Endpoint>;
+}
+
+export type RedirectorEvent =
+  | InstalledEvent
+  | UninstalledEvent
+  | AcceptedEvent
+  | OnwardConnectedEvent
+  | OnwardFailedEvent
+  | ClosedEvent
+  | RejectedEvent;

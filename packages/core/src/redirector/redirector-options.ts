@@ -1,0 +1,40 @@
+import type { MatchRule } from './match-rule.js';
+
+/** Where a redirector's rule lives: see the README's backend table. */
+export type BackendName = 'embedded' | 'nftables' | 'wfp';
+
+/**
+ * What happens to matching traffic while the redirector is down (its process died
+ * without uninstalling). `open` lets it through uninspected; `closed` refuses it.
+ * A deliberate `close()` uninstalls the rule in both modes.
+ */
+export type FailMode = 'open' | 'closed';
+
+/** Serialisable description of a redirector; `createRedirector` validates it. */
+export interface RedirectorOptions {
+  /** Vendor identity, `[a-z0-9-]{1,32}`; two live redirectors may not share one. */
+  readonly id: string;
+  /** Lower is consulted first, as in nftables. An integer in -2^31..2^31-1. */
+  readonly priority: number;
+  /** Which connections to take; every TCP connection when absent. */
+  readonly match?: MatchRule;
+  /** Default `'embedded'`. */
+  readonly backend?: BackendName;
+  /** Default `'open'`. */
+  readonly failMode?: FailMode;
+  /**
+   * Bytes the redirect layer attaches to each flow it redirects here (at most
+   * {@link MAX_CONTEXT_BYTES}); only this redirector can read them, with `context()`.
+   */
+  readonly context?: Uint8Array;
+  /** The local listener; default `127.0.0.1`, an ephemeral port. */
+  readonly listen?: { readonly host?: string; readonly port?: number };
+  /** Embedded backend: the registry directory; default `COPROXY_REGISTRY` or a per-user temp dir. */
+  readonly registry?: string;
+  /** Embedded backend: how long a peer may take to send its PROXY header. Default 5000 ms. */
+  readonly headerTimeoutMs?: number;
+  /** Embedded backend: the largest PROXY header accepted. Default 4096 bytes. */
+  readonly maxHeaderBytes?: number;
+}
+
+export const MAX_CONTEXT_BYTES = 1024;

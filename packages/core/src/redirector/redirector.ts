@@ -1,0 +1,245 @@
+import type net from 'node:net';
+import { Observable, share, Subject, takeUntil } from 'rxjs';
+import type { AcceptedFlow, Backend, Endpoint, InstallSpec, Installation } from '../backends/backend.js';
+import { embeddedBackend } from '../backends/embedded/embedded-backend.js';
+import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
+import { wfpBackend } from '../backends/wfp/wfp-backend.js';
+import {
+  InvalidOptionsError,
+  RedirectorClosedError,
+  RedirectorIdInUseError,
+  unreachable,
+} from '../errors.js';
+import { assertRedirectorId } from '../records/redirector-id.js';
+import { Accepted, type AcceptedConnection } from './accepted-connection.js';
+import { compileMatch } from './match-rule.js';
+import type { RedirectorEvent } from './redirector-events.js';
+import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
+
+/**
+ * A vendor's redirect rule plus its local listener. Nothing happens until `accepted$` is
+ * subscribed: the first subscription installs the rule and listens, the last
+ * unsubscription removes the rule and closes the listener (open connections finish).
+ */
+export interface Redirector extends AsyncDisposable {
+  readonly id: string;
+  readonly priority: number;
+  readonly backend: BackendName;
+  /** Redirected connections, one per flow this redirector takes. */
+  readonly accepted$: Observable<AcceptedConnection>;
+  /** Lifecycle and per-connection events; hot, completes on `close()`. */
+  readonly events$: Observable<RedirectorEvent>;
+  /** The listener while installed. */
+  readonly listening: Endpoint | undefined;
+  /** Resolves when the rule is installed (now, or on the next subscription), rejects if that fails. */
+  installed(): Promise<Endpoint>;
+  /** Uninstalls, completes `accepted$` and `events$`; open connections finish on their own. */
+  close(): Promise<void>;
+  /** As `close()`, and destroys every open accepted connection. */
+  destroy(error?: Error): void;
+}
+
+const DEFAULT_HEADER_TIMEOUT_MS = 5000;
+const DEFAULT_MAX_HEADER_BYTES = 4096;
+const INT32 = 2 ** 31;
+
+/** Ids of live redirectors in this process, so a duplicate fails at creation. */
+const liveIds = new Set<string>();
+
+/**
+ * Creates a redirector. Validates everything up front and throws `InvalidOptionsError`
+ * (or `RedirectorIdInUseError`, `BackendUnavailableError`) synchronously.
+ *
+ * @example
+ * ```ts
+ * const r = createRedirector({ id: 'acme-av', priority: 100, match: { ports: [80] } });
+ * r.accepted$.subscribe(async (conn) => {
+ *   const upstream = await conn.connectOnward();
+ *   conn.socket.pipe(upstream).pipe(conn.socket);
+ * });
+ * ```
+ */
+export function createRedirector(options: RedirectorOptions): Redirector {
+  const spec = validate(options);
+  const backend = selectBackend(options.backend ?? 'embedded');
+  if (liveIds.has(spec.id)) throw new RedirectorIdInUseError(spec.id, process.pid);
+  liveIds.add(spec.id);
+  return new RedirectorImpl(spec, backend);
+}
+
+function selectBackend(name: BackendName): Backend {
+  switch (name) {
+    case 'embedded':
+      return embeddedBackend;
+    case 'nftables':
+      return nftablesBackend();
+    case 'wfp':
+      return wfpBackend();
+    default:
+      return unreachable(name);
+  }
+}
+
+function validate(options: RedirectorOptions): InstallSpec {
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionsError('must be an object', 'options');
+  assertRedirectorId(options.id);
+  if (!Number.isInteger(options.priority) || options.priority < -INT32 || options.priority >= INT32) {
+    throw new InvalidOptionsError(`must be an integer in -2^31..2^31-1, got ${String(options.priority)}`, 'priority');
+  }
+  const failMode = options.failMode ?? 'open';
+  if (failMode !== 'open' && failMode !== 'closed') throw new InvalidOptionsError(`must be 'open' or 'closed'`, 'failMode');
+  const backend = options.backend ?? 'embedded';
+  if (!['embedded', 'nftables', 'wfp'].includes(backend)) {
+    throw new InvalidOptionsError(`must be 'embedded', 'nftables' or 'wfp', got ${JSON.stringify(backend)}`, 'backend');
+  }
+  if (options.context !== undefined && (!(options.context instanceof Uint8Array) || options.context.length > MAX_CONTEXT_BYTES)) {
+    throw new InvalidOptionsError(`must be at most ${MAX_CONTEXT_BYTES} bytes`, 'context');
+  }
+  const port = options.listen?.port ?? 0;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidOptionsError('must be 0..65535', 'listen.port');
+  const positive = (value: number | undefined, fallback: number, option: string): number => {
+    const result = value ?? fallback;
+    if (!Number.isInteger(result) || result <= 0) throw new InvalidOptionsError('must be a positive integer', option);
+    return result;
+  };
+  return {
+    id: options.id,
+    priority: options.priority,
+    match: compileMatch(options.match),
+    failMode,
+    context: options.context === undefined ? undefined : Buffer.from(options.context),
+    listen: { host: options.listen?.host ?? '127.0.0.1', port },
+    registry: options.registry,
+    headerTimeoutMs: positive(options.headerTimeoutMs, DEFAULT_HEADER_TIMEOUT_MS, 'headerTimeoutMs'),
+    maxHeaderBytes: positive(options.maxHeaderBytes, DEFAULT_MAX_HEADER_BYTES, 'maxHeaderBytes'),
+  };
+}
+
+type Waiter = { resolve(listening: Endpoint): void; reject(error: unknown): void };
+
+class RedirectorImpl implements Redirector {
+  readonly id: string;
+  readonly priority: number;
+  readonly backend: BackendName;
+  readonly accepted$: Observable<AcceptedConnection>;
+  readonly events$: Observable<RedirectorEvent>;
+
+  private readonly events = new Subject<RedirectorEvent>();
+  private readonly closing = new Subject<void>();
+  private readonly open = new Set<net.Socket>();
+  private installation: Installation | undefined;
+  private waiters: Waiter[] = [];
+  private sequence = 0;
+  private closed = false;
+
+  constructor(
+    private readonly spec: InstallSpec,
+    private readonly impl: Backend,
+  ) {
+    this.id = spec.id;
+    this.priority = spec.priority;
+    this.backend = impl.name;
+    this.events$ = this.events.asObservable();
+    this.accepted$ = new Observable<AcceptedConnection>((subscriber) => {
+      if (this.closed) {
+        subscriber.error(new RedirectorClosedError(this.id));
+        return;
+      }
+      let tornDown = false;
+      let installation: Installation | undefined;
+      this.impl
+        .install(this.spec, {
+          accepted: (flow) => {
+            if (tornDown) return void flow.socket.destroy();
+            subscriber.next(this.track(flow));
+          },
+          rejected: (error, remote) => this.emit({ type: 'rejected', error, remote }),
+        })
+        .then(
+          (done) => {
+            if (tornDown) return done.uninstall();
+            installation = this.installation = done;
+            this.emit({ type: 'installed', backend: this.backend, listening: done.listening });
+            for (const waiter of this.waiters.splice(0)) waiter.resolve(done.listening);
+          },
+          (error: unknown) => {
+            for (const waiter of this.waiters.splice(0)) waiter.reject(error);
+            subscriber.error(error);
+          },
+        );
+      return () => {
+        tornDown = true;
+        if (installation === undefined) return;
+        installation.uninstall();
+        this.installation = undefined;
+        this.emit({ type: 'uninstalled' });
+      };
+    }).pipe(takeUntil(this.closing), share());
+  }
+
+  get listening(): Endpoint | undefined {
+    return this.installation?.listening;
+  }
+
+  installed(): Promise<Endpoint> {
+    if (this.closed) return Promise.reject(new RedirectorClosedError(this.id));
+    if (this.installation !== undefined) return Promise.resolve(this.installation.listening);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.closing.next(); // completes accepted$ subscribers; share() then tears down
+      for (const waiter of this.waiters.splice(0)) waiter.reject(new RedirectorClosedError(this.id));
+      liveIds.delete(this.id);
+      this.events.complete();
+    }
+    return Promise.resolve();
+  }
+
+  destroy(error?: Error): void {
+    void this.close();
+    for (const socket of this.open) socket.destroy(error);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  private emit(event: DistributiveOmit<RedirectorEvent, 'redirectorId' | 'at'>): void {
+    this.events.next({ ...event, redirectorId: this.id, at: Date.now() } as RedirectorEvent);
+  }
+
+  private track(flow: AcceptedFlow): AcceptedConnection {
+    const id = `${this.id}#${++this.sequence}`;
+    const connection = new Accepted(id, this.id, flow, (event) => this.events.next(event));
+    const { socket } = flow;
+    this.open.add(socket);
+    let lastError: Error | undefined;
+    // Always listened for, so a peer's reset can never crash the process, even when the
+    // vendor's code forgets to handle 'error'; the error is reported with 'closed'.
+    socket.on('error', (error) => (lastError = error));
+    socket.once('close', () => {
+      this.open.delete(socket);
+      this.emit({
+        type: 'closed',
+        connectionId: id,
+        bytesFromClient: Math.max(0, socket.bytesRead - flow.framingBytes),
+        bytesToClient: socket.bytesWritten,
+        ...(lastError !== undefined && { error: lastError }),
+      });
+    });
+    this.emit({
+      type: 'accepted',
+      connectionId: id,
+      source: connection.source,
+      originalDestination: connection.originalDestination,
+      state: connection.state,
+      redirectedBy: connection.records.redirectedBy,
+    });
+    return connection;
+  }
+}
+
+type DistributiveOmit<TValue, TKey extends PropertyKey> = TValue extends unknown ? Omit<TValue, TKey> : never;

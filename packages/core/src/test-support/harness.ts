@@ -1,0 +1,136 @@
+// Shared by the tests: real servers on loopback, started and stopped by each test.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream';
+import type { Subscription } from 'rxjs';
+import type { AcceptedConnection } from '../redirector/accepted-connection.js';
+import type { Redirector } from '../redirector/redirector.js';
+
+export interface TempDir extends Disposable {
+  readonly path: string;
+}
+
+export function tempRegistry(): TempDir {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-test-'));
+  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface EchoOrigin extends AsyncDisposable {
+  readonly port: number;
+  /** Bytes each connection sent, by arrival order. */
+  readonly received: Buffer[];
+}
+
+/** An origin that echoes every byte back and remembers what it got. */
+export async function startEchoOrigin(host = '127.0.0.1'): Promise<EchoOrigin> {
+  const received: Buffer[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => received.push(Buffer.concat(chunks)));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => sockets.delete(socket));
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    received,
+    async [Symbol.asyncDispose]() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+export interface Acceptance {
+  readonly redirectorId: string;
+  readonly tag: string;
+  readonly connection: AcceptedConnection;
+}
+
+/**
+ * A minimal vendor: reads the flow's tag line (`FLOW <tag>\n`) so the test knows which
+ * flow it saw, opens the onward leg, and relays bytes both ways.
+ */
+export function passThrough(
+  redirector: Redirector,
+  log: Acceptance[],
+  options: { propagateRecords?: boolean; onAccept?: (acceptance: Acceptance) => boolean } = {},
+): Subscription {
+  return redirector.accepted$.subscribe((connection) => {
+    void relay(connection);
+  });
+
+  async function relay(connection: AcceptedConnection): Promise<void> {
+    const { socket } = connection;
+    const head = await readLine(socket);
+    const acceptance = { redirectorId: redirector.id, tag: head.line.replace(/^FLOW /, ''), connection };
+    log.push(acceptance);
+    if (options.onAccept?.(acceptance) === false) {
+      socket.destroy();
+      return;
+    }
+    let upstream: net.Socket;
+    try {
+      upstream = await connection.connectOnward({ propagateRecords: options.propagateRecords ?? true });
+    } catch {
+      socket.destroy();
+      return;
+    }
+    upstream.write(head.bytes);
+    // Half-closes pass through; only an error tears both legs down.
+    pipeline(socket, upstream, (error) => error && upstream.destroy());
+    pipeline(upstream, socket, (error) => error && socket.destroy());
+  }
+}
+
+/** Reads through the first newline; returns the line and every byte read so far. */
+export function readLine(socket: net.Socket): Promise<{ line: string; bytes: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk);
+      const bytes = Buffer.concat(chunks);
+      const newline = bytes.indexOf(0x0a);
+      if (newline < 0) return;
+      socket.pause();
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      resolve({ line: bytes.subarray(0, newline).toString(), bytes });
+    };
+    const onEnd = (): void => reject(new Error('ended before a newline'));
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+  });
+}
+
+/** Sends `payload` after the tag line, half-closes, and collects the whole reply. */
+export async function exchange(socket: net.Socket, tag: string, payload: Buffer): Promise<Buffer> {
+  const reply: Buffer[] = [];
+  const done = new Promise<void>((resolve, reject) => {
+    socket.on('data', (chunk: Buffer) => reply.push(chunk));
+    socket.once('end', resolve);
+    socket.once('error', reject);
+  });
+  socket.write(`FLOW ${tag}\n`);
+  socket.end(payload);
+  await done;
+  return Buffer.concat(reply);
+}
+
+export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+/** Resolves once `predicate` holds, polling briefly; rejects after `timeoutMs`. */
+export async function until(predicate: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

@@ -1,6 +1,7 @@
 // One flat config for every package: typescript-eslint's type-aware rules catch
 // floating promises and unsafe `any` flows, which matter in socket code.
 import js from '@eslint/js';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
@@ -9,6 +10,7 @@ export default tseslint.config(
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
+      globals: globals.node,
       parserOptions: {
         projectService: { allowDefaultProject: ['packages/*/vitest.config.ts'] },
         tsconfigRootDir: import.meta.dirname,
@@ -19,6 +21,8 @@ export default tseslint.config(
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/switch-exhaustiveness-check': 'error',
       'no-empty': ['error', { allowEmptyCatch: false }],
+      // `await using _server = …` keeps a resource alive for a scope without naming a use.
+      '@typescript-eslint/no-unused-vars': ['error', { varsIgnorePattern: '^_', argsIgnorePattern: '^_' }],
     },
   },
   {

@@ -36,6 +36,8 @@ export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './records/redirector-id.j
 export { connect } from './connector/connect.js';
 export type { ConnectOptions } from './connector/connect.js';
 export { createAgent, createHttpsAgent } from './connector/agent.js';
+export { relay } from './connector/relay.js';
+export type { RelayResult } from './connector/relay.js';
 export type { CoproxyAgentOptions, CoproxyHttpsAgentOptions } from './connector/agent.js';
 
 export { defaultRegistryDir } from './backends/embedded/registry.js';

@@ -179,7 +179,7 @@ async function startVendor(id: string, priority: number, registry: string, origi
       accepted++;
       const key = String(connection.records.hops);
       hops[key] = (hops[key] ?? 0) + 1;
-      void relay(connection, (error) => {
+      void passThrough(connection, (error) => {
         if (failures++ === 0) console.error(`embedded-bench vendor ${id}: ${connection.id}:`, error);
       });
     },
@@ -200,7 +200,7 @@ async function startVendor(id: string, priority: number, registry: string, origi
 }
 
 /** Never rejects: every failure ends in `onFailure` and both sockets destroyed. */
-async function relay(connection: AcceptedConnection, onFailure: (error: unknown) => void): Promise<void> {
+async function passThrough(connection: AcceptedConnection, onFailure: (error: unknown) => void): Promise<void> {
   let upstream: net.Socket;
   try {
     upstream = await connection.connectOnward();

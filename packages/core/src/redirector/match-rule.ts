@@ -42,6 +42,13 @@ function assertPort(value: unknown, option: string): asserts value is number {
 /** Validates a rule (it may come from JSON) and compiles it; throws `InvalidOptionsError`. */
 export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMatch {
   if (typeof rule !== 'object' || rule === null) throw new InvalidOptionsError('must be an object', option);
+  for (const list of ['ports', 'hosts'] as const) {
+    const value = rule[list];
+    if (value !== undefined && (!Array.isArray(value) || value.length === 0)) {
+      // An empty list would read as "nothing" to some and "anything" to others: refuse it.
+      throw new InvalidOptionsError('must be a non-empty array, or absent to match every value', `${option}.${list}`);
+    }
+  }
   const ranges: [number, number][] = [];
   for (const [i, spec] of (rule.ports ?? []).entries()) {
     if (Array.isArray(spec)) {

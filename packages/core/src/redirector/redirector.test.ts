@@ -235,6 +235,7 @@ describe('redirector lifecycle', () => {
     [{ id: 'ok', priority: 1.5 }, 'priority'],
     [{ id: 'ok', priority: 1, match: { ports: [70000] } }, 'match.ports[0]'],
     [{ id: 'ok', priority: 1, match: { hosts: ['example.com'] } }, 'match.hosts[0]'],
+    [{ id: 'ok', priority: 1, match: { hosts: [] } }, 'match.hosts'],
     [{ id: 'ok', priority: 1, failMode: 'maybe' }, 'failMode'],
     [{ id: 'ok', priority: 1, context: Buffer.alloc(1025) }, 'context'],
   ])('rejects invalid options %j with a typed error naming %s', (options, option) => {

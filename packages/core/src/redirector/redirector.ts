@@ -208,7 +208,7 @@ class RedirectorImpl implements Redirector {
   }
 
   private emit(event: DistributiveOmit<RedirectorEvent, 'redirectorId' | 'at'>): void {
-    this.events.next({ ...event, redirectorId: this.id, at: Date.now() } as RedirectorEvent);
+    this.events.next({ ...event, redirectorId: this.id, at: Date.now() });
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {

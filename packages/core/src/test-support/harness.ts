@@ -4,8 +4,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream';
 import type { Subscription } from 'rxjs';
+import { relay } from '../connector/relay.js';
 import type { AcceptedConnection } from '../redirector/accepted-connection.js';
 import type { Redirector } from '../redirector/redirector.js';
 
@@ -64,10 +64,10 @@ export function passThrough(
   options: { propagateRecords?: boolean; onAccept?: (acceptance: Acceptance) => boolean } = {},
 ): Subscription {
   return redirector.accepted$.subscribe((connection) => {
-    void relay(connection);
+    void inspect(connection);
   });
 
-  async function relay(connection: AcceptedConnection): Promise<void> {
+  async function inspect(connection: AcceptedConnection): Promise<void> {
     const { socket } = connection;
     const head = await readLine(socket);
     const acceptance = { redirectorId: redirector.id, tag: head.line.replace(/^FLOW /, ''), connection };
@@ -84,9 +84,7 @@ export function passThrough(
       return;
     }
     upstream.write(head.bytes);
-    // Half-closes pass through; only an error tears both legs down.
-    pipeline(socket, upstream, (error) => error && upstream.destroy());
-    pipeline(upstream, socket, (error) => error && socket.destroy());
+    void relay(socket, upstream);
   }
 }
 

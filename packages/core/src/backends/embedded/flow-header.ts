@@ -15,8 +15,9 @@ import { encodeProxyV2 } from './proxy-v2.js';
  * | 0xE1 | context: u8 owner id length, owner id, then the context bytes (≤ 1024) |
  * | 0xE2 | originating process id, u32 big-endian |
  *
- * Other TLV types are ignored, as the PROXY spec asks of receivers; a coproxy TLV that
- * appears twice is an error.
+ * Other TLV types, the rest of the range included (reserved for later versions), are
+ * ignored, as the PROXY spec asks of receivers; one of the three above appearing twice is
+ * an error.
  */
 export const TLV_RECORDS = 0xe0;
 export const TLV_CONTEXT = 0xe1;
@@ -39,6 +40,9 @@ export interface FlowHeader {
 export function encodeFlowHeader(flow: FlowHeader): Buffer {
   const tlvs: ProxyV2Tlv[] = [{ type: TLV_RECORDS, value: encodeRecords(flow.records) }];
   if (flow.context !== undefined) {
+    if (!isRedirectorId(flow.context.owner) || flow.context.bytes.length > MAX_CONTEXT_BYTES) {
+      throw new RangeError('context owner must be a redirector id and the context at most 1024 bytes');
+    }
     const owner = Buffer.from(flow.context.owner, 'latin1');
     tlvs.push({ type: TLV_CONTEXT, value: Buffer.concat([Buffer.from([owner.length]), owner, flow.context.bytes]) });
   }
@@ -56,7 +60,7 @@ export function decodeFlowHeader(header: ProxyV2Header): FlowHeader {
   let pid: number | undefined;
   const seen = new Set<number>();
   for (const { type, value } of header.tlvs) {
-    if (type < 0xe0 || type > 0xef) continue;
+    if (type !== TLV_RECORDS && type !== TLV_CONTEXT && type !== TLV_PID) continue;
     if (seen.has(type)) throw new ProxyHeaderMalformedError(`TLV 0x${type.toString(16)} appears twice`);
     seen.add(type);
     switch (type) {
@@ -70,8 +74,6 @@ export function decodeFlowHeader(header: ProxyV2Header): FlowHeader {
         if (value.length !== 4) throw new ProxyHeaderMalformedError(`pid TLV of ${value.length} bytes, not 4`);
         pid = value.readUInt32BE(0);
         break;
-      default:
-        break; // the rest of the range is reserved for later versions
     }
   }
   if (records === undefined) throw new ProxyHeaderMalformedError('no redirect records TLV (0xE0)');

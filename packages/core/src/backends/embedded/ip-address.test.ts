@@ -118,6 +118,9 @@ describe('IP address conversion', () => {
 
   it('drops an IPv6 zone index', () => {
     expect(addressToBytes('fe80::1%eth0')).toEqual(addressToBytes('fe80::1'));
+    // A VLAN interface name has a dot, which must not be read as an embedded IPv4 part.
+    expect(addressToBytes('fe80::1%eth0.5')).toEqual(addressToBytes('fe80::1'));
+    expect(addressToBytes('::ffff:192.0.2.1%2')).toEqual(addressToBytes('::ffff:192.0.2.1'));
   });
 
   it('rejects text that is not an address and byte counts other than 4 or 16', () => {

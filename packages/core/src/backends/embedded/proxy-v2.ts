@@ -44,6 +44,7 @@ export function encodeProxyV2(header: Omit<ProxyV2Header, 'destination'> & { des
     if (source.length === 4) source = Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), source]);
     else destination = Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), destination]);
   }
+  if (header.destination.port < 1 || header.destination.port > 0xffff) throw new RangeError('destination port out of range');
   let tlvBytes = 0;
   for (const tlv of header.tlvs) {
     if (tlv.type < 0 || tlv.type > 0xff || tlv.value.length > 0xffff) throw new RangeError('TLV out of range');

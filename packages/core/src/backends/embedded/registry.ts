@@ -237,7 +237,8 @@ class RegistryTable {
         }
       }
     }
-    return loaded.sort((a, b) => a.entry.priority - b.entry.priority || a.entry.id.localeCompare(b.entry.id));
+    // Ties broken by id, byte order: every process must rank the table the same way.
+    return loaded.sort((a, b) => a.entry.priority - b.entry.priority || (a.entry.id < b.entry.id ? -1 : 1));
   }
 
   private watch(): void {

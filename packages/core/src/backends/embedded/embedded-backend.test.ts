@@ -1,0 +1,121 @@
+import net from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { connect } from '../../connector/connect.js';
+import { RedirectRecords } from '../../records/redirect-records.js';
+import { createRedirector } from '../../redirector/redirector.js';
+import type { RejectedEvent } from '../../redirector/redirector-events.js';
+import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
+import { exchange, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../test-support/harness.js';
+import { encodeFlowHeader, TLV_RECORDS } from './flow-header.js';
+import { encodeProxyV2, PROXY_V2_SIGNATURE } from './proxy-v2.js';
+
+let nextId = 0;
+const uniqueId = (name: string): string => `${name}-${process.pid % 10000}-${++nextId}`;
+
+/** Writes raw bytes to the listener and resolves when the redirector closes the socket. */
+async function sendRaw(port: number, bytes: Buffer, options: { end?: boolean } = {}): Promise<{ closedBy: 'peer' }> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => socket.destroy()); // a reset is one of the ways the listener may hang up
+  socket.write(bytes);
+  if (options.end === true) socket.end();
+  socket.resume();
+  await new Promise((resolve) => socket.once('close', resolve));
+  return { closedBy: 'peer' };
+}
+
+const goodFlow = (redirectorId: string, port: number): Buffer =>
+  encodeFlowHeader({
+    source: { address: '127.0.0.1', port: 40000 },
+    destination: { address: '127.0.0.1', port, family: 4 },
+    records: RedirectRecords.empty.withRedirect(redirectorId),
+    pid: 4242,
+  });
+
+describe('the embedded listener facing bad input', () => {
+  it('rejects each malformed, oversized, truncated or slow header with a typed event and keeps serving', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const r = createRedirector({
+      id: uniqueId('guard'), priority: 1, match: { ports: [origin.port] }, registry: registry.path,
+      headerTimeoutMs: 300, maxHeaderBytes: 512,
+    });
+    await using _r = r;
+    const rejected: RejectedEvent[] = [];
+    r.events$.subscribe((event) => event.type === 'rejected' && rejected.push(event));
+    const log: Acceptance[] = [];
+    const subscription = passThrough(r, log);
+    const { port } = await r.installed();
+
+    const good = goodFlow(r.id, origin.port);
+    const withBigTlv = encodeProxyV2({
+      source: { address: '127.0.0.1', port: 1 },
+      destination: { address: '127.0.0.1', port: origin.port },
+      tlvs: [{ type: 0xee, value: Buffer.alloc(600) }],
+    });
+    const cases: [string, Buffer, { end?: boolean }, string][] = [
+      ['plain HTTP instead of a header', Buffer.from('GET / HTTP/1.1\r\n\r\n'), {}, 'COPROXY_PROXY_HEADER_MALFORMED'],
+      ['a LOCAL command', Buffer.concat([PROXY_V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]), {}, 'COPROXY_PROXY_HEADER_MALFORMED'],
+      ['an oversized TLV', withBigTlv, {}, 'COPROXY_PROXY_HEADER_TOO_LARGE'],
+      ['a header cut short by the peer', good.subarray(0, 20), { end: true }, 'COPROXY_PROXY_HEADER_INCOMPLETE'],
+      ['a header that never completes', good.subarray(0, 20), {}, 'COPROXY_PROXY_HEADER_TIMEOUT'],
+      ['records that are not valid', corruptRecords(good), {}, 'COPROXY_RECORDS_MALFORMED'],
+      ['records that name another redirector last', goodFlow('someone-else', origin.port), {}, 'COPROXY_RECORDS_MISMATCH'],
+    ];
+    for (const [, bytes, options] of cases) await sendRaw(port, bytes, options);
+
+    await until(() => rejected.length === cases.length, 5000, 'every rejection');
+    expect(rejected.map((e) => e.error.code)).toEqual(cases.map(([, , , code]) => code));
+    expect(rejected.every((e) => e.remote.address === '127.0.0.1')).toBe(true);
+    expect(log).toHaveLength(0);
+
+    const reply = await exchange(await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path }), 'ok', Buffer.from('still serving'));
+    expect(reply.toString()).toBe('FLOW ok\nstill serving');
+    subscription.unsubscribe();
+  });
+
+  it('hands over payload bytes that arrive in the same segment as the header', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    await using r = createRedirector({ id: uniqueId('coalesce'), priority: 1, registry: registry.path });
+    const accepted: AcceptedConnection[] = [];
+    const subscription = r.accepted$.subscribe((conn) => accepted.push(conn));
+    const { port } = await r.installed();
+    const client = net.connect(port, '127.0.0.1');
+    client.end(Buffer.concat([goodFlow(r.id, origin.port), Buffer.from('payload-in-first-segment')]));
+    await until(() => accepted.length === 1, 5000, 'the flow');
+    const chunks: Buffer[] = [];
+    for await (const chunk of accepted[0]!.socket) chunks.push(chunk as Buffer);
+    expect(Buffer.concat(chunks).toString()).toBe('payload-in-first-segment');
+    expect(accepted[0]!.source).toEqual({ address: '127.0.0.1', port: 40000, pid: 4242 });
+    subscription.unsubscribe();
+  });
+
+  it("denies a redirector the context another redirector attached", async () => {
+    using registry = tempRegistry();
+    await using r = createRedirector({ id: uniqueId('reader'), priority: 1, registry: registry.path });
+    const accepted: AcceptedConnection[] = [];
+    const subscription = r.accepted$.subscribe((conn) => accepted.push(conn));
+    const { port } = await r.installed();
+    const forged = encodeFlowHeader({
+      source: { address: '127.0.0.1', port: 1 },
+      destination: { address: '127.0.0.1', port: 9, family: 4 },
+      records: RedirectRecords.empty.withRedirect('owner').withRedirect(r.id),
+      context: { owner: 'owner', bytes: Buffer.from('secret') },
+    });
+    const client = net.connect(port, '127.0.0.1');
+    client.write(forged);
+    await until(() => accepted.length === 1, 5000, 'the flow');
+    expect(() => accepted[0]!.context()).toThrow(
+      expect.objectContaining({ code: 'COPROXY_CONTEXT_ACCESS_DENIED', redirectorId: r.id, ownerId: 'owner' }),
+    );
+    client.destroy();
+    subscription.unsubscribe();
+  });
+});
+
+function corruptRecords(header: Buffer): Buffer {
+  const copy = Buffer.from(header);
+  const at = copy.indexOf(Buffer.from([TLV_RECORDS]), 16 + 12);
+  copy[at + 3] = 9; // records version 9
+  return copy;
+}

@@ -1,0 +1,106 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from '../connector/connect.js';
+import { exchange, startEchoOrigin, tempRegistry, until } from '../test-support/harness.js';
+
+// The child runs the built package (dist/): `pnpm test` builds first (turbo `test` dependsOn `build`).
+const fixture = fileURLToPath(new URL('../../test-fixtures/vendor-process.mjs', import.meta.url));
+
+interface VendorProcess {
+  readonly child: ChildProcess;
+  readonly accepted: { tag: string; state: string; redirectedBy: string[]; pid: number }[];
+}
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const child of children.splice(0)) child.kill('SIGKILL');
+});
+
+async function startVendor(args: string[]): Promise<VendorProcess> {
+  const child = fork(fixture, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.push(child);
+  const accepted: VendorProcess['accepted'] = [];
+  await new Promise<void>((resolve, reject) => {
+    child.on('message', (message: { ready?: number; accepted?: VendorProcess['accepted'][number] }) => {
+      if (message.ready !== undefined) resolve();
+      if (message.accepted !== undefined) accepted.push(message.accepted);
+    });
+    child.once('exit', (code) => reject(new Error(`vendor exited early with ${code}`)));
+  });
+  return { child, accepted };
+}
+
+const exited = (child: ChildProcess): Promise<unknown> => new Promise((resolve) => child.once('exit', resolve));
+
+describe('redirectors in separate processes', () => {
+  it('cooperate through the registry: each vendor inspects the flow once, in priority order', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const port = String(origin.port);
+    const [late, early] = await Promise.all([
+      startVendor(['mp-late', '50', registry.path, port]),
+      startVendor(['mp-early', '-50', registry.path, port]),
+    ]);
+
+    const replies = await Promise.all(
+      ['one', 'two', 'three'].map(async (tag) =>
+        (await exchange(await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path }), tag, Buffer.from(tag))).toString(),
+      ),
+    );
+
+    expect(replies).toEqual(['FLOW one\none', 'FLOW two\ntwo', 'FLOW three\nthree']);
+    expect(early.accepted.map((a) => a.tag).sort()).toEqual(['one', 'three', 'two']);
+    expect(late.accepted.map((a) => a.tag).sort()).toEqual(['one', 'three', 'two']);
+    expect(early.accepted.every((a) => a.state === 'NotRedirected' && a.pid === process.pid)).toBe(true);
+    expect(late.accepted.every((a) => a.state === 'RedirectedByOther' && a.pid === early.child.pid)).toBe(true);
+    expect(late.accepted[0]!.redirectedBy).toEqual(['mp-early', 'mp-late']);
+  });
+
+  it('fails open when a vendor is killed: its stale entry is skipped and traffic flows', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const vendor = await startVendor(['mp-open', '1', registry.path, String(origin.port), 'open']);
+    vendor.child.kill('SIGKILL');
+    await exited(vendor.child);
+    expect(fs.existsSync(path.join(registry.path, 'mp-open.json'))).toBe(true); // SIGKILL leaves it
+
+    const reply = await exchange(await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path }), 'x', Buffer.from('through'));
+    expect(reply.toString()).toBe('FLOW x\nthrough');
+    expect(origin.received.map(String)).toEqual(['FLOW x\nthrough']);
+  });
+
+  it('fails closed when a fail-closed vendor is killed: matching connections are refused with a typed error', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const vendor = await startVendor(['mp-closed', '1', registry.path, String(origin.port), 'closed']);
+    vendor.child.kill('SIGKILL');
+    await exited(vendor.child);
+
+    await expect(connect({ host: '127.0.0.1', port: origin.port, registry: registry.path })).rejects.toMatchObject({
+      code: 'COPROXY_REDIRECTOR_UNAVAILABLE',
+      redirectorId: 'mp-closed',
+    });
+    expect(origin.received).toHaveLength(0);
+  });
+
+  it('takes over the id of a killed vendor when it restarts, and removes its entry on a plain exit', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const first = await startVendor(['mp-restart', '1', registry.path, String(origin.port)]);
+    first.child.kill('SIGKILL');
+    await exited(first.child);
+    const second = await startVendor(['mp-restart', '1', registry.path, String(origin.port)]);
+    const entry = JSON.parse(fs.readFileSync(path.join(registry.path, 'mp-restart.json'), 'utf8')) as { pid: number };
+    expect(entry.pid).toBe(second.child.pid);
+
+    await exchange(await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path }), 'again', Buffer.from('.'));
+    expect(second.accepted.map((a) => a.tag)).toEqual(['again']);
+
+    second.child.send('exit-without-close');
+    await exited(second.child);
+    await until(() => !fs.existsSync(path.join(registry.path, 'mp-restart.json')), 2000, 'the entry to go');
+  });
+});

@@ -18,15 +18,13 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import type net from 'node:net';
-import { createServer } from 'node:net';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { pipeline } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { connect, createRedirector, type AcceptedConnection } from '../index.js';
+import { connect, createRedirector, relay, type AcceptedConnection } from '../index.js';
 
 const HOST = '127.0.0.1';
 /** The origin's modes, chosen by the first byte of a connection. */
@@ -128,7 +126,7 @@ async function startOrigin(): Promise<ChildService> {
   let accepted = 0;
   let failures = 0;
   // Half-open, so a sink can still reply after the client has finished sending.
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     accepted++;
     let mode: number | undefined;
     let count = 0;
@@ -209,17 +207,8 @@ async function passThrough(connection: AcceptedConnection, onFailure: (error: un
     onFailure(error);
     return;
   }
-  let failed = false;
-  // Each direction ends on its own (half-close passes through); only an error ends both.
-  const done = (error: Error | null | undefined): void => {
-    if (error === null || error === undefined || failed) return;
-    failed = true;
-    connection.socket.destroy();
-    upstream.destroy();
-    onFailure(error);
-  };
-  pipeline(connection.socket, upstream, done);
-  pipeline(upstream, connection.socket, done);
+  const { error } = await relay(connection.socket, upstream);
+  if (error !== undefined) onFailure(error);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,7 +475,7 @@ async function runConfiguration(
     const rate = await connectionRate(target, settings.seconds, settings.concurrency);
     for (const run of [warmup, rate]) {
       if (run.errors > 0) {
-        throw new Error(`${configuration.name}: ${run.errors} connections failed; the first: ${describe(run.firstError)}`);
+        throw new Error(`${configuration.name}: ${run.errors} connections failed; the first: ${describeError(run.firstError)}`);
       }
     }
     const bytes = await transfer(target, settings.mib * 2 ** 20);
@@ -496,18 +485,20 @@ async function runConfiguration(
     const originAfter = await askStats(origin);
     const accepted: Record<string, number> = { origin: originAfter.accepted - originBefore.accepted };
     const problems: string[] = [];
+    const seen = [`origin ${accepted.origin}`];
     if (accepted.origin !== target.opened) problems.push(`origin accepted ${accepted.origin}`);
     if (originAfter.failures !== originBefore.failures) problems.push(`origin saw ${originAfter.failures - originBefore.failures} failures`);
     for (const [index, vendor] of vendors.entries()) {
       const stats = await askStats(vendor);
+      const hop = index + 1;
+      const atHop = stats.hops[String(hop)] ?? 0;
       accepted[vendor.name] = stats.accepted;
-      const atHop = stats.hops[String(index + 1)] ?? 0;
+      seen.push(`${vendor.name} ${stats.accepted} (${atHop} as redirect ${hop})`);
       if (stats.accepted !== target.opened) problems.push(`${vendor.name} accepted ${stats.accepted}`);
-      if (atHop !== stats.accepted) problems.push(`${vendor.name} took only ${atHop} as redirect ${index + 1} (${JSON.stringify(stats.hops)})`);
+      if (atHop !== stats.accepted) problems.push(`${vendor.name} took ${atHop} as redirect ${hop}, hops seen ${JSON.stringify(stats.hops)}`);
       if (stats.failures !== 0) problems.push(`${vendor.name} saw ${stats.failures} failures`);
     }
-    const counts = Object.entries(accepted).map(([name, count]) => `${name} ${count}`).join(', ');
-    console.log(`  ${configuration.name}: client opened ${target.opened}; accepted: ${counts}`);
+    console.log(`  ${configuration.name}: client opened ${target.opened}; accepted: ${seen.join(', ')}`);
     if (problems.length > 0) {
       throw new Error(`${configuration.name}: expected ${target.opened} everywhere, but ${problems.join('; ')}`);
     }
@@ -527,7 +518,7 @@ async function runConfiguration(
   }
 }
 
-function describe(error: unknown): string {
+function describeError(error: unknown): string {
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
@@ -628,7 +619,7 @@ function childArgs(): { id: string; priority: number; registry: string; originPo
   return result;
 }
 
-switch (process.argv[2]) {
+switch (process.argv[2] ?? '') {
   case 'origin':
     runChild('origin', startOrigin);
     break;

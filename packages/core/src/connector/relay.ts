@@ -1,5 +1,4 @@
 import type net from 'node:net';
-import { pipeline } from 'node:stream';
 
 export interface RelayResult {
   /** Payload bytes written towards the upstream side. */
@@ -12,9 +11,13 @@ export interface RelayResult {
 
 /**
  * Splices two sockets both ways, the way a proxy that has finished inspecting forwards the
- * rest: backpressure through `stream.pipeline`, half-closes passed on (one side's FIN ends
- * the other side's writing only), and an error on either leg destroys both. Resolves when
- * both directions are done; it never rejects, the error is in the result.
+ * rest: backpressure through `pipe`, half-closes passed on (one side's FIN ends only the
+ * other side's writing), and an error or an abrupt close on either leg destroys both.
+ * Resolves when both sockets have closed; it never rejects, the error is in the result.
+ *
+ * `pipe` rather than `stream.pipeline`: on Node 20 every pipeline allocates an
+ * AbortController and aborts it on completion, which builds a DOMException with a stack;
+ * at thousands of connections per second that was a tenth of a vendor's CPU.
  *
  * @example
  * ```ts
@@ -26,22 +29,31 @@ export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayRe
   const clientAlreadyWritten = client.bytesWritten;
   const upstreamAlreadyWritten = upstream.bytesWritten;
   return new Promise((resolve) => {
-    let pending = 2;
     let firstError: Error | undefined;
-    const legDone = (error?: Error | null): void => {
-      if (error) {
-        firstError ??= error;
-        client.destroy();
-        upstream.destroy();
+    let closed = 0;
+    const fail = (error: Error): void => {
+      firstError ??= error;
+      client.destroy();
+      upstream.destroy();
+    };
+    const onClose = (socket: net.Socket, other: net.Socket) => (): void => {
+      // A socket closes cleanly only after it has both read to the end and finished
+      // writing; anything else (a local destroy, a reset) must not leave the other leg open.
+      if (!other.destroyed && !(socket.readableEnded && socket.writableFinished)) {
+        fail(Object.assign(new Error('one leg of the relay closed prematurely'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
       }
-      if (--pending > 0) return;
+      if (++closed < 2) return;
       resolve({
         fromClient: upstream.bytesWritten - upstreamAlreadyWritten,
         toClient: client.bytesWritten - clientAlreadyWritten,
         ...(firstError !== undefined && { error: firstError }),
       });
     };
-    pipeline(client, upstream, legDone);
-    pipeline(upstream, client, legDone);
+    client.on('error', fail);
+    upstream.on('error', fail);
+    client.once('close', onClose(client, upstream));
+    upstream.once('close', onClose(upstream, client));
+    client.pipe(upstream);
+    upstream.pipe(client);
   });
 }

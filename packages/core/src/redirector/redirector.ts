@@ -208,12 +208,13 @@ class RedirectorImpl implements Redirector {
   }
 
   private emit(event: DistributiveOmit<RedirectorEvent, 'redirectorId' | 'at'>): void {
+    if (!this.events.observed) return; // per-connection events cost nothing unobserved
     this.events.next({ ...event, redirectorId: this.id, at: Date.now() });
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {
     const id = `${this.id}#${++this.sequence}`;
-    const connection = new Accepted(id, this.id, flow, (event) => this.events.next(event));
+    const connection = new Accepted(id, this.id, flow, (event) => this.events.observed && this.events.next(event));
     const { socket } = flow;
     this.open.add(socket);
     let lastError: Error | undefined;

@@ -21,7 +21,6 @@ export const embeddedBackend: Backend = {
     // Half-open allowed: a client's FIN must reach the origin while the reply still flows.
     const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       inHandshake.add(socket);
-      const remote = { address: socket.remoteAddress, port: socket.remotePort };
       readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes }).then(
         ({ flow, headerBytes }) => {
           inHandshake.delete(socket);
@@ -51,8 +50,10 @@ export const embeddedBackend: Backend = {
         },
       );
       function reject(error: CoproxyError): void {
+        // The peer's address is read only here: getpeername per accepted flow adds up.
+        const remote = withoutUndefined({ address: socket.remoteAddress, port: socket.remotePort });
         socket.destroy();
-        if (!uninstalled) sink.rejected(error, withoutUndefined(remote));
+        if (!uninstalled) sink.rejected(error, remote);
       }
     });
 

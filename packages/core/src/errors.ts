@@ -37,6 +37,7 @@ export type CoproxyErrorCode =
   | 'COPROXY_REDIRECTOR_UNAVAILABLE'
   | 'COPROXY_REDIRECTOR_CLOSED'
   | 'COPROXY_REGISTRY_ERROR'
+  | 'COPROXY_CONNECT_TIMEOUT'
   | 'COPROXY_BACKEND_UNAVAILABLE';
 
 /** An option passed to a coproxy function is out of its documented range. */
@@ -203,6 +204,18 @@ export class RegistryError extends CoproxyError {
     options?: ErrorOptions,
   ) {
     super(`${message} (${path})`, options);
+  }
+}
+
+/** A connection was not established within the caller's `timeoutMs`. */
+export class ConnectTimeoutError extends CoproxyError {
+  override readonly name = 'ConnectTimeoutError';
+  readonly code = 'COPROXY_CONNECT_TIMEOUT';
+  constructor(
+    readonly target: string,
+    readonly timeoutMs: number,
+  ) {
+    super(`no connection to ${target} within ${timeoutMs} ms`);
   }
 }
 

@@ -63,6 +63,7 @@ export {
   RedirectorUnavailableError,
   RedirectorClosedError,
   RegistryError,
+  ConnectTimeoutError,
   BackendUnavailableError,
 } from './errors.js';
 export type { CoproxyErrorCode } from './errors.js';

@@ -42,12 +42,14 @@ export interface AcceptedFlow {
   readonly context: { readonly owner: string; readonly bytes: Buffer } | undefined;
   /** Bytes at the start of the stream that were redirect-layer framing, not payload. */
   readonly framingBytes: number;
-  connectOnward(records: RedirectRecords): Promise<net.Socket>;
+  connectOnward(records: RedirectRecords, options: { readonly timeoutMs: number }): Promise<net.Socket>;
 }
 
 export interface FlowSink {
   accepted(flow: AcceptedFlow): void;
   rejected(error: CoproxyError, remote: Partial<Endpoint>): void;
+  /** The installation broke for good (the listener failed): ends `accepted$` with the error. */
+  failed(error: Error): void;
 }
 
 export interface Installation {

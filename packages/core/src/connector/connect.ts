@@ -2,8 +2,8 @@ import dns from 'node:dns/promises';
 import net from 'node:net';
 import { encodeFlowHeader } from '../backends/embedded/flow-header.js';
 import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from '../backends/embedded/registry.js';
-import { errnoCode, RedirectorUnavailableError } from '../errors.js';
-import { RedirectRecords } from '../records/redirect-records.js';
+import { ConnectTimeoutError, errnoCode, InvalidOptionsError, RedirectorUnavailableError } from '../errors.js';
+import { MAX_REDIRECTS, RedirectRecords } from '../records/redirect-records.js';
 import type { Destination } from '../redirector/match-rule.js';
 import { candidates } from './classify.js';
 
@@ -20,6 +20,8 @@ export interface ConnectOptions {
   readonly allowHalfOpen?: boolean;
   /** The embedded registry to classify against; default as for redirectors. */
   readonly registry?: string;
+  /** Give up the TCP handshake after this long (`COPROXY_CONNECT_TIMEOUT`). No limit by default, as `net`. */
+  readonly timeoutMs?: number;
 }
 
 /**
@@ -41,10 +43,22 @@ export function connect(options: ConnectOptions): Promise<net.Socket> {
 
 /** `connect` for a flow that already has a redirect history (a proxy's onward leg). */
 export async function connectWithRecords(options: ConnectOptions, records: RedirectRecords): Promise<net.Socket> {
+  if (typeof options.host !== 'string' || options.host === '') throw new InvalidOptionsError('must be a host name or address', 'host');
+  if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) {
+    throw new InvalidOptionsError(`must be an integer in 1..65535, got ${String(options.port)}`, 'port');
+  }
+  if (options.timeoutMs !== undefined && (!Number.isInteger(options.timeoutMs) || options.timeoutMs <= 0)) {
+    throw new InvalidOptionsError('must be a positive integer', 'timeoutMs');
+  }
   const destination = await resolve(options);
   const table = registryTable(options.registry ?? defaultRegistryDir()).current();
   for (const candidate of candidates(table, destination, records)) {
     const { entry } = candidate;
+    if (records.hops >= MAX_REDIRECTS) {
+      // I2: a flow that has crossed the bound goes to its destination, and says so.
+      warnRecordsFull(entry.id);
+      break;
+    }
     if (!isProcessAlive(entry.pid)) {
       if (entry.failMode === 'open') continue;
       throw new RedirectorUnavailableError(entry.id, `its process ${entry.pid} is gone`);
@@ -52,11 +66,12 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
     try {
       return await dialRedirector(candidate, destination, records.withRedirect(entry.id), options);
     } catch (error) {
-      if (!isRefusal(error)) throw error;
       if (entry.failMode === 'closed') {
-        throw new RedirectorUnavailableError(entry.id, 'its listener refused the connection', { cause: error });
+        throw new RedirectorUnavailableError(entry.id, `its listener cannot be reached (${errnoCode(error) ?? String(error)})`, {
+          cause: error,
+        });
       }
-      // fail-open: a redirector that is not listening is as good as not installed
+      // fail-open: a redirector whose listener cannot be reached is as good as not installed
     }
   }
   return dial({
@@ -64,6 +79,7 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
     port: destination.port,
     family: destination.family,
     ...socketOptions(options),
+    timeoutMs: options.timeoutMs,
   });
 }
 
@@ -81,9 +97,16 @@ function socketOptions(options: ConnectOptions): Partial<net.TcpNetConnectOpts> 
   };
 }
 
-function isRefusal(error: unknown): boolean {
-  const code = errnoCode(error);
-  return code === 'ECONNREFUSED' || code === 'ECONNRESET';
+type DialOptions = net.TcpNetConnectOpts & { readonly timeoutMs?: number | undefined };
+
+let warnedFull = false;
+function warnRecordsFull(redirectorId: string): void {
+  if (warnedFull) return;
+  warnedFull = true;
+  process.emitWarning(
+    `coproxy: a flow crossed ${MAX_REDIRECTS} redirectors; '${redirectorId}' and any later ones are skipped for it`,
+    'CoproxyRecordsFullWarning',
+  );
 }
 
 function dialRedirector(
@@ -94,7 +117,7 @@ function dialRedirector(
 ): Promise<net.Socket> {
   const { entry } = candidate;
   return dial(
-    { host: entry.listen.host, port: entry.listen.port, ...socketOptions(options) },
+    { host: entry.listen.host, port: entry.listen.port, ...socketOptions(options), timeoutMs: options.timeoutMs },
     (socket) =>
       encodeFlowHeader({
         source: { address: socket.localAddress ?? '0.0.0.0', port: socket.localPort ?? 0 },
@@ -106,21 +129,35 @@ function dialRedirector(
   );
 }
 
-function dial(options: net.TcpNetConnectOpts, header?: (socket: net.Socket) => Buffer): Promise<net.Socket> {
+function dial(options: DialOptions, header?: (socket: net.Socket) => Buffer): Promise<net.Socket> {
+  const { timeoutMs, ...netOptions } = options;
   return new Promise((resolvePromise, reject) => {
-    const socket = net.connect(options);
-    const onError = (error: Error): void => {
+    const socket = net.connect(netOptions);
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => fail(new ConnectTimeoutError(`${String(options.host)}:${options.port}`, timeoutMs)), timeoutMs);
+    function fail(error: Error): void {
+      clearTimeout(timer);
       socket.destroy();
       reject(error);
-    };
-    socket.once('error', onError);
+    }
+    socket.once('error', fail);
     socket.once('connect', () => {
-      socket.off('error', onError);
+      clearTimeout(timer);
+      socket.off('error', fail);
       if (header !== undefined) {
+        let bytes: Buffer;
+        try {
+          bytes = header(socket);
+        } catch (error) {
+          // Thrown inside an event handler it would be uncaught: reject instead.
+          return fail(error instanceof Error ? error : new Error(String(error)));
+        }
         // Corked until the next turn, so the header and the app's first write (which
         // follows the resolved promise) leave in one segment.
         socket.cork();
-        socket.write(header(socket));
+        socket.write(bytes);
         setImmediate(() => socket.uncork());
       }
       resolvePromise(socket);

@@ -28,6 +28,13 @@ export interface RelayResult {
 export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayResult> {
   const clientAlreadyWritten = client.bytesWritten;
   const upstreamAlreadyWritten = upstream.bytesWritten;
+  if (client.destroyed || upstream.destroyed) {
+    // A leg already gone (a client that gave up while the onward leg was opening) emits
+    // no more 'close': tear down the other one and report it now.
+    client.destroy();
+    upstream.destroy();
+    return Promise.resolve({ fromClient: 0, toClient: 0, error: prematureClose() });
+  }
   return new Promise((resolve) => {
     let firstError: Error | undefined;
     let closed = 0;
@@ -40,7 +47,7 @@ export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayRe
       // A socket closes cleanly only after it has both read to the end and finished
       // writing; anything else (a local destroy, a reset) must not leave the other leg open.
       if (!other.destroyed && !(socket.readableEnded && socket.writableFinished)) {
-        fail(Object.assign(new Error('one leg of the relay closed prematurely'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+        fail(prematureClose());
       }
       if (++closed < 2) return;
       resolve({
@@ -56,4 +63,8 @@ export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayRe
     client.pipe(upstream);
     upstream.pipe(client);
   });
+}
+
+function prematureClose(): Error {
+  return Object.assign(new Error('one leg of the relay closed prematurely'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
 }

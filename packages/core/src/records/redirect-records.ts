@@ -1,4 +1,5 @@
 import { RecordsFullError } from '../errors.js';
+import { assertRedirectorId } from './redirector-id.js';
 import { RedirectState } from './redirect-state.js';
 
 /** At most this many redirects fit in one flow's records (the hop bound N). */
@@ -53,6 +54,7 @@ export class RedirectRecords {
    * first, so an id never appears twice.
    */
   withRedirect(redirectorId: string): RedirectRecords {
+    assertRedirectorId(redirectorId, 'redirectorId');
     if (this.redirectedBy.length >= MAX_REDIRECTS) throw new RecordsFullError(MAX_REDIRECTS);
     return new RedirectRecords([...this.redirectedBy, redirectorId]);
   }

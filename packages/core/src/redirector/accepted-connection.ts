@@ -13,11 +13,20 @@ export interface ConnectOnwardOptions {
    * that merely excludes itself would: for demonstrations and tests of the loop.
    */
   readonly propagateRecords?: boolean;
+  /** Give up reaching the destination after this long (`COPROXY_CONNECT_TIMEOUT`). Default 30 000 ms. */
+  readonly timeoutMs?: number;
 }
+
+export const DEFAULT_ONWARD_TIMEOUT_MS = 30_000;
 
 /**
  * A connection redirected to this redirector, with what the redirect layer knows of it.
- * The socket arrives paused; pipe it (with `stream.pipeline`) once the onward leg is up.
+ *
+ * The socket is an ordinary stream that has not started flowing: attach 'data', pipe it
+ * or `relay()` it once the onward leg is up. It allows half-open connections (a client's
+ * FIN must reach the origin while the reply still flows), so end it yourself, or use
+ * `relay()`, which does. coproxy keeps an 'error' listener on it and on the onward socket,
+ * so a peer's reset never crashes the process; errors are reported in the `closed` event.
  */
 export interface AcceptedConnection {
   /** `<redirector id>#<n>`, unique in this process; events about it carry the same id. */
@@ -31,7 +40,10 @@ export interface AcceptedConnection {
   readonly records: RedirectRecords;
   /** This redirector's context; throws `COPROXY_CONTEXT_NOT_FOUND` when it attached none. */
   context(): Buffer;
-  /** Opens the connection to the original destination with the records attached. */
+  /**
+   * Opens the connection to the original destination with the records attached. The
+   * socket allows half-open connections, like the accepted one.
+   */
   connectOnward(options?: ConnectOnwardOptions): Promise<net.Socket>;
 }
 
@@ -41,6 +53,8 @@ export class Accepted implements AcceptedConnection {
   readonly source: Endpoint & { readonly pid?: number };
   readonly state: RedirectState;
   readonly records: RedirectRecords;
+  /** The first error of an onward socket, for the `closed` event. */
+  onwardError: Error | undefined;
 
   constructor(
     readonly id: string,
@@ -67,7 +81,8 @@ export class Accepted implements AcceptedConnection {
     const records = propagateRecords ? this.records : RedirectRecords.empty.withRedirect(this.redirectorId);
     const base = { redirectorId: this.redirectorId, connectionId: this.id, destination: this.originalDestination };
     try {
-      const socket = await this.flow.connectOnward(records);
+      const socket = await this.flow.connectOnward(records, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
+      socket.on('error', (error) => (this.onwardError ??= error));
       this.emit({ type: 'onward-connected', at: Date.now(), ...base, propagateRecords, redirectedBy: records.redirectedBy });
       return socket;
     } catch (error) {

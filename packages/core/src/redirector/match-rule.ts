@@ -52,6 +52,7 @@ export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMa
   const ranges: [number, number][] = [];
   for (const [i, spec] of (rule.ports ?? []).entries()) {
     if (Array.isArray(spec)) {
+      if (spec.length !== 2) throw new InvalidOptionsError('a range is [from, to]', `${option}.ports[${i}]`);
       const [from, to] = spec as readonly unknown[];
       assertPort(from, `${option}.ports[${i}][0]`);
       assertPort(to, `${option}.ports[${i}][1]`);
@@ -71,8 +72,14 @@ export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMa
     for (const [i, host] of rule.hosts.entries()) addHost(hosts, host, `${option}.hosts[${i}]`);
   }
   const family = rule.family;
+  // A copy, frozen: the caller's object may change later, the installed rule must not.
+  const frozen: MatchRule = Object.freeze({
+    ...(rule.ports !== undefined && { ports: Object.freeze(rule.ports.map((p) => (Array.isArray(p) ? Object.freeze([...p]) : p))) as readonly PortSpec[] }),
+    ...(rule.hosts !== undefined && { hosts: Object.freeze([...rule.hosts]) }),
+    ...(family !== undefined && { family }),
+  });
   return {
-    rule,
+    rule: frozen,
     matches(destination) {
       if (family !== undefined && destination.family !== family) return false;
       if (ranges.length > 0 && !ranges.some(([from, to]) => destination.port >= from && destination.port <= to)) {

@@ -55,6 +55,8 @@ export interface ClosedEvent extends EventBase {
   readonly bytesToClient: number;
   /** The socket error that ended it, if any. */
   readonly error?: Error;
+  /** The first error of its onward socket, if any. */
+  readonly onwardError?: Error;
 }
 
 /** A connection reached the listener but was refused: bad header, wrong records… */

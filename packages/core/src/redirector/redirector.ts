@@ -5,6 +5,7 @@ import { embeddedBackend } from '../backends/embedded/embedded-backend.js';
 import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
 import { wfpBackend } from '../backends/wfp/wfp-backend.js';
 import {
+  type CoproxyError,
   InvalidOptionsError,
   RedirectorClosedError,
   RedirectorIdInUseError,
@@ -53,9 +54,14 @@ const liveIds = new Set<string>();
  * @example
  * ```ts
  * const r = createRedirector({ id: 'acme-av', priority: 100, match: { ports: [80] } });
- * r.accepted$.subscribe(async (conn) => {
- *   const upstream = await conn.connectOnward();
- *   conn.socket.pipe(upstream).pipe(conn.socket);
+ * r.accepted$.subscribe({
+ *   next: (conn) => {
+ *     conn.connectOnward().then(
+ *       (upstream) => relay(conn.socket, upstream),
+ *       () => conn.socket.destroy(), // reported as an 'onward-failed' event
+ *     );
+ *   },
+ *   error: (err) => console.error('redirector stopped', err), // install failed, listener died
  * });
  * ```
  */
@@ -128,6 +134,8 @@ class RedirectorImpl implements Redirector {
   private readonly closing = new Subject<void>();
   private readonly open = new Set<net.Socket>();
   private installation: Installation | undefined;
+  /** Settles when the latest installation has been undone (or never happened). */
+  private lifecycle: Promise<void> = Promise.resolve();
   private waiters: Waiter[] = [];
   private sequence = 0;
   private closed = false;
@@ -147,32 +155,45 @@ class RedirectorImpl implements Redirector {
       }
       let tornDown = false;
       let installation: Installation | undefined;
-      this.impl
-        .install(this.spec, {
-          accepted: (flow) => {
-            if (tornDown) return void flow.socket.destroy();
-            subscriber.next(this.track(flow));
-          },
-          rejected: (error, remote) => this.emit({ type: 'rejected', error, remote }),
-        })
+      // Installations of one redirector run one after the other: a resubscription waits
+      // until the previous installation is fully undone, so it never meets its own entry.
+      let settle!: () => void;
+      const previous = this.lifecycle;
+      this.lifecycle = new Promise((resolve) => (settle = resolve));
+      const sink = {
+        accepted: (flow: AcceptedFlow) => {
+          if (tornDown) return void flow.socket.destroy();
+          subscriber.next(this.track(flow));
+        },
+        rejected: (error: CoproxyError, remote: Partial<Endpoint>) => this.emit({ type: 'rejected', error, remote }),
+        failed: (error: Error) => subscriber.error(error),
+      };
+      void previous
+        .then(() => (tornDown ? undefined : this.impl.install(this.spec, sink)))
         .then(
           (done) => {
-            if (tornDown) return done.uninstall();
+            if (done === undefined) return settle();
+            if (tornDown) {
+              done.uninstall();
+              return settle();
+            }
             installation = this.installation = done;
             this.emit({ type: 'installed', backend: this.backend, listening: done.listening });
             for (const waiter of this.waiters.splice(0)) waiter.resolve(done.listening);
           },
           (error: unknown) => {
+            settle();
             for (const waiter of this.waiters.splice(0)) waiter.reject(error);
             subscriber.error(error);
           },
         );
       return () => {
         tornDown = true;
-        if (installation === undefined) return;
+        if (installation === undefined) return; // an install in flight undoes itself
         installation.uninstall();
         this.installation = undefined;
         this.emit({ type: 'uninstalled' });
+        settle();
       };
     }).pipe(takeUntil(this.closing), share());
   }
@@ -188,14 +209,17 @@ class RedirectorImpl implements Redirector {
   }
 
   close(): Promise<void> {
-    if (!this.closed) {
-      this.closed = true;
-      this.closing.next(); // completes accepted$ subscribers; share() then tears down
-      for (const waiter of this.waiters.splice(0)) waiter.reject(new RedirectorClosedError(this.id));
+    if (this.closed) return this.lifecycle;
+    this.closed = true;
+    this.closing.next(); // completes accepted$ subscribers; share() then tears down
+    this.closing.complete();
+    for (const waiter of this.waiters.splice(0)) waiter.reject(new RedirectorClosedError(this.id));
+    // The id is free again only once an install still in flight has undone itself.
+    this.lifecycle = this.lifecycle.then(() => {
       liveIds.delete(this.id);
       this.events.complete();
-    }
-    return Promise.resolve();
+    });
+    return this.lifecycle;
   }
 
   destroy(error?: Error): void {
@@ -229,6 +253,7 @@ class RedirectorImpl implements Redirector {
         bytesFromClient: Math.max(0, socket.bytesRead - flow.framingBytes),
         bytesToClient: socket.bytesWritten,
         ...(lastError !== undefined && { error: lastError }),
+        ...(connection.onwardError !== undefined && { onwardError: connection.onwardError }),
       });
     });
     this.emit({

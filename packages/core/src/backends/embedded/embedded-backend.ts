@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import path from 'node:path';
 import { CoproxyError, ProxyHeaderMalformedError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
 import type { Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
@@ -14,7 +16,8 @@ import { defaultRegistryDir, publishEntry, removeEntry } from './registry.js';
 export const embeddedBackend: Backend = {
   name: 'embedded',
   async install(spec: InstallSpec, sink: FlowSink): Promise<Installation> {
-    const registry = spec.registry ?? defaultRegistryDir();
+    const registry = spec.registry === undefined ? defaultRegistryDir() : path.resolve(spec.registry);
+    const nonce = randomBytes(8).toString('hex');
     const inHandshake = new Set<net.Socket>();
     let uninstalled = false;
 
@@ -37,9 +40,9 @@ export const embeddedBackend: Backend = {
             records: flow.records,
             context: flow.context,
             framingBytes: headerBytes,
-            connectOnward: (records) =>
+            connectOnward: (records, { timeoutMs }) =>
               connectWithRecords(
-                { host: flow.destination.address, port: flow.destination.port, registry, allowHalfOpen: true },
+                { host: flow.destination.address, port: flow.destination.port, registry, allowHalfOpen: true, timeoutMs },
                 records,
               ),
           });
@@ -65,7 +68,11 @@ export const embeddedBackend: Backend = {
       });
     });
     const address = server.address() as net.AddressInfo;
-    const listening = { address: address.address, port: address.port };
+    // A listener on every interface is dialled on loopback: "0.0.0.0" is no destination.
+    const dialable = address.address === '0.0.0.0' ? '127.0.0.1' : address.address === '::' ? '::1' : address.address;
+    const listening = { address: dialable, port: address.port };
+    // After listen, a server error (accept failing for good) ends this installation.
+    server.on('error', (error) => sink.failed(error));
     try {
       publishEntry(registry, {
         format: 1,
@@ -75,6 +82,7 @@ export const embeddedBackend: Backend = {
         failMode: spec.failMode,
         listen: { host: listening.address, port: listening.port },
         pid: process.pid,
+        nonce,
         ...(spec.context !== undefined && { context: spec.context.toString('base64') }),
         startedAt: new Date().toISOString(),
       });
@@ -88,7 +96,7 @@ export const embeddedBackend: Backend = {
       uninstall() {
         if (uninstalled) return;
         uninstalled = true;
-        removeEntry(registry, spec.id);
+        removeEntry(registry, spec.id, nonce);
         server.close(); // stops accepting; established flows finish on their own
         for (const socket of inHandshake) socket.destroy();
         inHandshake.clear();

@@ -1,11 +1,11 @@
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { errnoCode, RedirectorIdInUseError, RegistryError } from '../../errors.js';
 import { isRedirectorId } from '../../records/redirector-id.js';
 import { compileMatch, type CompiledMatch, type MatchRule } from '../../redirector/match-rule.js';
-import type { FailMode } from '../../redirector/redirector-options.js';
+import { MAX_CONTEXT_BYTES, type FailMode } from '../../redirector/redirector-options.js';
 
 /**
  * The embedded backend's redirect table: a directory with one JSON file per installed
@@ -21,6 +21,8 @@ export interface RegistryEntry {
   readonly failMode: FailMode;
   readonly listen: { readonly host: string; readonly port: number };
   readonly pid: number;
+  /** Random per installation: who may remove the entry, even within one process. */
+  readonly nonce: string;
   /** base64 */
   readonly context?: string;
   readonly startedAt: string;
@@ -34,9 +36,15 @@ export interface TableEntry {
   readonly context: Buffer | undefined;
 }
 
+/**
+ * `COPROXY_REGISTRY`, else `$XDG_RUNTIME_DIR/coproxy/registry` (per user, private by
+ * design), else `<os tmpdir>/coproxy-<uid>/registry`.
+ */
 export function defaultRegistryDir(): string {
   const fromEnv = process.env.COPROXY_REGISTRY;
   if (fromEnv !== undefined && fromEnv !== '') return path.resolve(fromEnv);
+  const runtime = process.env.XDG_RUNTIME_DIR;
+  if (runtime !== undefined && path.isAbsolute(runtime)) return path.join(runtime, 'coproxy', 'registry');
   const user = process.getuid?.() ?? os.userInfo().username;
   return path.join(os.tmpdir(), `coproxy-${user}`, 'registry');
 }
@@ -50,6 +58,49 @@ export function isProcessAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return errnoCode(error) === 'EPERM';
+  }
+}
+
+/**
+ * Whoever can write the registry decides where this user's connections go, so it must be
+ * this user's alone: a directory (not a link) owned by us and writable by nobody else,
+ * inside a parent that others cannot swap it out of (ours or root's, and sticky if
+ * others may write it, as /tmp is). Windows has no uid; its per-user temp dir is private.
+ */
+function assertPrivate(stat: fs.Stats | fs.BigIntStats, dir: string): void {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  if (stat.isSymbolicLink() || !stat.isDirectory()) throw new RegistryError('registry is not a directory', dir);
+  if (Number(stat.uid) !== uid) {
+    throw new RegistryError(`registry directory belongs to uid ${stat.uid}, not to this user (${uid}); refusing it`, dir);
+  }
+  if ((Number(stat.mode) & 0o022) !== 0) {
+    throw new RegistryError(`registry directory is writable by others (mode ${(Number(stat.mode) & 0o777).toString(8)})`, dir);
+  }
+}
+
+function assertSafeParent(dir: string): void {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  const parent = path.dirname(dir);
+  const stat = fs.lstatSync(parent);
+  const mode = Number(stat.mode);
+  const ownedBySafeUser = stat.uid === uid || stat.uid === 0;
+  const othersMayWrite = (mode & 0o022) !== 0;
+  if (stat.isSymbolicLink() || !ownedBySafeUser || (othersMayWrite && (mode & 0o1000) === 0)) {
+    throw new RegistryError('the registry\'s parent directory lets other users replace the registry', parent);
+  }
+}
+
+/** Creates the registry if needed (mode 0700) and checks that it is private. */
+function ensureRegistry(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    assertPrivate(fs.lstatSync(dir), dir);
+    assertSafeParent(dir);
+  } catch (error) {
+    if (error instanceof RegistryError) throw error;
+    throw new RegistryError('cannot create the registry', dir, { cause: error });
   }
 }
 
@@ -81,50 +132,17 @@ function parseEntry(text: string, file: string): RegistryEntry {
     Number.isInteger(entry.priority) &&
     (entry.failMode === 'open' || entry.failMode === 'closed') &&
     typeof entry.listen?.host === 'string' &&
+    net.isIP(entry.listen.host) !== 0 &&
     Number.isInteger(entry.listen.port) &&
+    entry.listen.port >= 1 &&
+    entry.listen.port <= 65535 &&
     Number.isInteger(entry.pid) &&
+    typeof entry.nonce === 'string' &&
     typeof entry.match === 'object' &&
-    (entry.context === undefined || typeof entry.context === 'string');
+    (entry.context === undefined ||
+      (typeof entry.context === 'string' && Buffer.from(entry.context, 'base64').length <= MAX_CONTEXT_BYTES));
   if (!valid) throw new RegistryError('registry entry does not have the expected shape', file);
   return entry as RegistryEntry;
-}
-
-/** Entries this process published, removed on a normal exit even without `close()`. */
-const published = new Set<string>();
-let exitHookInstalled = false;
-
-/**
- * Installs a redirector: creates `<id>.json` exclusively. An entry left by a dead process
- * is replaced; one held by a live process is `RedirectorIdInUseError`.
- */
-export function publishEntry(dir: string, entry: RegistryEntry): void {
-  const file = entryFile(dir, entry.id);
-  const temp = path.join(dir, `.${entry.id}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    fs.writeFileSync(temp, JSON.stringify(entry, null, 2) + '\n', { mode: 0o600 });
-  } catch (error) {
-    throw new RegistryError('cannot write to the registry', dir, { cause: error });
-  }
-  try {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      try {
-        fs.linkSync(temp, file); // fails with EEXIST if anybody holds the id
-        published.add(file);
-        installExitHook();
-        invalidateTable(dir);
-        return;
-      } catch (error) {
-        if (errnoCode(error) !== 'EEXIST') throw new RegistryError('cannot install the registry entry', file, { cause: error });
-      }
-      const holder = safeRead(file);
-      if (holder !== undefined && isProcessAlive(holder.pid)) throw new RedirectorIdInUseError(entry.id, holder.pid);
-      takeOverStale(file, entry.id);
-    }
-    throw new RegistryError('gave up replacing a stale entry that keeps coming back', file);
-  } finally {
-    fs.rmSync(temp, { force: true });
-  }
 }
 
 function safeRead(file: string): RegistryEntry | undefined {
@@ -136,48 +154,114 @@ function safeRead(file: string): RegistryEntry | undefined {
   }
 }
 
+/** Entries this process published, by file: removed at exit even without `close()`. */
+const published = new Map<string, { nonce: string; failMode: FailMode }>();
+let exitHookInstalled = false;
+
 /**
- * Moves a stale entry aside. Rename is atomic, so of two processes replacing the same
- * stale entry one moves it and the other finds nothing; if what was moved turns out to be
- * a live entry (a third process won the race), it is put back.
+ * Installs a redirector: creates `<id>.json` exclusively (a hard link of a fully written
+ * temporary file, so readers never see half an entry and two processes cannot both create
+ * it). An entry left by a dead process is replaced; one held by a live process, this one
+ * included, is `RedirectorIdInUseError`.
  */
-function takeOverStale(file: string, id: string): void {
-  const tomb = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.stale`;
+export function publishEntry(dir: string, entry: RegistryEntry): void {
+  ensureRegistry(dir);
+  const file = entryFile(dir, entry.id);
+  const temp = path.join(dir, `.${entry.id}.${entry.nonce}.tmp`);
   try {
-    fs.renameSync(file, tomb);
+    fs.writeFileSync(temp, JSON.stringify(entry, null, 2) + '\n', { mode: 0o600 });
   } catch (error) {
-    if (errnoCode(error) === 'ENOENT') return;
-    throw new RegistryError('cannot replace a stale registry entry', file, { cause: error });
+    throw new RegistryError('cannot write to the registry', dir, { cause: error });
   }
-  const moved = safeRead(tomb);
-  if (moved !== undefined && isProcessAlive(moved.pid)) {
-    try {
-      fs.linkSync(tomb, file);
-    } catch (error) {
-      if (errnoCode(error) !== 'EEXIST') throw new RegistryError('cannot restore a live entry', file, { cause: error });
+  try {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      if (tryLink(temp, file) || takeOverStale(temp, file, entry.id)) {
+        published.set(file, { nonce: entry.nonce, failMode: entry.failMode });
+        installExitHook();
+        invalidateTable(dir);
+        return;
+      }
     }
-    fs.rmSync(tomb, { force: true });
-    throw new RedirectorIdInUseError(id, moved.pid);
+    throw new RegistryError('could not claim the entry: another process keeps taking it over', file);
+  } finally {
+    fs.rmSync(temp, { force: true });
   }
-  fs.rmSync(tomb, { force: true });
 }
 
-/** Uninstalls: removes the entry if this process still owns it. Synchronous for teardown. */
-export function removeEntry(dir: string, id: string): void {
+function tryLink(temp: string, file: string): boolean {
+  try {
+    fs.linkSync(temp, file); // fails with EEXIST if anybody holds the id
+    return true;
+  } catch (error) {
+    if (errnoCode(error) === 'EEXIST') return false;
+    throw new RegistryError('cannot install the registry entry', file, { cause: error });
+  }
+}
+
+/**
+ * Replaces a stale entry under an exclusive lock file, so that of several processes
+ * starting with the same id on top of a stale entry exactly one wins: the check "the
+ * holder is dead" and the replacement happen with no other taker in between. Returns
+ * false when the caller should try again (the lock was busy or the entry went away).
+ */
+function takeOverStale(temp: string, file: string, id: string): boolean {
+  const holder = safeRead(file);
+  if (holder !== undefined && isProcessAlive(holder.pid)) throw new RedirectorIdInUseError(id, holder.pid);
+  const lock = `${file}.lock`;
+  let fd: number;
+  try {
+    fd = fs.openSync(lock, 'wx', 0o600);
+  } catch (error) {
+    if (errnoCode(error) !== 'EEXIST') throw new RegistryError('cannot lock the registry entry', lock, { cause: error });
+    breakAbandonedLock(lock);
+    return false;
+  }
+  try {
+    fs.writeSync(fd, String(process.pid));
+    const current = safeRead(file);
+    if (current !== undefined && isProcessAlive(current.pid)) throw new RedirectorIdInUseError(id, current.pid);
+    fs.rmSync(file, { force: true });
+    return tryLink(temp, file);
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(lock, { force: true });
+  }
+}
+
+/**
+ * A lock whose writer died mid-take-over would block the id for good. The window is a
+ * few syscalls long; a lock older than a second whose pid is gone is removed.
+ */
+function breakAbandonedLock(lock: string): void {
+  try {
+    const age = Date.now() - fs.statSync(lock).mtimeMs;
+    const pid = Number(fs.readFileSync(lock, 'utf8'));
+    if (age > 1000 && (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid))) fs.rmSync(lock, { force: true });
+  } catch (error) {
+    if (errnoCode(error) !== 'ENOENT') throw error;
+  }
+}
+
+/** Uninstalls: removes the entry if this installation still owns it. Synchronous for teardown. */
+export function removeEntry(dir: string, id: string, nonce: string): void {
   const file = entryFile(dir, id);
-  published.delete(file);
-  const current = safeRead(file);
-  if (current?.pid === process.pid) fs.rmSync(file, { force: true });
+  if (published.get(file)?.nonce === nonce) published.delete(file);
+  if (safeRead(file)?.nonce === nonce) fs.rmSync(file, { force: true });
   invalidateTable(dir);
 }
 
+/**
+ * At exit, entries this process still holds are removed if the exit is clean, and
+ * fail-open ones always. A fail-closed vendor that crashes leaves its entry, so traffic
+ * stays blocked rather than flowing uninspected: that is what fail-closed means.
+ */
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const file of published) {
-      const current = safeRead(file);
-      if (current?.pid === process.pid) fs.rmSync(file, { force: true });
+  process.once('exit', (code) => {
+    for (const [file, { nonce, failMode }] of published) {
+      if (code !== 0 && failMode === 'closed') continue;
+      if (safeRead(file)?.nonce === nonce) fs.rmSync(file, { force: true });
     }
   });
 }
@@ -202,16 +286,20 @@ class RegistryTable {
   }
 
   current(): readonly TableEntry[] {
-    let mtime: bigint;
+    let stat: fs.BigIntStats | undefined;
     try {
-      mtime = fs.statSync(this.dir, { bigint: true }).mtimeNs;
+      stat = fs.lstatSync(this.dir, { bigint: true, throwIfNoEntry: false });
     } catch (error) {
-      if (errnoCode(error) === 'ENOENT') return (this.entries = []);
       throw new RegistryError('cannot read the registry', this.dir, { cause: error });
     }
-    if (this.stale || mtime !== this.seenMtime) {
+    if (stat === undefined) return (this.entries = []);
+    // Checked on every lookup, from the stat we make anyway: a registry that became
+    // writable by others must stop steering connections at once.
+    assertPrivate(stat, this.dir);
+    if (this.stale || stat.mtimeNs !== this.seenMtime) {
+      assertSafeParent(this.dir);
       this.stale = false;
-      this.seenMtime = mtime;
+      this.seenMtime = stat.mtimeNs;
       this.entries = this.load();
       this.watch();
     }
@@ -261,11 +349,12 @@ class RegistryTable {
 const tables = new Map<string, RegistryTable>();
 
 export function registryTable(dir: string): RegistryTable {
+  dir = path.resolve(dir);
   let table = tables.get(dir);
   if (table === undefined) tables.set(dir, (table = new RegistryTable(dir)));
   return table;
 }
 
 function invalidateTable(dir: string): void {
-  tables.get(dir)?.invalidate();
+  tables.get(path.resolve(dir))?.invalidate();
 }

@@ -4,7 +4,8 @@ import https from 'node:https';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
-import { createRedirector } from '../redirector/redirector.js';
+import type { Subscription } from 'rxjs';
+import { createRedirector, type Redirector } from '../redirector/redirector.js';
 import type { Destination } from '../redirector/match-rule.js';
 import { tempRegistry } from '../test-support/harness.js';
 import { createHttpsAgent } from './agent.js';
@@ -51,19 +52,25 @@ function get(agent: http.Agent, port: number, path: string): Promise<{ body: str
   });
 }
 
+/** A vendor that forwards every flow and notes where each was going. */
+function forwardAll(r: Redirector): { seen: Destination[]; subscription: Subscription } {
+  const seen: Destination[] = [];
+  const subscription = r.accepted$.subscribe((connection) => {
+    seen.push(connection.originalDestination);
+    connection.connectOnward().then(
+      (upstream) => void relay(connection.socket, upstream),
+      () => connection.socket.destroy(),
+    );
+  });
+  return { seen, subscription };
+}
+
 describe('createHttpsAgent', () => {
   it('sends https.get through a redirector with SNI intact and reuses the connection for the next request', async () => {
     using registry = tempRegistry();
     await using origin = await startHttpsOrigin();
     await using r = createRedirector({ id: uniqueId('tls'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
-    const seen: Destination[] = [];
-    const subscription = r.accepted$.subscribe((connection) => {
-      seen.push(connection.originalDestination);
-      connection.connectOnward().then(
-        (upstream) => void relay(connection.socket, upstream),
-        () => connection.socket.destroy(),
-      );
-    });
+    const { seen, subscription } = forwardAll(r);
     await r.installed();
     const agent = createHttpsAgent({ ca: cert, registry: registry.path, keepAlive: true });
 
@@ -82,14 +89,7 @@ describe('createHttpsAgent', () => {
     using registry = tempRegistry();
     await using origin = await startHttpsOrigin();
     await using r = createRedirector({ id: uniqueId('badca'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
-    const seen: Destination[] = [];
-    const subscription = r.accepted$.subscribe((connection) => {
-      seen.push(connection.originalDestination);
-      connection.connectOnward().then(
-        (upstream) => void relay(connection.socket, upstream),
-        () => connection.socket.destroy(),
-      );
-    });
+    const { seen, subscription } = forwardAll(r);
     await r.installed();
     const agent = createHttpsAgent({ ca: tls.rootCertificates[0], registry: registry.path });
 

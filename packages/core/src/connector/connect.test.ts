@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { RegistryEntry } from '../backends/embedded/registry.js';
 import { createRedirector } from '../redirector/redirector.js';
 import { exchange, startEchoOrigin, tempRegistry, until } from '../test-support/harness.js';
@@ -22,7 +23,7 @@ async function closedPort(): Promise<number> {
 
 /** Writes a registry entry by hand, as another process would have published it. */
 function writeEntry(registry: string, fields: Pick<RegistryEntry, 'id' | 'failMode' | 'match' | 'listen'>): void {
-  const entry: RegistryEntry = { format: 1, priority: 1, pid: process.pid, nonce: 'x', startedAt: new Date().toISOString(), ...fields };
+  const entry: RegistryEntry = { format: 1, priority: 1, pid: process.pid, nonce: randomUUID(), startedAt: new Date().toISOString(), ...fields };
   fs.writeFileSync(path.join(registry, `${entry.id}.json`), JSON.stringify(entry));
 }
 
@@ -38,8 +39,9 @@ async function installError(registry: string): Promise<unknown> {
 }
 
 describe('connect() and a redirector that cannot be reached', () => {
-  it('goes straight to the destination past a fail-open redirector whose listener refuses', async () => {
+  it('goes straight to the destination past a fail-open redirector whose listener refuses, and warns', async () => {
     using registry = tempRegistry();
+    const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
     await using origin = await startEchoOrigin();
     writeEntry(registry.path, {
       id: 'gone-open', failMode: 'open', match: { ports: [origin.port] }, listen: { host: '127.0.0.1', port: await closedPort() },
@@ -50,6 +52,8 @@ describe('connect() and a redirector that cannot be reached', () => {
     expect(socket.remotePort).toBe(origin.port);
     expect((await exchange(socket, 'open', Buffer.from('through'))).toString()).toBe('FLOW open\nthrough');
     expect(origin.received.map(String)).toEqual(['FLOW open\nthrough']);
+    expect(warn).toHaveBeenCalledWith(expect.stringContaining("'gone-open' cannot be reached (ECONNREFUSED)"), 'CoproxyFailOpenWarning');
+    warn.mockRestore();
   });
 
   it('refuses the connection when a fail-closed redirector\'s listener refuses', async () => {

@@ -56,11 +56,18 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
     const { entry } = candidate;
     if (records.hops >= MAX_REDIRECTS) {
       // I2: a flow that has crossed the bound goes to its destination, and says so.
-      warnRecordsFull(entry.id);
+      warnOnce(
+        'records-full',
+        `a flow crossed ${MAX_REDIRECTS} redirectors; '${entry.id}' and any later ones are skipped for it`,
+        'CoproxyRecordsFullWarning',
+      );
       break;
     }
     if (!isProcessAlive(entry.pid)) {
-      if (entry.failMode === 'open') continue;
+      if (entry.failMode === 'open') {
+        warnOnce(entry.nonce, `redirector '${entry.id}' (pid ${entry.pid}) is gone; failing open past it`, 'CoproxyFailOpenWarning');
+        continue;
+      }
       throw new RedirectorUnavailableError(entry.id, `its process ${entry.pid} is gone`);
     }
     try {
@@ -72,6 +79,11 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
         });
       }
       // fail-open: a redirector whose listener cannot be reached is as good as not installed
+      warnOnce(
+        entry.nonce,
+        `redirector '${entry.id}' cannot be reached (${errnoCode(error) ?? String(error)}); failing open past it`,
+        'CoproxyFailOpenWarning',
+      );
     }
   }
   return dial({
@@ -99,14 +111,12 @@ function socketOptions(options: ConnectOptions): Partial<net.TcpNetConnectOpts> 
 
 type DialOptions = net.TcpNetConnectOpts & { readonly timeoutMs?: number | undefined };
 
-let warnedFull = false;
-function warnRecordsFull(redirectorId: string): void {
-  if (warnedFull) return;
-  warnedFull = true;
-  process.emitWarning(
-    `coproxy: a flow crossed ${MAX_REDIRECTS} redirectors; '${redirectorId}' and any later ones are skipped for it`,
-    'CoproxyRecordsFullWarning',
-  );
+/** Flows that pass a redirector uninspected are not silent, but one warning per cause is enough. */
+const warned = new Set<string>();
+function warnOnce(key: string, message: string, type: string): void {
+  if (warned.has(key)) return;
+  warned.add(key);
+  process.emitWarning(`coproxy: ${message}`, type);
 }
 
 function dialRedirector(

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { RegistryEntry } from '../backends/embedded/registry.js';
 import { createRedirector } from '../redirector/redirector.js';
-import { exchange, startEchoOrigin, tempRegistry, until } from '../test-support/harness.js';
+import { exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../test-support/harness.js';
 import { connect, type ConnectOptions } from './connect.js';
 
 let nextId = 0;
@@ -186,59 +186,71 @@ describe.skipIf(process.platform !== 'linux')('timeoutMs', () => {
   });
 });
 
+/**
+ * What an app sees of an unsafe registry: its connection goes straight to the origin
+ * (the table cannot be trusted, and refusing every connection would let any local user
+ * cut a victim off by squatting the path), with a warning naming why.
+ */
+async function expectIgnored(registry: string, origin: EchoOrigin, why: string): Promise<void> {
+  const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+  try {
+    const socket = await connect({ host: '127.0.0.1', port: origin.port, registry });
+    expect(socket.remotePort).toBe(origin.port);
+    socket.destroy();
+    expect(warn).toHaveBeenCalledWith(expect.stringContaining(why), 'CoproxyRegistryWarning');
+  } finally {
+    warn.mockRestore();
+  }
+}
+
 describe.skipIf(process.platform === 'win32')('a registry that is not private', () => {
-  it('is refused once others may write it, even after it was read', async () => {
+  it('stops steering connections once others may write it, even after it was read', async () => {
     using registry = tempRegistry();
     await using origin = await startEchoOrigin();
+    await using r = createRedirector({ id: uniqueId('trusted'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
+    const subscription = r.accepted$.subscribe((conn) => conn.socket.destroy());
+    const listening = await r.installed();
     const first = await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    expect(first.remotePort).toBe(listening.port); // redirected while the registry is private
     first.destroy();
 
     fs.chmodSync(registry.path, 0o777);
 
-    await expect(connect({ host: '127.0.0.1', port: origin.port, registry: registry.path })).rejects.toMatchObject({
-      code: 'COPROXY_REGISTRY_ERROR',
-      path: registry.path,
-    });
+    await expectIgnored(registry.path, origin, 'writable by others');
     expect(await installError(registry.path)).toMatchObject({ code: 'COPROXY_REGISTRY_ERROR', path: registry.path });
-    expect(origin.received).toEqual([]);
+    subscription.unsubscribe();
   });
 
   // Only root can hand a directory to another user; CI runs as root.
-  it.skipIf(process.getuid?.() !== 0)('is refused when another user owns it', async () => {
+  it.skipIf(process.getuid?.() !== 0)('is ignored when another user owns it', async () => {
     using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
     fs.chownSync(registry.path, 65534, 65534);
 
-    await expect(connect({ host: '127.0.0.1', port: 80, registry: registry.path })).rejects.toMatchObject({
-      code: 'COPROXY_REGISTRY_ERROR',
-      message: expect.stringContaining('belongs to uid 65534') as unknown,
-    });
+    await expectIgnored(registry.path, origin, 'belongs to uid 65534');
     expect(await installError(registry.path)).toMatchObject({ code: 'COPROXY_REGISTRY_ERROR', path: registry.path });
   });
 
-  it('is refused when reached through a symbolic link, even to a private directory', async () => {
+  it('is ignored when reached through a symbolic link, even to a private directory', async () => {
     using target = tempRegistry();
     using holder = tempRegistry();
+    await using origin = await startEchoOrigin();
     const link = path.join(holder.path, 'registry');
     fs.symlinkSync(target.path, link);
 
-    await expect(connect({ host: '127.0.0.1', port: 80, registry: link })).rejects.toMatchObject({
-      code: 'COPROXY_REGISTRY_ERROR',
-      message: expect.stringContaining('not a directory') as unknown,
-    });
+    await expectIgnored(link, origin, 'not a directory');
     expect(await installError(link)).toMatchObject({ code: 'COPROXY_REGISTRY_ERROR', path: link });
     expect(fs.readdirSync(target.path)).toEqual([]);
   });
 
-  it('is refused when others could swap it out of its parent directory', async () => {
+  it('is ignored when others could swap it out of its parent directory', async () => {
     using holder = tempRegistry();
+    await using origin = await startEchoOrigin();
     const registry = path.join(holder.path, 'registry');
     fs.mkdirSync(registry, { mode: 0o700 });
     fs.chmodSync(holder.path, 0o777); // writable by all, and no sticky bit
 
-    await expect(connect({ host: '127.0.0.1', port: 80, registry })).rejects.toMatchObject({
-      code: 'COPROXY_REGISTRY_ERROR',
-      path: holder.path,
-    });
+    await expectIgnored(registry, origin, 'without the sticky bit');
     expect(await installError(registry)).toMatchObject({ code: 'COPROXY_REGISTRY_ERROR', path: holder.path });
     expect(fs.readdirSync(registry)).toEqual([]);
   });

@@ -2,7 +2,7 @@ import dns from 'node:dns/promises';
 import net from 'node:net';
 import { encodeFlowHeader } from '../backends/embedded/flow-header.js';
 import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from '../backends/embedded/registry.js';
-import { ConnectTimeoutError, errnoCode, InvalidOptionsError, RedirectorUnavailableError } from '../errors.js';
+import { ConnectTimeoutError, errnoCode, InvalidOptionsError, RedirectorUnavailableError, RegistryError } from '../errors.js';
 import { MAX_REDIRECTS, RedirectRecords } from '../records/redirect-records.js';
 import type { Destination } from '../redirector/match-rule.js';
 import { candidates } from './classify.js';
@@ -47,11 +47,11 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
   if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) {
     throw new InvalidOptionsError(`must be an integer in 1..65535, got ${String(options.port)}`, 'port');
   }
-  if (options.timeoutMs !== undefined && (!Number.isInteger(options.timeoutMs) || options.timeoutMs <= 0)) {
-    throw new InvalidOptionsError('must be a positive integer', 'timeoutMs');
+  if (options.timeoutMs !== undefined && (!Number.isInteger(options.timeoutMs) || options.timeoutMs <= 0 || options.timeoutMs > 2 ** 31 - 1)) {
+    throw new InvalidOptionsError('must be a positive integer of at most 2^31-1 ms', 'timeoutMs');
   }
   const destination = await resolve(options);
-  const table = registryTable(options.registry ?? defaultRegistryDir()).current();
+  const table = trustedTable(options.registry ?? defaultRegistryDir());
   for (const candidate of candidates(table, destination, records)) {
     const { entry } = candidate;
     if (records.hops >= MAX_REDIRECTS) {
@@ -65,7 +65,7 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
     }
     if (!isProcessAlive(entry.pid)) {
       if (entry.failMode === 'open') {
-        warnOnce(entry.nonce, `redirector '${entry.id}' (pid ${entry.pid}) is gone; failing open past it`, 'CoproxyFailOpenWarning');
+        warnOnce(`entry ${entry.nonce}`, `redirector '${entry.id}' (pid ${entry.pid}) is gone; failing open past it`, 'CoproxyFailOpenWarning');
         continue;
       }
       throw new RedirectorUnavailableError(entry.id, `its process ${entry.pid} is gone`);
@@ -80,7 +80,7 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
       }
       // fail-open: a redirector whose listener cannot be reached is as good as not installed
       warnOnce(
-        entry.nonce,
+        `entry ${entry.nonce}`,
         `redirector '${entry.id}' cannot be reached (${errnoCode(error) ?? String(error)}); failing open past it`,
         'CoproxyFailOpenWarning',
       );
@@ -93,6 +93,22 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
     ...socketOptions(options),
     timeoutMs: options.timeoutMs,
   });
+}
+
+/**
+ * The registry's table, or none when the registry cannot be trusted (not private) or
+ * read: then no redirector can be told apart from an impostor, and refusing every
+ * connection would let any local user who squats the path cut this one off. The app's
+ * connection goes direct, with a warning; vendors cannot install there at all.
+ */
+function trustedTable(dir: string): readonly TableEntry[] {
+  try {
+    return registryTable(dir).current();
+  } catch (error) {
+    if (!(error instanceof RegistryError)) throw error;
+    warnOnce(`registry ${error.message}`, `ignoring the registry: ${error.message}`, 'CoproxyRegistryWarning');
+    return [];
+  }
 }
 
 async function resolve(options: ConnectOptions): Promise<Destination> {
@@ -127,7 +143,14 @@ function dialRedirector(
 ): Promise<net.Socket> {
   const { entry } = candidate;
   return dial(
-    { host: entry.listen.host, port: entry.listen.port, ...socketOptions(options), timeoutMs: options.timeoutMs },
+    // Not the app's localAddress: the redirector listens on loopback, and the app's source
+    // address would not even be of the right family there.
+    {
+      host: entry.listen.host,
+      port: entry.listen.port,
+      ...(options.allowHalfOpen !== undefined && { allowHalfOpen: options.allowHalfOpen }),
+      timeoutMs: options.timeoutMs,
+    },
     (socket) =>
       encodeFlowHeader({
         source: { address: socket.localAddress ?? '0.0.0.0', port: socket.localPort ?? 0 },

@@ -45,7 +45,12 @@ function runVendor(
   sightings: Map<string, Sighting[]>,
   propagateRecords: boolean,
 ): Subscription {
-  return redirector.accepted$.subscribe((conn) => void inspect(conn));
+  return redirector.accepted$.subscribe((conn) => {
+    inspect(conn).catch((error: unknown) => {
+      console.error(`  ${redirector.id}: ${String(error)}`);
+      conn.socket.destroy();
+    });
+  });
 
   async function inspect(conn: AcceptedConnection): Promise<void> {
     const [first] = (await once(conn.socket)) as [Buffer];

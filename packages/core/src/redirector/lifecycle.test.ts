@@ -222,7 +222,7 @@ describe('tearing a redirector down', () => {
     subscription.unsubscribe();
   });
 
-  it('holds the id until close() has undone an install in flight, then frees it', async () => {
+  it('lets a successor take the id at once after close(), installing only once the install in flight is undone', async () => {
     using registry = tempRegistry();
     const held = holdNextInstall();
     const id = uniqueId('inflight');
@@ -231,18 +231,26 @@ describe('tearing a redirector down', () => {
     await held.done;
 
     const closing = r.close();
-    expect(() => createRedirector({ id, priority: 1, registry: registry.path })).toThrow(
-      expect.objectContaining({ code: 'COPROXY_REDIRECTOR_ID_IN_USE' }),
-    );
+    await using again = createRedirector({ id, priority: 1, registry: registry.path });
+    const subscription = again.accepted$.subscribe();
+    let installed = false;
+    const successor = again.installed().then((listening) => ((installed = true), listening));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(installed).toBe(false); // waits for its predecessor
     held.release();
     await closing;
 
-    expect(fs.readdirSync(registry.path)).toEqual([]);
-    await using again = createRedirector({ id, priority: 1, registry: registry.path });
-    const subscription = again.accepted$.subscribe();
-    await expect(again.installed()).resolves.toMatchObject({ address: '127.0.0.1' });
+    await expect(successor).resolves.toMatchObject({ address: '127.0.0.1' });
     expect(fs.readdirSync(registry.path)).toEqual([`${id}.json`]);
     subscription.unsubscribe();
+  });
+
+  it('still refuses a second live redirector with the same id', () => {
+    const id = uniqueId('twice');
+    const r = createRedirector({ id, priority: 1 });
+    expect(() => createRedirector({ id, priority: 2 })).toThrow(expect.objectContaining({ code: 'COPROXY_REDIRECTOR_ID_IN_USE' }));
+    r.destroy();
+    expect(createRedirector({ id, priority: 2 }).id).toBe(id); // destroy() frees it at once
   });
 
   it('drops a connection that reaches the listener after its subscriber left', async () => {

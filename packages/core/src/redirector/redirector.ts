@@ -44,8 +44,8 @@ const DEFAULT_HEADER_TIMEOUT_MS = 5000;
 const DEFAULT_MAX_HEADER_BYTES = 4096;
 const INT32 = 2 ** 31;
 
-/** Ids of live redirectors in this process, so a duplicate fails at creation. */
-const liveIds = new Set<string>();
+/** Redirectors of this process by id, so a duplicate fails at creation. */
+const byId = new Map<string, RedirectorImpl>();
 
 /**
  * Creates a redirector. Validates everything up front and throws `InvalidOptionsError`
@@ -68,9 +68,13 @@ const liveIds = new Set<string>();
 export function createRedirector(options: RedirectorOptions): Redirector {
   const spec = validate(options);
   const backend = selectBackend(options.backend ?? 'embedded');
-  if (liveIds.has(spec.id)) throw new RedirectorIdInUseError(spec.id, process.pid);
-  liveIds.add(spec.id);
-  return new RedirectorImpl(spec, backend);
+  const previous = byId.get(spec.id);
+  if (previous?.isOpen === true) throw new RedirectorIdInUseError(spec.id, process.pid);
+  // A closed predecessor may still be undoing an install: the successor's first install
+  // waits for it, so the id can be reused at once after close() or destroy().
+  const redirector = new RedirectorImpl(spec, backend, previous?.settled ?? Promise.resolve());
+  byId.set(spec.id, redirector);
+  return redirector;
 }
 
 function selectBackend(name: BackendName): Backend {
@@ -135,7 +139,7 @@ class RedirectorImpl implements Redirector {
   private readonly open = new Set<net.Socket>();
   private installation: Installation | undefined;
   /** Settles when the latest installation has been undone (or never happened). */
-  private lifecycle: Promise<void> = Promise.resolve();
+  private lifecycle: Promise<void>;
   private waiters: Waiter[] = [];
   private sequence = 0;
   private closed = false;
@@ -143,7 +147,9 @@ class RedirectorImpl implements Redirector {
   constructor(
     private readonly spec: InstallSpec,
     private readonly impl: Backend,
+    predecessor: Promise<void>,
   ) {
+    this.lifecycle = predecessor;
     this.id = spec.id;
     this.priority = spec.priority;
     this.backend = impl.name;
@@ -198,6 +204,16 @@ class RedirectorImpl implements Redirector {
     }).pipe(takeUntil(this.closing), share());
   }
 
+  /** @internal */
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** @internal settles once every installation of this redirector is undone. */
+  get settled(): Promise<void> {
+    return this.lifecycle;
+  }
+
   get listening(): Endpoint | undefined {
     return this.installation?.listening;
   }
@@ -214,9 +230,10 @@ class RedirectorImpl implements Redirector {
     this.closing.next(); // completes accepted$ subscribers; share() then tears down
     this.closing.complete();
     for (const waiter of this.waiters.splice(0)) waiter.reject(new RedirectorClosedError(this.id));
-    // The id is free again only once an install still in flight has undone itself.
+    // The id may be reused at once (see createRedirector); the map entry goes when the
+    // last installation is undone, unless a successor has taken it.
     this.lifecycle = this.lifecycle.then(() => {
-      liveIds.delete(this.id);
+      if (byId.get(this.id) === this) byId.delete(this.id);
       this.events.complete();
     });
     return this.lifecycle;

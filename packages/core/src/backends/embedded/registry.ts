@@ -37,16 +37,18 @@ export interface TableEntry {
 }
 
 /**
- * `COPROXY_REGISTRY`, else `$XDG_RUNTIME_DIR/coproxy/registry` (per user, private by
- * design), else `<os tmpdir>/coproxy-<uid>/registry`.
+ * `COPROXY_REGISTRY`, else a path derived from the user alone: on POSIX
+ * `/tmp/coproxy-<uid>/registry`, on Windows `<per-user temp>\coproxy-<user>\registry`.
+ * Not `$XDG_RUNTIME_DIR` nor `$TMPDIR`: processes of one user started without a login
+ * session (cron, services, `su`) would see another table, and a fail-closed vendor would
+ * not apply to them.
  */
 export function defaultRegistryDir(): string {
   const fromEnv = process.env.COPROXY_REGISTRY;
   if (fromEnv !== undefined && fromEnv !== '') return path.resolve(fromEnv);
-  const runtime = process.env.XDG_RUNTIME_DIR;
-  if (runtime !== undefined && path.isAbsolute(runtime)) return path.join(runtime, 'coproxy', 'registry');
-  const user = process.getuid?.() ?? os.userInfo().username;
-  return path.join(os.tmpdir(), `coproxy-${user}`, 'registry');
+  const uid = process.getuid?.();
+  if (uid !== undefined) return path.join('/tmp', `coproxy-${uid}`, 'registry');
+  return path.join(os.tmpdir(), `coproxy-${os.userInfo().username}`, 'registry');
 }
 
 const entryFile = (dir: string, id: string): string => path.join(dir, `${id}.json`);
@@ -83,12 +85,20 @@ function assertSafeParent(dir: string): void {
   const uid = process.getuid?.();
   if (uid === undefined) return;
   const parent = path.dirname(dir);
-  const stat = fs.lstatSync(parent);
+  const safeOwner = (stat: fs.Stats): boolean => stat.uid === uid || stat.uid === 0;
+  // A link (macOS's /tmp) is fine if whoever could repoint it is us or root.
+  const link = fs.lstatSync(parent);
+  if (link.isSymbolicLink() && !safeOwner(link)) {
+    throw new RegistryError(`the registry's parent is a link owned by uid ${link.uid}`, parent);
+  }
+  const stat = fs.statSync(parent);
   const mode = Number(stat.mode);
-  const ownedBySafeUser = stat.uid === uid || stat.uid === 0;
-  const othersMayWrite = (mode & 0o022) !== 0;
-  if (stat.isSymbolicLink() || !ownedBySafeUser || (othersMayWrite && (mode & 0o1000) === 0)) {
-    throw new RegistryError('the registry\'s parent directory lets other users replace the registry', parent);
+  if (!safeOwner(stat)) throw new RegistryError(`the registry's parent belongs to uid ${stat.uid}`, parent);
+  if ((mode & 0o022) !== 0 && (mode & 0o1000) === 0) {
+    throw new RegistryError(
+      `the registry's parent is group- or other-writable without the sticky bit (mode ${(mode & 0o7777).toString(8)}), so others could replace the registry`,
+      parent,
+    );
   }
 }
 
@@ -136,7 +146,9 @@ function parseEntry(text: string, file: string): RegistryEntry {
     Number.isInteger(entry.listen.port) &&
     entry.listen.port >= 1 &&
     entry.listen.port <= 65535 &&
+    typeof entry.pid === 'number' &&
     Number.isInteger(entry.pid) &&
+    entry.pid >= 1 &&
     typeof entry.nonce === 'string' &&
     typeof entry.match === 'object' &&
     (entry.context === undefined ||
@@ -146,10 +158,15 @@ function parseEntry(text: string, file: string): RegistryEntry {
 }
 
 function safeRead(file: string): RegistryEntry | undefined {
+  const state = readState(file);
+  return typeof state === 'string' ? undefined : state;
+}
+
+function readState(file: string): RegistryEntry | 'missing' | 'corrupt' {
   try {
-    return readEntry(file);
+    return readEntry(file) ?? 'missing';
   } catch (error) {
-    if (error instanceof RegistryError) return undefined; // corrupt: treat as stale
+    if (error instanceof RegistryError) return 'corrupt';
     throw error;
   }
 }
@@ -218,9 +235,12 @@ function takeOverStale(temp: string, file: string, id: string): boolean {
   }
   try {
     fs.writeSync(fd, String(process.pid));
-    const current = safeRead(file);
-    if (current !== undefined && isProcessAlive(current.pid)) throw new RedirectorIdInUseError(id, current.pid);
-    fs.rmSync(file, { force: true });
+    const current = readState(file);
+    // Gone meanwhile (its owner closed): claim it like anyone else. Never remove a file
+    // not seen here, as someone may just have linked a live entry in its place.
+    if (current === 'missing') return tryLink(temp, file);
+    if (current !== 'corrupt' && isProcessAlive(current.pid)) throw new RedirectorIdInUseError(id, current.pid);
+    fs.rmSync(file, { force: true }); // dead or corrupt; only lock holders remove, and we hold it
     return tryLink(temp, file);
   } finally {
     fs.closeSync(fd);
@@ -230,15 +250,29 @@ function takeOverStale(temp: string, file: string, id: string): boolean {
 
 /**
  * A lock whose writer died mid-take-over would block the id for good. The window is a
- * few syscalls long; a lock older than a second whose pid is gone is removed.
+ * few syscalls long; a lock older than a second whose pid is gone is removed (an empty
+ * one only after ten seconds: its writer may be between creating and writing it). Age
+ * and pid are read through one descriptor, and the lock is removed only if it is still
+ * that same file.
  */
 function breakAbandonedLock(lock: string): void {
+  let fd: number;
   try {
-    const age = Date.now() - fs.statSync(lock).mtimeMs;
-    const pid = Number(fs.readFileSync(lock, 'utf8'));
-    if (age > 1000 && (!Number.isInteger(pid) || pid <= 0 || !isProcessAlive(pid))) fs.rmSync(lock, { force: true });
+    fd = fs.openSync(lock, 'r');
   } catch (error) {
-    if (errnoCode(error) !== 'ENOENT') throw error;
+    if (errnoCode(error) === 'ENOENT') return;
+    throw error;
+  }
+  try {
+    const stat = fs.fstatSync(fd);
+    const age = Date.now() - stat.mtimeMs;
+    const text = fs.readFileSync(fd, 'utf8');
+    const pid = Number(text);
+    const abandoned =
+      text === '' || !Number.isInteger(pid) || pid <= 0 ? age > 10_000 : age > 1000 && !isProcessAlive(pid);
+    if (abandoned && fs.lstatSync(lock, { throwIfNoEntry: false })?.ino === stat.ino) fs.rmSync(lock, { force: true });
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

@@ -4,7 +4,7 @@ import { ContextAccessDeniedError, ContextNotFoundError } from '../errors.js';
 import { RedirectRecords } from '../records/redirect-records.js';
 import { RedirectState } from '../records/redirect-state.js';
 import type { Destination } from './match-rule.js';
-import type { RedirectorEvent } from './redirector-events.js';
+import type { RedirectorEventInit } from './redirector-events.js';
 
 export interface ConnectOnwardOptions {
   /**
@@ -60,7 +60,7 @@ export class Accepted implements AcceptedConnection {
     readonly id: string,
     private readonly redirectorId: string,
     private readonly flow: AcceptedFlow,
-    private readonly emit: (event: RedirectorEvent) => void,
+    private readonly emit: (event: RedirectorEventInit) => void,
   ) {
     this.socket = flow.socket;
     this.originalDestination = flow.originalDestination;
@@ -79,14 +79,14 @@ export class Accepted implements AcceptedConnection {
   async connectOnward(options: ConnectOnwardOptions = {}): Promise<net.Socket> {
     const propagateRecords = options.propagateRecords ?? true;
     const records = propagateRecords ? this.records : RedirectRecords.empty.withRedirect(this.redirectorId);
-    const base = { redirectorId: this.redirectorId, connectionId: this.id, destination: this.originalDestination };
+    const base = { connectionId: this.id, destination: this.originalDestination };
     try {
       const socket = await this.flow.connectOnward(records, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
       socket.on('error', (error) => (this.onwardError ??= error));
-      this.emit({ type: 'onward-connected', at: Date.now(), ...base, propagateRecords, redirectedBy: records.redirectedBy });
+      this.emit({ type: 'onward-connected', ...base, propagateRecords, redirectedBy: records.redirectedBy });
       return socket;
     } catch (error) {
-      this.emit({ type: 'onward-failed', at: Date.now(), ...base, error: error as Error });
+      this.emit({ type: 'onward-failed', ...base, error: error as Error });
       throw error;
     }
   }

@@ -74,3 +74,8 @@ export type RedirectorEvent =
   | OnwardFailedEvent
   | ClosedEvent
   | RejectedEvent;
+
+type DistributiveOmit<TValue, TKey extends PropertyKey> = TValue extends unknown ? Omit<TValue, TKey> : never;
+
+/** An event as its source builds it; the redirector stamps `redirectorId` and `at`. */
+export type RedirectorEventInit = DistributiveOmit<RedirectorEvent, 'redirectorId' | 'at'>;

@@ -14,7 +14,7 @@ import {
 import { assertRedirectorId } from '../records/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
 import { compileMatch } from './match-rule.js';
-import type { RedirectorEvent } from './redirector-events.js';
+import type { RedirectorEvent, RedirectorEventInit } from './redirector-events.js';
 import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
 
 /**
@@ -248,14 +248,14 @@ class RedirectorImpl implements Redirector {
     return this.close();
   }
 
-  private emit(event: DistributiveOmit<RedirectorEvent, 'redirectorId' | 'at'>): void {
+  private emit(event: RedirectorEventInit): void {
     if (!this.events.observed) return; // per-connection events cost nothing unobserved
     this.events.next({ ...event, redirectorId: this.id, at: Date.now() });
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {
     const id = `${this.id}#${++this.sequence}`;
-    const connection = new Accepted(id, this.id, flow, (event) => this.events.observed && this.events.next(event));
+    const connection = new Accepted(id, this.id, flow, (event) => this.emit(event));
     const { socket } = flow;
     this.open.add(socket);
     let lastError: Error | undefined;
@@ -284,5 +284,3 @@ class RedirectorImpl implements Redirector {
     return connection;
   }
 }
-
-type DistributiveOmit<TValue, TKey extends PropertyKey> = TValue extends unknown ? Omit<TValue, TKey> : never;

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
-import { CoproxyError, ProxyHeaderMalformedError, RecordsMismatchError } from '../../errors.js';
+import { type CoproxyError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
 import type { Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
-import { readFlowHeader } from './read-flow-header.js';
+import { asCoproxyError, readFlowHeader } from './read-flow-header.js';
 import { defaultRegistryDir, publishEntry, removeEntry } from './registry.js';
 
 /**
@@ -49,7 +49,7 @@ export const embeddedBackend: Backend = {
         },
         (error: unknown) => {
           inHandshake.delete(socket);
-          reject(error instanceof CoproxyError ? error : new ProxyHeaderMalformedError('unexpected', { cause: error }));
+          reject(asCoproxyError(error));
         },
       );
       function reject(error: CoproxyError): void {

@@ -62,7 +62,8 @@ export function readFlowHeader(
   });
 }
 
-function asCoproxyError(error: unknown): CoproxyError {
+/** Narrows whatever the header path threw to a typed error; used by the listener too. */
+export function asCoproxyError(error: unknown): CoproxyError {
   if (error instanceof CoproxyError) return error;
   // A decoder bug must still end in a typed rejection, never an unhandled throw.
   return new ProxyHeaderMalformedError('decoder failure', { cause: error });

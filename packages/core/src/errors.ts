@@ -38,7 +38,12 @@ export type CoproxyErrorCode =
   | 'COPROXY_REDIRECTOR_CLOSED'
   | 'COPROXY_REGISTRY_ERROR'
   | 'COPROXY_CONNECT_TIMEOUT'
-  | 'COPROXY_BACKEND_UNAVAILABLE';
+  | 'COPROXY_BACKEND_UNAVAILABLE'
+  | 'COPROXY_PERMISSION_DENIED'
+  | 'COPROXY_MARK_MASK_EXHAUSTED'
+  | 'COPROXY_SYSCTL_REQUIRED'
+  | 'COPROXY_SYSCALL_FAILED'
+  | 'COPROXY_NFT_FAILED';
 
 /** An option passed to a coproxy function is out of its documented range. */
 export class InvalidOptionsError extends CoproxyError {
@@ -228,6 +233,75 @@ export class BackendUnavailableError extends CoproxyError {
     readonly reason: string,
   ) {
     super(`backend '${backend}' is unavailable: ${reason}`);
+  }
+}
+
+/** The backend needs a privilege this process lacks (nftables: CAP_NET_ADMIN). */
+export class PermissionDeniedError extends CoproxyError {
+  override readonly name = 'PermissionDeniedError';
+  readonly code = 'COPROXY_PERMISSION_DENIED';
+  constructor(
+    readonly backend: string,
+    readonly needed: string,
+    options?: ErrorOptions,
+  ) {
+    super(`backend '${backend}' needs ${needed}`, options);
+  }
+}
+
+/** Every socket-mark bit of the mask is held by a redirector: no bit is left for this one. */
+export class MarkMaskExhaustedError extends CoproxyError {
+  override readonly name = 'MarkMaskExhaustedError';
+  readonly code = 'COPROXY_MARK_MASK_EXHAUSTED';
+  constructor(
+    readonly mask: number,
+    /** Redirector ids holding the mask's bits. */
+    readonly holders: readonly string[],
+  ) {
+    super(
+      `no free bit in mark mask 0x${mask.toString(16).padStart(8, '0')} (held by ${holders.join(', ')}); ` +
+        'widen it with the markMask option or COPROXY_MARK_MASK',
+    );
+  }
+}
+
+/** A kernel setting the backend relies on is off and this process may not turn it on. */
+export class SysctlRequiredError extends CoproxyError {
+  override readonly name = 'SysctlRequiredError';
+  readonly code = 'COPROXY_SYSCTL_REQUIRED';
+  constructor(
+    /** As `sysctl` spells it, e.g. `net.ipv4.tcp_fwmark_accept`. */
+    readonly sysctl: string,
+    readonly required: string,
+    readonly actual: string,
+    options?: ErrorOptions,
+  ) {
+    super(`${sysctl} is ${actual} and must be ${required}: run 'sysctl -w ${sysctl}=${required}' as root`, options);
+  }
+}
+
+/** A system call made through koffi failed; `errno` is the number, `errnoName` its name (`EPERM`). */
+export class SyscallError extends CoproxyError {
+  override readonly name = 'SyscallError';
+  readonly code = 'COPROXY_SYSCALL_FAILED';
+  constructor(
+    readonly syscall: string,
+    readonly errno: number,
+    readonly errnoName: string,
+  ) {
+    super(`${syscall} failed: ${errnoName} (errno ${errno})`);
+  }
+}
+
+/** libnftables refused a command; `command` is the nft text, `detail` what nft printed. */
+export class NftCommandError extends CoproxyError {
+  override readonly name = 'NftCommandError';
+  readonly code = 'COPROXY_NFT_FAILED';
+  constructor(
+    readonly command: string,
+    readonly detail: string,
+  ) {
+    super(`nft refused '${command.length > 120 ? `${command.slice(0, 117)}...` : command}': ${detail}`);
   }
 }
 

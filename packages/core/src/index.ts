@@ -65,5 +65,10 @@ export {
   RegistryError,
   ConnectTimeoutError,
   BackendUnavailableError,
+  PermissionDeniedError,
+  MarkMaskExhaustedError,
+  SysctlRequiredError,
+  SyscallError,
+  NftCommandError,
 } from './errors.js';
 export type { CoproxyErrorCode } from './errors.js';

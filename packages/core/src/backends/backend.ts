@@ -25,6 +25,8 @@ export interface InstallSpec {
   readonly registry: string | undefined;
   readonly headerTimeoutMs: number;
   readonly maxHeaderBytes: number;
+  /** nftables backend: the socket-mark bits it may allocate from. */
+  readonly markMask: number;
 }
 
 export interface Endpoint {
@@ -36,7 +38,7 @@ export interface Endpoint {
 export interface AcceptedFlow {
   readonly socket: net.Socket;
   readonly originalDestination: Destination;
-  readonly source: Endpoint & { readonly pid?: number };
+  readonly source: Endpoint & { readonly pid?: number | undefined };
   /** Including this redirect. */
   readonly records: RedirectRecords;
   readonly context: { readonly owner: string; readonly bytes: Buffer } | undefined;

@@ -125,7 +125,7 @@ function socketOptions(options: ConnectOptions): Partial<net.TcpNetConnectOpts> 
   };
 }
 
-type DialOptions = net.TcpNetConnectOpts & { readonly timeoutMs?: number | undefined };
+export type DialOptions = net.TcpNetConnectOpts & { readonly timeoutMs?: number | undefined };
 
 /** Flows that pass a redirector uninspected are not silent, but one warning per cause is enough. */
 const warned = new Set<string>();
@@ -162,10 +162,19 @@ function dialRedirector(
   );
 }
 
-function dial(options: DialOptions, header?: (socket: net.Socket) => Buffer): Promise<net.Socket> {
+/**
+ * Connects with a deadline (`COPROXY_CONNECT_TIMEOUT`) and optionally a first write.
+ * `open` starts the connection; backends that prepare the socket themselves (the
+ * nftables backend sets its mark) pass their own.
+ */
+export function dial(
+  options: DialOptions,
+  header?: (socket: net.Socket) => Buffer,
+  open: (options: net.TcpNetConnectOpts) => net.Socket = net.connect,
+): Promise<net.Socket> {
   const { timeoutMs, ...netOptions } = options;
   return new Promise((resolvePromise, reject) => {
-    const socket = net.connect(netOptions);
+    const socket = open(netOptions);
     const timer =
       timeoutMs === undefined
         ? undefined

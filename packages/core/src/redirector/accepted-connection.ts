@@ -33,7 +33,7 @@ export interface AcceptedConnection {
   readonly id: string;
   readonly socket: net.Socket;
   readonly originalDestination: Destination;
-  readonly source: Endpoint & { readonly pid?: number };
+  readonly source: Endpoint & { readonly pid?: number | undefined };
   /** What this redirector saw when the flow was classified: `NotRedirected` or `RedirectedByOther`. */
   readonly state: RedirectState;
   /** Opaque; includes this redirect, so `records.stateFor(self)` is `RedirectedBySelf`. */
@@ -50,7 +50,7 @@ export interface AcceptedConnection {
 export class Accepted implements AcceptedConnection {
   readonly socket: net.Socket;
   readonly originalDestination: Destination;
-  readonly source: Endpoint & { readonly pid?: number };
+  readonly source: Endpoint & { readonly pid?: number | undefined };
   readonly state: RedirectState;
   readonly records: RedirectRecords;
   /** The first error of an onward socket, for the `closed` event. */

@@ -25,7 +25,7 @@ export interface UninstalledEvent extends EventBase {
 export interface AcceptedEvent extends EventBase {
   readonly type: 'accepted';
   readonly connectionId: string;
-  readonly source: Endpoint & { readonly pid?: number };
+  readonly source: Endpoint & { readonly pid?: number | undefined };
   readonly originalDestination: Destination;
   readonly state: RedirectState;
   readonly redirectedBy: readonly string[];

@@ -14,7 +14,10 @@ export type FailMode = 'open' | 'closed';
 export interface RedirectorOptions {
   /** Vendor identity, `[a-z0-9-]{1,32}`; two live redirectors may not share one. */
   readonly id: string;
-  /** Lower is consulted first, as in nftables. An integer in -2^31..2^31-1. */
+  /**
+   * Lower is consulted first, as in nftables. An integer in -2^31..2^31-1; on the
+   * nftables backend -199..2^31-1 (nat chains must run after conntrack, at -200).
+   */
   readonly priority: number;
   /** Which connections to take; every TCP connection when absent. */
   readonly match?: MatchRule;
@@ -27,7 +30,11 @@ export interface RedirectorOptions {
    * {@link MAX_CONTEXT_BYTES}); only this redirector can read them, with `context()`.
    */
   readonly context?: Uint8Array;
-  /** The local listener; default `127.0.0.1`, an ephemeral port. */
+  /**
+   * The local listener; default `127.0.0.1`, an ephemeral port. The nftables backend
+   * listens on the loopback addresses only (127.0.0.1 and ::1, one port), where nat
+   * `redirect` delivers, and accepts no other host.
+   */
   readonly listen?: { readonly host?: string; readonly port?: number };
   /** Embedded backend: the registry directory; default `COPROXY_REGISTRY` or a per-user temp dir. */
   readonly registry?: string;
@@ -35,6 +42,13 @@ export interface RedirectorOptions {
   readonly headerTimeoutMs?: number;
   /** Embedded backend: the largest PROXY header accepted. Default 4096 bytes. */
   readonly maxHeaderBytes?: number;
+  /**
+   * nftables backend: the socket-mark bits redirectors may take one bit each from. Default
+   * `COPROXY_MARK_MASK`, else 0xff000000 (chosen to stay clear of kube-proxy, Istio,
+   * Cilium, WireGuard and Tailscale marks; see the README). Every cooperating vendor on a
+   * host must use the same mask.
+   */
+  readonly markMask?: number;
 }
 
 export const MAX_CONTEXT_BYTES = 1024;

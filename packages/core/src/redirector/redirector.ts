@@ -2,7 +2,9 @@ import type net from 'node:net';
 import { Observable, share, Subject, takeUntil } from 'rxjs';
 import type { AcceptedFlow, Backend, Endpoint, InstallSpec, Installation } from '../backends/backend.js';
 import { embeddedBackend } from '../backends/embedded/embedded-backend.js';
+import { resolveMarkMask } from '../backends/nftables/marks.js';
 import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
+import { MIN_NFT_PRIORITY } from '../backends/nftables/tables.js';
 import { wfpBackend } from '../backends/wfp/wfp-backend.js';
 import {
   type CoproxyError,
@@ -82,7 +84,7 @@ function selectBackend(name: BackendName): Backend {
     case 'embedded':
       return embeddedBackend;
     case 'nftables':
-      return nftablesBackend();
+      return nftablesBackend;
     case 'wfp':
       return wfpBackend();
     default:
@@ -105,6 +107,16 @@ function validate(options: RedirectorOptions): InstallSpec {
   if (options.context !== undefined && (!(options.context instanceof Uint8Array) || options.context.length > MAX_CONTEXT_BYTES)) {
     throw new InvalidOptionsError(`must be at most ${MAX_CONTEXT_BYTES} bytes`, 'context');
   }
+  if (backend === 'nftables' && options.priority < MIN_NFT_PRIORITY) {
+    throw new InvalidOptionsError(
+      `must be at least ${MIN_NFT_PRIORITY} on the nftables backend (nat chains run after conntrack), got ${options.priority}`,
+      'priority',
+    );
+  }
+  const host = options.listen?.host ?? '127.0.0.1';
+  if (backend === 'nftables' && !['127.0.0.1', '::1', 'localhost'].includes(host)) {
+    throw new InvalidOptionsError(`the nftables backend listens on loopback only, got ${JSON.stringify(host)}`, 'listen.host');
+  }
   const port = options.listen?.port ?? 0;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidOptionsError('must be 0..65535', 'listen.port');
   const positive = (value: number | undefined, fallback: number, option: string): number => {
@@ -118,10 +130,12 @@ function validate(options: RedirectorOptions): InstallSpec {
     match: compileMatch(options.match),
     failMode,
     context: options.context === undefined ? undefined : Buffer.from(options.context),
-    listen: { host: options.listen?.host ?? '127.0.0.1', port },
+    listen: { host, port },
     registry: options.registry,
     headerTimeoutMs: positive(options.headerTimeoutMs, DEFAULT_HEADER_TIMEOUT_MS, 'headerTimeoutMs'),
     maxHeaderBytes: positive(options.maxHeaderBytes, DEFAULT_MAX_HEADER_BYTES, 'maxHeaderBytes'),
+    // COPROXY_MARK_MASK concerns the nftables backend only; the option is checked always.
+    markMask: resolveMarkMask(options.markMask, backend === 'nftables' ? process.env.COPROXY_MARK_MASK : undefined),
   };
 }
 

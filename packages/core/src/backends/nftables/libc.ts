@@ -1,0 +1,143 @@
+import { createRequire } from 'node:module';
+import type KoffiModule from 'koffi';
+import os from 'node:os';
+import { BackendUnavailableError, SyscallError } from '../../errors.js';
+import type { Destination } from '../../redirector/match-rule.js';
+
+// Linux values (include/uapi/linux/socket.h, in.h, in6.h, netfilter_ipv4.h, ip6_tables.h).
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_IP = 0;
+const SOL_SOCKET = 1;
+const SOL_IPV6 = 41;
+const SO_MARK = 36;
+/** `SO_ORIGINAL_DST` and `IP6T_SO_ORIGINAL_DST` share the number, at their own levels. */
+const SO_ORIGINAL_DST = 80;
+
+type Koffi = typeof KoffiModule;
+
+interface Libc {
+  readonly koffi: Koffi;
+  socket(domain: number, type: number, protocol: number): number;
+  setsockopt(fd: number, level: number, name: number, value: Buffer, length: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Buffer, length: number[]): number;
+  close(fd: number): number;
+}
+
+let libc: Libc | undefined;
+
+/**
+ * libc through koffi, loaded on first use so that importing core never loads a native
+ * module on a platform that only uses the embedded backend.
+ */
+function load(): Libc {
+  if (libc !== undefined) return libc;
+  if (process.platform !== 'linux') throw new BackendUnavailableError('nftables', `it needs Linux, this is ${process.platform}`);
+  let koffi: Koffi;
+  let lib: ReturnType<Koffi['load']>;
+  try {
+    koffi = createRequire(import.meta.url)('koffi') as Koffi;
+    lib = koffi.load('libc.so.6');
+  } catch (error) {
+    throw new BackendUnavailableError('nftables', `cannot load koffi or libc.so.6: ${(error as Error).message}`);
+  }
+  const bound = {
+    koffi,
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
+    setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t length)'),
+    getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *length)'),
+    close: lib.func('int close(int fd)'),
+  };
+  libc = bound;
+  return libc;
+}
+
+const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, value]) => [value, name]));
+
+function syscallError(syscall: string, errno: number): SyscallError {
+  return new SyscallError(syscall, errno, errnoNames.get(errno) ?? 'UNKNOWN');
+}
+
+function fail(syscall: string, lib: Libc): never {
+  throw syscallError(syscall, lib.koffi.errno());
+}
+
+/** The socket mark: of an accepted socket, the mark its SYN carried (`tcp_fwmark_accept`). */
+export function getMark(fd: number): number {
+  const lib = load();
+  const value = Buffer.alloc(4);
+  if (lib.getsockopt(fd, SOL_SOCKET, SO_MARK, value, [4]) !== 0) fail('getsockopt(SO_MARK)', lib);
+  return value.readUInt32LE(0);
+}
+
+/**
+ * Where the client meant to go before nat redirected it: `SO_ORIGINAL_DST` for IPv4,
+ * `IP6T_SO_ORIGINAL_DST` for IPv6, both read from conntrack by the kernel.
+ */
+export function getOriginalDestination(fd: number, family: 4 | 6): Destination {
+  const lib = load();
+  const address = Buffer.alloc(28); // sizeof(struct sockaddr_in6)
+  const length = [address.length];
+  const level = family === 6 ? SOL_IPV6 : SOL_IP;
+  if (lib.getsockopt(fd, level, SO_ORIGINAL_DST, address, length) !== 0) {
+    fail(family === 6 ? 'getsockopt(IP6T_SO_ORIGINAL_DST)' : 'getsockopt(SO_ORIGINAL_DST)', lib);
+  }
+  return decodeSockaddr(address);
+}
+
+/** `struct sockaddr_in` / `sockaddr_in6`: family in host order, port and address in network order. */
+export function decodeSockaddr(bytes: Buffer): Destination {
+  const family = bytes.readUInt16LE(0);
+  const port = bytes.readUInt16BE(2);
+  if (family === AF_INET) return { address: bytes.subarray(4, 8).join('.'), port, family: 4 };
+  if (family === AF_INET6) {
+    const groups: string[] = [];
+    for (let i = 8; i < 24; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
+    return { address: compressIpv6(groups), port, family: 6 };
+  }
+  throw new SyscallError('getsockopt(SO_ORIGINAL_DST)', 0, `unexpected address family ${family}`);
+}
+
+/** RFC 5952 text: the longest run of two or more zero groups becomes `::`. */
+function compressIpv6(groups: string[]): string {
+  let best = { start: -1, length: 0 };
+  for (let i = 0; i < groups.length; ) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < groups.length && groups[j] === '0') j++;
+    if (j - i > best.length) best = { start: i, length: j - i };
+    i = j;
+  }
+  if (best.length < 2) return groups.join(':');
+  return `${groups.slice(0, best.start).join(':')}::${groups.slice(best.start + best.length).join(':')}`;
+}
+
+/**
+ * A new non-blocking TCP socket with `SO_MARK` set, for Node to connect: the mark is the
+ * record the kernel reads in every redirector's nft chain. Setting it needs CAP_NET_ADMIN
+ * (or CAP_NET_RAW), which is what keeps an unprivileged process from forging records.
+ */
+export function openMarkedSocket(family: 4 | 6, mark: number): number {
+  const lib = load();
+  const fd = lib.socket(family === 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail('socket', lib);
+  const value = Buffer.alloc(4);
+  value.writeUInt32LE(mark >>> 0, 0);
+  if (lib.setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) {
+    const errno = lib.koffi.errno(); // read before close() may overwrite it
+    lib.close(fd);
+    throw syscallError('setsockopt(SO_MARK)', errno);
+  }
+  return fd;
+}
+
+/** Closes a descriptor Node never took over. */
+export function closeFd(fd: number): void {
+  load().close(fd);
+}

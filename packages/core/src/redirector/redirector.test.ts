@@ -4,7 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { firstValueFrom, toArray } from 'rxjs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { createAgent } from '../connector/agent.js';
 import { connect } from '../connector/connect.js';
 import { CoproxyError } from '../errors.js';
@@ -242,10 +242,27 @@ describe('redirector lifecycle', () => {
     expect(() => createRedirector(options as never)).toThrow(expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option }));
   });
 
-  it('says plainly that the kernel backends are not built yet', () => {
-    expect(() => createRedirector({ id: 'k', priority: 1, backend: 'nftables' })).toThrow(
-      expect.objectContaining({ code: 'COPROXY_BACKEND_UNAVAILABLE', backend: 'nftables' }),
+  it('says plainly that the WFP backend is not built yet', () => {
+    expect(() => createRedirector({ id: 'k', priority: 1, backend: 'wfp' })).toThrow(
+      expect.objectContaining({ code: 'COPROXY_BACKEND_UNAVAILABLE', backend: 'wfp' }),
     );
+  });
+
+  it('refuses options the nftables backend cannot honour, before touching the kernel', async () => {
+    const invalid = (option: string) => expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option });
+    // nat chains must run after conntrack (-200): the kernel refuses lower priorities.
+    expect(() => createRedirector({ id: 'k', priority: -200, backend: 'nftables' })).toThrow(invalid('priority'));
+    expect(() => createRedirector({ id: 'k', priority: 0, backend: 'nftables', listen: { host: '0.0.0.0' } })).toThrow(invalid('listen.host'));
+    expect(() => createRedirector({ id: 'k', priority: 0, backend: 'nftables', markMask: 0 })).toThrow(invalid('markMask'));
+    expect(() => createRedirector({ id: 'k', priority: 0, markMask: 2 ** 32 })).toThrow(invalid('markMask'));
+    vi.stubEnv('COPROXY_MARK_MASK', 'lots');
+    try {
+      expect(() => createRedirector({ id: 'k', priority: 0, backend: 'nftables' })).toThrow(invalid('COPROXY_MARK_MASK'));
+      // The variable concerns the nftables backend only.
+      await createRedirector({ id: uniqueId('env'), priority: 0 }).close();
+    } finally {
+      vi.unstubAllEnvs();
+    }
   });
 });
 

@@ -17,7 +17,7 @@ import { hex32 } from './tables.js';
 export const DEFAULT_MARK_MASK = 0xff000000;
 
 /** The mask from the option, else `COPROXY_MARK_MASK` (hex `0x...` or decimal), else the default. */
-export function resolveMarkMask(option: number | undefined, env: string | undefined = process.env.COPROXY_MARK_MASK): number {
+export function resolveMarkMask(option: number | undefined, env: string | undefined): number {
   if (option !== undefined) return checkMask(option, 'markMask');
   if (env === undefined || env.trim() === '') return DEFAULT_MARK_MASK;
   const text = env.trim();

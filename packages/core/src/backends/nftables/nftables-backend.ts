@@ -16,9 +16,10 @@ import type { Destination } from '../../redirector/match-rule.js';
 import type { AcceptedFlow, Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
 import { closeFd, getMark, getOriginalDestination, openMarkedSocket } from './libc.js';
 import { type BitHolder, candidateBits, recordsFromMark } from './marks.js';
+import { listTables, removeTable } from './installed-tables.js';
 import { nft } from './nft.js';
 import { findSocketPid, isOwnerAlive, processStartTime } from './proc.js';
-import { type ListedTable, type TableInfo, parseTable, parseTableNames, renderChain, renderClaim, tableName } from './tables.js';
+import { type ListedTable, type TableInfo, renderChain, renderClaim, tableName } from './tables.js';
 
 /**
  * Linux: the kernel redirects unmodified programs. Each redirector is an nft table with a
@@ -213,35 +214,6 @@ function sweepStale(listed: readonly ListedTable[], except: string): void {
         'CoproxyStaleTableWarning',
       );
     }
-  }
-}
-
-/** Every coproxy table in this network namespace. */
-export function listTables(): ListedTable[] {
-  const tables = nft();
-  const listed: ListedTable[] = [];
-  for (const name of parseTableNames(tables.run('list tables inet'))) {
-    let text: string;
-    try {
-      text = tables.run(`list table inet ${name}`);
-    } catch (error) {
-      if (error instanceof NftCommandError && /No such file/.test(error.detail)) continue; // removed meanwhile
-      throw error;
-    }
-    const table = parseTable(text);
-    if (table !== undefined) listed.push(table);
-  }
-  return listed;
-}
-
-/** Deletes a table; one already gone is not an error. */
-export function removeTable(name: string): boolean {
-  try {
-    nft().run(`delete table inet ${name}`);
-    return true;
-  } catch (error) {
-    if (error instanceof NftCommandError && /No such file/.test(error.detail)) return false;
-    throw error;
   }
 }
 

@@ -4,7 +4,8 @@
 // path (tables removed, then the signal's default action).
 //
 // argv[2]: JSON { id, priority, ports, failMode?, propagate?, markMask?, maxAccepts?, context?, dropTo? }
-// messages out: { ready: { port } } | { accepted: {...} } | { failed: { code, message } } | { closed: true }
+// messages out: { ready: { port } } | { accepted: {...} } | { rejected: { code, message } }
+//               | { failed: { code, message } } | { closed: true }
 // messages in:  'close' (close the redirector and stay alive) | 'exit' (close, then exit 0)
 import { createRedirector, relay } from '../dist/index.js';
 
@@ -33,6 +34,10 @@ try {
   process.send({ failed: { code: error.code, message: error.message } });
   process.exit(3);
 }
+
+redirector.events$.subscribe((event) => {
+  if (event.type === 'rejected') process.send({ rejected: { code: event.error.code, message: event.error.message } });
+});
 
 redirector.accepted$.subscribe({
   next(conn) {

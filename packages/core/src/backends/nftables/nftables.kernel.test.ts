@@ -28,6 +28,7 @@ interface Vendor {
   readonly id: string;
   readonly child: ChildProcess;
   readonly accepted: Accepted[];
+  readonly rejected: { code: string; message: string }[];
   /** Resolves with the listener, or rejects with the vendor's typed failure. */
   readonly ready: Promise<{ address: string; port: number }>;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -52,14 +53,17 @@ function startVendor(netns: Netns, options: VendorOptions): Vendor {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const accepted: Accepted[] = [];
+  const rejected: { code: string; message: string }[] = [];
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
   let closed: (() => void) | undefined;
   const ready = new Promise<{ address: string; port: number }>((resolve, reject) => {
-    child.on('message', (message: { ready?: { address: string; port: number }; accepted?: Accepted; failed?: { code: string; message: string }; closed?: boolean }) => {
+    type Message = { ready?: { address: string; port: number }; accepted?: Accepted; rejected?: { code: string; message: string } };
+    child.on('message', (message: Message & { failed?: { code: string; message: string }; closed?: boolean }) => {
       if (message.ready !== undefined) resolve(message.ready);
       if (message.accepted !== undefined) accepted.push(message.accepted);
+      if (message.rejected !== undefined) rejected.push(message.rejected);
       if (message.failed !== undefined) reject(Object.assign(new Error(message.failed.message), { code: message.failed.code }));
       if (message.closed === true) closed?.();
     });
@@ -69,6 +73,7 @@ function startVendor(netns: Netns, options: VendorOptions): Vendor {
     id: options.id,
     child,
     accepted,
+    rejected,
     ready,
     exited,
     send(message) {
@@ -160,6 +165,18 @@ describe.skipIf(skipKernelTests)('nftables backend, in network namespaces', () =
       });
     }
     expect(vendor.accepted).toHaveLength(4);
+
+    // A client that dials the listener itself was not redirected: forwarding it would
+    // loop into the listener, so it is rejected, and the vendor goes on serving.
+    const { port } = await vendor.ready;
+    const direct = await netns.run('curl', ['-s', '--max-time', '5', `http://127.0.0.1:${port}/`]).then(
+      () => ({ code: 0 }),
+      (error: { code: number }) => error,
+    );
+    expect([52, 56]).toContain(direct.code); // curl: closed (52) or reset (56) without a reply
+    await until(() => vendor.rejected.length === 1, 5000, 'the direct connection to be rejected');
+    expect(vendor.rejected[0]).toMatchObject({ code: 'COPROXY_RECORDS_MISMATCH' });
+    expect((await curl(netns, NETNS_V4, Buffer.from('still serving'))).reply.mark).toBe(bit);
   });
 
   it.each([2, 3])('chains %i vendor processes at random priorities: each inspects each flow once', async (count) => {

@@ -1,22 +1,25 @@
 /**
- * What the embedded backend costs: connections per second and bytes per second on
- * loopback through 0 (direct), 1 and 2 pass-through redirectors, measured side by side in
- * one run and reported as absolute figures and as ratios to the direct case.
+ * What a backend costs: connections per second and bytes per second on loopback through
+ * 0 (direct), 1 and 2 pass-through redirectors, measured side by side in one run and
+ * reported as absolute figures and as ratios to the direct case.
  *
  * The origin and each vendor run in their own child process (this script, forked with
  * `origin` or `vendor …`), so the client and the proxies do not share one event loop.
- * Everything uses a fresh temporary registry and 127.0.0.1 only.
+ * `--backend embedded` (default) uses a fresh temporary registry and 127.0.0.1 only; the
+ * client dials through core's `connect()`. `--backend nftables` (root) runs the whole
+ * bench inside a network namespace it creates and removes; the client is plain
+ * `net.connect` and the kernel redirects it.
  *
  * ```sh
- * pnpm bench                                   # from the repo root
- * BENCH_SECONDS=2 BENCH_MIB=64 node dist/bench/embedded-bench.js --json bench.json
+ * pnpm bench                                   # from the repo root: both backends
+ * BENCH_SECONDS=2 BENCH_MIB=64 node dist/bench/redirect-bench.js --backend nftables --json bench.json
  * ```
  *
  * Environment: `BENCH_SECONDS` (3) per configuration for the connection rate,
  * `BENCH_CONCURRENCY` (32) concurrent connection loops, `BENCH_MIB` (256) sent through one
  * connection for the byte rate.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -24,7 +27,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { connect, createRedirector, relay, type AcceptedConnection } from '../index.js';
+import { connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '../index.js';
 
 const HOST = '127.0.0.1';
 /** The origin's modes, chosen by the first byte of a connection. */
@@ -85,7 +88,7 @@ interface ChildService {
 function runChild(name: string, start: () => Promise<ChildService>): void {
   const send = process.send?.bind(process);
   if (send === undefined) {
-    console.error(`embedded-bench ${name}: runs as a child of the bench, with an IPC channel`);
+    console.error(`redirect-bench ${name}: runs as a child of the bench, with an IPC channel`);
     process.exit(2);
   }
   let service: ChildService | undefined;
@@ -96,7 +99,7 @@ function runChild(name: string, start: () => Promise<ChildService>): void {
     (service?.close() ?? Promise.resolve()).then(
       () => process.exit(0),
       (error: unknown) => {
-        console.error(`embedded-bench ${name}: close failed:`, error);
+        console.error(`redirect-bench ${name}: close failed:`, error);
         process.exit(1);
       },
     );
@@ -115,7 +118,7 @@ function runChild(name: string, start: () => Promise<ChildService>): void {
       send({ ready: true, port: started.port } satisfies ChildMessage);
     },
     (error: unknown) => {
-      console.error(`embedded-bench ${name}: failed to start:`, error);
+      console.error(`redirect-bench ${name}: failed to start:`, error);
       process.exit(1);
     },
   );
@@ -167,8 +170,8 @@ async function startOrigin(): Promise<ChildService> {
 }
 
 /** A pass-through vendor: every accepted connection is relayed to its destination unchanged. */
-async function startVendor(id: string, priority: number, registry: string, originPort: number): Promise<ChildService> {
-  const redirector = createRedirector({ id, priority, registry, match: { ports: [originPort] } });
+async function startVendor(id: string, priority: number, registry: string, originPort: number, backend: BackendName): Promise<ChildService> {
+  const redirector = createRedirector({ id, priority, registry, backend, match: { ports: [originPort] } });
   let accepted = 0;
   let failures = 0;
   const hops: Record<string, number> = {};
@@ -178,11 +181,11 @@ async function startVendor(id: string, priority: number, registry: string, origi
       const key = String(connection.records.hops);
       hops[key] = (hops[key] ?? 0) + 1;
       void passThrough(connection, (error) => {
-        if (failures++ === 0) console.error(`embedded-bench vendor ${id}: ${connection.id}:`, error);
+        if (failures++ === 0) console.error(`redirect-bench vendor ${id}: ${connection.id}:`, error);
       });
     },
     error: (error: unknown) => {
-      console.error(`embedded-bench vendor ${id}: accepted$ failed:`, error);
+      console.error(`redirect-bench vendor ${id}: accepted$ failed:`, error);
       process.exit(1);
     },
   });
@@ -292,6 +295,8 @@ function stopChild(child: ChildProcess): Promise<void> {
 interface Target {
   readonly port: number;
   readonly registry: string;
+  /** `nftables`: the client dials plainly and the kernel redirects it. */
+  readonly backend: BackendName;
   /** Connections opened by the client, so the vendors' counts can be checked against it. */
   opened: number;
 }
@@ -304,7 +309,9 @@ function connectWithin(target: Target, timeoutMs: number): Promise<net.Socket> {
       timedOut = true;
       reject(new Error(`connect did not complete within ${timeoutMs} ms`));
     }, timeoutMs);
-    connect({ host: HOST, port: target.port, registry: target.registry }).then(
+    const opening =
+      target.backend === 'embedded' ? connect({ host: HOST, port: target.port, registry: target.registry }) : plainConnect(HOST, target.port);
+    opening.then(
       (socket) => {
         clearTimeout(timer);
         if (timedOut) return void socket.destroy();
@@ -316,6 +323,17 @@ function connectWithin(target: Target, timeoutMs: number): Promise<net.Socket> {
         reject(error instanceof Error ? error : new Error(String(error)));
       },
     );
+  });
+}
+
+function plainConnect(host: string, port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port, allowHalfOpen: true });
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', reject);
   });
 }
 
@@ -437,6 +455,7 @@ async function transfer(target: Target, bytes: number): Promise<TransferResult> 
 // The bench: configurations and report
 
 interface Settings {
+  readonly backend: BackendName;
   readonly seconds: number;
   readonly concurrency: number;
   readonly mib: number;
@@ -465,11 +484,11 @@ async function runConfiguration(
   const vendors: Child[] = [];
   try {
     for (const vendor of VENDORS.slice(0, configuration.vendors)) {
-      const args = ['vendor', vendor.id, String(vendor.priority), registry, String(origin.port)];
+      const args = ['vendor', vendor.id, String(vendor.priority), registry, String(origin.port), settings.backend];
       vendors.push(await spawnChild(vendor.id, args));
     }
     const originBefore = await askStats(origin);
-    const target: Target = { port: origin.port, registry, opened: 0 };
+    const target: Target = { port: origin.port, registry, backend: settings.backend, opened: 0 };
 
     const warmup = await connectionRate(target, WARMUP_SECONDS, settings.concurrency);
     const rate = await connectionRate(target, settings.seconds, settings.concurrency);
@@ -523,7 +542,14 @@ function describeError(error: unknown): string {
 }
 
 function readSettings(): Settings {
-  const { values } = parseArgs({ options: { json: { type: 'string' } }, strict: true, allowPositionals: false });
+  const { values } = parseArgs({
+    options: { json: { type: 'string' }, backend: { type: 'string', default: 'embedded' } },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.backend !== 'embedded' && values.backend !== 'nftables') {
+    throw new Error(`--backend is embedded or nftables, got ${JSON.stringify(values.backend)}`);
+  }
   const number = (name: string, fallback: number, integer: boolean): number => {
     const text = process.env[name];
     if (text === undefined || text === '') return fallback;
@@ -534,6 +560,7 @@ function readSettings(): Settings {
     return value;
   };
   return {
+    backend: values.backend,
     seconds: number('BENCH_SECONDS', 3, false),
     concurrency: number('BENCH_CONCURRENCY', 32, true),
     mib: number('BENCH_MIB', 256, true),
@@ -561,15 +588,51 @@ function printTable(results: readonly ConfigurationResult[]): void {
   }
 }
 
+/**
+ * The nftables bench runs inside a network namespace of its own, so its tables and the
+ * sysctl it sets touch nothing else: this process makes the namespace, runs the bench
+ * again inside it, and removes it whatever happens.
+ */
+async function inNamespace(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    console.log('nftables backend: skipped, it needs root (nft tables, socket marks, a network namespace)');
+    return 0;
+  }
+  const name = `coproxy-bench-${process.pid}`;
+  execFileSync('ip', ['netns', 'add', name]);
+  try {
+    execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+    const child = spawn('ip', ['netns', 'exec', name, process.execPath, fileURLToPath(import.meta.url), ...process.argv.slice(2)], {
+      stdio: 'inherit',
+      env: { ...process.env, COPROXY_BENCH_NETNS: name },
+    });
+    const forward = (signal: NodeJS.Signals): void => void child.kill(signal);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    const code = await new Promise<number>((resolve) => child.once('exit', (exitCode) => resolve(exitCode ?? 1)));
+    process.off('SIGINT', forward);
+    process.off('SIGTERM', forward);
+    return code;
+  } finally {
+    const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'latin1' }).split('\n').filter(Boolean);
+    for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
+    execFileSync('ip', ['netns', 'del', name]);
+  }
+}
+
 async function main(): Promise<void> {
   const settings = readSettings();
+  if (settings.backend === 'nftables' && process.env.COPROXY_BENCH_NETNS === undefined) {
+    process.exitCode = await inNamespace();
+    return;
+  }
   const registry = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-bench-'));
   const cleanUp = (): void => {
     for (const child of children) child.kill('SIGTERM');
     fs.rmSync(registry, { recursive: true, force: true });
   };
   const onSignal = (signal: NodeJS.Signals): void => {
-    console.error(`embedded-bench: ${signal}, stopping`);
+    console.error(`redirect-bench: ${signal}, stopping`);
     cleanUp();
     process.exit(130);
   };
@@ -584,7 +647,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
     };
     console.log(
-      `embedded backend on ${HOST}: ${settings.seconds} s per configuration, ${settings.concurrency} concurrent ` +
+      `${settings.backend} backend on ${HOST}${settings.backend === 'nftables' ? ` in network namespace ${process.env.COPROXY_BENCH_NETNS}` : ''}: ${settings.seconds} s per configuration, ${settings.concurrency} concurrent ` +
         `connections, ${settings.mib} MiB through one connection`,
     );
     const origin = await spawnChild('origin', ['origin']);
@@ -610,11 +673,11 @@ async function main(): Promise<void> {
   }
 }
 
-function childArgs(): { id: string; priority: number; registry: string; originPort: number } {
-  const [id = '', priority = '', registry = '', originPort = ''] = process.argv.slice(3);
-  const result = { id, priority: Number(priority), registry, originPort: Number(originPort) };
-  if (id === '' || registry === '' || !Number.isInteger(result.priority) || !Number.isInteger(result.originPort)) {
-    throw new Error(`usage: embedded-bench vendor ID PRIORITY REGISTRY ORIGIN_PORT, got ${process.argv.slice(3).join(' ')}`);
+function childArgs(): { id: string; priority: number; registry: string; originPort: number; backend: BackendName } {
+  const [id = '', priority = '', registry = '', originPort = '', backend = ''] = process.argv.slice(3);
+  const result = { id, priority: Number(priority), registry, originPort: Number(originPort), backend: backend as BackendName };
+  if (id === '' || registry === '' || !Number.isInteger(result.priority) || !Number.isInteger(result.originPort) || !['embedded', 'nftables'].includes(backend)) {
+    throw new Error(`usage: redirect-bench vendor ID PRIORITY REGISTRY ORIGIN_PORT BACKEND, got ${process.argv.slice(3).join(' ')}`);
   }
   return result;
 }
@@ -624,15 +687,15 @@ switch (process.argv[2] ?? '') {
     runChild('origin', startOrigin);
     break;
   case 'vendor': {
-    const { id, priority, registry, originPort } = childArgs();
-    runChild(`vendor ${id}`, () => startVendor(id, priority, registry, originPort));
+    const { id, priority, registry, originPort, backend } = childArgs();
+    runChild(`vendor ${id}`, () => startVendor(id, priority, registry, originPort, backend));
     break;
   }
   default:
     main().then(
       () => process.exit(0),
       (error: unknown) => {
-        console.error('embedded-bench failed:', error);
+        console.error('redirect-bench failed:', error);
         process.exit(1);
       },
     );

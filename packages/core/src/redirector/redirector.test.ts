@@ -249,7 +249,7 @@ describe('redirector lifecycle', () => {
   });
 
   it('refuses options the nftables backend cannot honour, before touching the kernel', async () => {
-    const invalid = (option: string) => expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option });
+    const invalid = (option: string): unknown => expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option });
     // nat chains must run after conntrack (-200): the kernel refuses lower priorities.
     expect(() => createRedirector({ id: 'k', priority: -200, backend: 'nftables' })).toThrow(invalid('priority'));
     expect(() => createRedirector({ id: 'k', priority: 0, backend: 'nftables', listen: { host: '0.0.0.0' } })).toThrow(invalid('listen.host'));

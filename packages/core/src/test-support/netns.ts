@@ -19,7 +19,7 @@ export async function assertKernelTestsCanRun(): Promise<void> {
     try {
       await run(command, [...args]);
     } catch (error) {
-      throw new Error(`'${command}' is not usable (${(error as Error).message}): ${hint}`);
+      throw new Error(`'${command}' is not usable (${(error as Error).message}): ${hint}`, { cause: error });
     }
   }
 }

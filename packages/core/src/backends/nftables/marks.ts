@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { InvalidOptionsError } from '../../errors.js';
-import { RedirectRecords } from '../../records/redirect-records.js';
+import { MAX_REDIRECTS, RedirectRecords } from '../../records/redirect-records.js';
 import { hex32 } from './tables.js';
 
 /**
@@ -28,6 +28,11 @@ export function resolveMarkMask(option: number | undefined, env: string | undefi
 function checkMask(value: number, option: string): number {
   if (!Number.isInteger(value) || value <= 0 || value > 0xffffffff) {
     throw new InvalidOptionsError(`must be a non-zero 32-bit mask such as 0xff000000, got ${String(value)}`, option);
+  }
+  // A flow carries at most MAX_REDIRECTS records: a wider mask could yield marks that
+  // cannot be read back as records.
+  if (bitsOf(value >>> 0).length > MAX_REDIRECTS) {
+    throw new InvalidOptionsError(`may have at most ${MAX_REDIRECTS} bits (the hop bound), got ${hex32(value)}`, option);
   }
   return value >>> 0;
 }

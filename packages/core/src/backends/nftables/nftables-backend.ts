@@ -43,6 +43,9 @@ async function install(spec: InstallSpec, sink: FlowSink): Promise<Installation>
   ensureFwmarkAccept();
   const { servers, port } = await listenOnLoopback(spec.listen.port);
   const families = new Set(servers.map((server) => server.family));
+  if (!families.has(6) && spec.match.rule.family !== 4) {
+    process.emitWarning(`coproxy: '${spec.id}' redirects IPv4 only: ::1 is not available in this network namespace`, 'CoproxyIpv6Warning');
+  }
   let info: TableInfo;
   try {
     info = claimBit(spec);

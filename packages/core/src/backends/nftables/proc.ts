@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Endpoint } from '../backend.js';
+import { addressToBytes } from '../embedded/ip-address.js';
 
 /**
  * What /proc says about processes and sockets, for the nftables backend: whether a
@@ -28,22 +29,11 @@ export function isOwnerAlive(pid: number, start: number, proc = '/proc'): boolea
 
 /** How /proc/net/tcp{,6} prints an address and port: 32-bit words in host (little-endian) order. */
 export function procNetEndpoint(address: string, port: number): string {
-  const family = net.isIP(address);
-  const bytes = family === 4 ? Buffer.from(address.split('.').map(Number)) : ipv6Bytes(address);
+  // addressToBytes also reads a dotted IPv4 tail: Node prints the source ::a00:1 as `::10.0.0.1`.
+  const bytes = addressToBytes(address);
   let text = '';
   for (let i = 0; i < bytes.length; i += 4) text += bytes.readUInt32LE(i).toString(16).toUpperCase().padStart(8, '0');
   return `${text}:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-}
-
-function ipv6Bytes(address: string): Buffer {
-  const [head = '', tail] = address.split('::');
-  const parse = (part: string): number[] => (part === '' ? [] : part.split(':').map((group) => Number.parseInt(group, 16)));
-  const left = parse(head);
-  const right = tail === undefined ? [] : parse(tail);
-  const groups = [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
-  const bytes = Buffer.alloc(16);
-  groups.forEach((group, i) => bytes.writeUInt16BE(group, i * 2));
-  return bytes;
 }
 
 /** The inode of the socket with this local and remote endpoint, from a /proc/net/tcp listing. */

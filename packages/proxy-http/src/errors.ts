@@ -1,0 +1,43 @@
+/** The rule file is unreadable, not JSON, or does not follow the schema; `problems` lists each with its path. */
+export class RulesError extends Error {
+  override readonly name = 'RulesError';
+  readonly code = 'COPROXY_HTTP_RULES_INVALID';
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`invalid rules in ${source}:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+/** An option of `createHttpProxy` is out of range. */
+export class HttpProxyOptionsError extends Error {
+  override readonly name = 'HttpProxyOptionsError';
+  readonly code = 'COPROXY_HTTP_INVALID_OPTIONS';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(`${option}: ${message}`);
+  }
+}
+
+/**
+ * Why an exchange or a connection failed, as events and metrics name it. Node's parser
+ * codes (`HPE_*`) and system errors (`ECONNREFUSED`, `ECONNRESET`) are kept as they are;
+ * these are the proxy's own.
+ */
+export const ProxyErrorCode = {
+  /** The origin sent no response head within `originTimeoutMs` (504). */
+  OriginTimeout: 'ORIGIN_TIMEOUT',
+  /** The origin could not be reached (502), or no connection within the connect timeout (504: COPROXY_CONNECT_TIMEOUT). */
+  OriginUnreachable: 'ORIGIN_UNREACHABLE',
+  /** The origin's connection broke after its response had started: the client's is cut too. */
+  OriginReset: 'ORIGIN_RESET',
+  /** The client's connection broke mid-exchange: the origin's is cut too. */
+  ClientReset: 'CLIENT_RESET',
+  /** The origin's response was not valid HTTP (502). */
+  OriginMalformed: 'ORIGIN_MALFORMED',
+  /** An inspector threw (502). */
+  InspectorFailed: 'INSPECTOR_FAILED',
+} as const;

@@ -1,0 +1,173 @@
+import fs from 'node:fs';
+import { z } from 'zod';
+import { RulesError } from './errors.js';
+import type { Inspector, RequestInfo, Verdict } from './inspector.js';
+
+/**
+ * The rule file: an ordered list, the first rule whose `when` matches gives the verdict.
+ *
+ * ```json
+ * {
+ *   "rules": [
+ *     { "name": "no-admin", "when": { "method": ["POST", "PUT"], "host": "*.example.com", "path": "/admin/*" },
+ *       "verdict": "block", "status": 403, "reason": "admin is off limits" },
+ *     { "name": "tag-api", "when": { "header": { "name": "x-client", "matches": "^mobile/" } },
+ *       "verdict": "annotate", "headers": { "x-inspected-by": "acme-web" } },
+ *     { "name": "rest", "verdict": "allow" }
+ *   ]
+ * }
+ * ```
+ *
+ * `method`: a name or a list (any case). `host`: the Host header without port, exactly or
+ * `*.suffix` for any subdomain. `path`: the path without query; `*` matches any run of
+ * characters and the pattern must match the whole path. `header`: `name` plus one of
+ * `equals`, `contains`, `matches` (a regular expression) or `present` (true/false). Every
+ * condition given must hold; a rule without `when` matches every request.
+ */
+const headerCondition = z
+  .object({
+    name: z.string().min(1).regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be an HTTP header name'),
+    equals: z.string().optional(),
+    contains: z.string().optional(),
+    matches: z.string().optional(),
+    present: z.boolean().optional(),
+  })
+  .strict()
+  .refine((h) => [h.equals, h.contains, h.matches, h.present].filter((v) => v !== undefined).length === 1, {
+    message: 'give exactly one of equals, contains, matches, present',
+  })
+  .refine((h) => h.matches === undefined || isRegExp(h.matches), { message: 'matches is not a valid regular expression', path: ['matches'] });
+
+const when = z
+  .object({
+    method: z.union([z.string().regex(/^[A-Za-z]+$/, 'must be a method name'), z.array(z.string().regex(/^[A-Za-z]+$/, 'must be a method name')).min(1)]).optional(),
+    host: z.string().min(1).regex(/^(\*\.)?[A-Za-z0-9.-]+$/, "must be a host name, or '*.' and a domain").optional(),
+    path: z.string().startsWith('/', "must start with '/'").optional(),
+    header: headerCondition.optional(),
+  })
+  .strict();
+
+const base = { name: z.string().min(1).max(64), when: when.optional() };
+
+const rule = z.discriminatedUnion('verdict', [
+  z.object({ ...base, verdict: z.literal('allow') }).strict(),
+  z
+    .object({
+      ...base,
+      verdict: z.literal('block'),
+      status: z.number().int().min(400).max(599).optional(),
+      reason: z.string().max(1024).optional(),
+    })
+    .strict(),
+  z
+    .object({
+      ...base,
+      verdict: z.literal('annotate'),
+      headers: z
+        .record(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be an HTTP header name'), z.string().regex(/^[\t\x20-\x7e\x80-\xff]*$/, 'must not contain control characters'))
+        .refine((h) => Object.keys(h).length > 0, { message: 'add at least one header' }),
+    })
+    .strict(),
+]);
+
+const ruleFile = z.object({ rules: z.array(rule) }).strict();
+
+export type Rule = z.infer<typeof rule>;
+export type RuleFile = z.infer<typeof ruleFile>;
+
+function isRegExp(source: string): boolean {
+  try {
+    new RegExp(source);
+    return true;
+  } catch {
+    return false; // the message says which field: see the refine above
+  }
+}
+
+/** Validates a parsed rule file; throws `RulesError` listing every problem with its path. */
+export function parseRules(value: unknown, source = 'rules'): RuleFile {
+  const result = ruleFile.safeParse(value);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => `${source}${issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}: ${issue.message}`);
+  throw new RulesError(source, problems);
+}
+
+/** Reads, parses and validates a rule file. */
+export function loadRules(file: string): RuleFile {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new RulesError(file, [`cannot read: ${(error as Error).message}`]);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new RulesError(file, [`not JSON: ${(error as Error).message}`]);
+  }
+  return parseRules(value, file);
+}
+
+/** The rules as an inspector named `rule:<name>` per verdict: the first match decides. */
+export function rulesInspector(file: RuleFile): Inspector {
+  const compiled = file.rules.map((r) => ({ rule: r, test: compileWhen(r.when) }));
+  return {
+    name: 'rules',
+    inspectRequest(request) {
+      const hit = compiled.find(({ test }) => test(request));
+      if (hit === undefined) return undefined;
+      return toVerdict(hit.rule);
+    },
+  };
+}
+
+/** A rule's verdict, with the rule's name where the decision records who decided. */
+function toVerdict(r: Rule): Verdict & { readonly rule: string } {
+  switch (r.verdict) {
+    case 'allow':
+      return { action: 'allow', rule: r.name };
+    case 'block':
+      return { action: 'block', rule: r.name, ...(r.status !== undefined && { status: r.status }), ...(r.reason !== undefined && { reason: r.reason }) };
+    case 'annotate':
+      return { action: 'annotate', rule: r.name, headers: r.headers };
+  }
+}
+
+function compileWhen(condition: Rule['when']): (request: RequestInfo) => boolean {
+  if (condition === undefined) return () => true;
+  const tests: ((request: RequestInfo) => boolean)[] = [];
+  if (condition.method !== undefined) {
+    const methods = new Set((Array.isArray(condition.method) ? condition.method : [condition.method]).map((m) => m.toUpperCase()));
+    tests.push((request) => methods.has(request.method.toUpperCase()));
+  }
+  if (condition.host !== undefined) {
+    const host = condition.host.toLowerCase();
+    tests.push(
+      host.startsWith('*.')
+        ? (request) => request.host !== undefined && request.host.endsWith(host.slice(1))
+        : (request) => request.host === host,
+    );
+  }
+  if (condition.path !== undefined) {
+    const pattern = new RegExp(`^${condition.path.split('*').map(escapeRegExp).join('.*')}$`, 's');
+    tests.push((request) => pattern.test(request.path));
+  }
+  if (condition.header !== undefined) {
+    const header = condition.header;
+    const name = header.name.toLowerCase();
+    const regex = header.matches === undefined ? undefined : new RegExp(header.matches);
+    tests.push((request) => {
+      const raw = request.headers[name];
+      const value = Array.isArray(raw) ? raw.join(', ') : raw;
+      if (header.present !== undefined) return header.present === (value !== undefined);
+      if (value === undefined) return false;
+      if (header.equals !== undefined) return value === header.equals;
+      if (header.contains !== undefined) return value.includes(header.contains);
+      return regex?.test(value) ?? false;
+    });
+  }
+  return (request) => tests.every((test) => test(request));
+}
+
+const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -1,0 +1,322 @@
+/**
+ * A strict parser for the TLS ClientHello (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2), the only
+ * message this proxy reads before deciding. Peers' bytes are untrusted: every length is
+ * checked against what remains, every bound is explicit, and the only thing it throws is
+ * a `ClientHelloError` with a code and the offset of the fault.
+ *
+ * It reads TLS records (type 22, handshake) and reassembles the handshake message across
+ * as many records and TCP segments as the client used. `parseClientHello` is
+ * incremental: given the bytes so far, it says how many more it needs, or returns the
+ * hello and how many bytes of the stream it spans.
+ */
+
+export const RECORD_HANDSHAKE = 22;
+export const HANDSHAKE_CLIENT_HELLO = 1;
+/** A plaintext record carries at most 2^14 bytes (RFC 8446 §5.1). */
+const MAX_RECORD = 16_384;
+
+export const EXT_SERVER_NAME = 0x0000;
+export const EXT_SUPPORTED_GROUPS = 0x000a;
+export const EXT_EC_POINT_FORMATS = 0x000b;
+export const EXT_SIGNATURE_ALGORITHMS = 0x000d;
+export const EXT_ALPN = 0x0010;
+export const EXT_SUPPORTED_VERSIONS = 0x002b;
+export const EXT_ENCRYPTED_CLIENT_HELLO = 0xfe0d;
+
+export type ClientHelloErrorCode =
+  /** The first byte is not a handshake record: not TLS (the caller may pass it through). */
+  | 'NOT_TLS'
+  /** A record or handshake header is invalid: wrong type, version or length. */
+  | 'BAD_RECORD'
+  /** The first handshake message is not a ClientHello. */
+  | 'NOT_CLIENT_HELLO'
+  /** A length runs past its container, a list is malformed, or bytes are left over. */
+  | 'MALFORMED'
+  /** The hello is larger than the configured bound. */
+  | 'TOO_LARGE'
+  /** An extension appears twice (RFC 8446 §4.2 forbids it). */
+  | 'DUPLICATE_EXTENSION';
+
+export class ClientHelloError extends Error {
+  override readonly name = 'ClientHelloError';
+  constructor(
+    readonly code: ClientHelloErrorCode,
+    message: string,
+    /** Offset in the stream (records included) where the fault was found. */
+    readonly offset: number,
+  ) {
+    super(`${code}: ${message} (at byte ${offset})`);
+  }
+}
+
+export interface ClientHello {
+  /** `legacy_version` of the hello, e.g. 0x0303. */
+  readonly legacyVersion: number;
+  /** The record layer's version of the first record. */
+  readonly recordVersion: number;
+  readonly random: Buffer;
+  readonly sessionId: Buffer;
+  /** In the client's order, GREASE values included. */
+  readonly cipherSuites: readonly number[];
+  readonly compressionMethods: readonly number[];
+  /** Extension types in the client's order, GREASE included. */
+  readonly extensions: readonly number[];
+  /** The `host_name` of server_name; with ECH this is the outer (public) name. */
+  readonly serverName: string | undefined;
+  readonly alpn: readonly string[];
+  /** From supported_versions, in the client's order, GREASE included. */
+  readonly supportedVersions: readonly number[];
+  readonly supportedGroups: readonly number[];
+  readonly ecPointFormats: readonly number[];
+  readonly signatureAlgorithms: readonly number[];
+  /** Present when the hello carries an outer encrypted_client_hello extension. */
+  readonly ech: { readonly configId: number; readonly kdf: number; readonly aead: number } | undefined;
+  /** How many TLS records the hello spanned. */
+  readonly records: number;
+}
+
+export type ParseResult =
+  | { readonly done: false; /** At least this many more bytes are needed. */ readonly needed: number }
+  | { readonly done: true; readonly hello: ClientHello; /** Bytes of the stream the hello's records span. */ readonly consumed: number };
+
+/** GREASE values (RFC 8701): 0x?a?a with both bytes equal. */
+export const isGrease = (value: number): boolean => (value & 0x0f0f) === 0x0a0a && value >> 8 === (value & 0xff);
+
+/**
+ * Parses the ClientHello at the start of `stream`. `maxBytes` bounds the handshake
+ * message (default 64 KiB: a post-quantum hello with ECH is a few KiB).
+ */
+export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult {
+  if (stream.length === 0) return { done: false, needed: 5 };
+  if (stream[0] !== RECORD_HANDSHAKE) throw new ClientHelloError('NOT_TLS', `record type ${stream[0]} is not a handshake (22)`, 0);
+  // Reassemble the handshake message from consecutive handshake records.
+  const fragments: Buffer[] = [];
+  let gathered = 0;
+  let offset = 0;
+  let records = 0;
+  let recordVersion = 0;
+  let messageLength: number | undefined;
+  for (;;) {
+    if (stream.length - offset < 5) return { done: false, needed: 5 - (stream.length - offset) };
+    const type = stream[offset]!;
+    const major = stream[offset + 1]!;
+    const length = stream.readUInt16BE(offset + 3);
+    if (type !== RECORD_HANDSHAKE) {
+      throw new ClientHelloError('BAD_RECORD', `record type ${type} inside the ClientHello`, offset);
+    }
+    if (major !== 3) throw new ClientHelloError('BAD_RECORD', `record version ${major}.${stream[offset + 2]} is not 3.x`, offset + 1);
+    if (length === 0 || length > MAX_RECORD) throw new ClientHelloError('BAD_RECORD', `record length ${length} is not 1..${MAX_RECORD}`, offset + 3);
+    if (records === 0) recordVersion = stream.readUInt16BE(offset + 1);
+    if (stream.length - offset - 5 < length) return { done: false, needed: length - (stream.length - offset - 5) };
+    fragments.push(stream.subarray(offset + 5, offset + 5 + length));
+    gathered += length;
+    offset += 5 + length;
+    records++;
+    if (messageLength === undefined && gathered >= 4) {
+      const header = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
+      if (header[0] !== HANDSHAKE_CLIENT_HELLO) {
+        throw new ClientHelloError('NOT_CLIENT_HELLO', `handshake type ${header[0]} is not ClientHello (1)`, 5);
+      }
+      messageLength = header.readUIntBE(1, 3);
+      if (messageLength > maxBytes) throw new ClientHelloError('TOO_LARGE', `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, 6);
+    }
+    if (messageLength !== undefined && gathered >= 4 + messageLength) {
+      // The record that completes the hello must not carry another message after it:
+      // a client sends nothing else until the server answers.
+      if (gathered > 4 + messageLength) {
+        throw new ClientHelloError('MALFORMED', `${gathered - 4 - messageLength} bytes after the ClientHello in its record`, offset);
+      }
+      const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
+      return { done: true, hello: decodeBody(message.subarray(4), recordVersion, records), consumed: offset };
+    }
+  }
+}
+
+/** A cursor over the ClientHello body; offsets in errors are relative to the body start (stream offset 9 for one record). */
+class Reader {
+  constructor(
+    private readonly bytes: Buffer,
+    private position = 0,
+    private readonly end = bytes.length,
+    private readonly base = 9,
+  ) {}
+
+  get remaining(): number {
+    return this.end - this.position;
+  }
+
+  fail(message: string): never {
+    throw new ClientHelloError('MALFORMED', message, this.base + this.position);
+  }
+
+  u8(what: string): number {
+    if (this.remaining < 1) this.fail(`${what}: truncated`);
+    return this.bytes[this.position++]!;
+  }
+
+  u16(what: string): number {
+    if (this.remaining < 2) this.fail(`${what}: truncated`);
+    const value = this.bytes.readUInt16BE(this.position);
+    this.position += 2;
+    return value;
+  }
+
+  take(length: number, what: string): Buffer {
+    if (this.remaining < length) this.fail(`${what}: length ${length} runs past its container (${this.remaining} left)`);
+    const slice = this.bytes.subarray(this.position, this.position + length);
+    this.position += length;
+    return slice;
+  }
+
+  /** A sub-reader over a length-prefixed vector. */
+  vector(lengthBytes: 1 | 2, what: string): Reader {
+    const length = lengthBytes === 1 ? this.u8(what) : this.u16(what);
+    const start = this.position;
+    this.take(length, what);
+    return new Reader(this.bytes, start, start + length, this.base);
+  }
+
+  u16List(what: string): number[] {
+    if (this.remaining % 2 !== 0) this.fail(`${what}: odd length`);
+    const values: number[] = [];
+    while (this.remaining > 0) values.push(this.u16(what));
+    return values;
+  }
+
+  done(what: string): void {
+    if (this.remaining !== 0) this.fail(`${what}: ${this.remaining} bytes left over`);
+  }
+}
+
+function decodeBody(body: Buffer, recordVersion: number, records: number): ClientHello {
+  const r = new Reader(body);
+  const legacyVersion = r.u16('legacy_version');
+  if (legacyVersion >> 8 !== 3) r.fail(`legacy_version 0x${legacyVersion.toString(16)} is not 3.x`);
+  const random = Buffer.from(r.take(32, 'random'));
+  const sessionIdReader = r.vector(1, 'session_id');
+  if (sessionIdReader.remaining > 32) sessionIdReader.fail('session_id longer than 32 bytes');
+  const sessionId = Buffer.from(sessionIdReader.take(sessionIdReader.remaining, 'session_id'));
+  const suitesReader = r.vector(2, 'cipher_suites');
+  if (suitesReader.remaining < 2) suitesReader.fail('cipher_suites is empty');
+  const cipherSuites = suitesReader.u16List('cipher_suites');
+  const compression = r.vector(1, 'compression_methods');
+  if (compression.remaining < 1) compression.fail('compression_methods is empty');
+  const compressionMethods: number[] = [];
+  while (compression.remaining > 0) compressionMethods.push(compression.u8('compression_methods'));
+
+  const hello = {
+    legacyVersion,
+    recordVersion,
+    random,
+    sessionId,
+    cipherSuites,
+    compressionMethods,
+    extensions: [] as number[],
+    serverName: undefined as string | undefined,
+    alpn: [] as string[],
+    supportedVersions: [] as number[],
+    supportedGroups: [] as number[],
+    ecPointFormats: [] as number[],
+    signatureAlgorithms: [] as number[],
+    ech: undefined as ClientHello['ech'],
+    records,
+  };
+  // A hello without extensions ends here (TLS 1.0/1.1 clients may send one).
+  if (r.remaining === 0) return hello;
+  const extensions = r.vector(2, 'extensions');
+  r.done('ClientHello');
+  const seen = new Set<number>();
+  while (extensions.remaining > 0) {
+    const type = extensions.u16('extension type');
+    const data = extensions.vector(2, `extension 0x${type.toString(16)}`);
+    if (seen.has(type)) throw new ClientHelloError('DUPLICATE_EXTENSION', `extension 0x${type.toString(16).padStart(4, '0')} appears twice`, 9);
+    seen.add(type);
+    hello.extensions.push(type);
+    decodeExtension(type, data, hello);
+  }
+  return hello;
+}
+
+interface HelloUnderConstruction {
+  serverName: string | undefined;
+  alpn: string[];
+  supportedVersions: readonly number[];
+  supportedGroups: readonly number[];
+  ecPointFormats: readonly number[];
+  signatureAlgorithms: readonly number[];
+  ech: ClientHello['ech'];
+}
+
+function decodeExtension(type: number, data: Reader, hello: HelloUnderConstruction): void {
+  switch (type) {
+    case EXT_SERVER_NAME: {
+      // An empty extension is legal in a ServerHello only, but some clients send it: no name.
+      if (data.remaining === 0) return;
+      const list = data.vector(2, 'server_name list');
+      data.done('server_name');
+      while (list.remaining > 0) {
+        const nameType = list.u8('server_name type');
+        const name = list.vector(2, 'server_name');
+        if (nameType !== 0) continue; // only host_name (0) is defined; others are skipped by rule
+        if (hello.serverName !== undefined) name.fail('two host_name entries');
+        const text = name.take(name.remaining, 'host_name').toString('latin1');
+        if (!/^[A-Za-z0-9._-]{1,253}$/.test(text)) name.fail(`host_name ${JSON.stringify(text.slice(0, 64))} is not a DNS name`);
+        hello.serverName = text.toLowerCase();
+      }
+      return;
+    }
+    case EXT_ALPN: {
+      const list = data.vector(2, 'ALPN list');
+      data.done('ALPN');
+      if (list.remaining === 0) list.fail('ALPN list is empty');
+      while (list.remaining > 0) {
+        const protocol = list.vector(1, 'ALPN protocol');
+        if (protocol.remaining === 0) protocol.fail('empty ALPN protocol name');
+        hello.alpn.push(protocol.take(protocol.remaining, 'ALPN protocol').toString('latin1'));
+      }
+      return;
+    }
+    case EXT_SUPPORTED_VERSIONS: {
+      const list = data.vector(1, 'supported_versions');
+      data.done('supported_versions');
+      hello.supportedVersions = list.u16List('supported_versions');
+      return;
+    }
+    case EXT_SUPPORTED_GROUPS: {
+      const list = data.vector(2, 'supported_groups');
+      data.done('supported_groups');
+      hello.supportedGroups = list.u16List('supported_groups');
+      return;
+    }
+    case EXT_EC_POINT_FORMATS: {
+      const list = data.vector(1, 'ec_point_formats');
+      data.done('ec_point_formats');
+      const formats: number[] = [];
+      while (list.remaining > 0) formats.push(list.u8('ec_point_formats'));
+      hello.ecPointFormats = formats;
+      return;
+    }
+    case EXT_SIGNATURE_ALGORITHMS: {
+      const list = data.vector(2, 'signature_algorithms');
+      data.done('signature_algorithms');
+      hello.signatureAlgorithms = list.u16List('signature_algorithms');
+      return;
+    }
+    case EXT_ENCRYPTED_CLIENT_HELLO: {
+      // draft-ietf-tls-esni: outer (0) carries cipher suite, config id, enc, payload.
+      const echType = data.u8('ECH type');
+      if (echType !== 0) return; // inner (1) is only ever inside the encrypted payload
+      const kdf = data.u16('ECH kdf');
+      const aead = data.u16('ECH aead');
+      const configId = data.u8('ECH config_id');
+      data.vector(2, 'ECH enc');
+      const payload = data.vector(2, 'ECH payload');
+      if (payload.remaining === 0) payload.fail('empty ECH payload');
+      data.done('encrypted_client_hello');
+      hello.ech = { configId, kdf, aead };
+      return;
+    }
+    default:
+      return; // other extensions are carried in `extensions` and not decoded
+  }
+}

@@ -1,0 +1,14 @@
+/**
+ * @coproxy/proxy-tls: a transparent inspecting TLS proxy (peek, splice, block, bump), a
+ * second vendor's product built on @coproxy/core's public API only.
+ */
+export { createTlsProxy, alertRecord } from './proxy.js';
+export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent } from './proxy.js';
+export { parseClientHello, ClientHelloError, isGrease } from './client-hello.js';
+export type { ClientHello, ClientHelloErrorCode, ParseResult } from './client-hello.js';
+export { ja3, ja4 } from './fingerprint.js';
+export { CertificateAuthority, CaError } from './ca.js';
+export type { CertificateAuthorityOptions } from './ca.js';
+export { parsePolicy, loadPolicy, compilePolicy, PolicyError } from './policy.js';
+export type { PolicyFile, Action, HandshakeFacts, PolicyDecision } from './policy.js';
+export { TlsProxyMetrics, serveMetrics } from './metrics.js';

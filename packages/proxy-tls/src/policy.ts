@@ -1,0 +1,113 @@
+import fs from 'node:fs';
+import { z } from 'zod';
+
+/**
+ * The policy file: ordered rules, the first whose `when` holds decides; `default` (splice
+ * unless given) decides the rest.
+ *
+ * ```json
+ * {
+ *   "default": "splice",
+ *   "rules": [
+ *     { "name": "bank", "when": { "sni": "*.bank.example" }, "action": "splice" },
+ *     { "name": "inspect-api", "when": { "sni": "api.example.com", "alpn": ["http/1.1"] }, "action": "bump" },
+ *     { "name": "no-old-curl", "when": { "ja3": "e7d705a3286e19ea42f587b344ee6865" }, "action": "block" }
+ *   ]
+ * }
+ * ```
+ *
+ * `sni`: exact, or `*.domain` for any subdomain; `nosni` matches hellos without a name.
+ * `alpn`: the hello offers at least one of these. `ja3`: the MD5; `ja4`: the JA4 string.
+ */
+export type Action = 'splice' | 'block' | 'bump';
+
+const action = z.enum(['splice', 'block', 'bump']);
+const rule = z
+  .object({
+    name: z.string().min(1).max(64),
+    when: z
+      .object({
+        sni: z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, "must be a host name, or '*.' and a domain").optional(),
+        nosni: z.literal(true).optional(),
+        alpn: z.array(z.string().min(1).max(255)).min(1).optional(),
+        ja3: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lower-case hex digits (an MD5)').optional(),
+        ja4: z.string().regex(/^[tqd]\d{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$/, 'must be a JA4 fingerprint').optional(),
+      })
+      .strict()
+      .optional(),
+    action,
+  })
+  .strict();
+const policyFile = z.object({ default: action.optional(), rules: z.array(rule).optional() }).strict();
+
+export type PolicyFile = z.infer<typeof policyFile>;
+
+export class PolicyError extends Error {
+  override readonly name = 'PolicyError';
+  readonly code = 'COPROXY_TLS_POLICY_INVALID';
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`invalid policy in ${source}:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+export function parsePolicy(value: unknown, source = 'policy'): PolicyFile {
+  const result = policyFile.safeParse(value);
+  if (result.success) return result.data;
+  throw new PolicyError(
+    source,
+    result.error.issues.map((issue) => `${source}${issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}: ${issue.message}`),
+  );
+}
+
+export function loadPolicy(file: string): PolicyFile {
+  let value: unknown;
+  try {
+    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new PolicyError(file, [`cannot read it as JSON: ${(error as Error).message}`]);
+  }
+  return parsePolicy(value, file);
+}
+
+/** What a rule sees of a handshake. */
+export interface HandshakeFacts {
+  readonly sni: string | undefined;
+  readonly alpn: readonly string[];
+  readonly ja3: string;
+  readonly ja4: string;
+}
+
+export interface PolicyDecision {
+  readonly action: Action;
+  /** The rule that decided, or undefined for the default. */
+  readonly rule: string | undefined;
+}
+
+export function compilePolicy(file: PolicyFile): (facts: HandshakeFacts) => PolicyDecision {
+  const rules = (file.rules ?? []).map((r) => ({ name: r.name, action: r.action, test: compileWhen(r.when) }));
+  const fallback = file.default ?? 'splice';
+  return (facts) => {
+    const hit = rules.find((r) => r.test(facts));
+    return hit === undefined ? { action: fallback, rule: undefined } : { action: hit.action, rule: hit.name };
+  };
+}
+
+function compileWhen(when: z.infer<typeof rule>['when']): (facts: HandshakeFacts) => boolean {
+  if (when === undefined) return () => true;
+  const tests: ((facts: HandshakeFacts) => boolean)[] = [];
+  if (when.sni !== undefined) {
+    const sni = when.sni.toLowerCase();
+    tests.push(sni.startsWith('*.') ? (f) => f.sni?.endsWith(sni.slice(1)) === true : (f) => f.sni === sni);
+  }
+  if (when.nosni === true) tests.push((f) => f.sni === undefined);
+  if (when.alpn !== undefined) {
+    const wanted = new Set(when.alpn);
+    tests.push((f) => f.alpn.some((p) => wanted.has(p)));
+  }
+  if (when.ja3 !== undefined) tests.push((f) => f.ja3 === when.ja3);
+  if (when.ja4 !== undefined) tests.push((f) => f.ja4 === when.ja4);
+  return (facts) => tests.every((t) => t(facts));
+}

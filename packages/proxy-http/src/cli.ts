@@ -30,6 +30,7 @@ const program = new Command('coproxy-http')
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
   .option('--origin-timeout <ms>', 'no response from the origin within this long: 504', integer(1, 3_600_000), 30_000)
   .option('--connect-timeout <ms>', 'no connection to the origin within this long: 504', integer(1, 3_600_000), 10_000)
+  .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .exitOverride()
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 
@@ -61,6 +62,7 @@ interface CliOptions {
   logLevel: string;
   originTimeout: number;
   connectTimeout: number;
+  dropRecords?: boolean;
 }
 
 async function main(): Promise<number> {
@@ -91,6 +93,7 @@ async function main(): Promise<number> {
       failMode: options.failMode,
       ...(options.rules !== undefined && { rules: options.rules }),
       originTimeoutMs: options.originTimeout,
+      propagateRecords: options.dropRecords !== true,
       connectTimeoutMs: options.connectTimeout,
       logger,
     });
@@ -98,9 +101,18 @@ async function main(): Promise<number> {
     process.stderr.write(`coproxy-http: ${(error as Error).message}\n`);
     return error instanceof RulesError || (error as { code?: string }).code === 'COPROXY_INVALID_OPTIONS' ? 2 : 1;
   }
+  // One line per accepted connection: what the redirect layer told this vendor.
+  proxy.events$.subscribe((event) => {
+    if (event.type !== 'accepted') return;
+    const { connectionId, source, originalDestination: destination, state, redirectedBy } = event;
+    logger.info({ connectionId, source: { address: source.address, port: source.port }, destination, state, redirectedBy }, 'accepted');
+  });
   const metricsServer = metricsAt === undefined ? undefined : await serveMetrics(proxy.metrics, metricsAt.host, metricsAt.port);
   const stopped = new Promise<number>((resolve) => {
+    let stopping = false;
     const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
       logger.info({ signal }, 'shutting down');
       metricsServer?.close();
       proxy.close().then(
@@ -111,8 +123,12 @@ async function main(): Promise<number> {
         },
       );
     };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    // `on`, not `once`: the nftables backend's own handler, which runs after this one,
+    // takes a signal nobody else listens to as its cue to remove the tables and re-raise
+    // it (the process would die by the signal, not exit 0), and a `once` listener has
+    // already removed itself by the time that handler counts listeners.
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
   });
   try {
     const listening = await proxy.listening();

@@ -49,6 +49,12 @@ export interface HttpProxyOptions {
   readonly idleTimeoutMs?: number;
   /** pino logger; default silent. */
   readonly logger?: Logger;
+  /**
+   * Default true. `false` makes the proxy's onward connections carry only its own
+   * redirect, as a vendor that merely excludes itself would: for demonstrating the loop
+   * that records prevent (the testbed's `--drop-records`).
+   */
+  readonly propagateRecords?: boolean;
 }
 
 export interface HttpExchange {
@@ -106,6 +112,8 @@ interface ConnectionState {
   readonly info: ConnectionInfo;
   readonly agent: OnwardAgent;
   sequence: number;
+  /** Requests whose response has not finished or closed yet. */
+  inFlight: number;
 }
 
 /**
@@ -117,12 +125,13 @@ class OnwardAgent extends http.Agent {
   constructor(
     private readonly conn: AcceptedConnection,
     private readonly timeoutMs: number,
+    private readonly propagateRecords: boolean,
   ) {
     super({ keepAlive: true, maxSockets: 1, maxFreeSockets: 1 });
   }
 
   override createConnection(_options: unknown, callback: (error: Error | null, socket?: Duplex) => void): undefined {
-    this.conn.connectOnward({ timeoutMs: this.timeoutMs }).then(
+    this.conn.connectOnward({ timeoutMs: this.timeoutMs, propagateRecords: this.propagateRecords }).then(
       (socket) => callback(null, socket),
       (error: Error) => callback(error),
     );
@@ -141,6 +150,7 @@ class OnwardAgent extends http.Agent {
 export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
   const settings = validate(options);
   const logger = options.logger ?? pino({ level: 'silent' });
+  const propagateRecords = options.propagateRecords ?? true;
   const metrics = new HttpProxyMetrics();
   const exchanges = new Subject<HttpExchange>();
   const proxyEvents = new Subject<HttpProxyEvent>();
@@ -163,9 +173,15 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     maxHeaderSize: settings.maxHeaderSize,
     requestTimeout: 0, // bodies may be large and slow; idle and header timeouts bound abuse
     headersTimeout: settings.headersTimeoutMs,
+    // Node checks the header timeout on this interval (default 30 s): a shorter timeout
+    // would otherwise be enforced only at the next 30 s tick.
+    connectionsCheckingInterval: Math.min(30_000, settings.headersTimeoutMs),
     keepAliveTimeout: settings.idleTimeoutMs,
   });
   server.timeout = settings.idleTimeoutMs;
+  // A client may half-close once its request is sent (RFC 9112 §9.6 lets it): answer, then
+  // close. Node's default aborts the request at the client's FIN, so the answer was lost.
+  (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   // Connections are handed over with emit('connection'), never accepted by this server,
   // so it never emits 'listening', which is what starts Node's header-timeout checks.
   server.emit('listening');
@@ -196,6 +212,13 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     if (code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return; // the client went away between requests: nothing to answer, nothing lost
+    }
+    if (state !== undefined && state.inFlight > 0) {
+      // A request's body broke off (the client's FIN or a reset mid-body): an answer written
+      // here would land in the middle of that request's response. Cut the connection; the
+      // exchange reports the break (CLIENT_RESET).
+      socket.destroy();
+      return;
     }
     const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     // Answer, then FIN; what the client still sends is read and dropped, so closing does
@@ -230,7 +253,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     metrics.connections.inc({ kind: sniffed.kind });
     emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: sniffed.kind });
     if (sniffed.kind === 'opaque') return passThrough(conn, info, sniffed.head);
-    const state: ConnectionState = { conn, info, agent: new OnwardAgent(conn, settings.connectTimeoutMs), sequence: 0 };
+    const state: ConnectionState = { conn, info, agent: new OnwardAgent(conn, settings.connectTimeoutMs, propagateRecords), sequence: 0, inFlight: 0 };
     states.set(conn.socket, state);
     conn.socket.once('close', () => state.agent.destroy());
     conn.socket.unshift(sniffed.head);
@@ -242,7 +265,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     const startedAt = Date.now();
     let upstream: net.Socket;
     try {
-      upstream = await conn.connectOnward({ timeoutMs: settings.connectTimeoutMs });
+      upstream = await conn.connectOnward({ timeoutMs: settings.connectTimeoutMs, propagateRecords });
     } catch (error) {
       conn.socket.destroy();
       const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
@@ -258,7 +281,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       kind: 'opaque',
       connection: info,
       sequence: 1,
-      tunnel: { bytesFromClient: conn.socket.bytesRead, bytesToClient: conn.socket.bytesWritten },
+      // From the relay, not the socket: the socket's bytesRead also counts the redirect layer's framing.
+      tunnel: { bytesFromClient: head.length + result.fromClient, bytesToClient: result.toClient },
       ...(result.error !== undefined && { error: { code: errorCode(result.error, 'RESET'), message: result.error.message } }),
       startedAt,
       durationMs: Date.now() - startedAt,
@@ -285,6 +309,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     const state = states.get(req.socket);
     if (state === undefined) return void req.socket.destroy(); // not ours: cannot happen
     const sequence = ++state.sequence;
+    state.inFlight++;
+    res.once('close', () => state.inFlight--);
     const startedAt = Date.now();
     const request = requestInfo(req, state, false);
     metrics.requests.inc({ method: request.method });
@@ -310,7 +336,9 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       });
     };
     const fail = (code: string, error: Error, status: 502 | 504 | undefined): void => {
-      failure ??= { code, message: error.message };
+      // One break may be reported twice (a response's 'aborted' and then its 'error'): count it once.
+      if (failure !== undefined) return;
+      failure = { code, message: error.message };
       countError(code);
       emitEvent({ type: 'exchange-failed', connectionId: state.info.id, code, message: error.message, ...(status !== undefined && { status }) });
       if (status !== undefined && !res.headersSent) {
@@ -365,7 +393,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     upstream.on('error', (error: NodeJS.ErrnoException) => {
       if (failure !== undefined || res.writableFinished) return;
       if (response === undefined) {
-        const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+        const code = originErrorCode(error);
         fail(code, error, code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502);
       } else {
         fail(ProxyErrorCode.OriginReset, error, undefined);
@@ -442,7 +470,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
     upstream.setTimeout(settings.originTimeoutMs, () => upstream.destroy(new Error(`no response from the origin within ${settings.originTimeoutMs} ms`)));
     upstream.on('error', (error: NodeJS.ErrnoException) => {
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      const code = originErrorCode(error);
       countError(code);
       if (socket.writable) refuse(code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502, code, error.message, decision);
     });
@@ -468,7 +496,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
     upstream.on('response', (upstreamRes: http.IncomingMessage) => {
       // The origin declined the upgrade: pass its answer on and close, as the client expects.
-      socket.write(responseHead(upstreamRes));
+      socket.write(responseHead(upstreamRes, true));
       upstreamRes.pipe(socket);
       upstreamRes.once('end', () => record({ ...base, response: { status: upstreamRes.statusCode ?? 0, headers: upstreamRes.headers, bodyBytes: 0 }, decision, durationMs: Date.now() - startedAt }));
     });
@@ -554,9 +582,18 @@ function forwardHeaders(raw: readonly string[], annotations: Readonly<Record<str
   return out;
 }
 
-function responseHead(res: http.IncomingMessage): string {
+/**
+ * A response head as raw text. `closeDelimited`: the body follows decoded and ends with the
+ * connection, so the origin's hop-by-hop headers (its chunked framing among them) are
+ * dropped for `Connection: close`.
+ */
+function responseHead(res: http.IncomingMessage, closeDelimited = false): string {
   let head = `HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}\r\n`;
-  for (let i = 0; i < res.rawHeaders.length; i += 2) head += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+  for (let i = 0; i < res.rawHeaders.length; i += 2) {
+    if (closeDelimited && HOP_BY_HOP.has(res.rawHeaders[i]!.toLowerCase())) continue;
+    head += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+  }
+  if (closeDelimited) head += 'Connection: close\r\n';
   return `${head}\r\n`;
 }
 
@@ -564,6 +601,12 @@ function stripPort(host: string): string {
   if (host.startsWith('[')) return host.slice(1, host.indexOf(']') < 0 ? undefined : host.indexOf(']'));
   const colon = host.lastIndexOf(':');
   return colon < 0 ? host : host.slice(0, colon);
+}
+
+/** Why the origin gave no response: its parser's errors mean it did not speak HTTP. */
+function originErrorCode(error: unknown): string {
+  const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+  return code.startsWith('HPE_') ? ProxyErrorCode.OriginMalformed : code;
 }
 
 function errorCode(error: unknown, fallback: string): string {

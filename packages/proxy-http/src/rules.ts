@@ -88,8 +88,14 @@ function isRegExp(source: string): boolean {
 export function parseRules(value: unknown, source = 'rules'): RuleFile {
   const result = ruleFile.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => `${source}${issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}: ${issue.message}`);
+  // Paths inside the document (`rules[0].verdict`); the source heads the error's message.
+  const problems = result.error.issues.map((issue) => `${documentPath(issue.path)}: ${issue.message}`);
   throw new RulesError(source, problems);
+}
+
+function documentPath(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return '(top level)';
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${String(p)}`)).join('');
 }
 
 /** Reads, parses and validates a rule file. */

@@ -29,6 +29,7 @@ const program = new Command('coproxy-tls')
   .option('--ca-dir <dir>', 'where the bump CA lives (ca.crt to trust, ca.key mode 0600); created on first use')
   .option('--origin-ca <file>', 'PEM bundle to verify origins with in bump mode (default: the system store)')
   .option('--metrics <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics')
+  .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
   .exitOverride()
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
@@ -44,6 +45,7 @@ interface CliOptions {
   originCa?: string;
   metrics?: string;
   logLevel: string;
+  dropRecords?: boolean;
 }
 
 function parsePorts(text: string): (number | [number, number])[] {
@@ -83,6 +85,7 @@ async function main(): Promise<number> {
       match: { ports: parsePorts(options.ports) },
       backend: options.backend,
       failMode: options.failMode,
+      propagateRecords: options.dropRecords !== true,
       ...(options.policy !== undefined && { policy: options.policy }),
       ...(options.caDir !== undefined && { ca: { dir: options.caDir } }),
       ...(options.originCa !== undefined && { originCa: readFileSync(options.originCa) }),
@@ -93,9 +96,18 @@ async function main(): Promise<number> {
     const usage = error instanceof PolicyError || error instanceof InvalidArgumentError || error instanceof TypeError;
     return usage || (error as { code?: string }).code === 'COPROXY_INVALID_OPTIONS' ? 2 : 1;
   }
+  // One line per accepted connection: what the redirect layer told this vendor.
+  proxy.events$.subscribe((event) => {
+    if (event.type !== 'accepted') return;
+    const { connectionId, source, originalDestination: destination, state, redirectedBy } = event;
+    logger.info({ connectionId, source: { address: source.address, port: source.port }, destination, state, redirectedBy }, 'accepted');
+  });
   const metricsServer = metricsAt === undefined ? undefined : await serveMetrics(proxy.metrics, metricsAt.host, metricsAt.port);
   const stopped = new Promise<number>((resolve) => {
+    let stopping = false;
     const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
       logger.info({ signal }, 'shutting down');
       metricsServer?.close();
       proxy.close().then(
@@ -106,8 +118,11 @@ async function main(): Promise<number> {
         },
       );
     };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    // `on`, not `once`: a `once` listener is removed before it runs, and the nftables
+    // backend's own listener, seeing no other, would then remove the table and re-raise
+    // the signal, killing the process before close() ends (exit by signal, not 0).
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
   });
   try {
     logger.info({ listening: await proxy.listening(), backend: options.backend, metrics: metricsAt }, 'ready');

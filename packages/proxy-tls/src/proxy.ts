@@ -43,6 +43,12 @@ export interface TlsProxyOptions {
   /** Default 10 000 ms. */
   readonly connectTimeoutMs?: number;
   readonly logger?: Logger;
+  /**
+   * Default true. `false` makes onward connections carry only this proxy's own redirect,
+   * as a vendor that merely excludes itself would: for demonstrating the loop records
+   * prevent (the testbed's `--drop-records`).
+   */
+  readonly propagateRecords?: boolean;
 }
 
 /** One inspected ClientHello and what the policy did with it. */
@@ -213,7 +219,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   async function splice(conn: AcceptedConnection, head: Buffer): Promise<void> {
     let upstream: net.Socket;
     try {
-      upstream = await conn.connectOnward({ timeoutMs: settings.connectTimeoutMs });
+      upstream = await conn.connectOnward({ timeoutMs: settings.connectTimeoutMs, propagateRecords: options.propagateRecords ?? true });
     } catch (error) {
       fail('connection-failed', conn.id, errorCode(error, 'ORIGIN_UNREACHABLE'), (error as Error).message);
       conn.socket.destroy();
@@ -227,7 +233,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
 
   /** The origin first: if its certificate does not verify, the client gets an alert and never our leaf. */
   function connectOrigin(conn: AcceptedConnection, sni: string | undefined): Promise<tls.TLSSocket> {
-    return conn.connectOnward({ timeoutMs: settings.connectTimeoutMs }).then(
+    return conn.connectOnward({ timeoutMs: settings.connectTimeoutMs, propagateRecords: options.propagateRecords ?? true }).then(
       (onward) =>
         new Promise<tls.TLSSocket>((resolve, reject) => {
           const secure = tls.connect({

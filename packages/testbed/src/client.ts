@@ -1,0 +1,167 @@
+/**
+ * The client process of a testbed run: opens every flow with `concurrency` at a time and
+ * reports what it sent and got back. On the embedded backend it dials through core's
+ * `connect()` / `createAgent()`, as an app that cooperates does; on nftables it dials
+ * plainly (the kernel redirects it) and runs unmodified curl for part of the HTTP flows.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { connect, createAgent } from '@coproxy/core';
+import { type FlowSpec, payload, sha256 } from './flows.js';
+import type { ClientFlowReport, ClientMessage } from './protocol.js';
+
+interface Args {
+  readonly host: string;
+  readonly flows: readonly FlowSpec[];
+  readonly seed: number;
+  readonly backend: 'embedded' | 'nftables';
+  readonly registry: string;
+  readonly originCa: string;
+  readonly concurrency: number;
+  readonly flowTimeoutMs: number;
+}
+
+const args = JSON.parse(process.argv[2] ?? '{}') as Args;
+const ca = fs.readFileSync(args.originCa);
+const send = (message: ClientMessage): void => void process.send?.(message);
+
+function dial(port: number): Promise<net.Socket> {
+  if (args.backend === 'embedded') return connect({ host: args.host, port, registry: args.registry, timeoutMs: args.flowTimeoutMs });
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: args.host, port, allowHalfOpen: true });
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', reject);
+  });
+}
+
+/** Writes `data`, half-closes, and collects everything until the peer closes. */
+function exchange(socket: net.Socket | tls.TLSSocket, data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('error', reject);
+    socket.once('close', () => resolve(Buffer.concat(chunks)));
+    socket.end(data);
+  });
+}
+
+async function tcpFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
+  const data = payload(flow, args.seed, 0);
+  const echoed = await exchange(await dial(flow.port), data);
+  return { sent: [data], received: echoed };
+}
+
+async function httpsFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
+  const body = payload(flow, args.seed, 0);
+  const raw = await dial(flow.port);
+  const secure = tls.connect({ socket: raw, servername: flow.serverName, ca, ALPNProtocols: ['http/1.1'] });
+  await new Promise<void>((resolve, reject) => {
+    secure.once('secureConnect', resolve);
+    secure.once('error', reject);
+  });
+  const head = `POST /flow/${flow.index} HTTP/1.1\r\nHost: ${flow.serverName}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+  const response = await exchange(secure, Buffer.concat([Buffer.from(head), body]));
+  const split = response.indexOf('\r\n\r\n');
+  if (!response.subarray(0, 12).toString().startsWith('HTTP/1.1 200')) throw new Error(`HTTPS answer: ${response.subarray(0, 40).toString()}`);
+  return { sent: [body], received: response.subarray(split + 4) };
+}
+
+async function httpFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
+  const bodies = Array.from({ length: flow.requests }, (_, n) => payload(flow, args.seed, n));
+  const url = `http://${args.host.includes(':') ? `[${args.host}]` : args.host}:${flow.port}/flow/${flow.index}`;
+  if (flow.viaCurl) return { sent: bodies, received: await curl(url, bodies) };
+  const agent = args.backend === 'embedded' ? createAgent({ registry: args.registry, keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    const received: Buffer[] = [];
+    for (const body of bodies) {
+      received.push(
+        await new Promise<Buffer>((resolve, reject) => {
+          const req = http.request(url, { method: 'POST', agent, headers: { 'content-length': body.length } }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (chunk: Buffer) => chunks.push(chunk));
+            res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks)) : reject(new Error(`HTTP ${res.statusCode}`))));
+            res.on('error', reject);
+          });
+          req.on('error', reject);
+          req.end(body);
+        }),
+      );
+    }
+    return { sent: bodies, received: Buffer.concat(received) };
+  } finally {
+    agent.destroy();
+  }
+}
+
+/** Unmodified curl, one connection for every request (`--next` reuses it). */
+async function curl(url: string, bodies: readonly Buffer[]): Promise<Buffer> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-testbed-curl-'));
+  try {
+    const argv = ['-sS', '--fail', '--max-time', String(Math.ceil(args.flowTimeoutMs / 1000))];
+    bodies.forEach((body, n) => {
+      const file = path.join(dir, `body-${n}`);
+      fs.writeFileSync(file, body);
+      if (n > 0) argv.push('--next', '-sS', '--fail');
+      argv.push('--data-binary', `@${file}`, '-H', 'content-type: application/octet-stream', url);
+    });
+    return await new Promise<Buffer>((resolve, reject) => {
+      execFile('curl', argv, { encoding: 'buffer', maxBuffer: 1 << 20 }, (error, stdout, stderr) =>
+        error === null ? resolve(stdout) : reject(new Error(`curl: ${stderr.toString().trim() || error.message}`)),
+      );
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms))),
+  ]);
+}
+
+async function run(flow: FlowSpec): Promise<ClientFlowReport> {
+  const base = { index: flow.index, kind: flow.kind, port: flow.port, viaCurl: flow.viaCurl };
+  const expected = Array.from({ length: flow.requests }, (_, n) => payload(flow, args.seed, n));
+  const sent = createHash('sha256');
+  for (const body of expected) sent.update(body);
+  const sentBytes = expected.reduce((sum, body) => sum + body.length, 0);
+  const flowRun = flow.kind === 'tcp' ? tcpFlow(flow) : flow.kind === 'https' ? httpsFlow(flow) : httpFlow(flow);
+  try {
+    const { received } = await withTimeout(flowRun, args.flowTimeoutMs, `flow ${flow.index}`);
+    return { ...base, ok: true, sent: sent.digest('hex'), sentBytes, received: sha256(received), receivedBytes: received.length };
+  } catch (error) {
+    return { ...base, ok: false, error: (error as Error).message, sent: sent.digest('hex'), sentBytes, received: '', receivedBytes: 0 };
+  }
+}
+
+async function main(): Promise<void> {
+  const reports: ClientFlowReport[] = [];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < args.flows.length) {
+      const flow = args.flows[next++]!;
+      reports.push(await run(flow));
+      send({ progress: reports.length });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(args.concurrency, args.flows.length) }, worker));
+  send({ done: reports.sort((a, b) => a.index - b.index) });
+  process.disconnect?.();
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`testbed client: ${String(error)}\n`);
+  process.exit(1);
+});

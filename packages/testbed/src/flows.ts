@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto';
+
+/** The kinds of traffic a run mixes: HTTP keep-alive, HTTPS, raw TCP echo. */
+export type FlowKind = 'http' | 'https' | 'tcp';
+
+/**
+ * One flow of a run. Its destination port identifies it everywhere: every process (the
+ * client, each vendor, the origin) sees the original destination, so the port is the tag
+ * that survives redirection, TLS and opaque relaying alike.
+ */
+export interface FlowSpec {
+  readonly index: number;
+  readonly kind: FlowKind;
+  readonly port: number;
+  /** HTTPS flows: the SNI the client sends. */
+  readonly serverName: string;
+  /** Bytes the client sends (per request for http). */
+  readonly payloadBytes: number;
+  /** http: requests on the one keep-alive connection. */
+  readonly requests: number;
+  /** nftables runs: this http flow is made by unmodified curl. */
+  readonly viaCurl: boolean;
+}
+
+const KINDS: readonly FlowKind[] = ['http', 'https', 'tcp'];
+
+/** A small deterministic PRNG (mulberry32): the same seed gives the same run. */
+export function prng(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function planFlows(count: number, basePort: number, seed: number, curl: boolean): FlowSpec[] {
+  const random = prng(seed ^ 0x5eed);
+  return Array.from({ length: count }, (_, index) => {
+    const kind = KINDS[index % KINDS.length]!;
+    return {
+      index,
+      kind,
+      port: basePort + index,
+      serverName: `f${index}.testbed.test`,
+      payloadBytes: 1024 + Math.floor(random() * 63 * 1024),
+      requests: kind === 'http' ? 3 : 1,
+      viaCurl: curl && kind === 'http' && index % 2 === 0,
+    };
+  });
+}
+
+/** The bytes of request `n` of a flow: derived from the seed, so any process can recompute them. */
+export function payload(flow: FlowSpec, seed: number, n: number): Buffer {
+  const bytes = Buffer.alloc(flow.payloadBytes);
+  const random = prng(seed * 31 + flow.index * 1009 + n);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(random() * 256);
+  return bytes;
+}
+
+export const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');

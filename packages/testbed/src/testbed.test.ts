@@ -1,0 +1,108 @@
+import { execFile, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Report } from './scenario.js';
+
+const run = promisify(execFile);
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const skipKernel = process.env.COPROXY_SKIP_KERNEL_TESTS === '1' && process.env.CI !== 'true';
+
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-testbed-test-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** Runs the CLI as a user would; resolves with its exit code and output, never throws on a non-zero exit. */
+async function testbed(...args: string[]): Promise<{ code: number; stdout: string }> {
+  try {
+    const { stdout } = await run(process.execPath, [cli, ...args], { timeout: 240_000, maxBuffer: 16 << 20 });
+    return { code: 0, stdout };
+  } catch (error) {
+    const failed = error as { code?: number | string; stdout?: string; stderr?: string };
+    if (typeof failed.code !== 'number') throw error; // killed by the timeout, or not started
+    return { code: failed.code, stdout: `${failed.stdout ?? ''}${failed.stderr ?? ''}` };
+  }
+}
+
+const readReport = (file: string): Report => JSON.parse(fs.readFileSync(file, 'utf8')) as Report;
+
+/** What a run must leave behind: nothing. */
+function leftovers(): string[] {
+  const found: string[] = [];
+  const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' });
+  for (const line of ps.split('\n')) if (/proxy-(http|tls)\/dist\/cli\.js|testbed\/dist\/(origin|client)\.js/.test(line)) found.push(`process: ${line.trim()}`);
+  for (const entry of fs.readdirSync(os.tmpdir())) if (/^coproxy-testbed-(?!test-)/.test(entry)) found.push(`temp dir: ${entry}`);
+  if (process.getuid?.() === 0) {
+    for (const ns of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) if (ns.startsWith('coproxy-testbed-')) found.push(`namespace: ${ns}`);
+  }
+  return found;
+}
+
+function expectCooperative(report: Report, vendors: number): void {
+  expect(report.exitCode).toBe(0);
+  expect(report.vendors).toHaveLength(vendors);
+  const order = [...report.vendors].sort((a, b) => a.priority - b.priority).map((v) => v.id);
+  for (const flow of report.flows) {
+    expect(flow.problems).toEqual([]);
+    expect(flow.hops.map((h) => h.vendor)).toEqual(order);
+    expect(flow.hops.map((h) => h.state)).toEqual(order.map((_, i) => (i === 0 ? 'NotRedirected' : 'RedirectedByOther')));
+    expect(flow.hops.at(-1)?.redirectedBy).toEqual(order);
+    expect(flow.client?.ok).toBe(true);
+    expect(flow.origin?.received).toBe(flow.client?.sent);
+    expect(flow.origin?.sent).toBe(flow.client?.received);
+  }
+}
+
+describe('coproxy-testbed', () => {
+  it('demo on the embedded backend: cooperative run passes, the records-dropping run shows the loop', async () => {
+    const json = path.join(dir, 'demo.json');
+    const { code, stdout } = await testbed('demo', '--flows', '12', '--json', json);
+    expect(code).toBe(0);
+    expect(stdout).toContain('OK: every flow was accepted once by each of 2 vendors');
+    expect(stdout).toContain('LOOP:');
+    expectCooperative(readReport(path.join(dir, 'demo-cooperative.json')), 2);
+    const dropped = readReport(path.join(dir, 'demo-dropped.json'));
+    expect(dropped.exitCode).toBe(3);
+    expect(dropped.loopDetected).toBe(true);
+    // The vendor first in line inspected the flow again: it came back after the dropper.
+    const first = [...dropped.vendors].sort((a, b) => a.priority - b.priority)[0]!;
+    for (const flow of dropped.flows) expect(flow.hops.filter((h) => h.vendor === first.id).length).toBeGreaterThan(1);
+    expect(leftovers()).toEqual([]);
+  });
+
+  it('grows the chain to four vendors at seeded random priorities without loops, and writes an HTML page', async () => {
+    const json = path.join(dir, 'four.json');
+    const page = path.join(dir, 'four.html');
+    const { code } = await testbed('run', '--vendors', 'tls,http,http,tls', '--flows', '9', '--seed', '7', '--json', json, '--html', page);
+    expect(code).toBe(0);
+    expectCooperative(readReport(json), 4);
+    const html = fs.readFileSync(page, 'utf8');
+    expect(html).toContain('coproxy testbed: OK');
+    expect(html.match(/class="flow"/g)).toHaveLength(9);
+    expect(leftovers()).toEqual([]);
+  });
+
+  it('exits 2 on a usage error', async () => {
+    expect((await testbed('run', '--vendors', 'squid')).code).toBe(2);
+    expect((await testbed('run', '--flows', '0')).code).toBe(2);
+  });
+
+  it.skipIf(skipKernel)('runs on the nftables backend in a namespace with unmodified curl, and leaves nothing behind', async () => {
+    if (process.getuid?.() !== 0) throw new Error('the nftables run needs root; set COPROXY_SKIP_KERNEL_TESTS=1 to skip it on a developer machine');
+    const json = path.join(dir, 'nft.json');
+    const { code } = await testbed('run', '--backend', 'nftables', '--flows', '12', '--json', json);
+    expect(code).toBe(0);
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expect(report.flows.some((f) => f.viaCurl)).toBe(true);
+    const { code: loopCode } = await testbed('run', '--backend', 'nftables', '--flows', '6', '--drop-records', 'http', '--json', json);
+    expect(loopCode).toBe(3);
+    expect(readReport(json).loopDetected).toBe(true);
+    expect(leftovers()).toEqual([]);
+  });
+});

@@ -10,6 +10,8 @@ import type { Report } from './scenario.js';
 const run = promisify(execFile);
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const skipKernel = process.env.COPROXY_SKIP_KERNEL_TESTS === '1' && process.env.CI !== 'true';
+/** The HTML report is checked in Debian's headless Chromium; a developer without it may set COPROXY_SKIP_BROWSER_TESTS=1. */
+const skipBrowser = process.env.COPROXY_SKIP_BROWSER_TESTS === '1' && process.env.CI !== 'true';
 
 let dir: string;
 beforeAll(() => {
@@ -85,6 +87,24 @@ describe('coproxy-testbed', () => {
     expect(html).toContain('coproxy testbed: OK');
     expect(html.match(/class="flow"/g)).toHaveLength(9);
     expect(leftovers()).toEqual([]);
+  });
+
+  it.skipIf(skipBrowser)('renders the HTML report in headless Chromium', async () => {
+    const page = path.join(dir, 'render.html');
+    expect((await testbed('run', '--flows', '6', '--html', page)).code).toBe(0);
+    const png = path.join(dir, 'render.png');
+    // Flags that keep Chromium off the network and out of the user's profile.
+    await run('chromium', [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', `--user-data-dir=${path.join(dir, 'chromium-profile')}`,
+      '--window-size=1200,900', `--screenshot=${png}`, `file://${page}`,
+    ], { timeout: 60_000 }).catch((error: Error) => {
+      throw new Error(`chromium failed (apt-get install chromium, or COPROXY_SKIP_BROWSER_TESTS=1 on a developer machine): ${error.message}`, { cause: error });
+    });
+    const bytes = fs.readFileSync(png);
+    expect(bytes.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
+    // A blank 1200x900 page compresses to a few hundred bytes; this one has text and boxes.
+    expect(bytes.length).toBeGreaterThan(20_000);
   });
 
   it('exits 2 on a usage error', async () => {

@@ -449,12 +449,17 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(message) + 1}\r\n\r\n${message}\n`);
       record({ ...base, response: { status, bodyBytes: Buffer.byteLength(message) + 1 }, ...(decision !== undefined && { decision }), ...(code !== '' && { error: { code, message } }), durationMs: Date.now() - startedAt });
     };
+    // As for requests: counted, reported as an event, and answered while the client listens.
+    const fail = (status: 502 | 504, code: string, message: string, decision?: Decision): void => {
+      countError(code);
+      emitEvent({ type: 'exchange-failed', connectionId: state.info.id, code, message, status });
+      if (socket.writable) refuse(status, code, message, decision);
+    };
     let decision: Decision;
     try {
       decision = await decide(inspectors, request);
     } catch (error) {
-      countError(ProxyErrorCode.InspectorFailed);
-      return refuse(502, ProxyErrorCode.InspectorFailed, (error as Error).message);
+      return fail(502, ProxyErrorCode.InspectorFailed, (error as Error).message);
     }
     metrics.verdicts.inc({ verdict: decision.action });
     if (decision.action === 'block') return refuse(decision.status, '', decision.reason, decision);
@@ -468,11 +473,13 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       headers: forwardHeaders(req.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, true),
       setHost: false,
     });
-    upstream.setTimeout(settings.originTimeoutMs, () => upstream.destroy(new Error(`no response from the origin within ${settings.originTimeoutMs} ms`)));
+    upstream.setTimeout(settings.originTimeoutMs, () => {
+      const error = Object.assign(new Error(`no response from the origin within ${settings.originTimeoutMs} ms`), { code: ProxyErrorCode.OriginTimeout });
+      upstream.destroy(error);
+    });
     upstream.on('error', (error: NodeJS.ErrnoException) => {
       const code = originErrorCode(error);
-      countError(code);
-      if (socket.writable) refuse(code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502, code, error.message, decision);
+      fail(code === 'COPROXY_CONNECT_TIMEOUT' || code === ProxyErrorCode.OriginTimeout ? 504 : 502, code, error.message, decision);
     });
     upstream.on('upgrade', (upstreamRes: http.IncomingMessage, upstreamSocket: net.Socket, upstreamHead: Buffer) => {
       upstream.setTimeout(0);

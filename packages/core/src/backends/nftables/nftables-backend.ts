@@ -351,6 +351,8 @@ function installTeardownHooks(): void {
       process.removeListener(signal, onSignal);
       process.kill(process.pid, signal);
     };
-    process.on(signal, onSignal);
+    // First in line, so the program's own handlers are still counted when it runs, even
+    // a `once` handler, which Node removes before calling it.
+    process.prependListener(signal, onSignal);
   }
 }

@@ -37,7 +37,9 @@ const readReport = (file: string): Report => JSON.parse(fs.readFileSync(file, 'u
 function leftovers(): string[] {
   const found: string[] = [];
   const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' });
-  for (const line of ps.split('\n')) if (/proxy-(http|tls)\/dist\/cli\.js|testbed\/dist\/(origin|client)\.js/.test(line)) found.push(`process: ${line.trim()}`);
+  // Only the testbed's own processes: other packages' tests run vendor CLIs concurrently.
+  const ours = /proxy-(http|tls)\/dist\/cli\.js --id (tls|http)-vendor|testbed\/dist\/(origin|client)\.js/;
+  for (const line of ps.split('\n')) if (ours.test(line)) found.push(`process: ${line.trim()}`);
   for (const entry of fs.readdirSync(os.tmpdir())) if (/^coproxy-testbed-(?!test-)/.test(entry)) found.push(`temp dir: ${entry}`);
   if (process.getuid?.() === 0) {
     for (const ns of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) if (ns.startsWith('coproxy-testbed-')) found.push(`namespace: ${ns}`);

@@ -91,11 +91,14 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
   if (stream[0] !== RECORD_HANDSHAKE) throw new ClientHelloError('NOT_TLS', `record type ${stream[0]} is not a handshake (22)`, 0);
   // Reassemble the handshake message from consecutive handshake records.
   const fragments: Buffer[] = [];
+  /** Where each fragment starts in the stream, to report faults at stream offsets. */
+  const starts: number[] = [];
   let gathered = 0;
   let offset = 0;
   let records = 0;
   let recordVersion = 0;
   let messageLength: number | undefined;
+  const locate = (at: number): number => streamOffset(fragments, starts, at);
   for (;;) {
     if (stream.length - offset < 5) return { done: false, needed: 5 - (stream.length - offset) };
     const type = stream[offset]!;
@@ -109,44 +112,65 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
     if (records === 0) recordVersion = stream.readUInt16BE(offset + 1);
     if (stream.length - offset - 5 < length) return { done: false, needed: length - (stream.length - offset - 5) };
     fragments.push(stream.subarray(offset + 5, offset + 5 + length));
+    starts.push(offset + 5);
     gathered += length;
     offset += 5 + length;
     records++;
     if (messageLength === undefined && gathered >= 4) {
       const header = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
       if (header[0] !== HANDSHAKE_CLIENT_HELLO) {
-        throw new ClientHelloError('NOT_CLIENT_HELLO', `handshake type ${header[0]} is not ClientHello (1)`, 5);
+        throw new ClientHelloError('NOT_CLIENT_HELLO', `handshake type ${header[0]} is not ClientHello (1)`, locate(0));
       }
       messageLength = header.readUIntBE(1, 3);
-      if (messageLength > maxBytes) throw new ClientHelloError('TOO_LARGE', `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, 6);
+      if (messageLength > maxBytes) throw new ClientHelloError('TOO_LARGE', `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, locate(1));
     }
     if (messageLength !== undefined && gathered >= 4 + messageLength) {
       // The record that completes the hello must not carry another message after it:
       // a client sends nothing else until the server answers.
       if (gathered > 4 + messageLength) {
-        throw new ClientHelloError('MALFORMED', `${gathered - 4 - messageLength} bytes after the ClientHello in its record`, offset);
+        throw new ClientHelloError('MALFORMED', `${gathered - 4 - messageLength} bytes after the ClientHello in its record`, locate(4 + messageLength));
       }
       const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
-      return { done: true, hello: decodeBody(message.subarray(4), recordVersion, records), consumed: offset };
+      return { done: true, hello: decodeBody(message.subarray(4), recordVersion, records, (at) => locate(4 + at)), consumed: offset };
     }
   }
 }
 
-/** A cursor over the ClientHello body; offsets in errors are relative to the body start (stream offset 9 for one record). */
+/**
+ * The stream offset of byte `at` of the handshake message, which may span records: each
+ * record's 5-byte header lies between two fragments. The end of the message maps to the
+ * end of its last record.
+ */
+function streamOffset(fragments: readonly Buffer[], starts: readonly number[], at: number): number {
+  let skipped = 0;
+  for (let i = 0; i < fragments.length; i++) {
+    const length = fragments[i]!.length;
+    if (at < skipped + length || i === fragments.length - 1) return starts[i]! + at - skipped;
+    skipped += length;
+  }
+  return at;
+}
+
+/** A cursor over the ClientHello body; `locate` turns body offsets into stream offsets for errors. */
 class Reader {
   constructor(
     private readonly bytes: Buffer,
+    private readonly locate: (at: number) => number,
     private position = 0,
     private readonly end = bytes.length,
-    private readonly base = 9,
   ) {}
 
   get remaining(): number {
     return this.end - this.position;
   }
 
+  /** The stream offset of the next byte. */
+  get offset(): number {
+    return this.locate(this.position);
+  }
+
   fail(message: string): never {
-    throw new ClientHelloError('MALFORMED', message, this.base + this.position);
+    throw new ClientHelloError('MALFORMED', message, this.offset);
   }
 
   u8(what: string): number {
@@ -173,7 +197,7 @@ class Reader {
     const length = lengthBytes === 1 ? this.u8(what) : this.u16(what);
     const start = this.position;
     this.take(length, what);
-    return new Reader(this.bytes, start, start + length, this.base);
+    return new Reader(this.bytes, this.locate, start, start + length);
   }
 
   u16List(what: string): number[] {
@@ -188,8 +212,8 @@ class Reader {
   }
 }
 
-function decodeBody(body: Buffer, recordVersion: number, records: number): ClientHello {
-  const r = new Reader(body);
+function decodeBody(body: Buffer, recordVersion: number, records: number, locate: (at: number) => number): ClientHello {
+  const r = new Reader(body, locate);
   const legacyVersion = r.u16('legacy_version');
   if (legacyVersion >> 8 !== 3) r.fail(`legacy_version 0x${legacyVersion.toString(16)} is not 3.x`);
   const random = Buffer.from(r.take(32, 'random'));
@@ -227,9 +251,10 @@ function decodeBody(body: Buffer, recordVersion: number, records: number): Clien
   r.done('ClientHello');
   const seen = new Set<number>();
   while (extensions.remaining > 0) {
+    const at = extensions.offset;
     const type = extensions.u16('extension type');
     const data = extensions.vector(2, `extension 0x${type.toString(16)}`);
-    if (seen.has(type)) throw new ClientHelloError('DUPLICATE_EXTENSION', `extension 0x${type.toString(16).padStart(4, '0')} appears twice`, 9);
+    if (seen.has(type)) throw new ClientHelloError('DUPLICATE_EXTENSION', `extension 0x${type.toString(16).padStart(4, '0')} appears twice`, at);
     seen.add(type);
     hello.extensions.push(type);
     decodeExtension(type, data, hello);

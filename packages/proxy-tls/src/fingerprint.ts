@@ -40,7 +40,8 @@ export function ja4(hello: ClientHello): string {
   const ciphers = hello.cipherSuites.filter((v) => !isGrease(v));
   const extensions = hello.extensions.filter((v) => !isGrease(v));
   const count = (n: number): string => String(Math.min(n, 99)).padStart(2, '0');
-  const a = `t${version}${hello.serverName === undefined ? 'i' : 'd'}${count(ciphers.length)}${count(extensions.length)}${alpnCode(hello.alpn[0])}`;
+  // 'd' when the server_name extension is there at all (the spec's test), even if it names no host.
+  const a = `t${version}${hello.extensions.includes(EXT_SERVER_NAME) ? 'd' : 'i'}${count(ciphers.length)}${count(extensions.length)}${alpnCode(hello.alpn[0])}`;
   const b = sha12(ciphers.map(hex4).sort().join(','));
   const sortedExtensions = extensions.filter((v) => v !== EXT_SERVER_NAME && v !== EXT_ALPN).map(hex4).sort().join(',');
   const signatures = hello.signatureAlgorithms.filter((v) => !isGrease(v)).map(hex4).join(',');

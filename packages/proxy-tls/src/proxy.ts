@@ -260,10 +260,18 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   async function bump(conn: AcceptedConnection, head: Buffer, sni: string | undefined): Promise<void> {
     let origin: tls.TLSSocket;
     let context: tls.SecureContext;
+    let originReady: Promise<tls.TLSSocket> | undefined;
     try {
       const ca = await (caReady ?? Promise.reject(new Error('no CA configured')));
-      [origin, context] = await Promise.all([connectOrigin(conn, sni), ca.contextFor(sni ?? conn.originalDestination.address)]);
+      originReady = connectOrigin(conn, sni);
+      [origin, context] = await Promise.all([originReady, ca.contextFor(sni ?? conn.originalDestination.address)]);
     } catch (error) {
+      // When minting failed, the origin may still connect: it must not stay open. (Its own
+      // failure, if it failed too, is not reported twice: the first error is the event.)
+      originReady?.then(
+        (socket) => socket.destroy(),
+        () => undefined,
+      );
       const code = errorCode(error, 'ORIGIN_FAILED');
       fail('origin-rejected', conn.id, code, (error as Error).message);
       conn.socket.end(alertRecord(isCertificateError(code) ? ALERT.badCertificate : ALERT.handshakeFailure));

@@ -1,0 +1,124 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { startTlsOrigin, tempDir, testCa, tlsClient, uniqueId, until, within } from './test-support/harness.js';
+
+// The built CLI (dist/): vitest's global setup rebuilds it when stale. These run it on the
+// embedded backend as a plain process; cli.kernel.test.ts runs it on nftables.
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+interface Finished {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+interface Running {
+  readonly child: ChildProcess;
+  readonly output: { stdout: string; stderr: string };
+  readonly finished: Promise<Finished>;
+}
+
+function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
+  const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const output = { stdout: '', stderr: '' };
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output.stdout += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output.stderr += chunk));
+  const finished = new Promise<Finished>((resolve) => child.once('close', (code, signal) => resolve({ code, signal, ...output })));
+  return { child, output, finished };
+}
+
+const stillRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null;
+
+/** Runs the CLI to its end; kills it if it outlives `timeoutMs`. */
+async function run(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 15_000): Promise<Finished> {
+  const running = start(args, env);
+  try {
+    return await within(running.finished, timeoutMs, `coproxy-tls ${args.join(' ')}`);
+  } finally {
+    if (stillRunning(running.child)) running.child.kill('SIGKILL');
+  }
+}
+
+const jsonLines = (text: string): Record<string, unknown>[] =>
+  text
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+
+describe('coproxy-tls (CLI)', () => {
+  it('prints its usage for --help and exits 0', async () => {
+    const result = await run(['--help']);
+
+    expect(result.code).toBe(0);
+    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--ca-dir', '--origin-ca', '--metrics']) {
+      expect(result.stdout).toContain(option);
+    }
+  });
+
+  it('exits 2 for a policy file that does not validate, naming the file and the path of the problem in it', async () => {
+    using dir = tempDir();
+    const policy = path.join(dir.path, 'policy.json');
+    fs.writeFileSync(policy, JSON.stringify({ rules: [{ name: 'ok', action: 'splice' }, { name: 'bad', when: { sni: 'a.example' }, action: 'inspect' }] }));
+
+    const result = await run(['--id', uniqueId('cli'), '--priority', '1', '--policy', policy], { COPROXY_REGISTRY: dir.path });
+
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(`invalid policy in ${policy}`);
+    expect(result.stderr).toContain(`${policy}.rules[1].action`);
+    expect(fs.readdirSync(dir.path).filter((name) => name.endsWith('.json') && name !== 'policy.json')).toEqual([]);
+  });
+
+  it('exits 2 for a policy file that is not JSON, naming the file', async () => {
+    using dir = tempDir();
+    const policy = path.join(dir.path, 'policy.json');
+    fs.writeFileSync(policy, '{ "default": "splice", ');
+
+    const result = await run(['--id', uniqueId('cli'), '--priority', '1', '--policy', policy], { COPROXY_REGISTRY: dir.path });
+
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(`invalid policy in ${policy}`);
+    expect(result.stderr).toContain('cannot read it as JSON');
+  });
+
+  it('serves on the embedded backend with COPROXY_REGISTRY, logs each handshake, and exits 0 on SIGTERM', async () => {
+    using registry = tempDir('coproxy-tls-registry-');
+    using originCa = await testCa('CN=cli origin CA');
+    await using origin = await startTlsOrigin({ ca: originCa, onSession: (session) => session.end('from the origin') });
+    const id = uniqueId('cli');
+    const running = start(['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded'], { COPROXY_REGISTRY: registry.path });
+    try {
+      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      expect(fs.readdirSync(registry.path)).toContain(`${id}.json`);
+
+      const { socket } = await tlsClient(registry.path, origin.port, { servername: 'cli.example', ca: originCa.certPem });
+      const reply = await within(
+        new Promise<string>((resolve) => {
+          let text = '';
+          socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+          socket.once('end', () => resolve(text));
+        }),
+        5000,
+        'the origin’s reply',
+      );
+      expect(reply).toBe('from the origin');
+      await until(() => running.output.stdout.includes('"msg":"handshake"'), 5000, 'the handshake to be logged');
+
+      running.child.kill('SIGTERM');
+      const result = await within(running.finished, 10_000, 'the CLI to exit');
+
+      expect(result).toMatchObject({ code: 0, signal: null, stderr: '' });
+      const lines = jsonLines(result.stdout);
+      expect(lines[0]).toMatchObject({ msg: 'ready', service: 'coproxy-tls', id, backend: 'embedded' });
+      expect(lines.find((line) => line.msg === 'handshake')).toMatchObject({ handshake: { sni: 'cli.example', action: 'splice', redirectedBy: [id] } });
+      expect(lines.at(-1)).toMatchObject({ msg: 'shutting down', signal: 'SIGTERM' });
+      // Its registry entry is gone: the next connection goes direct.
+      expect(fs.readdirSync(registry.path).filter((name) => name.endsWith('.json'))).toEqual([]);
+    } finally {
+      if (stillRunning(running.child)) running.child.kill('SIGKILL');
+    }
+  });
+});

@@ -14,6 +14,7 @@ import {
   startProxy,
   startTcpOrigin,
   startTlsOrigin,
+  tempDir,
   testCa,
   tlsClient,
   until,
@@ -144,6 +145,28 @@ describe('splice', () => {
     expect(echoed).toEqual(hello);
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
     expect(proxy.handshakes[0]).toMatchObject({ sni: 'public.example', ech: true, action: 'splice' });
+  });
+
+  it('splices an encrypted ClientHello even when the policy says bump, and says why', async () => {
+    const hello = clientHello({
+      extensions: [
+        ext.serverName('public.example'),
+        ext.echOuter({ kdf: 1, aead: 1, configId: 9, enc: Buffer.alloc(32, 1), payload: Buffer.alloc(96, 2) }),
+        ext.alpn('http/1.1'),
+        ext.supportedVersions(0x0304),
+      ],
+    });
+    await using origin = await startEchoOrigin();
+    using caDir = tempDir('coproxy-tls-ech-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path } });
+
+    const client = await dial(proxy.registry, origin.port);
+    client.write(hello);
+    // Spliced: the origin (an echo) got the client's hello unchanged, no leaf was minted.
+    expect(await readExactly(client, hello.length)).toEqual(hello);
+    client.destroy();
+    await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
+    expect(proxy.handshakes[0]).toMatchObject({ ech: true, action: 'splice', note: expect.stringContaining('ECH') as unknown });
   });
 
   it('passes traffic that is not TLS through byte for byte, reported as opaque', async () => {

@@ -123,10 +123,9 @@ async function main(): Promise<number> {
         },
       );
     };
-    // `on`, not `once`: the nftables backend's own handler, which runs after this one,
-    // takes a signal nobody else listens to as its cue to remove the tables and re-raise
-    // it (the process would die by the signal, not exit 0), and a `once` listener has
-    // already removed itself by the time that handler counts listeners.
+    // Registered for good (`on`, and `stop` runs once): the nftables backend's own hook
+    // counts the process's listeners, and one that finds none removes the tables and
+    // re-raises the signal, so the process would die by it instead of exiting 0.
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });

@@ -1,0 +1,486 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import path from 'node:path';
+import { type Namespace, stopProcess, waitUntil } from './namespace.js';
+
+/** What the bench hands every configuration. */
+export interface BenchContext {
+  readonly ns: Namespace;
+  /** The run's temporary directory (world-readable: the peers read their files as their own uids). */
+  readonly dir: string;
+  /** Embedded backend: the registry directory the vendors and the Node clients share. */
+  readonly registry: string;
+  /** Run the coproxy vendors under `node --cpu-prof`, writing here (one subdirectory per vendor). */
+  readonly cpuProfDir: string | undefined;
+}
+
+/** A proxy's own count of what went through it. Absent fields: the proxy does not count that. */
+export interface ProxyCounts {
+  /** Client connections it accepted. */
+  readonly connections?: number;
+  /** HTTP requests it parsed (or TLS handshakes it inspected). */
+  readonly requests?: number;
+  /** coproxy-http: accepted flows whose records held two redirects (another vendor's, then its own). */
+  readonly secondHop?: number;
+}
+
+export interface RunningProxy {
+  readonly name: string;
+  readonly pid: number;
+  /** Where the proxy's count comes from, for the report. */
+  readonly countSource: string;
+  /** Whether `requests` counts HTTP requests (an HTTP-aware proxy) rather than handshakes. */
+  readonly countsHttp: boolean;
+  counts(): Promise<ProxyCounts>;
+  stop(): Promise<void>;
+}
+
+export type Section = 'http' | 'https' | 'node';
+
+export interface RowSpec {
+  readonly key: string;
+  readonly label: string;
+  readonly section: Section;
+}
+
+export interface Started {
+  readonly proxies: readonly RunningProxy[];
+  /** The nft table the operator wrote for this configuration (peers), with a counter on its redirect rule. */
+  readonly operatorTable: string | undefined;
+  /** Whether the clients must dial through core's connect() (embedded backend). */
+  readonly embedded: boolean;
+  /** Processes that run as their own uid, each excluded from its own redirect rule. */
+  readonly uidExclusions: number;
+}
+
+export interface Configuration {
+  readonly key: string;
+  readonly label: string;
+  readonly rows: readonly RowSpec[];
+  /** Operator's view: what setting this configuration up takes, for the report. */
+  readonly setup: string;
+  start(ctx: BenchContext): Promise<Started>;
+}
+
+const require = createRequire(import.meta.url);
+const vendorCli = {
+  http: path.join(path.dirname(require.resolve('@coproxy/proxy-http/package.json')), 'dist/cli.js'),
+  tls: path.join(path.dirname(require.resolve('@coproxy/proxy-tls/package.json')), 'dist/cli.js'),
+} as const;
+
+const READY_TIMEOUT_MS = 20_000;
+/** mitmproxy runs as this uid, which has no passwd entry: an unprivileged uid of its own. */
+const MITMPROXY_UID = 64_123;
+const PORTS = { squid: 3129, squidManager: 3128, mitmproxy: 18_080, haproxy: 10_080, httpMetrics: 9464, tlsMetrics: 9465 } as const;
+
+export function uidOf(user: string): number {
+  const line = execFileSync('getent', ['passwd', user], { encoding: 'utf8' }).trim();
+  const uid = Number(line.split(':')[2]);
+  if (!Number.isInteger(uid)) throw new Error(`no uid for user ${user}`);
+  return uid;
+}
+
+/** An HTTP GET inside the namespace (curl, bounded); the body as text. */
+export function getInNamespace(ns: Namespace, url: string): string {
+  return ns.exec('curl', ['-sS', '--fail', '--max-time', '5', '--noproxy', '*', url]);
+}
+
+/** `name{labels} value` lines of a Prometheus text page, summed by name. */
+export function prometheusSums(text: string): Map<string, number> {
+  const sums = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$/.exec(line);
+    if (m === null) continue;
+    const key = m[1] === 'coproxy_http_records_depth_bucket' ? `${m[1]}${m[2] ?? ''}` : m[1]!;
+    sums.set(key, (sums.get(key) ?? 0) + Number(m[3]));
+  }
+  return sums;
+}
+
+/** The operator's rule set for a peer: its own uid excluded, then the redirect (with a counter, for the path check). */
+function operatorRules(table: string, uid: number, ports: readonly number[], to: number): string {
+  return [
+    `table inet ${table} {`,
+    '  chain output {',
+    '    type nat hook output priority -100; policy accept;',
+    `    meta skuid ${uid} return`,
+    `    tcp dport { ${ports.join(', ')} } counter redirect to :${to}`,
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+function installRules(ns: Namespace, rules: string): void {
+  ns.exec('nft', ['-f', '-'], rules);
+}
+
+function listening(ns: Namespace, port: number): boolean {
+  return ns.exec('ss', ['-Hltn', `sport = :${port}`]).trim() !== '';
+}
+
+function logFile(ctx: BenchContext, name: string): string {
+  return path.join(ctx.dir, `${name}.log`);
+}
+
+/** The last lines of a process's log, for an error message. */
+export function tail(file: string, lines = 15): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+async function started(what: string, log: string, ready: Promise<void>): Promise<void> {
+  try {
+    await ready;
+  } catch (error) {
+    throw new Error(`${what} did not start: ${(error as Error).message}\n${tail(log)}`, { cause: error });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Peers
+
+async function startSquid(ctx: BenchContext): Promise<RunningProxy> {
+  const dir = path.join(ctx.dir, 'squid');
+  fs.mkdirSync(dir);
+  const uid = uidOf('proxy');
+  fs.chownSync(dir, uid, uid);
+  const conf = path.join(dir, 'squid.conf');
+  // Intercept port plus a plain one for the cache manager; no caching (an origin relay,
+  // like every other row), no per-request log (none of the proxies logs requests here).
+  fs.writeFileSync(
+    conf,
+    [
+      `http_port 127.0.0.1:${PORTS.squidManager}`,
+      `http_port 127.0.0.1:${PORTS.squid} intercept`,
+      'http_access allow localhost manager',
+      'http_access allow all',
+      'cache deny all',
+      'access_log none',
+      'cache_store_log none',
+      `cache_log ${path.join(dir, 'cache.log')}`,
+      `pid_filename ${path.join(dir, 'squid.pid')}`,
+      `coredump_dir ${dir}`,
+      'pinger_enable off',
+      'max_filedescriptors 16384',
+      'cache_effective_user proxy',
+      'shutdown_lifetime 1 seconds',
+      '',
+    ].join('\n'),
+  );
+  const log = logFile(ctx, 'squid');
+  // -N: one process, in the foreground; it drops to cache_effective_user (proxy) itself.
+  const child = ctx.ns.spawn('squid', ['-N', '-f', conf], { output: { file: log } });
+  const manager = `http://127.0.0.1:${PORTS.squidManager}/squid-internal-mgr/counters`;
+  await started('squid', path.join(dir, 'cache.log'), waitUntil('squid', () => getInNamespace(ctx.ns, manager).includes('client_http.requests'), READY_TIMEOUT_MS, child));
+  return {
+    name: 'squid',
+    pid: child.pid!,
+    countSource: 'cache manager counters (client_http.requests)',
+    countsHttp: true,
+    counts: () => {
+      const text = getInNamespace(ctx.ns, manager);
+      // The manager's own request is counted too: one per reading, the same before and after.
+      return Promise.resolve({ requests: Number(/^client_http\.requests = (\d+)/m.exec(text)?.[1] ?? NaN) });
+    },
+    stop: () => stopProcess(child),
+  };
+}
+
+/** mitmproxy addon: counts client connections and requests into a JSON file, 4 times a second. */
+const MITM_COUNTER = `
+import json, os, threading, time
+
+class Count:
+    def __init__(self):
+        self.connections = 0
+        self.requests = 0
+        self.path = os.environ["COMPARE_COUNTS"]
+
+    def running(self):
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self):
+        while True:
+            self.write()
+            time.sleep(0.25)
+
+    def write(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"connections": self.connections, "requests": self.requests}, f)
+        os.replace(tmp, self.path)
+
+    def client_connected(self, client):
+        self.connections += 1
+
+    def requestheaders(self, flow):
+        self.requests += 1
+
+    def done(self):
+        self.write()
+
+addons = [Count()]
+`;
+
+async function startMitmproxy(ctx: BenchContext): Promise<RunningProxy> {
+  const dir = path.join(ctx.dir, 'mitmproxy');
+  fs.mkdirSync(dir);
+  fs.chownSync(dir, MITMPROXY_UID, MITMPROXY_UID);
+  const addon = path.join(dir, 'count.py');
+  fs.writeFileSync(addon, MITM_COUNTER);
+  const countsFile = path.join(dir, 'counts.json');
+  const log = logFile(ctx, 'mitmproxy');
+  const child = ctx.ns.spawn(
+    'mitmdump',
+    [
+      '--mode', 'transparent',
+      '--listen-host', '127.0.0.1',
+      '--listen-port', String(PORTS.mitmproxy),
+      '--set', `confdir=${dir}`,
+      // Streams bodies over 1 MB instead of holding each whole in memory: what an operator
+      // sets for downloads (mitmproxy's default buffers the 64 MiB body first).
+      '--set', 'stream_large_bodies=1m',
+      '-q',
+      '-s', addon,
+    ],
+    { output: { file: log }, uid: MITMPROXY_UID, env: { ...process.env, HOME: dir, COMPARE_COUNTS: countsFile } },
+  );
+  await started('mitmproxy', log, waitUntil('mitmproxy', () => listening(ctx.ns, PORTS.mitmproxy) && fs.existsSync(countsFile), READY_TIMEOUT_MS, child));
+  return {
+    name: 'mitmproxy',
+    pid: child.pid!,
+    countSource: 'counting addon (client_connected, requestheaders)',
+    countsHttp: true,
+    counts: async () => {
+      // The addon writes every 250 ms.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      const counts = JSON.parse(fs.readFileSync(countsFile, 'utf8')) as { connections: number; requests: number };
+      return { connections: counts.connections, requests: counts.requests };
+    },
+    stop: () => stopProcess(child, 5000, 'SIGINT'),
+  };
+}
+
+async function startHaproxy(ctx: BenchContext): Promise<RunningProxy> {
+  const dir = path.join(ctx.dir, 'haproxy');
+  fs.mkdirSync(dir);
+  const socket = path.join(dir, 'stats.sock');
+  const conf = path.join(dir, 'haproxy.cfg');
+  // A layer-4 relay to each connection's original destination (`0.0.0.0:0`: HAProxy reads
+  // it with SO_ORIGINAL_DST after the redirect), as a transparent relay is configured.
+  fs.writeFileSync(
+    conf,
+    [
+      'global',
+      '  maxconn 8000',
+      '  user haproxy',
+      '  group haproxy',
+      `  stats socket ${socket} mode 600 level admin`,
+      'defaults',
+      '  mode tcp',
+      '  timeout connect 5s',
+      '  timeout client 120s',
+      '  timeout server 120s',
+      'frontend relay',
+      `  bind 127.0.0.1:${PORTS.haproxy}`,
+      '  default_backend original_destination',
+      'backend original_destination',
+      '  server s 0.0.0.0:0',
+      '',
+    ].join('\n'),
+  );
+  const log = logFile(ctx, 'haproxy');
+  const child = ctx.ns.spawn('haproxy', ['-db', '-f', conf], { output: { file: log } });
+  await started('haproxy', log, waitUntil('haproxy', () => fs.existsSync(socket) && listening(ctx.ns, PORTS.haproxy), READY_TIMEOUT_MS, child));
+  return {
+    name: 'haproxy',
+    pid: child.pid!,
+    countSource: 'stats socket (frontend stot: sessions)',
+    countsHttp: false,
+    counts: async () => {
+      const csv = await unixRequest(socket, 'show stat\n');
+      const frontend = csv.split('\n').find((line) => line.startsWith('relay,FRONTEND,'));
+      return { connections: Number(frontend?.split(',')[7] ?? NaN) };
+    },
+    stop: () => stopProcess(child), // SIGTERM: HAProxy's immediate stop
+  };
+}
+
+function unixRequest(socketPath: string, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(socketPath);
+    let text = '';
+    const timer = setTimeout(() => socket.destroy(new Error(`${socketPath}: no answer within 5 s`)), 5000);
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
+    socket.once('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.once('end', () => {
+      clearTimeout(timer);
+      resolve(text);
+    });
+    socket.end(request);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// coproxy vendors
+
+interface VendorSpec {
+  readonly kind: 'http' | 'tls';
+  readonly id: string;
+  readonly priority: number;
+  readonly ports: string;
+  readonly backend: 'embedded' | 'nftables';
+}
+
+/** A vendor through its published CLI, as an operator starts it; per-request logs off, metrics on. */
+async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<RunningProxy> {
+  const metricsPort = spec.kind === 'http' ? PORTS.httpMetrics : PORTS.tlsMetrics;
+  const nodeFlags = ctx.cpuProfDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${path.join(ctx.cpuProfDir, spec.id)}`];
+  const log = logFile(ctx, spec.id);
+  const args = [
+    ...nodeFlags,
+    vendorCli[spec.kind],
+    '--id', spec.id,
+    '--priority', String(spec.priority),
+    '--ports', spec.ports,
+    '--backend', spec.backend,
+    // `warn`: no line per exchange or connection, as the peers log no request either.
+    '--log-level', 'warn',
+    '--metrics', `127.0.0.1:${metricsPort}`,
+  ];
+  const child = ctx.ns.spawn(process.execPath, args, { output: { file: log }, env: { ...process.env, COPROXY_REGISTRY: ctx.registry } });
+  const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
+  // Ready once its redirect is in place: the nft table has its rule, or the registry its entry.
+  const installed = (): boolean =>
+    spec.backend === 'nftables'
+      ? ctx.ns.exec('nft', ['list', 'table', 'inet', `coproxy-${spec.id}`]).includes('redirect to')
+      : fs.existsSync(path.join(ctx.registry, `${spec.id}.json`));
+  await started(`coproxy-${spec.kind}`, log, waitUntil(`coproxy-${spec.kind}`, () => installed() && getInNamespace(ctx.ns, metricsUrl) !== '', READY_TIMEOUT_MS, child));
+  const prefix = spec.kind === 'http' ? 'coproxy_http' : 'coproxy_tls';
+  return {
+    name: `coproxy-${spec.kind}`,
+    pid: child.pid!,
+    countSource: `Prometheus metrics (${prefix}_connections_total, ${spec.kind === 'http' ? `${prefix}_requests_total` : `${prefix}_handshakes_total`})`,
+    countsHttp: spec.kind === 'http',
+    counts: () => {
+      const sums = prometheusSums(getInNamespace(ctx.ns, metricsUrl));
+      const depth = (le: string): number => sums.get(`coproxy_http_records_depth_bucket{le="${le}"}`) ?? 0;
+      return Promise.resolve({
+        connections: sums.get(`${prefix}_connections_total`) ?? 0,
+        requests: sums.get(spec.kind === 'http' ? `${prefix}_requests_total` : `${prefix}_handshakes_total`) ?? 0,
+        ...(spec.kind === 'http' && { secondHop: depth('2') - depth('1') }),
+      });
+    },
+    // SIGTERM: the vendor removes its table or registry entry, and a CPU profile is written at exit.
+    stop: () => stopProcess(child, 10_000),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// The configurations, in the order they run
+
+const peer = (
+  key: string,
+  label: string,
+  user: string | number,
+  ports: readonly number[],
+  to: number,
+  start: (ctx: BenchContext) => Promise<RunningProxy>,
+  rows: readonly RowSpec[],
+): Configuration => ({
+  key,
+  label,
+  rows,
+  setup: `the proxy as its own uid (${typeof user === 'number' ? `uid ${user}` : user}); 1 table, 2 rules: that uid returns, port ${ports.join('/')} redirected`,
+  async start(ctx) {
+    const proxy = await start(ctx);
+    const uid = typeof user === 'number' ? user : uidOf(user);
+    const table = `compare-${key}`;
+    try {
+      installRules(ctx.ns, operatorRules(table, uid, ports, to));
+    } catch (error) {
+      await proxy.stop();
+      throw error;
+    }
+    return { proxies: [proxy], operatorTable: table, embedded: false, uidExclusions: 1 };
+  },
+});
+
+const vendors = (key: string, label: string, specs: readonly VendorSpec[], rows: readonly RowSpec[]): Configuration => ({
+  key,
+  label,
+  rows,
+  setup:
+    specs[0]!.backend === 'nftables'
+      ? `${specs.map((s) => `coproxy-${s.kind} --backend nftables --ports ${s.ports}`).join(', then ')}; no rule written by hand, no uid excluded`
+      : `${specs.map((s) => `coproxy-${s.kind} --backend embedded --ports ${s.ports}`).join(', then ')}; no kernel rule; the client dials through core's connect()`,
+  async start(ctx) {
+    const proxies: RunningProxy[] = [];
+    try {
+      for (const spec of specs) proxies.push(await startVendor(ctx, spec));
+    } catch (error) {
+      await Promise.all(proxies.map((p) => p.stop()));
+      throw error;
+    }
+    return { proxies, operatorTable: undefined, embedded: specs[0]!.backend === 'embedded', uidExclusions: 0 };
+  },
+});
+
+const chain = (backend: 'embedded' | 'nftables'): VendorSpec[] => [
+  // TLS first, as a TLS inspector usually sits closest to the app: it passes plain HTTP
+  // on as opaque, and the HTTP vendor, reached through the records, inspects it.
+  { kind: 'tls', id: 'compare-tls', priority: 10, ports: '80,443', backend },
+  { kind: 'http', id: 'compare-http', priority: 20, ports: '80,443', backend },
+];
+
+export function configurations(): Configuration[] {
+  return [
+    {
+      key: 'direct',
+      label: 'direct',
+      rows: [
+        { key: 'direct-http', label: 'direct', section: 'http' },
+        { key: 'direct-https', label: 'direct', section: 'https' },
+        { key: 'direct-node', label: 'direct', section: 'node' },
+      ],
+      setup: 'no proxy, no rule',
+      start: () => Promise.resolve({ proxies: [], operatorTable: undefined, embedded: false, uidExclusions: 0 }),
+    },
+    peer('squid', 'Squid intercept', 'proxy', [80], PORTS.squid, startSquid, [{ key: 'squid', label: 'Squid intercept', section: 'http' }]),
+    peer('mitmproxy', 'mitmproxy transparent', MITMPROXY_UID, [80], PORTS.mitmproxy, startMitmproxy, [
+      { key: 'mitmproxy', label: 'mitmproxy transparent', section: 'http' },
+    ]),
+    peer('haproxy', 'HAProxy TCP relay', 'haproxy', [80, 443], PORTS.haproxy, startHaproxy, [
+      { key: 'haproxy-http', label: 'HAProxy TCP relay', section: 'http' },
+      { key: 'haproxy-https', label: 'HAProxy TCP relay', section: 'https' },
+    ]),
+    vendors('coproxy-http', 'coproxy-http', [{ kind: 'http', id: 'compare-http', priority: 20, ports: '80', backend: 'nftables' }], [
+      { key: 'coproxy-http', label: 'coproxy-http', section: 'http' },
+    ]),
+    vendors('coproxy-tls', 'coproxy-tls splice', [{ kind: 'tls', id: 'compare-tls', priority: 10, ports: '443', backend: 'nftables' }], [
+      { key: 'coproxy-tls', label: 'coproxy-tls splice', section: 'https' },
+    ]),
+    vendors('chain-nftables', 'coproxy-tls → coproxy-http (nftables)', chain('nftables'), [
+      { key: 'chain-http', label: 'coproxy-tls → coproxy-http', section: 'http' },
+      { key: 'chain-https', label: 'coproxy-tls → coproxy-http', section: 'https' },
+      { key: 'chain-nftables-node', label: 'coproxy-tls → coproxy-http, nftables', section: 'node' },
+    ]),
+    vendors('chain-embedded', 'coproxy-tls → coproxy-http (embedded)', chain('embedded'), [
+      { key: 'chain-embedded-node', label: 'coproxy-tls → coproxy-http, embedded', section: 'node' },
+    ]),
+  ];
+}
+
+/** The row's client-side target. */
+export function rowTarget(row: RowSpec): { scheme: 'http' | 'https'; port: number } {
+  return row.section === 'https' ? { scheme: 'https', port: 443 } : { scheme: 'http', port: 80 };
+}

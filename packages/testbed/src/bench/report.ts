@@ -1,0 +1,238 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import type { Section } from './configurations.js';
+import { packageVersions } from './install.js';
+import type { Machine, MeasuredRun, Report, RowResult, RunKind } from './results.js';
+
+export function describeMachine(): Machine {
+  let osName = `${os.type()} ${os.release()}`;
+  try {
+    const release = fs.readFileSync('/etc/os-release', 'utf8');
+    const pretty = /^PRETTY_NAME="?([^"\n]*)"?/m.exec(release)?.[1];
+    const point = fs.existsSync('/etc/debian_version') ? fs.readFileSync('/etc/debian_version', 'utf8').trim() : undefined;
+    if (pretty !== undefined) osName = point === undefined ? pretty : `${pretty}, ${point}`;
+  } catch {
+    // not Linux with os-release: keep the kernel's name
+  }
+  let cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  try {
+    const hypervisor = /^Hypervisor vendor:\s*(.+)$/m.exec(execFileSync('lscpu', { encoding: 'utf8' }))?.[1];
+    if (hypervisor !== undefined) cpu += ` (virtual machine, ${hypervisor.trim()})`;
+  } catch {
+    // no lscpu: the model alone
+  }
+  return {
+    cpu,
+    cores: os.cpus().length,
+    memoryGiB: os.totalmem() / 2 ** 30,
+    kernel: `${os.type()} ${os.release()} ${os.arch()}`,
+    os: osName,
+    node: process.version,
+    packages: packageVersions(),
+    date: new Date().toISOString(),
+  };
+}
+
+const SECTIONS: Record<Section, string> = {
+  http: 'HTTP origin (port 80), load by wrk',
+  https: 'HTTPS origin (port 443), load by wrk',
+  node: 'HTTP origin (port 80), load by a Node client (for the embedded backend)',
+};
+
+const run = (row: RowResult, kind: RunKind): MeasuredRun | undefined => row.runs.find((r) => r.kind === kind);
+const rps = (row: RowResult, kind: 'keep-alive' | 'close'): number | undefined => run(row, kind)?.result.requestsPerSecond;
+const mbps = (row: RowResult): number | undefined => run(row, 'bulk')?.result.megabytesPerSecond;
+const fixed = (value: number | undefined, digits: number): string => (value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(digits));
+const ratio = (value: number | undefined, base: number | undefined): string =>
+  value === undefined || base === undefined || base === 0 ? '–' : `${(value / base).toFixed(2)}×`;
+const thousands = (value: number | undefined): string => (value === undefined ? '–' : Math.round(value).toLocaleString('en-US'));
+
+function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const align = header.map((_, i) => (i === 0 ? '---' : '---:'));
+  return [header, align, ...rows].map((cells) => `| ${cells.join(' | ')} |`).join('\n');
+}
+
+function direct(report: Report, section: Section): RowResult | undefined {
+  return report.rows.find((r) => r.section === section && r.configuration === 'direct');
+}
+
+function absoluteTable(report: Report, section: Section): string {
+  const rows = report.rows.filter((r) => r.section === section);
+  return table(
+    ['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
+    rows.map((row) => {
+      const keepAlive = run(row, 'keep-alive')?.result;
+      const memory = row.memory;
+      const peak = memory === undefined ? undefined : memory.proxies.reduce((sum, p) => sum + p.peakKiB, 0) / 1024;
+      const foreign = Math.max(...row.runs.map((r) => r.result.foreignCpu));
+      return [
+        row.label,
+        thousands(rps(row, 'keep-alive')),
+        thousands(rps(row, 'close')),
+        fixed(mbps(row), 0),
+        fixed(keepAlive?.p50Ms, 2),
+        fixed(keepAlive?.p99Ms, 2),
+        fixed(run(row, 'keep-alive')?.proxyCpuUsPerRequest, 0),
+        memory === undefined ? '–' : `${fixed(peak, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(p.peakKiB / 1024, 1)).join(' + ')})` : ''}`,
+        memory === undefined ? '–' : `${fixed(memory.perConnectionKiB, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(perConnection(p, memory.open), 1)).join(' + ')})` : ''}`,
+        String(row.rules.byHand),
+        String(row.rules.installed),
+        String(row.rules.uidExclusions),
+        `${Math.round(foreign * 100)}%`,
+        row.configuration === 'direct' ? (row.inPath ? 'direct, no rule' : 'NO: see the path check') : row.inPath ? 'yes' : 'NO: see the path check',
+      ];
+    }),
+  );
+}
+
+export function perConnection(proxy: { rssKiB: number; baselineKiB: number }, open: number): number {
+  return open === 0 ? NaN : (proxy.rssKiB - proxy.baselineKiB) / open;
+}
+
+function ratiosToDirect(report: Report): string {
+  const lines: string[][] = [];
+  for (const section of ['http', 'https', 'node'] as const) {
+    const base = direct(report, section);
+    if (base === undefined) continue;
+    for (const row of report.rows.filter((r) => r.section === section && r !== base)) {
+      lines.push([`${row.label} (${section === 'node' ? 'Node client' : section.toUpperCase()})`, ratio(rps(row, 'keep-alive'), rps(base, 'keep-alive')), ratio(rps(row, 'close'), rps(base, 'close')), ratio(mbps(row), mbps(base))]);
+    }
+  }
+  return table(['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB'], lines);
+}
+
+const PEERS = ['squid', 'mitmproxy', 'haproxy-http', 'haproxy-https'];
+const COPROXY = ['coproxy-http', 'chain-http', 'coproxy-tls', 'chain-https'];
+
+function ratiosToPeers(report: Report): string {
+  const lines: string[][] = [];
+  for (const key of COPROXY) {
+    const row = report.rows.find((r) => r.key === key);
+    if (row === undefined) continue;
+    for (const peer of report.rows.filter((r) => PEERS.includes(r.key) && r.section === row.section)) {
+      const p99 = (r: RowResult): number | undefined => run(r, 'keep-alive')?.result.p99Ms;
+      const kib = (r: RowResult): number | undefined => r.memory?.perConnectionKiB;
+      lines.push([
+        `${row.label} (${row.section.toUpperCase()})`,
+        peer.label,
+        ratio(rps(row, 'keep-alive'), rps(peer, 'keep-alive')),
+        ratio(rps(row, 'close'), rps(peer, 'close')),
+        ratio(mbps(row), mbps(peer)),
+        ratio(p99(row), p99(peer)),
+        ratio(kib(row), kib(peer)),
+      ]);
+    }
+  }
+  return table(['coproxy', 'against', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB', 'p99 latency (lower is better)', 'KiB / idle conn. (lower is better)'], lines);
+}
+
+export interface Target {
+  readonly text: string;
+  readonly met: boolean | undefined;
+  readonly detail: string;
+}
+
+/** The issue's targets, judged on this run's figures; `met` undefined when a figure is missing. */
+export function targets(report: Report): Target[] {
+  const row = (key: string): RowResult | undefined => report.rows.find((r) => r.key === key);
+  const out: Target[] = [];
+  const compare = (text: string, value: number | undefined, bound: number | undefined, detail: (v: number, b: number) => string): void => {
+    if (value === undefined || bound === undefined) out.push({ text, met: undefined, detail: 'not measured in this run' });
+    else out.push({ text, met: value >= bound, detail: detail(value, bound) });
+  };
+  const value = (key: string, figure: (r: RowResult) => number | undefined): number | undefined => {
+    const r = row(key);
+    return r === undefined ? undefined : figure(r);
+  };
+  const keepAlive = (r: RowResult): number | undefined => rps(r, 'keep-alive');
+  const times = (v: number | undefined, factor: number): number | undefined => (v === undefined ? undefined : v * factor);
+  compare('the two-vendor chain matches Squid alone in keep-alive req/s', value('chain-http', keepAlive), value('squid', keepAlive), (v, b) => `${thousands(v)} vs ${thousands(b)} req/s (${(v / b).toFixed(2)}×)`);
+  compare('the two-vendor chain beats mitmproxy alone at least 5× in keep-alive req/s', value('chain-http', keepAlive), times(value('mitmproxy', keepAlive), 5), (v, b) => `${thousands(v)} vs ${thousands(b / 5)} req/s (${((v / b) * 5).toFixed(1)}×)`);
+  for (const [key, base] of [['coproxy-http', 'direct-http'], ['coproxy-tls', 'direct-https']] as const) {
+    compare(`one vendor (${row(key)?.label ?? key}) reaches 50% of direct keep-alive req/s`, value(key, keepAlive), times(value(base, keepAlive), 0.5), (v, b) => `${thousands(v)} vs direct ${thousands(b * 2)} req/s (${((v / b) * 50).toFixed(0)}%)`);
+  }
+  compare('64 MiB through the two-vendor chain at 50% of direct MB/s', value('chain-http', mbps), times(value('direct-http', mbps), 0.5), (v, b) => `${v.toFixed(0)} vs direct ${(b * 2).toFixed(0)} MB/s (${((v / b) * 50).toFixed(0)}%)`);
+  for (const key of ['coproxy-http', 'coproxy-tls', 'chain-http', 'chain-embedded-node']) {
+    const r = row(key);
+    const memory = r?.memory;
+    if (r === undefined || memory === undefined) continue;
+    const worst = Math.max(...memory.proxies.map((p) => perConnection(p, memory.open)));
+    out.push({
+      text: `under 64 KiB of proxy RSS per idle proxied connection (${r.label}, per vendor process)`,
+      met: worst < 64,
+      detail: memory.proxies.map((p) => `${p.name} ${perConnection(p, memory.open).toFixed(1)} KiB`).join(', '),
+    });
+  }
+  return out;
+}
+
+function pathCheck(report: Report): string {
+  return report.rows
+    .map((row) => {
+      const lines = row.runs.map((r) => `  - ${r.kind}: ${r.evidence}${r.problems.length > 0 ? ` **PROBLEMS: ${r.problems.join('; ')}**` : ''}`);
+      if (row.memory !== undefined) {
+        const m = row.memory;
+        lines.push(`  - idle: ${m.open} of ${m.requested} connections open${m.failed > 0 ? `, ${m.failed} failed (${m.firstError ?? ''})` : ''}${m.problems.length > 0 ? ` **PROBLEMS: ${m.problems.join('; ')}**` : ''}`);
+      }
+      return `- **${row.label}** (${row.section === 'node' ? 'Node client' : row.section.toUpperCase()}): ${row.inPath ? (row.configuration === 'direct' ? 'direct' : 'in the path') : 'NOT PROVEN'}; counters: ${row.countSources.join('; ') || 'origin only'}\n${lines.join('\n')}`;
+    })
+    .join('\n');
+}
+
+export function renderMarkdown(report: Report, command: string): string {
+  const m = report.machine;
+  const s = report.settings;
+  const sections = (['http', 'https', 'node'] as const).filter((section) => report.rows.some((r) => r.section === section));
+  const setups = [...new Map(report.rows.map((r) => [r.configuration, r.setup])).entries()].map(([c, setup]) => `- **${c}**: ${setup}`);
+  const targetLines = targets(report).map((t) => `- ${t.met === undefined ? '–' : t.met ? 'met' : '**missed**'}: ${t.text}: ${t.detail}`);
+  const repeated = report.rows.flatMap((r) => r.runs.filter((x) => x.repeated).map((x) => `${r.label} ${r.section} ${x.kind}`));
+  const out = [
+    '# Benchmarks: coproxy beside the proxies people use today',
+    '',
+    `Written by \`${command}\` (\`packages/testbed/src/bench/compare.ts\`) on ${m.date.slice(0, 10)} (${m.date}), in ${Math.round(report.durationSeconds)} s.`,
+    '',
+    `**Machine**: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB.toFixed(1)} GiB; ${m.os}; ${m.kernel}; Node ${m.node}. ` +
+      `Debian packages: ${Object.entries(m.packages).map(([name, version]) => `${name} ${version}`).join(', ')}.`,
+    '',
+    '**Method.** Everything runs in a network namespace of its own, created and removed by the bench. The origin is nginx ' +
+      '(one worker, no access log, keep-alive without a request limit) serving a 1 KiB and a 64 MiB file over HTTP (port 80) and HTTPS ' +
+      `(443, self-signed). wrk runs one thread: keep-alive and new-connection runs (\`-H 'Connection: close'\`) on the 1 KiB file with ` +
+      `${s.connections} connections, the 64 MiB file over ${s.bulkConnections} connection; ${s.seconds} s each after a 1 s warm-up, ` +
+      `\`--timeout\` 5 s (15 s for 64 MiB). p50/p99 are wrk's (\`--latency\`) on the keep-alive run; proxy CPU µs/req is the CPU time of the proxy processes ` +
+      '(all threads, user and system) during that run divided by its responses: what one request costs a proxy, whatever the share of the machine it got. ' +
+      'Peak RSS is VmHWM of the proxy processes with ' +
+      `${s.idleConnections.toLocaleString('en-US')} idle connections open (each made one keep-alive request first, so the proxy holds its origin leg too), measured once per configuration, on its first row, before any load; ` +
+      'KiB / idle conn. is (VmRSS with them − VmRSS before) / connections. No proxy logs per request (Squid `access_log none`, mitmdump `-q`, ' +
+      'HAProxy without `log`, coproxy `--log-level warn`); each one\'s own counters prove it was in the path (see below). ' +
+      `"other load" is the largest share of the machine's CPU used by processes outside the bench during the row's runs; a run above ${Math.round(s.noiseLimit * 100)}% ` +
+      'is repeated once and the quieter attempt kept. The bench runs its session at nice −10 (the autogroup\'s, so only its own processes), ' +
+      'every configuration alike, so that other work on a shared machine weighs less. MB = 10^6 bytes.',
+    '',
+    '**What each configuration needs** (rules counted from `nft list ruleset` while it ran):',
+    '',
+    ...setups,
+    '',
+    'Chaining two of the peers instead takes rules that know each other: with proxy A first and B second, A\'s rule must return for both uids ' +
+      '(B\'s onward connections would otherwise come back to A, a loop), B\'s for its own; every rule lists the uids of the proxies after it, and changes ' +
+      'whenever one is added. The coproxy vendors install their own rules (3 each: the records check and one redirect per IP family) and remove them ' +
+      'when they stop; none names another, and none excludes a uid.',
+    '',
+  ];
+  for (const section of sections) out.push(`## ${SECTIONS[section]}`, '', absoluteTable(report, section), '');
+  out.push('## Ratios to direct (same origin, same client)', '', ratiosToDirect(report), '');
+  out.push('## coproxy against each peer (coproxy ÷ peer)', '', ratiosToPeers(report), '');
+  out.push('## Targets (issue #7)', '', ...targetLines, '');
+  if (report.skipped.length > 0) out.push(`Skipped (time budget): ${report.skipped.join(', ')}.`, '');
+  out.push('## Path check', '', 'Counts during each run (deltas); origin = nginx stub_status, minus its own status request.', '', pathCheck(report), '');
+  if (repeated.length > 0) out.push(`Repeated because other work on the machine disturbed the first attempt: ${repeated.join('; ')}.`, '');
+  if (report.profiles.length > 0) {
+    out.push('## CPU profiles (`--cpu-prof`; figures of this run include the profiler\'s overhead)', '');
+    for (const p of report.profiles) {
+      out.push(`**${p.vendor}** (${(p.samplesMs / 1000).toFixed(1)} s sampled, idle ${(p.idleShare * 100).toFixed(1)}%, GC ${(p.gcShare * 100).toFixed(1)}%): self time`, '');
+      out.push(...p.top.map((t) => `- ${(t.share * 100).toFixed(1)}% \`${t.fn}\``), '');
+    }
+  }
+  if (report.notes.length > 0) out.push('## Notes', '', ...report.notes.map((n) => `- ${n}`), '');
+  return out.join('\n');
+}

@@ -101,6 +101,8 @@ export interface HttpProxy extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) });
+
 /** The headers a proxy never forwards as they are: they describe one hop (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'transfer-encoding']);
 
@@ -323,6 +325,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     const finish = (): void => {
       if (done) return;
       done = true;
+      // Built only for someone: a subscriber, or a log level that prints it.
+      if (!exchanges.observed && !logger.isLevelEnabled(failure === undefined ? 'info' : 'warn')) return;
       record({
         kind: 'http',
         connection: state.info,
@@ -360,7 +364,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
 
     try {
-      decision = await decide(inspectors, request);
+      // Without inspectors nothing can say otherwise: allow, without a turn of the event loop.
+      decision = inspectors.length === 0 ? ALLOW : await decide(inspectors, request);
     } catch (error) {
       return fail(ProxyErrorCode.InspectorFailed, error instanceof Error ? error : new Error(String(error)), 502);
     }
@@ -421,6 +426,13 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     res.once('close', () => {
       if (!res.writableFinished) upstream.destroy();
     });
+    if (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined) {
+      // No body (most GETs): nothing to stream. The request is read to its end anyway,
+      // so Node's parser moves on to the next one on this connection.
+      req.resume();
+      upstream.end();
+      return;
+    }
     // Counted from here, not earlier: a 'data' listener starts the flow, and bytes that
     // flowed before the pipe would be lost.
     req.on('data', (chunk: Buffer) => (requestBytes += chunk.length));

@@ -203,7 +203,7 @@ function judge(
 ): FlowResult {
   // Vendors report from their own processes, so their lines arrive in any order: the
   // records each saw (one more redirect per hop) give the order the flow took.
-  const hops = acceptances.filter((a) => a.port === flow.port).sort((a, b) => a.redirectedBy.length - b.redirectedBy.length);
+  const hops = orderHops(acceptances.filter((a) => a.port === flow.port));
   const client = clients.find((c) => c.port === flow.port);
   const origin = origins.find((o) => o.port === flow.port);
   const problems: string[] = [];
@@ -232,6 +232,24 @@ function judge(
     if (origin.sent !== client.received) problems.push('the client got back other bytes than the origin sent');
   }
   return { index: flow.index, kind: flow.kind, port: flow.port, viaCurl: flow.viaCurl, hops, client, origin, problems, looped };
+}
+
+/**
+ * By records depth; at equal depth (only when a vendor dropped records, so depth no longer
+ * grows by one per hop), a vendor's second acceptance comes after the others': it is the
+ * flow coming back.
+ */
+function orderHops(hops: readonly Acceptance[]): Acceptance[] {
+  const byDepth = [...hops].sort((a, b) => a.redirectedBy.length - b.redirectedBy.length);
+  const ordered: Acceptance[] = [];
+  while (byDepth.length > 0) {
+    const depth = byDepth[0]!.redirectedBy.length;
+    const group = byDepth.filter((h) => h.redirectedBy.length === depth);
+    byDepth.splice(0, group.length);
+    const seen = (h: Acceptance): boolean => ordered.some((o) => o.vendor === h.vendor);
+    ordered.push(...group.filter((h) => !seen(h)), ...group.filter(seen));
+  }
+  return ordered;
 }
 
 type InNs = (command: string, args: readonly string[]) => [string, string[]];

@@ -147,6 +147,14 @@ async function runMeasured(ns: Namespace, command: string, args: readonly string
   return { stdout, cpu };
 }
 
+/** Share of the machine's CPU that processes outside the bench used over the next `ms` (nothing of the bench's runs meanwhile but its proxies' leftovers). */
+export async function foreignLoad(ns: Namespace, ms: number): Promise<number> {
+  const window = new CpuWindow(ns);
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  window.end();
+  return window.foreign();
+}
+
 export const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 /** utime + stime of a process (all its threads), in clock ticks; 0 once it is gone. */

@@ -205,8 +205,9 @@ export function renderMarkdown(report: Report, command: string): string {
       `${s.idleConnections.toLocaleString('en-US')} idle connections open (each made one keep-alive request first, so the proxy holds its origin leg too), measured once per configuration, on its first row, before any load; ` +
       'KiB / idle conn. is (VmRSS with them − VmRSS before) / connections. No proxy logs per request (Squid `access_log none`, mitmdump `-q`, ' +
       'HAProxy without `log`, coproxy `--log-level warn`); each one\'s own counters prove it was in the path (see below). ' +
-      `"other load" is the largest share of the machine's CPU used by processes outside the bench during the row's runs; a run above ${Math.round(s.noiseLimit * 100)}% ` +
-      'is repeated once and the quieter attempt kept. The bench runs its session at nice −10 (the autogroup\'s, so only its own processes), ' +
+      `"other load" is the largest share of the machine's CPU used by processes outside the bench during the row's runs; each run waits (up to 20 s) for a quiet ` +
+      `moment first, and a run above ${Math.round(s.noiseLimit * 100)}% is repeated once and the quieter attempt kept. ` +
+      'The bench runs its session at nice −10 (the autogroup\'s, so only its own processes), ' +
       'every configuration alike, so that other work on a shared machine weighs less. MB = 10^6 bytes.',
     '',
     '**What each configuration needs** (rules counted from `nft list ruleset` while it ran):',

@@ -43,7 +43,8 @@ export type CoproxyErrorCode =
   | 'COPROXY_MARK_MASK_EXHAUSTED'
   | 'COPROXY_SYSCTL_REQUIRED'
   | 'COPROXY_SYSCALL_FAILED'
-  | 'COPROXY_NFT_FAILED';
+  | 'COPROXY_NFT_FAILED'
+  | 'COPROXY_WFP_IOCTL_FAILED';
 
 /** An option passed to a coproxy function is out of its documented range. */
 export class InvalidOptionsError extends CoproxyError {
@@ -302,6 +303,26 @@ export class NftCommandError extends CoproxyError {
     readonly detail: string,
   ) {
     super(`nft refused '${command.length > 120 ? `${command.slice(0, 117)}...` : command}': ${detail}`);
+  }
+}
+
+/**
+ * One of the WFP redirect ioctls (`WSAIoctl` with `SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS`,
+ * `…_CONTEXT` or `SIO_SET_WFP_CONNECTION_REDIRECT_RECORDS`) failed. `win32Error` is what
+ * `WSAGetLastError()` returned (a Winsock code such as 10013 `WSAEACCES`, or a Win32 one such
+ * as 534 `ERROR_ARITHMETIC_OVERFLOW`), `win32ErrorName` its name.
+ */
+export class WfpIoctlError extends CoproxyError {
+  override readonly name = 'WfpIoctlError';
+  readonly code = 'COPROXY_WFP_IOCTL_FAILED';
+  constructor(
+    /** The ioctl by its SDK name, e.g. `SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS`. */
+    readonly ioctl: string,
+    readonly win32Error: number,
+    readonly win32ErrorName: string,
+    detail?: string,
+  ) {
+    super(`${ioctl} failed: ${win32ErrorName} (${win32Error})${detail === undefined ? '' : `: ${detail}`}`);
   }
 }
 

@@ -70,5 +70,6 @@ export {
   SysctlRequiredError,
   SyscallError,
   NftCommandError,
+  WfpIoctlError,
 } from './errors.js';
 export type { CoproxyErrorCode } from './errors.js';

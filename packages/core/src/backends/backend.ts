@@ -59,3 +59,11 @@ export interface Installation {
   /** Removes the rule and stops listening, synchronously, so traffic goes direct at once. */
   uninstall(): void;
 }
+
+/** A peer's address for a `rejected` event: what the socket still knows of it (getpeername). */
+export function remoteEndpoint(socket: net.Socket): Partial<Endpoint> {
+  return {
+    ...(socket.remoteAddress !== undefined && { address: socket.remoteAddress }),
+    ...(socket.remotePort !== undefined && { port: socket.remotePort }),
+  };
+}

@@ -3,7 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { type CoproxyError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
-import type { Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
+import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
 import { asCoproxyError, readFlowHeader } from './read-flow-header.js';
 import { defaultRegistryDir, publishEntry, removeEntry } from './registry.js';
 
@@ -54,7 +54,7 @@ export const embeddedBackend: Backend = {
       );
       function reject(error: CoproxyError): void {
         // The peer's address is read only here: getpeername per accepted flow adds up.
-        const remote = withoutUndefined({ address: socket.remoteAddress, port: socket.remotePort });
+        const remote = remoteEndpoint(socket);
         socket.destroy();
         if (!uninstalled) sink.rejected(error, remote);
       }
@@ -104,13 +104,3 @@ export const embeddedBackend: Backend = {
     };
   },
 };
-
-function withoutUndefined(remote: { address: string | undefined; port: number | undefined }): {
-  address?: string;
-  port?: number;
-} {
-  return {
-    ...(remote.address !== undefined && { address: remote.address }),
-    ...(remote.port !== undefined && { port: remote.port }),
-  };
-}

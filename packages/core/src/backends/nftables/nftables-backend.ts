@@ -13,9 +13,9 @@ import {
 } from '../../errors.js';
 import type { RedirectRecords } from '../../records/redirect-records.js';
 import type { Destination } from '../../redirector/match-rule.js';
-import type { AcceptedFlow, Backend, FlowSink, InstallSpec, Installation } from '../backend.js';
+import { type AcceptedFlow, type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
 import { closeFd, getMark, getOriginalDestination, openMarkedSocket } from './libc.js';
-import { type BitHolder, candidateBits, recordsFromMark } from './marks.js';
+import { type BitHolder, bitsOf, candidateBits, recordsFromMark } from './marks.js';
 import { listTables, removeTable } from './installed-tables.js';
 import { nft } from './nft.js';
 import { findSocketPid, isOwnerAlive, processStartTime } from './proc.js';
@@ -73,7 +73,7 @@ async function install(spec: InstallSpec, sink: FlowSink): Promise<Installation>
       try {
         flow = acceptFlow(socket, family, spec, info, view, port);
       } catch (error) {
-        const remote = { ...(socket.remoteAddress !== undefined && { address: socket.remoteAddress }), ...(socket.remotePort !== undefined && { port: socket.remotePort }) };
+        const remote = remoteEndpoint(socket);
         socket.destroy();
         sink.rejected(error as CoproxyError, remote);
         return;
@@ -230,7 +230,7 @@ class TableView {
   private refreshedAt = -Infinity;
 
   holdersFor(mark: number, mask: number): ReadonlyMap<number, BitHolder> {
-    const unknown = ((mark & mask) >>> 0) !== 0 && [...this.bitsIn(mark & mask)].some((bit) => !this.holders.has(bit));
+    const unknown = bitsOf((mark & mask) >>> 0).some((bit) => !this.holders.has(bit));
     if (unknown && performance.now() - this.refreshedAt > 1000) {
       this.refreshedAt = performance.now();
       this.holders = new Map(listTables().map((table) => [table.bit, { id: table.id, priority: table.priority }]));
@@ -238,9 +238,6 @@ class TableView {
     return this.holders;
   }
 
-  private *bitsIn(value: number): Generator<number> {
-    for (let i = 0; i < 32; i++) if (((value >>> i) & 1) === 1) yield (1 << i) >>> 0;
-  }
 }
 
 function acceptFlow(socket: net.Socket, family: 4 | 6, spec: InstallSpec, info: TableInfo, view: TableView, port: number): AcceptedFlow {

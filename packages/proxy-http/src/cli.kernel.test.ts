@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { HttpExchange } from './proxy.js';
 import { sha256, sleep, tempDir, until, within } from './test-support/harness.js';
-import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from './test-support/netns.js';
+import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 
 // The CLI as an operator runs it, on the nftables backend: a separate process inside a
 // network namespace of the test's own (unique name, removed with `await using` even when

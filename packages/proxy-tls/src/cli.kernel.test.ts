@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as BuiltPackage from './index.js';
 import type { Handshake, TlsExchange } from './proxy.js';
-import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from './test-support/netns.js';
+import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 
 // The CLI as an operator runs it, on the nftables backend: a separate process inside a
 // network namespace of the test's own (unique name, removed with `await using` even when

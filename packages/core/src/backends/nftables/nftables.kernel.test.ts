@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { sha256, until } from '../../test-support/harness.js';
-import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '../../test-support/netns.js';
+import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '../../testing/netns.js';
 import { type ListedTable, parseTable, parseTableNames } from './tables.js';
 
 // Real kernel paths: every test makes its own network namespace (unique name) and removes

@@ -1,5 +1,6 @@
-// Network namespaces for the kernel tests: the parts of core's test support they need
-// (core does not export its test support). Not part of the build.
+// @coproxy/core/testing: network namespaces for kernel tests, for core's own tests and for
+// anyone writing an inspector package (the two vendor packages use it). Needs root and
+// iproute2 at run time; nothing here runs unless a test calls it.
 import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
@@ -7,8 +8,8 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 
 /**
- * Kernel tests need root and run inside network namespaces they create and remove. Where a
- * developer lacks root they may be skipped, but only by asking:
+ * Kernel tests (nftables, socket marks) need root and run inside network namespaces they
+ * create and remove. Where a developer lacks root they may be skipped, but only by asking:
  * `COPROXY_SKIP_KERNEL_TESTS=1`. Under `CI=true` they always run.
  */
 export const skipKernelTests = process.env.COPROXY_SKIP_KERNEL_TESTS === '1' && process.env.CI !== 'true';
@@ -27,29 +28,33 @@ export async function assertKernelTestsCanRun(): Promise<void> {
 }
 
 /**
- * A network namespace with loopback up, also carrying an address that is not a loopback
- * address (10.200.0.1/24), so an origin there looks remote. Disposing it kills every
- * process left inside and deletes it, also when the test failed.
+ * A network namespace with loopback up, carrying also addresses that are not loopback
+ * addresses (10.200.0.1/24, fd00:200::1/64), so tests reach "remote" origins without
+ * leaving the namespace. Disposing it kills every process left inside and deletes it,
+ * also when the test failed.
  */
 export interface Netns extends AsyncDisposable {
   readonly name: string;
-  /** Runs a command inside the namespace to completion (at most 20 s); rejects on a non-zero exit. */
-  run(command: string, args: readonly string[]): Promise<{ stdout: string; stderr: string }>;
+  /** Runs a command inside the namespace to completion; rejects on a non-zero exit. */
+  run(command: string, args: readonly string[], options?: { readonly timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
   /** Starts a command inside the namespace (`ip netns exec` execs it: same pid). */
   spawn(command: string, args: readonly string[], options?: SpawnOptions): ChildProcess;
 }
 
 export const NETNS_V4 = '10.200.0.1';
+export const NETNS_V6 = 'fd00:200::1';
 
 let counter = 0;
 
 export async function createNetns(tag: string): Promise<Netns> {
-  const name = `cptls-${tag}-${process.pid}-${++counter}-${randomBytes(2).toString('hex')}`;
+  const name = `cpt-${tag}-${process.pid}-${++counter}-${randomBytes(2).toString('hex')}`;
   await run('ip', ['netns', 'add', name]);
   const children = new Set<ChildProcess>();
   const netns: Netns = {
     name,
-    run: (command, args) => run('ip', ['netns', 'exec', name, command, ...args], { timeout: 20_000 }),
+    async run(command, args, options = {}) {
+      return run('ip', ['netns', 'exec', name, command, ...args], { timeout: options.timeoutMs ?? 20_000 });
+    },
     spawn(command, args, options = {}) {
       const child = spawn('ip', ['netns', 'exec', name, command, ...args], options);
       children.add(child);
@@ -71,9 +76,14 @@ export async function createNetns(tag: string): Promise<Netns> {
     },
   };
   try {
-    await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-    // On lo: no dummy or veth module needed, and still not a loopback address.
-    await run('ip', ['-n', name, 'addr', 'add', `${NETNS_V4}/24`, 'dev', 'lo']);
+    for (const args of [
+      ['link', 'set', 'lo', 'up'],
+      // On lo: no dummy or veth module needed, and still not a loopback address.
+      ['addr', 'add', `${NETNS_V4}/24`, 'dev', 'lo'],
+      ['addr', 'add', `${NETNS_V6}/64`, 'dev', 'lo', 'nodad'],
+    ]) {
+      await run('ip', ['-n', name, ...args]);
+    }
   } catch (error) {
     await netns[Symbol.asyncDispose]();
     throw error;

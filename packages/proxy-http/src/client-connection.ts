@@ -1,0 +1,668 @@
+import http from 'node:http';
+import type net from 'node:net';
+import { type AcceptedConnection, relay } from '@coproxy/core';
+import type { Logger } from 'pino';
+import { ProxyErrorCode } from './errors.js';
+import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
+import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
+import type { HttpProxyMetrics } from './metrics.js';
+import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError } from './node-http-parser.js';
+import type { HttpExchange, HttpProxyEvent } from './proxy.js';
+
+/** What a client connection needs from the proxy that owns it. */
+export interface ConnectionHooks {
+  readonly settings: ConnectionSettings;
+  readonly inspectors: readonly Inspector[];
+  readonly propagateRecords: boolean;
+  readonly metrics: HttpProxyMetrics;
+  readonly logger: Logger;
+  emitEvent(event: HttpProxyEvent): void;
+  /** Whether anyone wants exchange records (a subscriber, or a log level that prints them). */
+  wantsExchanges(failed: boolean): boolean;
+  record(exchange: HttpExchange): void;
+  countError(code: string): void;
+}
+
+export interface ConnectionSettings {
+  readonly originTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly maxHeaderSize: number;
+  readonly headersTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) });
+
+/** How a client that sent a malformed request or got a closing answer may take to close its side. */
+const CLIENT_CLOSE_GRACE_MS = 2000;
+/** Body bytes of a pipelined request held while the request before it is served; the client is paused beyond. */
+const HOLD_LIMIT = 64 * 1024;
+/** Response heads from origins may be larger than what clients may send. */
+const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
+
+/** One request and its response, from the request head to the end of both. */
+class Exchange {
+  readonly startedAt = Date.now();
+  /** Where request body bytes go: held until the origin leg is ready, then the origin, or nowhere after a local answer. */
+  sink: 'hold' | 'origin' | 'discard' = 'hold';
+  held: Buffer[] = [];
+  heldBytes = 0;
+  requestBytes = 0;
+  responseBytes = 0;
+  requestDone = false;
+  responseDone = false;
+  finished = false;
+  decision: Decision | undefined;
+  response: ResponseInfo | undefined;
+  /** The response head went to the client: a failure from here on can only cut the connection. */
+  headSent = false;
+  /** How the response body goes to the client. */
+  toClient: Framing = 'none';
+  /** The client may send another request after this one. */
+  reusable: boolean;
+  /** Response body chunks held while response inspectors run. */
+  heldResponse: Buffer[] | undefined;
+  heldResponseComplete = false;
+  failure: { code: string; message: string } | undefined;
+  tunnel: { bytesFromClient: number; bytesToClient: number } | undefined;
+
+  constructor(
+    readonly sequence: number,
+    readonly request: RequestInfo,
+    readonly rawHeaders: string[],
+    /** The request body's framing towards the origin (the same as the client's). */
+    readonly framing: Framing,
+    keepAlive: boolean,
+  ) {
+    this.reusable = keepAlive && !request.upgrade;
+  }
+}
+
+/** The connection to the origin that one client connection's requests share, one at a time. */
+interface OriginLeg {
+  readonly socket: net.Socket;
+  readonly parser: HttpParser;
+  /** The exchange whose response is being read. */
+  current: Exchange | undefined;
+  /** A 1xx response is being read: its end is not the exchange's. */
+  informational: boolean;
+  /** The origin answered 101: what follows its head is the upgraded protocol. */
+  upgraded: MessageHead | undefined;
+  /** The origin keeps the connection open after the current response. */
+  keepAlive: boolean;
+  /** False once the origin closed or must not be reused. */
+  usable: boolean;
+  waitingForClientDrain: boolean;
+}
+
+/**
+ * One client connection that sniffed as HTTP/1.x: its requests are parsed with Node's
+ * parser, inspected, forwarded to the origin over a connection from `connectOnward()`
+ * (so the flow's records go with them), and the responses relayed back, one exchange at a
+ * time in order. Bodies stream both ways with backpressure; nothing is buffered whole.
+ */
+export class ClientConnection {
+  private readonly socket: net.Socket;
+  private readonly parser: HttpParser;
+  /** Exchanges whose request head arrived, in order; the first is being served. */
+  private readonly queue: Exchange[] = [];
+  /** The exchange whose request is being parsed (the last in the queue). */
+  private parsing: Exchange | undefined;
+  private origin: OriginLeg | undefined;
+  private sequence = 0;
+  /** When the request head being received began, for the header timeout. */
+  private headSince: number | undefined;
+  /** Bytes after an upgrade request's head: the upgraded protocol's, held until the tunnel opens. */
+  private tunnelHead: Buffer[] | undefined;
+  private tunnelHeadBytes = 0;
+  private tunnelled = false;
+  /** No more requests are taken: the connection ends once the current exchange is done. */
+  private closing = false;
+  private clientEnded = false;
+  private closed = false;
+
+  constructor(
+    private readonly conn: AcceptedConnection,
+    private readonly info: ConnectionInfo,
+    private readonly hooks: ConnectionHooks,
+    private readonly onClosed: (connection: ClientConnection) => void,
+  ) {
+    this.socket = conn.socket;
+    this.parser = createParser('request', hooks.settings.maxHeaderSize, {
+      onBegin: () => (this.headSince = Date.now()),
+      onHead: (head) => this.onRequestHead(head),
+      onBody: (chunk) => this.onRequestBody(chunk),
+      onComplete: () => this.onRequestComplete(),
+    });
+  }
+
+  /** Starts serving, with the bytes the sniffer already read. */
+  start(head: Buffer): void {
+    this.socket.on('data', this.onData);
+    this.socket.on('end', this.onEnd);
+    // Errors end in 'close', where an unfinished exchange is reported.
+    this.socket.on('error', (error: NodeJS.ErrnoException) => this.hooks.logger.debug({ err: error, connection: this.info.id }, 'client socket error'));
+    this.socket.once('close', this.onClose);
+    this.socket.setTimeout(this.hooks.settings.idleTimeoutMs, () => this.socket.destroy());
+    // Heads and bodies are written as they come; Nagle would hold each small write for the
+    // peer's delayed ACK (40 ms a request). Node's own http sockets turn it off too.
+    this.socket.setNoDelay(true);
+    if (head.length > 0) this.onData(head);
+    this.socket.resume();
+  }
+
+  /** Called by the proxy's sweep: a request head that takes too long gets a 408. */
+  checkHeadDeadline(now: number): void {
+    if (this.headSince === undefined || now - this.headSince < this.hooks.settings.headersTimeoutMs) return;
+    this.headSince = undefined;
+    if (this.queue.length > 0) return void this.socket.destroy(); // a pipelined head: an answer would interleave
+    this.refuse('ERR_HTTP_REQUEST_TIMEOUT', 408);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.closing && this.queue.length === 0) return; // answered with a close: what follows is dropped
+    if (this.tunnelHead !== undefined) return this.holdForTunnel(chunk);
+    const origin = this.origin?.socket;
+    origin?.cork();
+    const consumed = this.parser.execute(chunk);
+    origin?.uncork();
+    if (isParserError(consumed)) return this.onParseError(consumed);
+    // Only an upgrade head stops the parser short: the rest is the upgraded protocol's.
+    if (consumed < chunk.length && this.tunnelHead !== undefined) this.holdForTunnel(chunk.subarray(consumed));
+  };
+
+  /** Bytes of the upgraded protocol that arrive before the origin accepted the upgrade. */
+  private holdForTunnel(chunk: Buffer): void {
+    this.tunnelHead!.push(chunk);
+    this.tunnelHeadBytes += chunk.length;
+    if (this.tunnelHeadBytes >= HOLD_LIMIT) this.socket.pause(); // the tunnel resumes it
+  }
+
+  private onRequestHead(head: MessageHead): boolean {
+    this.headSince = undefined;
+    const headers = headersObject(head.rawHeaders);
+    const query = head.url.indexOf('?');
+    const request: RequestInfo = {
+      method: head.method,
+      url: head.url,
+      path: query < 0 ? head.url : head.url.slice(0, query),
+      host: typeof headers.host === 'string' ? stripPort(headers.host).toLowerCase() : undefined,
+      httpVersion: `${head.versionMajor}.${head.versionMinor}`,
+      headers,
+      connection: this.info,
+      upgrade: head.upgrade && head.method !== 'CONNECT',
+    };
+    const exchange = new Exchange(++this.sequence, request, head.rawHeaders, framingOf(headers, 'none'), head.keepAlive);
+    this.hooks.metrics.requests.inc({ method: request.method });
+    if (head.upgrade) this.tunnelHead = [];
+    this.parsing = exchange;
+    this.queue.push(exchange);
+    if (this.queue.length === 1) void this.begin(exchange);
+    return false;
+  }
+
+  private onRequestBody(chunk: Buffer): void {
+    const exchange = this.parsing;
+    if (exchange === undefined) return;
+    exchange.requestBytes += chunk.length;
+    if (exchange.sink === 'origin') {
+      const leg = this.origin;
+      if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.pauseClientUntilDrain(leg.socket);
+    } else if (exchange.sink === 'hold') {
+      exchange.held.push(chunk);
+      exchange.heldBytes += chunk.length;
+      if (exchange.heldBytes >= HOLD_LIMIT) this.socket.pause(); // resumed when the held bytes are flushed
+    }
+  }
+
+  private onRequestComplete(): void {
+    const exchange = this.parsing;
+    if (exchange === undefined) return;
+    this.parsing = undefined;
+    exchange.requestDone = true;
+    if (exchange.sink === 'origin' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
+    this.maybeFinish(exchange);
+  }
+
+  private pauseClientUntilDrain(origin: net.Socket): void {
+    if (this.socket.isPaused()) return;
+    this.socket.pause();
+    origin.once('drain', () => this.socket.resume());
+  }
+
+  /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
+  private async begin(exchange: Exchange): Promise<void> {
+    const { request } = exchange;
+    if (request.method === 'CONNECT') {
+      // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
+      this.hooks.countError('CONNECT_METHOD');
+      this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: 'CONNECT_METHOD', status: 501 });
+      exchange.response = { status: 501, headers: {} };
+      return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
+    }
+    let decision: Decision;
+    try {
+      // Without inspectors nothing can say otherwise: allow, without a turn of the event loop.
+      decision = this.hooks.inspectors.length === 0 ? ALLOW : await decide(this.hooks.inspectors, request);
+    } catch (error) {
+      return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
+    }
+    if (this.closed) return;
+    exchange.decision = decision;
+    this.hooks.metrics.verdicts.inc({ verdict: decision.action });
+    if (decision.action === 'block') {
+      const status = decision.status >= 400 && decision.status <= 599 ? decision.status : 403;
+      return this.answer(exchange, status, decision.reason, request.upgrade);
+    }
+
+    let head: string;
+    try {
+      const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
+      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing);
+    } catch (error) {
+      return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
+    }
+    let leg: OriginLeg;
+    try {
+      leg = this.origin?.usable === true ? this.origin : await this.connectOrigin();
+    } catch (error) {
+      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      return this.fail(exchange, code, asError(error), code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502);
+    }
+    if (this.closed) return;
+    leg.current = exchange;
+    leg.socket.cork();
+    leg.socket.write(head);
+    for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
+    if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
+    leg.socket.uncork();
+    exchange.held = [];
+    exchange.sink = 'origin';
+    if (exchange.heldBytes >= HOLD_LIMIT && !this.tunnelled) this.socket.resume();
+  }
+
+  private async connectOrigin(): Promise<OriginLeg> {
+    this.origin?.socket.destroy();
+    this.origin = undefined;
+    const socket = await this.conn.connectOnward({ timeoutMs: this.hooks.settings.connectTimeoutMs, propagateRecords: this.hooks.propagateRecords });
+    if (this.closed) {
+      socket.destroy();
+      throw Object.assign(new Error('the client closed the connection while the origin was being reached'), { code: ProxyErrorCode.ClientReset });
+    }
+    const leg: OriginLeg = {
+      socket,
+      parser: createParser('response', ORIGIN_MAX_HEADER_SIZE, {
+        onHead: (head) => this.onResponseHead(leg, head),
+        onBody: (chunk) => this.onResponseBody(leg, chunk),
+        onComplete: () => this.onResponseComplete(leg),
+      }),
+      current: undefined,
+      informational: false,
+      upgraded: undefined,
+      keepAlive: true,
+      usable: true,
+      waitingForClientDrain: false,
+    };
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
+    socket.on('end', () => this.onOriginEnd(leg));
+    socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(leg, error));
+    socket.once('close', () => {
+      leg.usable = false;
+      if (this.origin === leg) this.origin = undefined;
+    });
+    // No byte from the origin for this long: 504 before its response head, a cut after it;
+    // an idle kept-alive origin connection is just closed.
+    socket.setTimeout(this.hooks.settings.originTimeoutMs, () => this.onOriginTimeout(leg));
+    this.origin = leg;
+    return leg;
+  }
+
+  private onOriginData(leg: OriginLeg, chunk: Buffer): void {
+    // What one read yields (a response head and its body, often) leaves in one write.
+    this.socket.cork();
+    const consumed = leg.parser.execute(chunk);
+    this.socket.uncork();
+    if (isParserError(consumed)) {
+      leg.usable = false;
+      leg.socket.destroy();
+      const exchange = leg.current;
+      if (exchange !== undefined) this.fail(exchange, ProxyErrorCode.OriginMalformed, consumed, 502);
+      return;
+    }
+    if (leg.upgraded !== undefined) this.openTunnel(leg, leg.upgraded, chunk.subarray(consumed));
+  }
+
+  private onResponseHead(leg: OriginLeg, head: MessageHead): boolean {
+    const exchange = leg.current;
+    if (exchange === undefined) {
+      // A response nobody asked for: the origin does not speak HTTP as it should.
+      this.hooks.logger.warn({ connection: this.info.id, status: head.status }, 'unsolicited response from the origin');
+      leg.usable = false;
+      leg.socket.destroy();
+      return true;
+    }
+    if (head.status >= 100 && head.status < 200 && head.status !== 101) {
+      leg.informational = true; // 100 Continue, 103 Early Hints: passed on, the final answer follows
+      if (exchange.request.httpVersion === '1.1' && !exchange.headSent) {
+        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'));
+      }
+      return false;
+    }
+    if (head.status === 101) {
+      if (exchange.request.upgrade) {
+        leg.upgraded = head;
+        return true;
+      }
+      this.fail(exchange, ProxyErrorCode.OriginMalformed, new Error('the origin switched protocols without being asked to'), 502);
+      leg.usable = false;
+      leg.socket.destroy();
+      return true;
+    }
+    const headers = headersObject(head.rawHeaders);
+    exchange.response = { status: head.status, headers };
+    leg.keepAlive = head.keepAlive;
+    const noBody = exchange.request.method === 'HEAD' || head.status === 204 || head.status === 304;
+    const fromOrigin = noBody ? 'none' : framingOf(headers, 'close');
+    // A body of unknown length goes chunked to an HTTP/1.1 client (which can then keep its
+    // connection even when the origin delimited the body by closing), and delimited by the
+    // close to an HTTP/1.0 one, which knows no chunks.
+    const unknownLength = fromOrigin === 'chunked' || fromOrigin === 'close';
+    exchange.toClient = unknownLength ? (exchange.request.httpVersion === '1.1' ? 'chunked' : 'close') : fromOrigin;
+    // An upgrade the origin declined: its answer is passed on, then the connection closes.
+    if (exchange.toClient === 'close' || exchange.request.upgrade) exchange.reusable = false;
+    const connection = !exchange.reusable ? 'close' : exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined;
+    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection);
+    if (!this.hooks.inspectors.some((inspector) => inspector.inspectResponse !== undefined)) {
+      this.sendResponseHead(exchange, responseHead);
+      return noBody;
+    }
+    // Response inspectors see the head before the client does; the body waits meanwhile.
+    exchange.heldResponse = [];
+    leg.socket.pause();
+    void this.inspectResponse(exchange).then(
+      () => {
+        if (this.closed || exchange.finished) return;
+        this.sendResponseHead(exchange, responseHead);
+        const held = exchange.heldResponse ?? [];
+        exchange.heldResponse = undefined;
+        for (const chunk of held) writeBody(this.socket, chunk, exchange.toClient);
+        if (exchange.heldResponseComplete) this.completeResponse(exchange);
+        leg.socket.resume();
+      },
+      (error: unknown) => {
+        leg.usable = false;
+        leg.socket.destroy();
+        this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
+      },
+    );
+    return noBody;
+  }
+
+  private async inspectResponse(exchange: Exchange): Promise<void> {
+    for (const inspector of this.hooks.inspectors) await inspector.inspectResponse?.(exchange.request, exchange.response!);
+  }
+
+  private sendResponseHead(exchange: Exchange, head: string): void {
+    exchange.headSent = true;
+    this.socket.write(head);
+  }
+
+  private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
+    const exchange = leg.current;
+    if (exchange === undefined || exchange.finished) return;
+    exchange.responseBytes += chunk.length;
+    if (exchange.heldResponse !== undefined) return void exchange.heldResponse.push(chunk);
+    if (!writeBody(this.socket, chunk, exchange.toClient) && !leg.waitingForClientDrain) {
+      leg.waitingForClientDrain = true;
+      leg.socket.pause();
+      this.socket.once('drain', () => {
+        leg.waitingForClientDrain = false;
+        leg.socket.resume();
+      });
+    }
+  }
+
+  private onResponseComplete(leg: OriginLeg): void {
+    if (leg.informational) {
+      leg.informational = false;
+      return;
+    }
+    const exchange = leg.current;
+    if (exchange === undefined || leg.upgraded !== undefined) return;
+    leg.current = undefined;
+    if (!leg.keepAlive || !exchange.requestDone) {
+      // The origin closes after this response, or answered before the whole request body
+      // was sent (the rest is dropped): either way this connection cannot carry another request.
+      leg.usable = false;
+      leg.socket.end();
+      exchange.sink = 'discard';
+    }
+    if (exchange.heldResponse !== undefined) {
+      exchange.heldResponseComplete = true;
+      return;
+    }
+    this.completeResponse(exchange);
+  }
+
+  private completeResponse(exchange: Exchange): void {
+    if (exchange.toClient === 'chunked') this.socket.write(LAST_CHUNK);
+    exchange.responseDone = true;
+    this.maybeFinish(exchange);
+  }
+
+  private onOriginEnd(leg: OriginLeg): void {
+    leg.usable = false;
+    // A body delimited by the close completes here; anything else unfinished is an error.
+    const error = leg.parser.finish();
+    const exchange = leg.current;
+    if (exchange === undefined || exchange.finished) return;
+    if (leg.upgraded !== undefined) return;
+    const reason = error ?? new Error('the origin closed the connection before its response was complete');
+    this.originBroke(exchange, Object.assign(reason, { code: exchange.response === undefined ? 'ECONNRESET' : ProxyErrorCode.OriginReset }));
+  }
+
+  private onOriginError(leg: OriginLeg, error: NodeJS.ErrnoException): void {
+    leg.usable = false;
+    const exchange = leg.current;
+    if (exchange === undefined || exchange.finished || this.tunnelled) return;
+    this.originBroke(exchange, error);
+  }
+
+  private originBroke(exchange: Exchange, error: Error): void {
+    if (exchange.response === undefined) {
+      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      this.fail(exchange, code, error, 502);
+    } else {
+      this.fail(exchange, ProxyErrorCode.OriginReset, error, undefined);
+    }
+  }
+
+  private onOriginTimeout(leg: OriginLeg): void {
+    leg.usable = false;
+    leg.socket.destroy();
+    const exchange = leg.current;
+    if (exchange === undefined || exchange.finished || this.tunnelled) return;
+    const what = exchange.response === undefined ? 'response' : 'byte';
+    const error = new Error(`no ${what} from the origin within ${this.hooks.settings.originTimeoutMs} ms`);
+    this.fail(exchange, ProxyErrorCode.OriginTimeout, error, exchange.response === undefined ? 504 : undefined);
+  }
+
+  /** The origin accepted the upgrade: its head goes to the client, then both ways are relayed as bytes. */
+  private openTunnel(leg: OriginLeg, head: MessageHead, originRest: Buffer): void {
+    const exchange = leg.current!;
+    leg.upgraded = undefined;
+    leg.current = undefined;
+    leg.usable = false;
+    this.tunnelled = true;
+    if (this.origin === leg) this.origin = undefined;
+    exchange.response = { status: head.status, headers: headersObject(head.rawHeaders) };
+    // Our listeners go: from here the relay owns both sockets.
+    leg.socket.removeAllListeners('data');
+    leg.socket.removeAllListeners('end');
+    leg.socket.setTimeout(0);
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.setTimeout(0);
+    const clientRest = Buffer.concat(this.tunnelHead ?? []);
+    this.tunnelHead = undefined;
+    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');
+    exchange.headSent = true;
+    this.socket.write(responseHead);
+    if (originRest.length > 0) this.socket.write(originRest);
+    if (clientRest.length > 0) leg.socket.write(clientRest);
+    this.socket.resume();
+    void relay(this.socket, leg.socket).then((result) => {
+      exchange.tunnel = { bytesFromClient: clientRest.length + result.fromClient, bytesToClient: originRest.length + result.toClient };
+      if (result.error !== undefined) exchange.failure = { code: errorCode(result.error, 'RESET'), message: result.error.message };
+      exchange.requestDone = exchange.responseDone = true;
+      this.finish(exchange);
+    });
+  }
+
+  /** An answer from the proxy itself. `close`: the connection ends after it. */
+  private answer(exchange: Exchange, status: number, text: string, close: boolean): void {
+    exchange.response ??= { status, headers: {} };
+    exchange.responseBytes = Buffer.byteLength(text) + 1;
+    exchange.sink = 'discard';
+    exchange.held = [];
+    exchange.headSent = true;
+    exchange.responseDone = true;
+    if (!close && exchange.reusable) {
+      this.socket.write(localAnswer(status, text, exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined));
+      if (exchange.heldBytes >= HOLD_LIMIT) this.socket.resume();
+      return this.maybeFinish(exchange); // the rest of the request body is read and dropped
+    }
+    this.socket.write(localAnswer(status, text, 'close'));
+    this.finish(exchange);
+    this.endClient();
+  }
+
+  private fail(exchange: Exchange, code: string, error: Error, status: 502 | 504 | undefined): void {
+    if (exchange.finished || exchange.failure !== undefined) return;
+    exchange.failure = { code, message: error.message };
+    this.hooks.countError(code);
+    this.hooks.emitEvent({ type: 'exchange-failed', connectionId: this.info.id, code, message: error.message, ...(status !== undefined && { status }) });
+    if (status !== undefined && !exchange.headSent && !this.closed) {
+      exchange.response = { status, headers: {} };
+      this.origin?.socket.destroy();
+      // The client learns what went wrong, not just that something did.
+      return this.answer(exchange, status, `${status} ${http.STATUS_CODES[status]}: ${code} (${error.message})`, true);
+    }
+    // The response had started (or the client is gone): the only honest signal left is cutting the connection.
+    this.origin?.socket.destroy();
+    this.socket.destroy();
+    this.finish(exchange);
+  }
+
+  /** A request the parser refused, or a head that came too slowly: answered, then the connection ends. */
+  private refuse(code: string, status: number): void {
+    this.closing = true;
+    this.hooks.countError(code);
+    this.hooks.logger.warn({ code, status, connection: this.info.id }, 'malformed request');
+    this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code, status });
+    this.socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    this.endClient();
+  }
+
+  private onParseError(error: ParserError): void {
+    const exchange = this.queue[0];
+    if (exchange !== undefined) {
+      // A request body broke off mid-way (a bad chunk size): an answer here would land in
+      // the middle of the response being relayed. The connection is cut.
+      return this.fail(exchange, error.code, error, undefined);
+    }
+    this.refuse(error.code, error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400);
+  }
+
+  private maybeFinish(exchange: Exchange): void {
+    if (!exchange.requestDone || !exchange.responseDone || exchange.finished) return;
+    this.finish(exchange);
+    if (!exchange.reusable || this.closing) return this.endClient();
+    const next = this.queue[0];
+    if (next !== undefined) return void this.begin(next);
+    if (this.clientEnded) this.socket.end(); // the client half-closed after its last request: answered, now closed
+  }
+
+  /** Records the exchange and takes it off the queue. */
+  private finish(exchange: Exchange): void {
+    if (exchange.finished) return;
+    exchange.finished = true;
+    if (this.queue[0] === exchange) this.queue.shift();
+    if (!this.hooks.wantsExchanges(exchange.failure !== undefined)) return;
+    const { request } = exchange;
+    this.hooks.record({
+      kind: request.upgrade ? 'upgrade' : 'http',
+      connection: this.info,
+      sequence: exchange.sequence,
+      request: { method: request.method, url: request.url, host: request.host, headers: request.headers, bodyBytes: exchange.requestBytes },
+      ...(exchange.response !== undefined && {
+        response: { status: exchange.response.status, headers: exchange.response.headers, bodyBytes: exchange.responseBytes },
+      }),
+      ...(exchange.decision !== undefined && { decision: exchange.decision }),
+      ...(exchange.tunnel !== undefined && { tunnel: exchange.tunnel }),
+      ...(exchange.failure !== undefined && { error: exchange.failure }),
+      startedAt: exchange.startedAt,
+      durationMs: Date.now() - exchange.startedAt,
+    });
+  }
+
+  /**
+   * Ends the client connection after what was written: what the client still sends is read
+   * and dropped, so closing does not turn into a reset that could overtake the answer; a
+   * client that never closes its side is cut after a grace period.
+   */
+  private endClient(): void {
+    this.closing = true;
+    this.tunnelHead = undefined;
+    this.origin?.socket.destroy();
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    this.socket.resume();
+    setTimeout(() => this.socket.destroy(), CLIENT_CLOSE_GRACE_MS).unref();
+  }
+
+  private readonly onEnd = (): void => {
+    this.clientEnded = true;
+    const exchange = this.parsing;
+    if (exchange !== undefined && !exchange.requestDone) {
+      // The client closed its side before its request body was complete.
+      this.failClientReset(exchange);
+      return;
+    }
+    if (this.queue.length === 0) this.socket.end();
+  };
+
+  private readonly onClose = (): void => {
+    this.closed = true;
+    this.headSince = undefined;
+    this.onClosed(this);
+    if (this.tunnelled) return; // the relay reports the upgraded exchange
+    this.origin?.socket.destroy();
+    const active = this.queue[0];
+    if (active !== undefined && !active.finished) this.failClientReset(active);
+    for (const dropped of this.queue.splice(0)) this.finish(dropped);
+  };
+
+  private failClientReset(exchange: Exchange): void {
+    const message = exchange.headSent
+      ? 'the client closed the connection before the response was complete'
+      : 'the client closed the connection before the exchange was complete';
+    this.fail(exchange, ProxyErrorCode.ClientReset, Object.assign(new Error(message), { code: ProxyErrorCode.ClientReset }), undefined);
+  }
+}
+
+function stripPort(host: string): string {
+  if (host.startsWith('[')) return host.slice(1, host.indexOf(']') < 0 ? undefined : host.indexOf(']'));
+  const colon = host.lastIndexOf(':');
+  return colon < 0 ? host : host.slice(0, colon);
+}
+
+export function errorCode(error: unknown, fallback: string): string {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : fallback;
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}

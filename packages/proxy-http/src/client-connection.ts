@@ -37,6 +37,8 @@ const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) }
 const CLIENT_CLOSE_GRACE_MS = 2000;
 /** Body bytes of a pipelined request held while the request before it is served; the client is paused beyond. */
 const HOLD_LIMIT = 64 * 1024;
+/** Requests a client may pipeline ahead of the one being served before it is paused. */
+const MAX_QUEUED = 16;
 /** Response heads from origins may be larger than what clients may send. */
 const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
 
@@ -118,6 +120,8 @@ export class ClientConnection {
   private tunnelled = false;
   /** No more requests are taken: the connection ends once the current exchange is done. */
   private closing = false;
+  /** The origin's socket buffer is full: the client is not read until it drains. */
+  private originFull = false;
   private clientEnded = false;
   private closed = false;
 
@@ -175,7 +179,7 @@ export class ClientConnection {
   private holdForTunnel(chunk: Buffer): void {
     this.tunnelHead!.push(chunk);
     this.tunnelHeadBytes += chunk.length;
-    if (this.tunnelHeadBytes >= HOLD_LIMIT) this.socket.pause(); // the tunnel resumes it
+    this.updateClientFlow();
   }
 
   private onRequestHead(head: MessageHead): boolean {
@@ -198,6 +202,7 @@ export class ClientConnection {
     this.parsing = exchange;
     this.queue.push(exchange);
     if (this.queue.length === 1) void this.begin(exchange);
+    else if (this.queue.length >= MAX_QUEUED) this.updateClientFlow();
     return false;
   }
 
@@ -207,11 +212,11 @@ export class ClientConnection {
     exchange.requestBytes += chunk.length;
     if (exchange.sink === 'origin') {
       const leg = this.origin;
-      if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.pauseClientUntilDrain(leg.socket);
+      if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.waitForOriginDrain(leg.socket);
     } else if (exchange.sink === 'hold') {
       exchange.held.push(chunk);
       exchange.heldBytes += chunk.length;
-      if (exchange.heldBytes >= HOLD_LIMIT) this.socket.pause(); // resumed when the held bytes are flushed
+      if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
     }
   }
 
@@ -224,10 +229,32 @@ export class ClientConnection {
     this.maybeFinish(exchange);
   }
 
-  private pauseClientUntilDrain(origin: net.Socket): void {
-    if (this.socket.isPaused()) return;
-    this.socket.pause();
-    origin.once('drain', () => this.socket.resume());
+  private waitForOriginDrain(origin: net.Socket): void {
+    if (this.originFull) return;
+    this.originFull = true;
+    this.updateClientFlow();
+    origin.once('drain', () => {
+      this.originFull = false;
+      this.updateClientFlow();
+    });
+  }
+
+  /**
+   * Reads from the client only while what it sends has somewhere to go: not while the
+   * origin's socket is full, a pipelined request's held body or the bytes waiting for a
+   * tunnel reached their bound, or too many requests wait their turn.
+   */
+  private updateClientFlow(): void {
+    if (this.tunnelled || this.closed) return; // the relay, or nobody, reads from here on
+    const parsing = this.parsing;
+    const full =
+      !this.closing &&
+      (this.originFull ||
+        this.queue.length >= MAX_QUEUED ||
+        (parsing !== undefined && parsing.sink === 'hold' && parsing.heldBytes >= HOLD_LIMIT) ||
+        (this.tunnelHead !== undefined && this.tunnelHeadBytes >= HOLD_LIMIT));
+    if (full && !this.socket.isPaused()) this.socket.pause();
+    else if (!full && this.socket.isPaused()) this.socket.resume();
   }
 
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
@@ -278,7 +305,7 @@ export class ClientConnection {
     leg.socket.uncork();
     exchange.held = [];
     exchange.sink = 'origin';
-    if (exchange.heldBytes >= HOLD_LIMIT && !this.tunnelled) this.socket.resume();
+    if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
   }
 
   private async connectOrigin(): Promise<OriginLeg> {
@@ -309,7 +336,10 @@ export class ClientConnection {
     socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(leg, error));
     socket.once('close', () => {
       leg.usable = false;
-      if (this.origin === leg) this.origin = undefined;
+      if (this.origin !== leg) return;
+      this.origin = undefined;
+      this.originFull = false; // its 'drain' will never come
+      this.updateClientFlow();
     });
     // No byte from the origin for this long: 504 before its response head, a cut after it;
     // an idle kept-alive origin connection is just closed.
@@ -530,7 +560,7 @@ export class ClientConnection {
     exchange.responseDone = true;
     if (!close && exchange.reusable) {
       this.socket.write(localAnswer(status, text, exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined));
-      if (exchange.heldBytes >= HOLD_LIMIT) this.socket.resume();
+      if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
       return this.maybeFinish(exchange); // the rest of the request body is read and dropped
     }
     this.socket.write(localAnswer(status, text, 'close'));
@@ -589,6 +619,7 @@ export class ClientConnection {
     if (exchange.finished) return;
     exchange.finished = true;
     if (this.queue[0] === exchange) this.queue.shift();
+    if (this.queue.length === MAX_QUEUED - 1) this.updateClientFlow();
     if (!this.hooks.wantsExchanges(exchange.failure !== undefined)) return;
     const { request } = exchange;
     this.hooks.record({

@@ -35,6 +35,17 @@ describe('HTTP/1.1 semantics through the proxy', () => {
     ]);
   });
 
+  it('answers a hundred pipelined requests sent in one write, all in order', async () => {
+    await using origin = await startHttpOrigin((req, res) => res.end(`<${req.url?.slice(1)}>`));
+    await using under = await startProxy([origin.port]);
+    const requests = Array.from({ length: 100 }, (_, i) => `GET /${i} HTTP/1.1\r\nHost: o\r\n${i === 99 ? 'Connection: close\r\n' : ''}\r\n`);
+    const reply = await rawRequest(under.registry, origin.port, requests.join(''));
+
+    expect(statusLines(reply)).toHaveLength(100);
+    expect(reply.match(/<\d+>/g)).toEqual(Array.from({ length: 100 }, (_, i) => `<${i}>`));
+    expect(origin.connections).toHaveLength(1);
+  });
+
   it('sends a chunked response to an HTTP/1.0 client delimited by the close, which HTTP/1.0 understands', async () => {
     await using origin = await startHttpOrigin((_req, res) => {
       res.write('part one, ');

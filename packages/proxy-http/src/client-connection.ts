@@ -285,7 +285,7 @@ export class ClientConnection {
     let head: string;
     try {
       const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
-      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing);
+      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing, undefined, request.headers['transfer-encoding']);
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
     }
@@ -402,7 +402,8 @@ export class ClientConnection {
     // An upgrade the origin declined: its answer is passed on, then the connection closes.
     if (exchange.toClient === 'close' || exchange.request.upgrade) exchange.reusable = false;
     const connection = !exchange.reusable ? 'close' : exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined;
-    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection);
+    const codings = noBody ? undefined : headers['transfer-encoding'];
+    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection, codings);
     if (!this.hooks.inspectors.some((inspector) => inspector.inspectResponse !== undefined)) {
       this.sendResponseHead(exchange, responseHead);
       return noBody;

@@ -74,8 +74,18 @@ export function endToEndHeaders(raw: readonly string[], annotations?: Readonly<R
   return out;
 }
 
-/** A message head: the start line, the headers, this hop's framing and connection headers. */
-export function serializeHead(startLine: string, headers: readonly string[], framing: Framing, connection?: 'close' | 'keep-alive'): string {
+/**
+ * A message head: the start line, the headers, this hop's framing and connection headers.
+ * `codings`: the message's Transfer-Encoding as received; codings other than chunked
+ * (gzip…) apply to the body bytes passed on, so they are kept, chunked last.
+ */
+export function serializeHead(
+  startLine: string,
+  headers: readonly string[],
+  framing: Framing,
+  connection?: 'close' | 'keep-alive',
+  codings?: string,
+): string {
   let head = `${startLine}\r\n`;
   for (let i = 0; i < headers.length; i += 2) {
     // Content-Length describes the framing: dropped when this hop frames the body otherwise.
@@ -83,9 +93,20 @@ export function serializeHead(startLine: string, headers: readonly string[], fra
     if ((framing === 'chunked' || framing === 'close') && headers[i]!.length === 14 && headers[i]!.toLowerCase() === 'content-length') continue;
     head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   }
-  if (framing === 'chunked') head += 'Transfer-Encoding: chunked\r\n';
+  if (framing === 'chunked') head += `Transfer-Encoding: ${withChunkedLast(codings)}\r\n`;
+  else if (framing === 'close' && withoutChunked(codings) !== undefined) head += `Transfer-Encoding: ${withoutChunked(codings)}\r\n`;
   if (connection !== undefined) head += `Connection: ${connection}\r\n`;
   return `${head}\r\n`;
+}
+
+function withoutChunked(codings: string | undefined): string | undefined {
+  const rest = codings?.replace(/(?:^|,)\s*chunked\s*$/i, '').trim();
+  return rest === '' ? undefined : rest;
+}
+
+function withChunkedLast(codings: string | undefined): string {
+  if (codings === undefined) return 'chunked';
+  return /(?:^|,)\s*chunked\s*$/i.test(codings) ? codings : `${codings}, chunked`;
 }
 
 const CRLF = Buffer.from('\r\n');

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { dial, rawRequest, readAll, readUntil, startHttpOrigin, startProxy, startTcpOrigin, until } from './test-support/harness.js';
 
@@ -77,6 +78,32 @@ describe('HTTP/1.1 semantics through the proxy', () => {
       const second = (await readAll(client)).toString('latin1');
       expect(second).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*until the end/);
       expect(origin.sockets).toHaveLength(2); // the origin closed the first one
+    } finally {
+      client.destroy();
+    }
+  });
+
+  it('keeps transfer codings other than chunked, which the body passed on is still encoded in', async () => {
+    const gzipped = gzipSync('squeezed');
+    await using origin = await startTcpOrigin((socket) => {
+      socket.once('data', () => {
+        socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${gzipped.length.toString(16)}\r\n`);
+        socket.write(gzipped);
+        socket.end('\r\n0\r\n\r\n');
+      });
+    });
+    await using under = await startProxy([origin.port]);
+    const client = await dial(under.registry, origin.port);
+    try {
+      client.write('GET /z HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n');
+      const reply = await readAll(client);
+      const headEnd = reply.indexOf('\r\n\r\n');
+      expect(reply.subarray(0, headEnd).toString('latin1')).toMatch(/\r\nTransfer-Encoding: gzip, chunked\r\n/);
+      // One chunk: its size line, the gzip bytes, then the last chunk.
+      const body = reply.subarray(headEnd + 4);
+      const sizeEnd = body.indexOf('\r\n');
+      const size = Number.parseInt(body.subarray(0, sizeEnd).toString('latin1'), 16);
+      expect(gunzipSync(body.subarray(sizeEnd + 2, sizeEnd + 2 + size)).toString()).toBe('squeezed');
     } finally {
       client.destroy();
     }

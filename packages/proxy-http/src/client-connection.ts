@@ -95,6 +95,11 @@ interface OriginLeg {
   /** False once the origin closed or must not be reused. */
   usable: boolean;
   waitingForClientDrain: boolean;
+  /**
+   * Bytes of a Content-Length body still to come, passed to the client straight from the
+   * socket's reads: the parser would only count them and copy each chunk.
+   */
+  passBody: number;
 }
 
 /**
@@ -329,6 +334,7 @@ export class ClientConnection {
       keepAlive: true,
       usable: true,
       waitingForClientDrain: false,
+      passBody: 0,
     };
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
@@ -348,7 +354,19 @@ export class ClientConnection {
     return leg;
   }
 
-  private onOriginData(leg: OriginLeg, chunk: Buffer): void {
+  private onOriginData(leg: OriginLeg, data: Buffer): void {
+    let chunk = data;
+    if (leg.passBody > 0) {
+      const length = Math.min(chunk.length, leg.passBody);
+      leg.passBody -= length;
+      this.relayResponseBody(leg, length === chunk.length ? chunk : chunk.subarray(0, length));
+      if (leg.passBody > 0) return;
+      // The body is complete; the parser, which saw only its start, starts afresh.
+      leg.parser.reset();
+      this.onResponseComplete(leg);
+      if (length === chunk.length) return;
+      chunk = chunk.subarray(length);
+    }
     // What one read yields (a response head and its body, often) leaves in one write.
     this.socket.cork();
     const consumed = leg.parser.execute(chunk);
@@ -406,6 +424,7 @@ export class ClientConnection {
     const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection, codings);
     if (!this.hooks.inspectors.some((inspector) => inspector.inspectResponse !== undefined)) {
       this.sendResponseHead(exchange, responseHead);
+      if (fromOrigin === 'length') leg.passBody = Number(headers['content-length']);
       return noBody;
     }
     // Response inspectors see the head before the client does; the body waits meanwhile.
@@ -440,6 +459,11 @@ export class ClientConnection {
   }
 
   private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
+    leg.passBody -= Math.min(leg.passBody, chunk.length); // the part that came with the head
+    this.relayResponseBody(leg, chunk);
+  }
+
+  private relayResponseBody(leg: OriginLeg, chunk: Buffer): void {
     const exchange = leg.current;
     if (exchange === undefined || exchange.finished) return;
     exchange.responseBytes += chunk.length;
@@ -455,6 +479,7 @@ export class ClientConnection {
   }
 
   private onResponseComplete(leg: OriginLeg): void {
+    leg.passBody = 0;
     if (leg.informational) {
       leg.informational = false;
       return;

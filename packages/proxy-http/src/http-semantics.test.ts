@@ -1,7 +1,8 @@
 import http from 'node:http';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { dial, rawRequest, readAll, readUntil, startHttpOrigin, startProxy, startTcpOrigin, until } from './test-support/harness.js';
+import { createAgent } from '@coproxy/core';
+import { dial, rawRequest, readAll, readUntil, request, sha256, startHttpOrigin, startProxy, startTcpOrigin, until } from './test-support/harness.js';
 
 const failures = (events: readonly { type: string }[]): unknown[] => events.filter((e) => e.type === 'exchange-failed' || e.type === 'client-error');
 
@@ -45,6 +46,29 @@ describe('HTTP/1.1 semantics through the proxy', () => {
     expect(statusLines(reply)).toHaveLength(100);
     expect(reply.match(/<\d+>/g)).toEqual(Array.from({ length: 100 }, (_, i) => `<${i}>`));
     expect(origin.connections).toHaveLength(1);
+  });
+
+  it('passes Content-Length bodies of every size intact back to back on one kept-alive connection', async () => {
+    const sizes = [3 * 1024 * 1024 + 7, 0, 1, 64 * 1024, 2 * 1024 * 1024];
+    const bodies = sizes.map((size, i) => Buffer.alloc(size, 0x41 + i));
+    await using origin = await startHttpOrigin((req, res) => {
+      const body = bodies[Number(req.url?.slice(1))]!;
+      res.writeHead(200, { 'content-length': body.length }).end(body);
+    });
+    await using under = await startProxy([origin.port]);
+    const agent = createAgent({ registry: under.registry, keepAlive: true, maxSockets: 1 });
+    try {
+      const responses = [];
+      for (let i = 0; i < sizes.length; i++) responses.push(await request({ agent, port: origin.port, path: `/${i}` }));
+
+      expect(responses.map((r) => sha256(r.body))).toEqual(bodies.map(sha256));
+      expect(responses.map((r) => r.reusedSocket)).toEqual([false, true, true, true, true]);
+      expect(origin.connections).toHaveLength(1);
+      await until(() => under.exchanges.length === sizes.length, 5000, 'the exchanges');
+      expect(under.exchanges.map((x) => x.response?.bodyBytes)).toEqual(sizes);
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('sends a chunked response to an HTTP/1.0 client delimited by the close, which HTTP/1.0 understands', async () => {

@@ -88,6 +88,8 @@ export interface HttpParser {
   execute(data: Buffer): number | ParserError;
   /** The peer closed: completes a close-delimited body, or says what was left unfinished. */
   finish(): ParserError | undefined;
+  /** Forgets the message in progress: the next byte starts a new one. */
+  reset(): void;
 }
 
 /** No async hooks resource is tracked for these parsers; Node's own are per IncomingMessage. */
@@ -95,7 +97,9 @@ const NO_RESOURCE = Object.freeze({});
 
 export function createParser(kind: 'request' | 'response', maxHeaderSize: number, handlers: ParserHandlers): HttpParser {
   const parser = new HTTPParser();
-  parser.initialize(kind === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, NO_RESOURCE, maxHeaderSize, HTTPParser.kLenientNone);
+  const initialize = (): void =>
+    parser.initialize(kind === 'request' ? HTTPParser.REQUEST : HTTPParser.RESPONSE, NO_RESOURCE, maxHeaderSize, HTTPParser.kLenientNone);
+  initialize();
   // A head that spans several reads, or has many headers, arrives in parts before it completes.
   let partialHeaders: string[] = [];
   let partialUrl = '';
@@ -144,6 +148,11 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
   return {
     execute: (data) => parser.execute(data),
     finish: () => parser.finish(),
+    reset: () => {
+      partialHeaders = [];
+      partialUrl = '';
+      initialize();
+    },
   };
 }
 

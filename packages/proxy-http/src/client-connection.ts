@@ -491,7 +491,7 @@ export class ClientConnection {
       // The origin closes after this response, or answered before the whole request body
       // was sent (the rest is dropped): either way this connection cannot carry another request.
       leg.usable = false;
-      leg.socket.end();
+      if (!leg.socket.writableEnded) leg.socket.end();
       exchange.sink = 'discard';
     }
     if (exchange.heldResponse !== undefined) {
@@ -637,7 +637,7 @@ export class ClientConnection {
     if (!exchange.reusable || this.closing) return this.endClient();
     const next = this.queue[0];
     if (next !== undefined) return void this.begin(next);
-    if (this.clientEnded) this.socket.end(); // the client half-closed after its last request: answered, now closed
+    if (this.clientEnded) this.endSocket(); // the client half-closed after its last request: answered, now closed
   }
 
   /** Records the exchange and takes it off the queue. */
@@ -674,9 +674,17 @@ export class ClientConnection {
     this.tunnelHead = undefined;
     this.origin?.socket.destroy();
     if (this.socket.destroyed) return;
-    this.socket.end();
+    this.endSocket();
     this.socket.resume();
     setTimeout(() => this.socket.destroy(), CLIENT_CLOSE_GRACE_MS).unref();
+  }
+
+  /**
+   * Ends our side once. A second `end()` costs an ERR_STREAM_ALREADY_FINISHED with its
+   * stack trace: a client that closes after a `Connection: close` answer hit it every time.
+   */
+  private endSocket(): void {
+    if (!this.socket.writableEnded) this.socket.end();
   }
 
   private readonly onEnd = (): void => {
@@ -687,7 +695,7 @@ export class ClientConnection {
       this.failClientReset(exchange);
       return;
     }
-    if (this.queue.length === 0) this.socket.end();
+    if (this.queue.length === 0) this.endSocket();
   };
 
   private readonly onClose = (): void => {

@@ -100,6 +100,8 @@ interface OriginLeg {
    * socket's reads: the parser would only count them and copy each chunk.
    */
   passBody: number;
+  /** The origin said it closes after its response: left for it to close first. */
+  closingByOrigin: boolean;
 }
 
 /**
@@ -290,7 +292,9 @@ export class ClientConnection {
     let head: string;
     try {
       const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
-      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing, undefined, request.headers['transfer-encoding']);
+      // A client that closes after this exchange: the origin is told too, and closes first.
+      const connection = exchange.reusable || request.upgrade ? undefined : 'close';
+      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
     }
@@ -314,7 +318,7 @@ export class ClientConnection {
   }
 
   private async connectOrigin(): Promise<OriginLeg> {
-    this.origin?.socket.destroy();
+    this.releaseOrigin();
     this.origin = undefined;
     const socket = await this.conn.connectOnward({ timeoutMs: this.hooks.settings.connectTimeoutMs, propagateRecords: this.hooks.propagateRecords });
     if (this.closed) {
@@ -335,6 +339,7 @@ export class ClientConnection {
       usable: true,
       waitingForClientDrain: false,
       passBody: 0,
+      closingByOrigin: false,
     };
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
@@ -487,12 +492,18 @@ export class ClientConnection {
     const exchange = leg.current;
     if (exchange === undefined || leg.upgraded !== undefined) return;
     leg.current = undefined;
-    if (!leg.keepAlive || !exchange.requestDone) {
-      // The origin closes after this response, or answered before the whole request body
-      // was sent (the rest is dropped): either way this connection cannot carry another request.
+    if (!exchange.requestDone) {
+      // The origin answered before the whole request body was sent: the rest is dropped,
+      // and this connection cannot carry another request.
       leg.usable = false;
       if (!leg.socket.writableEnded) leg.socket.end();
       exchange.sink = 'discard';
+    } else if (!leg.keepAlive) {
+      // The origin closes after this response: it closes first, so the TIME_WAIT is its,
+      // not a port of ours (with a new connection per request, thousands of them slowed
+      // every connect()). Should it not close, the origin timeout ends the connection.
+      leg.usable = false;
+      leg.closingByOrigin = true;
     }
     if (exchange.heldResponse !== undefined) {
       exchange.heldResponseComplete = true;
@@ -509,6 +520,9 @@ export class ClientConnection {
 
   private onOriginEnd(leg: OriginLeg): void {
     leg.usable = false;
+    // Onward sockets allow half-open (a relay passes half-closes on); here the origin's
+    // close ends the leg, and ours follows it.
+    if (!leg.socket.writableEnded) leg.socket.end();
     // A body delimited by the close completes here; anything else unfinished is an error.
     const error = leg.parser.finish();
     const exchange = leg.current;
@@ -672,11 +686,18 @@ export class ClientConnection {
   private endClient(): void {
     this.closing = true;
     this.tunnelHead = undefined;
-    this.origin?.socket.destroy();
+    this.releaseOrigin();
     if (this.socket.destroyed) return;
     this.endSocket();
     this.socket.resume();
     setTimeout(() => this.socket.destroy(), CLIENT_CLOSE_GRACE_MS).unref();
+  }
+
+  /** The client is done with the origin leg: closed now, unless the origin is about to close it. */
+  private releaseOrigin(): void {
+    const leg = this.origin;
+    if (leg === undefined || (leg.closingByOrigin && leg.current === undefined)) return;
+    leg.socket.destroy();
   }
 
   /**
@@ -703,7 +724,7 @@ export class ClientConnection {
     this.headSince = undefined;
     this.onClosed(this);
     if (this.tunnelled) return; // the relay reports the upgraded exchange
-    this.origin?.socket.destroy();
+    this.releaseOrigin();
     const active = this.queue[0];
     if (active !== undefined && !active.finished) this.failClientReset(active);
     for (const dropped of this.queue.splice(0)) this.finish(dropped);

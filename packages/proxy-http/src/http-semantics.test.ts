@@ -71,6 +71,29 @@ describe('HTTP/1.1 semantics through the proxy', () => {
     }
   });
 
+  it('tells the origin when the client closes after its request, and lets the origin close first', async () => {
+    const seen: { head: string; finFromProxyBeforeOwnClose: boolean }[] = [];
+    await using origin = await startTcpOrigin((socket) => {
+      const record = { head: '', finFromProxyBeforeOwnClose: false };
+      seen.push(record);
+      socket.once('data', (chunk: Buffer) => {
+        record.head = chunk.toString('latin1');
+        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+        // The origin closes a moment after its answer; the proxy must not close before it.
+        setTimeout(() => socket.end(), 300);
+      });
+      socket.once('end', () => (record.finFromProxyBeforeOwnClose = !socket.writableEnded));
+    });
+    await using under = await startProxy([origin.port]);
+    const reply = await rawRequest(under.registry, origin.port, 'GET /bye HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n');
+
+    expect(reply).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*\r\nConnection: close\r\n\r\nok$/);
+    await until(() => origin.sockets[0]?.closed === true, 5000, 'the origin connection to close');
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.head).toMatch(/^GET \/bye HTTP\/1\.1\r\n[^]*\r\nConnection: close\r\n\r\n$/);
+    expect(seen[0]?.finFromProxyBeforeOwnClose).toBe(false);
+  });
+
   it('sends a chunked response to an HTTP/1.0 client delimited by the close, which HTTP/1.0 understands', async () => {
     await using origin = await startHttpOrigin((_req, res) => {
       res.write('part one, ');

@@ -1,3 +1,4 @@
+import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { relay, type RelayResult } from './relay.js';
@@ -68,4 +69,123 @@ describe('relay', () => {
     client.close();
     origin.close();
   });
+
+  it('carries 24 MiB each way at once, intact and in order, to a reader that keeps stopping', async () => {
+    const client = await socketPair();
+    const origin = await socketPair();
+    const result = relay(client.far, origin.near);
+    const up = randomBytes(24 * 1024 * 1024);
+    const down = randomBytes(24 * 1024 * 1024);
+    const atOrigin = digestOf(origin.far);
+    // The client reads in fits and starts: the relay's writes towards it queue, and it
+    // must stop reading the origin until each queued write is done (the buffer is reused).
+    const atClient = digestOf(client.near, { stopEvery: 256 * 1024, stopForMs: 5 });
+
+    writeInChunks(client.near, up);
+    writeInChunks(origin.far, down);
+
+    expect(await atOrigin).toEqual({ bytes: up.length, sha256: sha256(up) });
+    expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+    client.near.destroy();
+    origin.far.destroy();
+    await expect(result).resolves.toEqual({ fromClient: up.length, toClient: down.length });
+    client.close();
+    origin.close();
+  });
+
+  it('relays bytes a socket had already buffered before the relay began, then the rest', async () => {
+    const client = await socketPair();
+    const origin = await socketPair();
+    client.near.write('buffered first, ');
+    // Read into the stream's own buffer and left there, as a proxy that peeked would.
+    await new Promise<void>((resolve) => client.far.once('readable', () => resolve()));
+    expect(client.far.readableLength).toBeGreaterThan(0);
+    const result = relay(client.far, origin.near);
+    const atOrigin = collect(origin.far);
+
+    client.near.end('then the rest');
+    expect(await atOrigin).toBe('buffered first, then the rest');
+    origin.far.end();
+    client.near.resume();
+    await result;
+    client.near.destroy();
+    origin.far.destroy();
+    client.close();
+    origin.close();
+  });
+
+  it('passes on a FIN that came before the relay began', async () => {
+    const client = await socketPair();
+    const origin = await socketPair();
+    // A proxy peeking at the first bytes, which were all the client sent, FIN included.
+    const peeked = new Promise((resolve) => client.far.on('data', () => undefined).once('end', resolve));
+    client.near.end('all at once');
+    await peeked;
+    client.far.removeAllListeners('data');
+    const result = relay(client.far, origin.near);
+    const originSawEnd = new Promise((resolve) => origin.far.once('end', resolve).resume());
+
+    await originSawEnd;
+    origin.far.end('reply');
+    expect(await collect(client.near)).toBe('reply');
+    await result;
+    client.close();
+    origin.close();
+  });
+
+  it("leaves a caller's own 'data' listener its data", async () => {
+    const client = await socketPair();
+    const origin = await socketPair();
+    const seen: string[] = [];
+    client.far.on('data', (chunk: Buffer) => seen.push(chunk.toString()));
+    const result = relay(client.far, origin.near);
+    const atOrigin = collect(origin.far);
+
+    client.near.end('watched');
+    expect(await atOrigin).toBe('watched');
+    expect(seen.join('')).toBe('watched');
+    origin.far.end();
+    client.near.resume();
+    await result;
+    client.near.destroy();
+    origin.far.destroy();
+    client.close();
+    origin.close();
+  });
 });
+
+const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+function writeInChunks(socket: net.Socket, data: Buffer): void {
+  const chunk = 100_000; // not a multiple of the relay's read size
+  let offset = 0;
+  const pump = (): void => {
+    while (offset < data.length) {
+      const piece = data.subarray(offset, offset + chunk);
+      offset += piece.length;
+      if (!socket.write(piece)) return void socket.once('drain', pump);
+    }
+    socket.end();
+  };
+  pump();
+}
+
+function digestOf(socket: net.Socket, pauses?: { stopEvery: number; stopForMs: number }): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let sinceStop = 0;
+    socket.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+      sinceStop += chunk.length;
+      if (pauses !== undefined && sinceStop >= pauses.stopEvery) {
+        sinceStop = 0;
+        socket.pause();
+        setTimeout(() => socket.resume(), pauses.stopForMs);
+      }
+    });
+    socket.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
+    socket.once('error', reject);
+  });
+}

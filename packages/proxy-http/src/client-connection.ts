@@ -208,7 +208,7 @@ export class ClientConnection {
     if (head.upgrade) this.tunnelHead = [];
     this.parsing = exchange;
     this.queue.push(exchange);
-    if (this.queue.length === 1) void this.begin(exchange);
+    if (this.queue.length === 1) this.serve(exchange);
     else if (this.queue.length >= MAX_QUEUED) this.updateClientFlow();
     return false;
   }
@@ -262,6 +262,14 @@ export class ClientConnection {
         (this.tunnelHead !== undefined && this.tunnelHeadBytes >= HOLD_LIMIT));
     if (full && !this.socket.isPaused()) this.socket.pause();
     else if (!full && this.socket.isPaused()) this.socket.resume();
+  }
+
+  /** Serves the exchange at the head of the queue; a fault of the proxy's own fails that exchange only, visibly. */
+  private serve(exchange: Exchange): void {
+    this.begin(exchange).catch((error: unknown) => {
+      this.hooks.logger.error({ err: error, connection: this.info.id }, 'internal error while serving an exchange');
+      this.fail(exchange, ProxyErrorCode.Internal, asError(error), 502);
+    });
   }
 
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
@@ -650,7 +658,7 @@ export class ClientConnection {
     this.finish(exchange);
     if (!exchange.reusable || this.closing) return this.endClient();
     const next = this.queue[0];
-    if (next !== undefined) return void this.begin(next);
+    if (next !== undefined) return this.serve(next);
     if (this.clientEnded) this.endSocket(); // the client half-closed after its last request: answered, now closed
   }
 

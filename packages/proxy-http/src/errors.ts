@@ -40,4 +40,6 @@ export const ProxyErrorCode = {
   OriginMalformed: 'ORIGIN_MALFORMED',
   /** An inspector threw (502). */
   InspectorFailed: 'INSPECTOR_FAILED',
+  /** A fault in the proxy's own code while serving an exchange (502, logged at error level): a bug to report. */
+  Internal: 'PROXY_INTERNAL',
 } as const;

@@ -13,6 +13,8 @@ import type { HttpExchange, HttpProxyEvent } from './proxy.js';
 export interface ConnectionHooks {
   readonly settings: ConnectionSettings;
   readonly inspectors: readonly Inspector[];
+  /** Some inspector has `inspectResponse`: response heads wait for it. Known once, not per response. */
+  readonly inspectsResponses: boolean;
   readonly propagateRecords: boolean;
   readonly metrics: HttpProxyMetrics;
   readonly logger: Logger;
@@ -279,7 +281,6 @@ export class ClientConnection {
       // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
       this.hooks.countError('CONNECT_METHOD');
       this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: 'CONNECT_METHOD', status: 501 });
-      exchange.response = { status: 501, headers: {} };
       return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
     }
     let decision: Decision;
@@ -391,7 +392,7 @@ export class ClientConnection {
       if (exchange !== undefined) this.fail(exchange, ProxyErrorCode.OriginMalformed, consumed, 502);
       return;
     }
-    if (leg.upgraded !== undefined) this.openTunnel(leg, leg.upgraded, chunk.subarray(consumed));
+    if (leg.upgraded !== undefined) this.openTunnel(leg, chunk.subarray(consumed));
   }
 
   private onResponseHead(leg: OriginLeg, head: MessageHead): boolean {
@@ -435,7 +436,7 @@ export class ClientConnection {
     const connection = !exchange.reusable ? 'close' : exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined;
     const codings = noBody ? undefined : headers['transfer-encoding'];
     const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection, codings);
-    if (!this.hooks.inspectors.some((inspector) => inspector.inspectResponse !== undefined)) {
+    if (!this.hooks.inspectsResponses) {
       this.sendResponseHead(exchange, responseHead);
       if (fromOrigin === 'length') leg.passBody = Number(headers['content-length']);
       return noBody;
@@ -567,8 +568,9 @@ export class ClientConnection {
   }
 
   /** The origin accepted the upgrade: its head goes to the client, then both ways are relayed as bytes. */
-  private openTunnel(leg: OriginLeg, head: MessageHead, originRest: Buffer): void {
+  private openTunnel(leg: OriginLeg, originRest: Buffer): void {
     const exchange = leg.current!;
+    const head = leg.upgraded!;
     leg.upgraded = undefined;
     leg.current = undefined;
     leg.usable = false;
@@ -621,14 +623,13 @@ export class ClientConnection {
     exchange.failure = { code, message: error.message };
     this.hooks.countError(code);
     this.hooks.emitEvent({ type: 'exchange-failed', connectionId: this.info.id, code, message: error.message, ...(status !== undefined && { status }) });
+    this.origin?.socket.destroy();
     if (status !== undefined && !exchange.headSent && !this.closed) {
-      exchange.response = { status, headers: {} };
-      this.origin?.socket.destroy();
+      exchange.response = { status, headers: {} }; // replaces an origin's head the client never got
       // The client learns what went wrong, not just that something did.
       return this.answer(exchange, status, `${status} ${http.STATUS_CODES[status]}: ${code} (${error.message})`, true);
     }
     // The response had started (or the client is gone): the only honest signal left is cutting the connection.
-    this.origin?.socket.destroy();
     this.socket.destroy();
     this.finish(exchange);
   }

@@ -4,6 +4,9 @@ import type net from 'node:net';
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
 export type Framing = 'chunked' | 'length' | 'none' | 'close';
 
+/** A coding list whose last coding is chunked (RFC 9112 §6.1: chunked is always last). */
+const CHUNKED_LAST = /(?:^|,)\s*chunked\s*$/i;
+
 /** The headers a proxy never forwards as they are: they describe one hop (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'transfer-encoding']);
 
@@ -37,7 +40,7 @@ export function headersObject(raw: readonly string[]): IncomingHttpHeaders {
 export function framingOf(headers: IncomingHttpHeaders, fallback: 'none' | 'close'): Framing {
   const encoding = headers['transfer-encoding'];
   // The parser has already refused a request whose encoding does not end in chunked.
-  if (encoding !== undefined) return /(?:^|,)\s*chunked\s*$/i.test(encoding) ? 'chunked' : 'close';
+  if (encoding !== undefined) return CHUNKED_LAST.test(encoding) ? 'chunked' : 'close';
   return headers['content-length'] !== undefined ? 'length' : fallback;
 }
 
@@ -100,13 +103,13 @@ export function serializeHead(
 }
 
 function withoutChunked(codings: string | undefined): string | undefined {
-  const rest = codings?.replace(/(?:^|,)\s*chunked\s*$/i, '').trim();
+  const rest = codings?.replace(CHUNKED_LAST, '').trim();
   return rest === '' ? undefined : rest;
 }
 
 function withChunkedLast(codings: string | undefined): string {
   if (codings === undefined) return 'chunked';
-  return /(?:^|,)\s*chunked\s*$/i.test(codings) ? codings : `${codings}, chunked`;
+  return CHUNKED_LAST.test(codings) ? codings : `${codings}, chunked`;
 }
 
 const CRLF = Buffer.from('\r\n');

@@ -141,6 +141,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
   const hooks: ConnectionHooks = {
     settings,
     inspectors,
+    inspectsResponses: inspectors.some((inspector) => inspector.inspectResponse !== undefined),
     propagateRecords,
     metrics,
     logger,

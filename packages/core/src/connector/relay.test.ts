@@ -14,6 +14,21 @@ async function socketPair(): Promise<{ near: net.Socket; far: net.Socket; close(
   return { near, far, close: () => server.close() };
 }
 
+/** Both legs of a relay (app ↔ proxy, proxy ↔ origin); disposing destroys every socket and closes both servers. */
+async function relayLegs(): Promise<{ client: Awaited<ReturnType<typeof socketPair>>; origin: Awaited<ReturnType<typeof socketPair>> } & Disposable> {
+  const client = await socketPair(); // client.near = app, client.far = the proxy's accepted socket
+  const origin = await socketPair(); // origin.near = the proxy's onward socket, origin.far = origin
+  return {
+    client,
+    origin,
+    [Symbol.dispose]() {
+      for (const socket of [client.near, client.far, origin.near, origin.far]) socket.destroy();
+      client.close();
+      origin.close();
+    },
+  };
+}
+
 const collect = (socket: net.Socket): Promise<string> =>
   new Promise((resolve) => {
     let text = '';
@@ -71,8 +86,8 @@ describe('relay', () => {
   });
 
   it('carries 24 MiB each way at once, intact and in order, to a reader that keeps stopping', async () => {
-    const client = await socketPair();
-    const origin = await socketPair();
+    using legs = await relayLegs();
+    const { client, origin } = legs;
     const result = relay(client.far, origin.near);
     const up = randomBytes(24 * 1024 * 1024);
     const down = randomBytes(24 * 1024 * 1024);
@@ -89,13 +104,11 @@ describe('relay', () => {
     client.near.destroy();
     origin.far.destroy();
     await expect(result).resolves.toEqual({ fromClient: up.length, toClient: down.length });
-    client.close();
-    origin.close();
   });
 
   it('relays bytes a socket had already buffered before the relay began, then the rest', async () => {
-    const client = await socketPair();
-    const origin = await socketPair();
+    using legs = await relayLegs();
+    const { client, origin } = legs;
     client.near.write('buffered first, ');
     // Read into the stream's own buffer and left there, as a proxy that peeked would.
     await new Promise<void>((resolve) => client.far.once('readable', () => resolve()));
@@ -108,15 +121,11 @@ describe('relay', () => {
     origin.far.end();
     client.near.resume();
     await result;
-    client.near.destroy();
-    origin.far.destroy();
-    client.close();
-    origin.close();
   });
 
   it('passes on a FIN that came before the relay began', async () => {
-    const client = await socketPair();
-    const origin = await socketPair();
+    using legs = await relayLegs();
+    const { client, origin } = legs;
     // A proxy peeking at the first bytes, which were all the client sent, FIN included.
     const peeked = new Promise((resolve) => client.far.on('data', () => undefined).once('end', resolve));
     client.near.end('all at once');
@@ -129,13 +138,11 @@ describe('relay', () => {
     origin.far.end('reply');
     expect(await collect(client.near)).toBe('reply');
     await result;
-    client.close();
-    origin.close();
   });
 
   it("leaves a caller's own 'data' listener its data", async () => {
-    const client = await socketPair();
-    const origin = await socketPair();
+    using legs = await relayLegs();
+    const { client, origin } = legs;
     const seen: string[] = [];
     client.far.on('data', (chunk: Buffer) => seen.push(chunk.toString()));
     const result = relay(client.far, origin.near);
@@ -147,10 +154,6 @@ describe('relay', () => {
     origin.far.end();
     client.near.resume();
     await result;
-    client.near.destroy();
-    origin.far.destroy();
-    client.close();
-    origin.close();
   });
 });
 

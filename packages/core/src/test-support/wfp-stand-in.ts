@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type KoffiModule from 'koffi';
 import { ioctlCode } from '../backends/wfp/ioctl-codes.js';
-import type { SocketHandle } from '../backends/wfp/winsock.js';
+import { type SocketHandle, type Winsock, useWinsockLibraryForTests, winsock } from '../backends/wfp/winsock.js';
 
 type Koffi = typeof KoffiModule;
 
@@ -110,4 +110,17 @@ export function buildStandIn(): StandIn {
     },
     remove: () => fs.rmSync(dir, { recursive: true, force: true }),
   };
+}
+
+/** Builds the stand-in and makes core's Winsock bindings load it (for a test file's `beforeAll`). */
+export function installStandIn(): { standIn: StandIn; ws: Winsock } {
+  const standIn = buildStandIn();
+  useWinsockLibraryForTests(standIn.library);
+  return { standIn, ws: winsock() };
+}
+
+/** Undoes `installStandIn` (for the `afterAll`). */
+export function uninstallStandIn(standIn: StandIn | undefined): void {
+  useWinsockLibraryForTests(undefined);
+  standIn?.remove();
 }

@@ -4,11 +4,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type StandIn, buildStandIn } from '../../test-support/wfp-stand-in.js';
+import { type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Win32Error, Ws } from './ioctl-codes.js';
 import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from './sockaddr.js';
-import { type SocketHandle, type Winsock, handleValue, useWinsockLibraryForTests, winsock } from './winsock.js';
+import { type SocketHandle, type Winsock, handleValue } from './winsock.js';
 
 /** Everything a socket sends until it ends. */
 async function readAll(socket: net.Socket): Promise<string> {
@@ -64,15 +64,8 @@ describe('adopting a socket made outside Node (koffi + Winsock stand-in, real Li
     };
   };
 
-  beforeAll(() => {
-    standIn = buildStandIn();
-    useWinsockLibraryForTests(standIn.library);
-    ws = winsock();
-  });
-  afterAll(() => {
-    useWinsockLibraryForTests(undefined);
-    standIn.remove();
-  });
+  beforeAll(() => ({ standIn, ws } = installStandIn()));
+  afterAll(() => uninstallStandIn(standIn));
   afterEach(() => {
     for (const socket of raw.splice(0)) ws.closesocket(socket);
     for (const s of servers.splice(0)) s.close();

@@ -4,10 +4,10 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ContextNotFoundError, WfpIoctlError } from '../../errors.js';
-import { SizeStyle, type StandIn, buildStandIn } from '../../test-support/wfp-stand-in.js';
+import { SizeStyle, type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
 import { Win32Error, Ws, ioctlCode } from './ioctl-codes.js';
 import { QUERY_INITIAL_BYTES, QUERY_MAX_BYTES, type RedirectIoctls, isAccessDenied, redirectIoctls } from './redirect-ioctls.js';
-import { type SocketHandle, type Winsock, handleValue, useWinsockLibraryForTests, winsock } from './winsock.js';
+import { type SocketHandle, type Winsock, handleValue } from './winsock.js';
 
 const RECORDS = ioctlCode.SIO_QUERY_WFP_CONNECTION_REDIRECT_RECORDS;
 const CONTEXT = ioctlCode.SIO_QUERY_WFP_CONNECTION_REDIRECT_CONTEXT;
@@ -34,15 +34,10 @@ describe('the WFP redirect ioctls, through koffi against a Winsock stand-in', ()
   const outputLengths = (): number[] => standIn.ioctlLog().map((call) => call.outputLength);
 
   beforeAll(() => {
-    standIn = buildStandIn();
-    useWinsockLibraryForTests(standIn.library);
-    ws = winsock();
+    ({ standIn, ws } = installStandIn());
     ioctls = redirectIoctls(ws);
   });
-  afterAll(() => {
-    useWinsockLibraryForTests(undefined);
-    standIn.remove();
-  });
+  afterAll(() => uninstallStandIn(standIn));
   beforeEach(() => standIn.reset());
   afterEach(() => {
     for (const socket of sockets.splice(0)) ws.closesocket(socket);

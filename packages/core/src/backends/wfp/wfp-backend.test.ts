@@ -6,12 +6,12 @@ import { relay } from '../../connector/relay.js';
 import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
-import { type StandIn, buildStandIn } from '../../test-support/wfp-stand-in.js';
+import { type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Win32Error, Ws } from './ioctl-codes.js';
 import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from './sockaddr.js';
 import { UNKNOWN_CONTEXT_OWNER } from './wfp-backend.js';
-import { type Winsock, handleValue, useWinsockLibraryForTests, winsock } from './winsock.js';
+import { type Winsock, handleValue } from './winsock.js';
 
 /** An opaque blob, as a callout would attach: bigger than the first query buffer, to make the query negotiate. */
 function recordsBlob(seed: number, length = 5000): Buffer {
@@ -118,15 +118,8 @@ describe('the WFP backend (Winsock stand-in in place of ws2_32.dll, the test pla
     return { redirector, accepted, events };
   };
 
-  beforeAll(() => {
-    standIn = buildStandIn();
-    useWinsockLibraryForTests(standIn.library);
-    ws = winsock();
-  });
-  afterAll(() => {
-    useWinsockLibraryForTests(undefined);
-    standIn.remove();
-  });
+  beforeAll(() => ({ standIn, ws } = installStandIn()));
+  afterAll(() => uninstallStandIn(standIn));
   beforeEach(async () => {
     standIn.reset();
     origin = await startOrigin();

@@ -37,6 +37,8 @@ export { connect } from './connector/connect.js';
 export type { ConnectOptions } from './connector/connect.js';
 export { createAgent, createHttpsAgent } from './connector/agent.js';
 export { relay } from './connector/relay.js';
+export { kernelSpliceStatus, socketBytes, spliceBurst } from './connector/kernel-splice.js';
+export type { SpliceBurst } from './connector/kernel-splice.js';
 export type { RelayResult } from './connector/relay.js';
 export type { CoproxyAgentOptions, CoproxyHttpsAgentOptions } from './connector/agent.js';
 

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type net from 'node:net';
-import { type AcceptedConnection, relay } from '@coproxy/core';
+import { type AcceptedConnection, relay, spliceBurst } from '@coproxy/core';
 import type { Logger } from 'pino';
 import { ProxyErrorCode } from './errors.js';
 import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
@@ -374,7 +374,8 @@ export class ClientConnection {
       const length = Math.min(chunk.length, leg.passBody);
       leg.passBody -= length;
       this.relayResponseBody(leg, length === chunk.length ? chunk : chunk.subarray(0, length));
-      if (leg.passBody > 0) return;
+      if (leg.passBody > 0 && length === chunk.length) this.spliceResponseBody(leg);
+      if (leg.passBody > 0 || leg.socket.destroyed) return;
       // The body is complete; the parser, which saw only its start, starts afresh.
       leg.parser.reset();
       this.onResponseComplete(leg);
@@ -490,6 +491,24 @@ export class ClientConnection {
         leg.socket.resume();
       });
     }
+  }
+
+  /**
+   * The rest of a Content-Length body that is already waiting in the origin socket goes to
+   * the client inside the kernel (core's `spliceBurst`), never more than the body: the next
+   * response stays for the parser. Only when the body is passed on as it is, and nothing
+   * is queued towards the client.
+   */
+  private spliceResponseBody(leg: OriginLeg): void {
+    const exchange = leg.current;
+    if (exchange === undefined || exchange.finished || exchange.heldResponse !== undefined || exchange.toClient !== 'length' || leg.waitingForClientDrain) return;
+    const burst = spliceBurst(leg.socket, this.socket, leg.passBody);
+    if (burst === undefined) return;
+    leg.passBody -= burst.taken;
+    exchange.responseBytes += burst.taken - (burst.rest?.length ?? 0);
+    if (burst.failed?.side === 'source') leg.socket.destroy(burst.failed.error);
+    else if (burst.failed !== undefined) this.socket.destroy(burst.failed.error);
+    else if (burst.rest !== undefined) this.relayResponseBody(leg, burst.rest);
   }
 
   private onResponseComplete(leg: OriginLeg): void {

@@ -1,30 +1,20 @@
 import { createHash, randomBytes } from 'node:crypto';
-import net from 'node:net';
-import { describe, expect, it } from 'vitest';
+import type net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type SocketPair, socketPair } from '../test-support/harness.js';
+import { kernelSpliceStatus, setKernelSplice, socketBytes } from './kernel-splice.js';
 import { relay, type RelayResult } from './relay.js';
 
-/** A client socket and the server side of it, connected over loopback. */
-async function socketPair(): Promise<{ near: net.Socket; far: net.Socket; close(): void }> {
-  const server = net.createServer({ allowHalfOpen: true });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  const near = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
-  const far = await accepted;
-  await new Promise((resolve) => near.once('connect', resolve));
-  return { near, far, close: () => server.close() };
-}
-
 /** Both legs of a relay (app ↔ proxy, proxy ↔ origin); disposing destroys every socket and closes both servers. */
-async function relayLegs(): Promise<{ client: Awaited<ReturnType<typeof socketPair>>; origin: Awaited<ReturnType<typeof socketPair>> } & Disposable> {
+async function relayLegs(): Promise<{ client: SocketPair; origin: SocketPair } & Disposable> {
   const client = await socketPair(); // client.near = app, client.far = the proxy's accepted socket
   const origin = await socketPair(); // origin.near = the proxy's onward socket, origin.far = origin
   return {
     client,
     origin,
     [Symbol.dispose]() {
-      for (const socket of [client.near, client.far, origin.near, origin.far]) socket.destroy();
-      client.close();
-      origin.close();
+      client[Symbol.dispose]();
+      origin[Symbol.dispose]();
     },
   };
 }
@@ -35,7 +25,12 @@ const collect = (socket: net.Socket): Promise<string> =>
     socket.setEncoding('utf8').on('data', (chunk: string) => (text += chunk)).once('end', () => resolve(text));
   });
 
-describe('relay', () => {
+// Every test runs twice: bulk bytes through the kernel (splice(2), where it is available)
+// and through the process only.
+describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $splice)', ({ splice }) => {
+  beforeAll(() => setKernelSplice(splice));
+  afterAll(() => setKernelSplice(true));
+
   it('passes a half-close on, so a reply sent after the client finished still arrives', async () => {
     const client = await socketPair(); // client.near = app, client.far = proxy's accepted socket
     const origin = await socketPair(); // origin.near = proxy's onward socket, origin.far = origin
@@ -101,9 +96,31 @@ describe('relay', () => {
 
     expect(await atOrigin).toEqual({ bytes: up.length, sha256: sha256(up) });
     expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+    const spliced = socketBytes(origin.near).written - origin.near.bytesWritten + (socketBytes(client.far).written - client.far.bytesWritten);
+    if (!splice) expect(spliced).toBe(0);
+    else if (kernelSpliceStatus().available) expect(spliced, 'bytes moved in the kernel').toBeGreaterThan(0);
     client.near.destroy();
     origin.far.destroy();
     await expect(result).resolves.toEqual({ fromClient: up.length, toClient: down.length });
+  });
+
+  it('tears both legs down when the client resets in the middle of a large transfer', async () => {
+    using legs = await relayLegs();
+    const { client, origin } = legs;
+    const result = relay(client.far, origin.near);
+    let received = 0;
+    client.near.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > 4 * 1024 * 1024) client.near.resetAndDestroy();
+    });
+    origin.far.on('error', () => undefined); // the origin's write may meet the reset
+    writeInChunks(origin.far, randomBytes(64 * 1024 * 1024));
+
+    const settled = await result;
+    expect(settled.error).toBeDefined();
+    expect(settled.toClient).toBeLessThan(64 * 1024 * 1024);
+    expect(origin.near.destroyed).toBe(true);
+    await new Promise((resolve) => (origin.far.closed ? resolve(undefined) : origin.far.once('close', resolve)));
   });
 
   it('relays bytes a socket had already buffered before the relay began, then the rest', async () => {

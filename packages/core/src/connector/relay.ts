@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { socketBytes, spliceBurst } from './kernel-splice.js';
 
 export interface RelayResult {
   /** Payload bytes written towards the upstream side. */
@@ -26,8 +27,8 @@ export interface RelayResult {
  * ```
  */
 export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayResult> {
-  const clientAlreadyWritten = client.bytesWritten;
-  const upstreamAlreadyWritten = upstream.bytesWritten;
+  const clientAlreadyWritten = socketBytes(client).written;
+  const upstreamAlreadyWritten = socketBytes(upstream).written;
   if (client.destroyed || upstream.destroyed) {
     // A leg already gone (a client that gave up while the onward leg was opening) emits
     // no more 'close': tear down the other one and report it now.
@@ -51,8 +52,8 @@ export function relay(client: net.Socket, upstream: net.Socket): Promise<RelayRe
       }
       if (++closed < 2) return;
       resolve({
-        fromClient: upstream.bytesWritten - upstreamAlreadyWritten,
-        toClient: client.bytesWritten - clientAlreadyWritten,
+        fromClient: socketBytes(upstream).written - upstreamAlreadyWritten,
+        toClient: socketBytes(client).written - clientAlreadyWritten,
         ...(firstError !== undefined && { error: firstError }),
       });
     };
@@ -72,6 +73,12 @@ function forward(from: net.Socket, to: net.Socket): void {
 
 /** Bytes per read when the relay reads into its own buffer: what Node reads at a time anyway. */
 const READ_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * The most one kernel splice burst moves before libuv reads again: bounds how long one
+ * busy connection holds the event loop (libuv reads a socket up to 32 times per turn).
+ */
+const BURST_BYTES = 512 * 1024;
 
 interface StreamHandle {
   reading: boolean;
@@ -137,11 +144,23 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
     native.readStart();
   };
   const fields = from as unknown as Record<symbol, unknown>;
-  fields[onreadFields.callback] = (length: number): boolean => {
-    to.write(buffer.subarray(0, length), afterWrite);
-    if (to.writableLength === 0) return true;
+  const wait = (): boolean => {
     stopped = true;
     return false;
+  };
+  fields[onreadFields.callback] = (length: number): boolean => {
+    to.write(buffer.subarray(0, length), afterWrite);
+    if (to.writableLength > 0) return wait();
+    // A full read means more is waiting: that part goes through the kernel, where it can.
+    if (length < buffer.length) return true;
+    const burst = spliceBurst(from, to, BURST_BYTES);
+    if (burst?.failed !== undefined) {
+      (burst.failed.side === 'source' ? from : to).destroy(burst.failed.error);
+      return false;
+    }
+    if (burst?.rest === undefined) return true;
+    to.write(burst.rest, afterWrite);
+    return to.writableLength > 0 ? wait() : true;
   };
   fields[onreadFields.buffer] = buffer;
   native.useUserBuffer(buffer);

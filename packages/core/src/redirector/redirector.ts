@@ -6,6 +6,7 @@ import { resolveMarkMask } from '../backends/nftables/marks.js';
 import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
 import { MIN_NFT_PRIORITY } from '../backends/nftables/tables.js';
 import { wfpBackend } from '../backends/wfp/wfp-backend.js';
+import { socketBytes } from '../connector/kernel-splice.js';
 import {
   type CoproxyError,
   InvalidOptionsError,
@@ -281,8 +282,8 @@ class RedirectorImpl implements Redirector {
       this.emit({
         type: 'closed',
         connectionId: id,
-        bytesFromClient: Math.max(0, socket.bytesRead - flow.framingBytes),
-        bytesToClient: socket.bytesWritten,
+        bytesFromClient: Math.max(0, socketBytes(socket).read - flow.framingBytes),
+        bytesToClient: socketBytes(socket).written,
         ...(lastError !== undefined && { error: lastError }),
         ...(connection.onwardError !== undefined && { onwardError: connection.onwardError }),
       });

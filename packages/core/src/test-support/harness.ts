@@ -9,6 +9,36 @@ import { relay } from '../connector/relay.js';
 import type { AcceptedConnection } from '../redirector/accepted-connection.js';
 import type { Redirector } from '../redirector/redirector.js';
 
+export interface SocketPair extends Disposable {
+  /** The connecting side. */
+  readonly near: net.Socket;
+  /** The side the server accepted. */
+  readonly far: net.Socket;
+  /** Closes the server; the sockets stay. */
+  close(): void;
+}
+
+/** A client socket and the server side of it, connected over loopback, both allowing half-open; disposing destroys both. */
+export async function socketPair(): Promise<SocketPair> {
+  const server = net.createServer({ allowHalfOpen: true });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const near = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  const far = await accepted;
+  await new Promise((resolve) => near.once('connect', resolve));
+  const close = (): void => void server.close();
+  return {
+    near,
+    far,
+    close,
+    [Symbol.dispose]() {
+      near.destroy();
+      far.destroy();
+      close();
+    },
+  };
+}
+
 export interface TempDir extends Disposable {
   readonly path: string;
 }

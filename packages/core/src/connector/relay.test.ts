@@ -104,6 +104,24 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
     await expect(result).resolves.toEqual({ fromClient: up.length, toClient: down.length });
   });
 
+  it('carries 64 MiB intact to a reader that keeps stopping for a moment, so that writes queue', async () => {
+    using legs = await relayLegs();
+    const { client, origin } = legs;
+    const result = relay(client.far, origin.near);
+    const down = randomBytes(64 * 1024 * 1024);
+    // A reader that stops after every 16 KiB for a turn of the event loop, as a TLS client
+    // reading record by record does: the relay's writes (and a burst's bytes read back
+    // from the pipe) queue behind each other, and the read buffer must not be read into
+    // while any of them still holds it (a bug found by wrk's TLS errors in the compare bench).
+    const atClient = digestOf(client.near, { stopEvery: 16 * 1024, stopForMs: 0 });
+    writeInChunks(origin.far, down);
+    client.near.end();
+
+    expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+    origin.far.destroy();
+    await expect(result).resolves.toMatchObject({ toClient: down.length });
+  });
+
   it('tears both legs down when the client resets in the middle of a large transfer', async () => {
     using legs = await relayLegs();
     const { client, origin } = legs;

@@ -133,24 +133,28 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
   const native = handle as StreamHandle;
   const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   let stopped = false;
+  let unfinishedWrites = 0;
   // The buffer is read into again as soon as the callback returns true: only when the
   // write has left it entirely (the socket took it at once). A write still queued holds
-  // the buffer's bytes, so reading stops until that write is done.
+  // the buffer's bytes, so reading stops until every write is done: a callback may be
+  // that of an earlier write, whose completion says nothing of the one holding the buffer.
   const afterWrite = (): void => {
-    if (!stopped) return;
+    if (--unfinishedWrites > 0 || !stopped) return;
     stopped = false;
     if (from.destroyed) return;
     native.reading = true;
     native.readStart();
   };
-  const fields = from as unknown as Record<symbol, unknown>;
-  const wait = (): boolean => {
+  const send = (chunk: Buffer): boolean => {
+    unfinishedWrites++;
+    to.write(chunk, afterWrite);
+    if (to.writableLength === 0) return true;
     stopped = true;
     return false;
   };
+  const fields = from as unknown as Record<symbol, unknown>;
   fields[onreadFields.callback] = (length: number): boolean => {
-    to.write(buffer.subarray(0, length), afterWrite);
-    if (to.writableLength > 0) return wait();
+    if (!send(buffer.subarray(0, length))) return false;
     // A full read means more is waiting: that part goes through the kernel, where it can.
     if (length < buffer.length) return true;
     const burst = spliceBurst(from, to, BURST_BYTES);
@@ -158,9 +162,7 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
       (burst.failed.side === 'source' ? from : to).destroy(burst.failed.error);
       return false;
     }
-    if (burst?.rest === undefined) return true;
-    to.write(burst.rest, afterWrite);
-    return to.writableLength > 0 ? wait() : true;
+    return burst?.rest === undefined || send(burst.rest);
   };
   fields[onreadFields.buffer] = buffer;
   native.useUserBuffer(buffer);

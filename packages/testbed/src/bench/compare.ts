@@ -429,7 +429,9 @@ class ConfigurationRun {
     const n = result.requests;
     const connections = kind === 'bulk' ? this.settings.bulkConnections : this.settings.connections;
     const slack = connections + result.errors + 2;
-    const parts: string[] = [`${result.tool} ${n} responses${result.errors > 0 ? ` (${result.errorDetail})` : ''}`];
+    // A failed request is no path problem, but it is never normal here (each one cost wrk
+    // a connection): said loudly, with wrk's own breakdown.
+    const parts: string[] = [`${result.tool} ${n} responses${result.errors > 0 ? `, **${result.errors} failed (${result.errorDetail})**` : ''}`];
     const problems: string[] = [];
     const within = (what: string, value: number, low: number, high: number): void => {
       parts.push(`${what} ${value}`);

@@ -37,6 +37,12 @@ const { EAGAIN, EINTR } = os.constants.errno;
 /** What the process asks its pipe to hold: the most an unprivileged process may by default. */
 const PIPE_BYTES = 1024 * 1024;
 
+/**
+ * The most one burst moves: bounds how long one busy connection holds the event loop
+ * (libuv may read the same socket up to 32 times per turn, each read followed by a burst).
+ */
+export const MAX_BURST_BYTES = 512 * 1024;
+
 type Koffi = typeof KoffiModule;
 
 interface Splicer {
@@ -139,14 +145,16 @@ function tcpDescriptor(socket: net.Socket): number | undefined {
 }
 
 /**
- * Moves up to `limit` bytes waiting in `from` to `to` in the kernel, without blocking.
+ * Moves up to `limit` bytes ({@link MAX_BURST_BYTES} at most) waiting in `from` to `to` in
+ * the kernel, without blocking.
  * Returns undefined when it cannot here (see the module's comment), when `from` holds bytes
  * Node has read but not yet delivered, or when `to` still has writes queued: the caller
  * then goes on the usual way. Call it right after Node read
  * from `from` and everything read was written.
  */
-export function spliceBurst(from: net.Socket, to: net.Socket, limit: number): SpliceBurst | undefined {
+export function spliceBurst(from: net.Socket, to: net.Socket, limit = MAX_BURST_BYTES): SpliceBurst | undefined {
   const { splicer } = load();
+  limit = Math.min(limit, MAX_BURST_BYTES);
   // Bytes Node has read but not yet handed on come before anything still in the socket.
   if (splicer === undefined || limit <= 0 || from.readableLength > 0 || to.writableLength > 0 || from.destroyed || to.destroyed) return undefined;
   const source = tcpDescriptor(from);

@@ -74,12 +74,6 @@ function forward(from: net.Socket, to: net.Socket): void {
 /** Bytes per read when the relay reads into its own buffer: what Node reads at a time anyway. */
 const READ_BUFFER_BYTES = 64 * 1024;
 
-/**
- * The most one kernel splice burst moves before libuv reads again: bounds how long one
- * busy connection holds the event loop (libuv reads a socket up to 32 times per turn).
- */
-const BURST_BYTES = 512 * 1024;
-
 interface StreamHandle {
   reading: boolean;
   readStart(): number;
@@ -157,7 +151,7 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
     if (!send(buffer.subarray(0, length))) return false;
     // A full read means more is waiting: that part goes through the kernel, where it can.
     if (length < buffer.length) return true;
-    const burst = spliceBurst(from, to, BURST_BYTES);
+    const burst = spliceBurst(from, to);
     if (burst?.failed !== undefined) {
       (burst.failed.side === 'source' ? from : to).destroy(burst.failed.error);
       return false;

@@ -102,6 +102,7 @@ function parseOptions(): Options {
       bulkConnections: 1,
       idleConnections: 1000,
       noiseLimit: 0.15,
+      kernelSplice: process.env.COPROXY_KERNEL_SPLICE !== '0',
       cpuProf: fromCaller(values['cpu-prof']),
     },
   };

@@ -208,7 +208,8 @@ export function renderMarkdown(report: Report, command: string): string {
       `"other load" is the largest share of the machine's CPU used by processes outside the bench during the row's runs; each run waits (up to 20 s) for a quiet ` +
       `moment first, and a run above ${Math.round(s.noiseLimit * 100)}% is repeated once and the quieter attempt kept. ` +
       'The bench runs its session at nice −10 (the autogroup\'s, so only its own processes), ' +
-      'every configuration alike, so that other work on a shared machine weighs less. MB = 10^6 bytes.',
+      'every configuration alike, so that other work on a shared machine weighs less. ' +
+      `The coproxy vendors ${s.kernelSplice ? 'move bulk bytes between sockets with splice(2) (core\'s kernel splice, on by default)' : 'copy every byte through the process (`COPROXY_KERNEL_SPLICE=0`)'}. MB = 10^6 bytes.`,
     '',
     '**What each configuration needs** (rules counted from `nft list ruleset` while it ran):',
     '',

@@ -91,6 +91,8 @@ export interface Settings {
   readonly idleConnections: number;
   readonly noiseLimit: number;
   readonly cpuProf: string | undefined;
+  /** Whether the coproxy vendors may move bulk bytes with splice(2) (`COPROXY_KERNEL_SPLICE=0` turns it off). */
+  readonly kernelSplice: boolean;
 }
 
 export interface Report {

@@ -43,6 +43,8 @@ const HOLD_LIMIT = 64 * 1024;
 const MAX_QUEUED = 16;
 /** Response heads from origins may be larger than what clients may send. */
 const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
+/** What Node reads from a socket at most at a time: a read this long may have left more waiting. */
+const NODE_READ_BYTES = 64 * 1024;
 
 /** One request and its response, from the request head to the end of both. */
 class Exchange {
@@ -374,8 +376,9 @@ export class ClientConnection {
       const length = Math.min(chunk.length, leg.passBody);
       leg.passBody -= length;
       this.relayResponseBody(leg, length === chunk.length ? chunk : chunk.subarray(0, length));
-      if (leg.passBody > 0 && length === chunk.length) this.spliceResponseBody(leg);
-      if (leg.passBody > 0 || leg.socket.destroyed) return;
+      // A read that filled Node's buffer says more is waiting: that part goes in the kernel.
+      if (leg.passBody > 0 && length === chunk.length && data.length >= NODE_READ_BYTES) this.spliceResponseBody(leg);
+      if (leg.passBody > 0 || leg.socket.destroyed || this.socket.destroyed) return;
       // The body is complete; the parser, which saw only its start, starts afresh.
       leg.parser.reset();
       this.onResponseComplete(leg);
@@ -505,7 +508,7 @@ export class ClientConnection {
     const burst = spliceBurst(leg.socket, this.socket, leg.passBody);
     if (burst === undefined) return;
     leg.passBody -= burst.taken;
-    exchange.responseBytes += burst.taken - (burst.rest?.length ?? 0);
+    exchange.responseBytes += burst.sent;
     if (burst.failed?.side === 'source') leg.socket.destroy(burst.failed.error);
     else if (burst.failed !== undefined) this.socket.destroy(burst.failed.error);
     else if (burst.rest !== undefined) this.relayResponseBody(leg, burst.rest);

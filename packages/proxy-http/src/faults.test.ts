@@ -257,6 +257,43 @@ describe('resets mid-body', () => {
   });
 });
 
+describe('a client gone in the middle of a download', () => {
+  it('reports CLIENT_RESET with the bytes it was sent, however the body was moving, and goes on serving', async () => {
+    const total = 64 * 1024 * 1024;
+    await using origin = await startHttpOrigin((req, res) => {
+      if (req.url !== '/big') return void res.end(req.url?.slice(1));
+      res.writeHead(200, { 'content-length': total });
+      res.on('error', () => undefined); // the proxy cuts this leg when the client goes
+      generatedBody(total).stream.pipe(res);
+    });
+    await using under = await startProxy([origin.port]);
+    const socket = await dial(under.registry, origin.port);
+    let received = 0;
+    await within(
+      new Promise<void>((resolve) => {
+        socket.on('data', (chunk: Buffer) => {
+          received += chunk.length;
+          // Well past the first reads, so Content-Length body bytes are moving (in the kernel on Linux).
+          if (received > 8 * 1024 * 1024 && !socket.destroyed) {
+            socket.resetAndDestroy();
+            resolve();
+          }
+        });
+        socket.write('GET /big HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+      }),
+      10_000,
+      'eight MiB of the download',
+    );
+
+    await until(() => under.exchanges.length === 1, 5000, 'the failed exchange');
+    const exchange = under.exchanges[0]!;
+    expect(exchange).toMatchObject({ request: { url: '/big' }, response: { status: 200 }, error: { code: 'CLIENT_RESET' } });
+    expect(exchange.response?.bodyBytes).toBeGreaterThan(8 * 1024 * 1024 - 1024);
+    expect(exchange.response?.bodyBytes).toBeLessThan(total);
+    await expectStillServing(under, origin.port);
+  });
+});
+
 describe('the end of a connection', () => {
   it('reports nothing when a keep-alive client simply closes between requests', async () => {
     await using origin = await startHttpOrigin((req, res) => res.end(req.url?.slice(1)));

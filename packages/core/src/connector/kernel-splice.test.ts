@@ -64,6 +64,7 @@ describe.runIf(linux)('kernel splice on Linux', () => {
     expect(await received).toEqual({ bytes: data.length, sha256: sha256(data) });
     const moved = bursts.reduce((sum, burst) => sum + burst.taken, 0);
     expect(moved, 'bytes that went through the kernel').toBeGreaterThan(0);
+    expect(bursts.reduce((sum, burst) => sum + burst.sent + (burst.rest?.length ?? 0), 0)).toBe(moved);
     expect(Math.max(...bursts.map((burst) => burst.taken))).toBeLessThanOrEqual(limit);
     // Node's own counters miss the spliced bytes; socketBytes adds them.
     expect(socketBytes(source.far).read).toBe(data.length);
@@ -90,6 +91,11 @@ describe.runIf(linux)('kernel splice on Linux', () => {
     expect(await received).toEqual({ bytes: data.length, sha256: sha256(data) });
     // Asked for 1 MiB a time, given at most what keeps the event loop fair.
     expect(Math.max(...bursts.map((burst) => burst.taken))).toBeLessThanOrEqual(MAX_BURST_BYTES);
+    for (const burst of bursts) expect(burst.sent + (burst.rest?.length ?? 0)).toBe(burst.taken);
+    // A burst starts small and grows only while the destination keeps up: a full one hands
+    // back at most one step, not the whole burst (the first burst may find room, then none).
+    const handedBack = bursts.map((burst) => burst.rest?.length ?? 0);
+    expect(Math.min(...handedBack.filter((bytes) => bytes > 0))).toBeLessThanOrEqual(64 * 1024);
   });
 
   it("sees the source's end, and Node still reports it", async () => {

@@ -43,12 +43,20 @@ const PIPE_BYTES = 1024 * 1024;
  */
 export const MAX_BURST_BYTES = 512 * 1024;
 
+/**
+ * A burst's first step from the source: what the destination is asked to take before the
+ * steps grow. What the destination refuses is read back into the process, so a slow
+ * reader makes a connection hold at most about one step, as the copying path holds one read.
+ */
+const FIRST_STEP_BYTES = 64 * 1024;
+
 type Koffi = typeof KoffiModule;
 
 interface Splicer {
   readonly koffi: Koffi;
   splice(fdIn: number, offIn: null, fdOut: number, offOut: null, length: number, flags: number): number;
   read(fd: number, buffer: Buffer, length: number): number;
+  close(fd: number): number;
   /** The pipe's read and write ends. */
   readonly pipe: readonly [number, number];
   readonly capacity: number;
@@ -56,12 +64,13 @@ interface Splicer {
 
 type SpliceState = { readonly splicer: Splicer } | { readonly splicer?: undefined; readonly reason: string };
 
+/** The pipe, once opened; `state` may still say splicing is off. */
+let opened: SpliceState | undefined;
 let state: SpliceState | undefined;
 
 /** Loaded on first use: a process that never relays loads no native module for it. */
 function load(): SpliceState {
-  if (state !== undefined) return state;
-  state = open();
+  state ??= opened ??= open();
   return state;
 }
 
@@ -82,6 +91,7 @@ function open(): SpliceState {
       koffi,
       splice: lib.func('intptr_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)'),
       read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
+      close: lib.func('int close(int fd)'),
       pipe: [fds[0]!, fds[1]!],
       capacity: capacity > 0 ? capacity : 64 * 1024,
     };
@@ -99,12 +109,24 @@ export function kernelSpliceStatus(): { readonly available: true } | { readonly 
 
 /** For tests and benchmarks: turn splicing off (or on again, where it can be) in this process. */
 export function setKernelSplice(enabled: boolean): void {
-  state = enabled ? open() : { reason: 'turned off by setKernelSplice(false)' };
+  state = enabled ? (opened ??= open()) : { reason: 'turned off by setKernelSplice(false)' };
+}
+
+/**
+ * The pipe could not be emptied: bytes of one connection would open the next burst of
+ * another. Splicing stops for the life of the process; relays go on copying.
+ */
+function retire(splicer: Splicer, why: string): void {
+  splicer.close(splicer.pipe[0]);
+  splicer.close(splicer.pipe[1]);
+  opened = state = { reason: why };
 }
 
 export interface SpliceBurst {
   /** Bytes taken from the source, `rest` included. */
   readonly taken: number;
+  /** Bytes the destination took. */
+  readonly sent: number;
   /**
    * Bytes the destination would not take at once (its send buffer was full), read back
    * from the pipe: the caller writes them the usual way, before anything else.
@@ -155,17 +177,19 @@ function tcpDescriptor(socket: net.Socket): number | undefined {
 export function spliceBurst(from: net.Socket, to: net.Socket, limit = MAX_BURST_BYTES): SpliceBurst | undefined {
   const { splicer } = load();
   limit = Math.min(limit, MAX_BURST_BYTES);
+  if (splicer === undefined || limit <= 0 || from.destroyed || to.destroyed || to.writableEnded) return undefined;
   // Bytes Node has read but not yet handed on come before anything still in the socket.
-  if (splicer === undefined || limit <= 0 || from.readableLength > 0 || to.writableLength > 0 || from.destroyed || to.destroyed) return undefined;
+  if (from.readableLength > 0 || to.writableLength > 0) return undefined;
   const source = tcpDescriptor(from);
   const destination = tcpDescriptor(to);
   if (source === undefined || destination === undefined) return undefined;
   const [pipeOut, pipeIn] = splicer.pipe;
   let taken = 0;
   let sent = 0;
-  let result: SpliceBurst | undefined;
+  let step = FIRST_STEP_BYTES;
+  let result: Omit<SpliceBurst, 'sent'> | undefined;
   while (result === undefined && taken < limit) {
-    const got = splicer.splice(source, null, pipeIn, null, Math.min(limit - taken, splicer.capacity), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    const got = splicer.splice(source, null, pipeIn, null, Math.min(limit - taken, step, splicer.capacity), SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (got === 0) {
       result = { taken, ended: true };
       break;
@@ -189,31 +213,38 @@ export function spliceBurst(from: net.Socket, to: net.Socket, limit = MAX_BURST_
       if (errno === EINTR) continue;
       const rest = takeBack(splicer, left);
       if (errno !== EAGAIN) result = { taken, ended: false, failed: { side: 'destination', error: errnoError(errno) } };
-      else if (rest.length < left) result = { taken, ended: false, failed: { side: 'destination', error: lostInPipe(left - rest.length) } };
-      else result = { taken, rest, ended: false };
+      else if (rest !== undefined) result = { taken, rest, ended: false };
+      else result = { taken, ended: false, failed: { side: 'destination', error: lostInPipe(left) } };
       break;
     }
+    // The destination took the whole step: the next may be larger.
+    step = Math.min(step * 2, MAX_BURST_BYTES);
   }
   count(from, 'read', taken);
   count(to, 'written', sent);
-  return result ?? { taken, ended: false };
+  return { ...(result ?? { taken, ended: false }), sent };
 }
 
-/** Reads the bytes left in the pipe back into the process, which leaves it empty for the next burst. */
-function takeBack(splicer: Splicer, length: number): Buffer {
+/**
+ * Reads the bytes left in the pipe back into the process, which leaves it empty for the
+ * next burst. Should the pipe not give them all back, splicing stops for good (undefined).
+ */
+function takeBack(splicer: Splicer, length: number): Buffer | undefined {
   const buffer = Buffer.allocUnsafe(length);
   let filled = 0;
   while (filled < length) {
     const got = splicer.read(splicer.pipe[0], buffer.subarray(filled), length - filled);
     if (got > 0) filled += got;
     else if (got < 0 && splicer.koffi.errno() === EINTR) continue;
-    else break; // the bytes are in the pipe; should a read still fail, the caller reports the loss
+    else break;
   }
-  return buffer.subarray(0, filled);
+  if (filled === length) return buffer;
+  retire(splicer, `the pipe gave back ${filled} of ${length} bytes: splicing stopped`);
+  return undefined;
 }
 
 function lostInPipe(bytes: number): NodeJS.ErrnoException {
-  return Object.assign(new Error(`splice: ${bytes} bytes could not be read back from the pipe`), { code: 'EIO', syscall: 'read' });
+  return Object.assign(new Error(`splice: ${bytes} bytes could not be read back from the pipe; splicing stopped`), { code: 'EIO', syscall: 'read' });
 }
 
 const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, value]) => [value, name]));

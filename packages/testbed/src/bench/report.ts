@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import type { Section } from './configurations.js';
 import { packageVersions } from './install.js';
+import { LARGE_BYTES } from './nginx-origin.js';
 import type { Machine, MeasuredRun, Report, RowResult, RunKind } from './results.js';
 
 export function describeMachine(): Machine {
@@ -60,7 +61,7 @@ function direct(report: Report, section: Section): RowResult | undefined {
 function absoluteTable(report: Report, section: Section): string {
   const rows = report.rows.filter((r) => r.section === section);
   return table(
-    ['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
+    ['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'proxy CPU µs/MB', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
     rows.map((row) => {
       const keepAlive = run(row, 'keep-alive')?.result;
       const memory = row.memory;
@@ -74,6 +75,7 @@ function absoluteTable(report: Report, section: Section): string {
         fixed(keepAlive?.p50Ms, 2),
         fixed(keepAlive?.p99Ms, 2),
         fixed(run(row, 'keep-alive')?.proxyCpuUsPerRequest, 0),
+        fixed(perMegabyte(run(row, 'bulk')?.proxyCpuUsPerRequest), 0),
         memory === undefined ? '–' : `${fixed(peak, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(p.peakKiB / 1024, 1)).join(' + ')})` : ''}`,
         memory === undefined ? '–' : `${fixed(memory.perConnectionKiB, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(perConnection(p, memory.open), 1)).join(' + ')})` : ''}`,
         String(row.rules.byHand),
@@ -84,6 +86,11 @@ function absoluteTable(report: Report, section: Section): string {
       ];
     }),
   );
+}
+
+/** Proxy CPU per 64 MiB response as per MB (10^6 bytes) of it. */
+function perMegabyte(perResponse: number | undefined): number | undefined {
+  return perResponse === undefined ? undefined : perResponse / (LARGE_BYTES / 1e6);
 }
 
 export function perConnection(proxy: { rssKiB: number; baselineKiB: number }, open: number): number {
@@ -200,7 +207,8 @@ export function renderMarkdown(report: Report, command: string): string {
       `(443, self-signed). wrk runs one thread: keep-alive and new-connection runs (\`-H 'Connection: close'\`) on the 1 KiB file with ` +
       `${s.connections} connections, the 64 MiB file over ${s.bulkConnections} connection; ${s.seconds} s each after a 1 s warm-up, ` +
       `\`--timeout\` 5 s (15 s for 64 MiB). p50/p99 are wrk's (\`--latency\`) on the keep-alive run; proxy CPU µs/req is the CPU time of the proxy processes ` +
-      '(all threads, user and system) during that run divided by its responses: what one request costs a proxy, whatever the share of the machine it got. ' +
+      '(all threads, user and system) during that run divided by its responses: what one request costs a proxy, whatever the share of the machine it got; ' +
+      'proxy CPU µs/MB is the same on the 64 MiB run, per MB of its responses (a transfer cut by the end of the run adds CPU but no response, so it errs high). ' +
       'Peak RSS is VmHWM of the proxy processes with ' +
       `${s.idleConnections.toLocaleString('en-US')} idle connections open (each made one keep-alive request first, so the proxy holds its origin leg too), measured once per configuration, on its first row, before any load; ` +
       'KiB / idle conn. is (VmRSS with them − VmRSS before) / connections. No proxy logs per request (Squid `access_log none`, mitmdump `-q`, ' +

@@ -156,6 +156,32 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
     );
   });
 
+  it("keeps its read buffer safe from a caller's resume() while a write still holds it", async () => {
+    using legs = await relayLegs();
+    const { client, origin } = legs;
+    const result = relay(client.far, origin.near);
+    const down = randomBytes(32 * 1024 * 1024);
+    const atClient = digestOf(client.near, { stopEvery: 16 * 1024, stopForMs: 0 });
+    // Code that once paused the socket (a drain handler, say) and resumes it late.
+    let resuming = true;
+    const resumeAgain = (): void => {
+      if (!resuming) return;
+      origin.near.resume();
+      setImmediate(resumeAgain);
+    };
+    resumeAgain();
+    writeInChunks(origin.far, down);
+    client.near.end();
+
+    try {
+      expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+    } finally {
+      resuming = false;
+    }
+    origin.far.destroy();
+    await expect(result).resolves.toMatchObject({ toClient: down.length });
+  });
+
   it('tears both legs down when the client resets in the middle of a large transfer', async () => {
     using legs = await relayLegs();
     const { client, origin } = legs;

@@ -125,6 +125,12 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
     return true;
   }
   const native = handle as StreamHandle;
+  // From here the relay decides when the socket is read. A `resume()` from elsewhere
+  // (a drain handler left from before the relay, say) would restart reading while a
+  // write still holds the buffer, and the next read would overwrite bytes not yet sent:
+  // every path to reading goes through the handle's `readStart`, which waits for the relay.
+  const readStart = native.readStart.bind(native);
+  native.readStart = (): number => (stopped ? 0 : readStart());
   const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
   let stopped = false;
   let unfinishedWrites = 0;
@@ -137,7 +143,7 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
     stopped = false;
     if (from.destroyed) return;
     native.reading = true;
-    native.readStart();
+    readStart();
   };
   const send = (chunk: Buffer): boolean => {
     unfinishedWrites++;

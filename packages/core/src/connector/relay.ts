@@ -12,9 +12,11 @@ export interface RelayResult {
 
 /**
  * Splices two sockets both ways, the way a proxy that has finished inspecting forwards the
- * rest: backpressure through `pipe`, half-closes passed on (one side's FIN ends only the
- * other side's writing), and an error or an abrupt close on either leg destroys both.
- * Resolves when both sockets have closed; it never rejects, the error is in the result.
+ * rest: with backpressure (each direction reads into one reused buffer, bulk bytes move
+ * in the kernel on Linux: see `kernel-splice.ts`; `pipe` where neither applies),
+ * half-closes passed on (one side's FIN ends only the other side's writing), and an error
+ * or an abrupt close on either leg destroys both. Resolves when both sockets have closed;
+ * it never rejects, the error is in the result.
  *
  * `pipe` rather than `stream.pipeline`: on Node 20 every pipeline allocates an
  * AbortController and aborts it on completion, which builds a DOMException with a stack;
@@ -125,15 +127,15 @@ function pumpThroughOwnBuffer(from: net.Socket, to: net.Socket): boolean {
     return true;
   }
   const native = handle as StreamHandle;
+  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  let stopped = false;
+  let unfinishedWrites = 0;
   // From here the relay decides when the socket is read. A `resume()` from elsewhere
   // (a drain handler left from before the relay, say) would restart reading while a
   // write still holds the buffer, and the next read would overwrite bytes not yet sent:
   // every path to reading goes through the handle's `readStart`, which waits for the relay.
   const readStart = native.readStart.bind(native);
   native.readStart = (): number => (stopped ? 0 : readStart());
-  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-  let stopped = false;
-  let unfinishedWrites = 0;
   // The buffer is read into again as soon as the callback returns true: only when the
   // write has left it entirely (the socket took it at once). A write still queued holds
   // the buffer's bytes, so reading stops until every write is done: a callback may be

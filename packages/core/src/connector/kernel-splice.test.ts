@@ -1,24 +1,9 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { socketPair } from '../test-support/harness.js';
+import { digestOf, sha256, socketPair } from '../test-support/harness.js';
 import { MAX_BURST_BYTES, kernelSpliceStatus, setKernelSplice, socketBytes, spliceBurst, type SpliceBurst } from './kernel-splice.js';
-
-const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
-
-function digestOf(socket: net.Socket): Promise<{ bytes: number; sha256: string }> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    let bytes = 0;
-    socket.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
-      bytes += chunk.length;
-    });
-    socket.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
-    socket.once('error', reject);
-  });
-}
 
 /**
  * Forwards `from` to `to` as a proxy would with bursts: Node reads, the proxy writes what

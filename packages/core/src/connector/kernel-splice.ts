@@ -1,7 +1,6 @@
-import { createRequire } from 'node:module';
 import type net from 'node:net';
 import os from 'node:os';
-import type KoffiModule from 'koffi';
+import { type Koffi, errnoName, linuxLibc } from '../native/libc.js';
 
 /**
  * Moving bytes from one TCP socket to another inside the kernel, with splice(2) through a
@@ -50,8 +49,6 @@ export const MAX_BURST_BYTES = 512 * 1024;
  */
 const FIRST_STEP_BYTES = 64 * 1024;
 
-type Koffi = typeof KoffiModule;
-
 interface Splicer {
   readonly koffi: Koffi;
   splice(fdIn: number, offIn: null, fdOut: number, offOut: null, length: number, flags: number): number;
@@ -75,11 +72,9 @@ function load(): SpliceState {
 }
 
 function open(): SpliceState {
-  if (process.platform !== 'linux') return { reason: `splice(2) is Linux's, this is ${process.platform}` };
   if (process.env.COPROXY_KERNEL_SPLICE === '0') return { reason: 'COPROXY_KERNEL_SPLICE=0' };
   try {
-    const koffi = createRequire(import.meta.url)('koffi') as Koffi;
-    const lib = koffi.load('libc.so.6');
+    const { koffi, lib } = linuxLibc();
     const pipe2 = lib.func('int pipe2(int *fds, int flags)') as (fds: Int32Array, flags: number) => number;
     const fcntl = lib.func('int fcntl(int fd, int cmd, ...)') as (...args: unknown[]) => number;
     const fds = new Int32Array([-1, -1]);
@@ -97,7 +92,7 @@ function open(): SpliceState {
     };
     return { splicer };
   } catch (error) {
-    return { reason: `cannot load koffi or libc.so.6: ${(error as Error).message}` };
+    return { reason: `splice(2) through koffi: ${(error as Error).message}` };
   }
 }
 
@@ -247,10 +242,8 @@ function lostInPipe(bytes: number): NodeJS.ErrnoException {
   return Object.assign(new Error(`splice: ${bytes} bytes could not be read back from the pipe; splicing stopped`), { code: 'EIO', syscall: 'read' });
 }
 
-const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, value]) => [value, name]));
-
 /** The error Node itself would have raised for a failed read or write of the socket. */
 function errnoError(errno: number): NodeJS.ErrnoException {
-  const code = errnoNames.get(errno) ?? `E${errno}`;
+  const code = errnoName(errno) ?? `E${errno}`;
   return Object.assign(new Error(`splice ${code}`), { errno: -errno, code, syscall: 'splice' });
 }

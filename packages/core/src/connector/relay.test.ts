@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SocketPair, socketPair } from '../test-support/harness.js';
+import { type SocketPair, digestOf, sha256, socketPair } from '../test-support/harness.js';
 import { kernelSpliceStatus, setKernelSplice, socketBytes } from './kernel-splice.js';
 import { relay, type RelayResult } from './relay.js';
 
@@ -107,20 +107,10 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
 
   it('carries 64 MiB intact to a reader that keeps stopping for a moment, so that writes queue', async () => {
     using legs = await relayLegs();
-    const { client, origin } = legs;
-    const result = relay(client.far, origin.near);
-    const down = randomBytes(64 * 1024 * 1024);
-    // A reader that stops after every 16 KiB for a turn of the event loop, as a TLS client
-    // reading record by record does: the relay's writes (and a burst's bytes read back
-    // from the pipe) queue behind each other, and the read buffer must not be read into
-    // while any of them still holds it (a bug found by wrk's TLS errors in the compare bench).
-    const atClient = digestOf(client.near, { stopEvery: 16 * 1024, stopForMs: 0 });
-    writeInChunks(origin.far, down);
-    client.near.end();
-
-    expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
-    origin.far.destroy();
-    await expect(result).resolves.toMatchObject({ toClient: down.length });
+    // The relay's writes (and a burst's bytes read back from the pipe) queue behind each
+    // other, and the read buffer must not be read into while any of them still holds it
+    // (a bug found by wrk's TLS errors in the compare bench).
+    await downloadToStopStartReader(legs, 64 * 1024 * 1024);
   });
 
   it('delivers every byte in order both ways, whatever the write sizes and however the reader stops (property)', async () => {
@@ -158,28 +148,19 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
 
   it("keeps its read buffer safe from a caller's resume() while a write still holds it", async () => {
     using legs = await relayLegs();
-    const { client, origin } = legs;
-    const result = relay(client.far, origin.near);
-    const down = randomBytes(32 * 1024 * 1024);
-    const atClient = digestOf(client.near, { stopEvery: 16 * 1024, stopForMs: 0 });
     // Code that once paused the socket (a drain handler, say) and resumes it late.
     let resuming = true;
     const resumeAgain = (): void => {
       if (!resuming) return;
-      origin.near.resume();
+      legs.origin.near.resume();
       setImmediate(resumeAgain);
     };
     resumeAgain();
-    writeInChunks(origin.far, down);
-    client.near.end();
-
     try {
-      expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+      await downloadToStopStartReader(legs, 32 * 1024 * 1024);
     } finally {
       resuming = false;
     }
-    origin.far.destroy();
-    await expect(result).resolves.toMatchObject({ toClient: down.length });
   });
 
   it('tears both legs down when the client resets in the middle of a large transfer', async () => {
@@ -252,7 +233,22 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
   });
 });
 
-const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+/**
+ * `size` bytes from the origin through a relay to a client that stops after every 16 KiB
+ * for a turn of the event loop, as a TLS client reading record by record does; they must
+ * arrive intact and be counted.
+ */
+async function downloadToStopStartReader({ client, origin }: { client: SocketPair; origin: SocketPair }, size: number): Promise<void> {
+  const result = relay(client.far, origin.near);
+  const down = randomBytes(size);
+  const atClient = digestOf(client.near, { stopEvery: 16 * 1024, stopForMs: 0 });
+  writeInChunks(origin.far, down);
+  client.near.end();
+
+  expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+  origin.far.destroy();
+  await expect(result).resolves.toMatchObject({ toClient: down.length });
+}
 
 /** Writes `data` in pieces of `chunk` bytes (by default not a multiple of the relay's read size), then ends. */
 function writeInChunks(socket: net.Socket, data: Buffer, chunk = 100_000): void {
@@ -266,24 +262,4 @@ function writeInChunks(socket: net.Socket, data: Buffer, chunk = 100_000): void 
     socket.end();
   };
   pump();
-}
-
-function digestOf(socket: net.Socket, pauses?: { stopEvery: number; stopForMs: number }): Promise<{ bytes: number; sha256: string }> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    let bytes = 0;
-    let sinceStop = 0;
-    socket.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
-      bytes += chunk.length;
-      sinceStop += chunk.length;
-      if (pauses !== undefined && sinceStop >= pauses.stopEvery) {
-        sinceStop = 0;
-        socket.pause();
-        setTimeout(() => socket.resume(), pauses.stopForMs);
-      }
-    });
-    socket.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
-    socket.once('error', reject);
-  });
 }

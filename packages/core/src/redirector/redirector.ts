@@ -279,11 +279,12 @@ class RedirectorImpl implements Redirector {
     socket.on('error', (error) => (lastError = error));
     socket.once('close', () => {
       this.open.delete(socket);
+      const bytes = socketBytes(socket);
       this.emit({
         type: 'closed',
         connectionId: id,
-        bytesFromClient: Math.max(0, socketBytes(socket).read - flow.framingBytes),
-        bytesToClient: socketBytes(socket).written,
+        bytesFromClient: Math.max(0, bytes.read - flow.framingBytes),
+        bytesToClient: bytes.written,
         ...(lastError !== undefined && { error: lastError }),
         ...(connection.onwardError !== undefined && { onwardError: connection.onwardError }),
       });

@@ -39,6 +39,30 @@ export async function socketPair(): Promise<SocketPair> {
   };
 }
 
+/**
+ * What a socket delivers until its end, as a count and a SHA-256. With `pauses`, the
+ * reader stops after every `stopEvery` bytes for `stopForMs` (0: one turn of the event loop).
+ */
+export function digestOf(socket: net.Socket, pauses?: { stopEvery: number; stopForMs: number }): Promise<{ bytes: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    let sinceStop = 0;
+    socket.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+      sinceStop += chunk.length;
+      if (pauses !== undefined && sinceStop >= pauses.stopEvery) {
+        sinceStop = 0;
+        socket.pause();
+        setTimeout(() => socket.resume(), pauses.stopForMs);
+      }
+    });
+    socket.once('end', () => resolve({ bytes, sha256: hash.digest('hex') }));
+    socket.once('error', reject);
+  });
+}
+
 export interface TempDir extends Disposable {
   readonly path: string;
 }

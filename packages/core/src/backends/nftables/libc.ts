@@ -1,7 +1,5 @@
-import { createRequire } from 'node:module';
-import type KoffiModule from 'koffi';
-import os from 'node:os';
 import { BackendUnavailableError, SyscallError } from '../../errors.js';
+import { type Koffi, type LinuxLibc, errnoName, linuxLibc } from '../../native/libc.js';
 import type { Destination } from '../../redirector/match-rule.js';
 
 // Linux values (include/uapi/linux/socket.h, in.h, in6.h, netfilter_ipv4.h, ip6_tables.h).
@@ -17,8 +15,6 @@ const SO_MARK = 36;
 /** `SO_ORIGINAL_DST` and `IP6T_SO_ORIGINAL_DST` share the number, at their own levels. */
 const SO_ORIGINAL_DST = 80;
 
-type Koffi = typeof KoffiModule;
-
 interface Libc {
   readonly koffi: Koffi;
   socket(domain: number, type: number, protocol: number): number;
@@ -29,36 +25,28 @@ interface Libc {
 
 let libc: Libc | undefined;
 
-/**
- * libc through koffi, loaded on first use so that importing core never loads a native
- * module on a platform that only uses the embedded backend.
- */
+/** The libc functions this backend calls, bound on first use. */
 function load(): Libc {
   if (libc !== undefined) return libc;
-  if (process.platform !== 'linux') throw new BackendUnavailableError('nftables', `it needs Linux, this is ${process.platform}`);
-  let koffi: Koffi;
-  let lib: ReturnType<Koffi['load']>;
+  let linux: LinuxLibc;
   try {
-    koffi = createRequire(import.meta.url)('koffi') as Koffi;
-    lib = koffi.load('libc.so.6');
+    linux = linuxLibc();
   } catch (error) {
-    throw new BackendUnavailableError('nftables', `cannot load koffi or libc.so.6: ${(error as Error).message}`);
+    throw new BackendUnavailableError('nftables', (error as Error).message);
   }
-  const bound = {
+  const { koffi, lib } = linux;
+  libc = {
     koffi,
     socket: lib.func('int socket(int domain, int type, int protocol)'),
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t length)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *length)'),
     close: lib.func('int close(int fd)'),
   };
-  libc = bound;
   return libc;
 }
 
-const errnoNames = new Map(Object.entries(os.constants.errno).map(([name, value]) => [value, name]));
-
 function syscallError(syscall: string, errno: number): SyscallError {
-  return new SyscallError(syscall, errno, errnoNames.get(errno) ?? 'UNKNOWN');
+  return new SyscallError(syscall, errno, errnoName(errno) ?? 'UNKNOWN');
 }
 
 function fail(syscall: string, lib: Libc): never {

@@ -18,6 +18,7 @@ interface NativeParser {
   initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
   execute(data: Buffer): number | ParserError;
   finish(): ParserError | undefined;
+  resume(): void;
   [key: number]: unknown;
 }
 
@@ -73,8 +74,13 @@ export interface MessageHead {
 export interface ParserHandlers {
   /** The first byte of a message arrived. */
   onBegin?(): void;
-  /** Return `true` when the message has no body whatever its headers say (a response to HEAD, a 304). */
-  onHead(head: MessageHead): boolean;
+  /**
+   * `false`: the body follows as its headers say. `true`: the message has no body whatever
+   * its headers say (a response to HEAD, a 304). `'pause'`: the parser stops right after
+   * the head, and `execute` returns the pause (see `isPause`) with `bytesParsed` at the
+   * body's first byte, so that the caller can look at the body's framing, or stop there.
+   */
+  onHead(head: MessageHead): boolean | 'pause';
   /** The body's bytes, de-chunked; `chunk` is the parser's own copy. */
   onBody(chunk: Buffer): void;
   onComplete(): void;
@@ -90,7 +96,16 @@ export interface HttpParser {
   finish(): ParserError | undefined;
   /** Forgets the message in progress: the next byte starts a new one. */
   reset(): void;
+  /** Goes on after a pause that `onHead` asked for: the next `execute` starts at the body's first byte. */
+  resume(): void;
 }
+
+/**
+ * llhttp's HPE_PAUSED: returned from the head callback, it stops the parser after the head
+ * (llhttp's documented contract for on_headers_complete; `execute` then reports the
+ * position). The value has been 21 since llhttp 2 (Node 12) through llhttp 9 (Node 24).
+ */
+const HPE_PAUSED = 21;
 
 /** No async hooks resource is tracked for these parsers; Node's own are per IncomingMessage. */
 const NO_RESOURCE = Object.freeze({});
@@ -123,7 +138,7 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
     const target = partialUrl + (url ?? '');
     partialHeaders = [];
     partialUrl = '';
-    const skipBody = handlers.onHead({
+    const after = handlers.onHead({
       method: method === undefined ? '' : (METHODS[method] ?? ''),
       url: target,
       status: status ?? 0,
@@ -134,7 +149,7 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
       upgrade,
       keepAlive,
     });
-    return skipBody ? 1 : 0;
+    return after === 'pause' ? HPE_PAUSED : after ? 1 : 0;
   };
   // Node 20–24 pass the body as one Buffer; older versions passed (buffer, start, length).
   parser[HTTPParser.kOnBody] = (buffer: Buffer, start?: number, length?: number): void =>
@@ -153,7 +168,13 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
       partialUrl = '';
       initialize();
     },
+    resume: () => parser.resume(),
   };
+}
+
+/** The parser stopped where `onHead` asked it to: not an error; `bytesParsed` is where the body starts. */
+export function isPause(value: number | ParserError | undefined): value is ParserError & { readonly bytesParsed: number } {
+  return typeof value === 'object' && value.code === 'HPE_PAUSED';
 }
 
 export function isParserError(value: number | ParserError | undefined): value is ParserError {

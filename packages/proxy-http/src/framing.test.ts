@@ -65,7 +65,7 @@ describe('framing is never altered in flight', () => {
   });
 
   it('keeps a response Content-Length that the origin named in Connection: the client frames the body as the proxy did', async () => {
-    await using origin = await startHttpOrigin((req, res) => {
+    await using origin = await startHttpOrigin((req, _res) => {
       // Written raw: Node's own server would not send this.
       req.socket.write('HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nfirst');
     });

@@ -31,6 +31,13 @@ export type RefusalCode =
  */
 const KNOWN_CODINGS = new Set(['gzip', 'x-gzip', 'deflate', 'compress', 'x-compress']);
 
+/**
+ * A Connection option list naming one of `FRAMING_FIELDS` (RFC 9110 §7.6.1: a list of
+ * tokens, optional whitespace around commas). One regular expression rather than a split:
+ * it runs on every request that has a Connection header, and allocates nothing.
+ */
+const NAMES_FRAMING_FIELD = new RegExp(`(?:^|,)[ \\t]*(${[...FRAMING_FIELDS].join('|')})[ \\t]*(?=,|$)`, 'i');
+
 /** Refuses what the parser let through and the proxy will not forward; `undefined` when the head may go on. */
 export function checkRequestFraming(head: MessageHead, headers: IncomingHttpHeaders, maxBodySize: number): Refusal | undefined {
   // Node's parser takes HTTP/0.9 (no headers, no framing) and 2.0 request lines; the proxy speaks 1.x.
@@ -40,13 +47,9 @@ export function checkRequestFraming(head: MessageHead, headers: IncomingHttpHead
   // Connection lists fields that end at this hop; a framing or routing field listed there
   // would be stripped while the body it frames is forwarded (request smuggling).
   const connection = headers.connection;
-  if (connection !== undefined) {
-    for (const option of connection.split(',')) {
-      const name = option.trim().toLowerCase();
-      if (FRAMING_FIELDS.has(name)) {
-        return { code: ProxyErrorCode.ConnectionNamesFraming, status: 400, message: `Connection names ${name}, which frames or routes the request` };
-      }
-    }
+  const named = connection === undefined ? null : NAMES_FRAMING_FIELD.exec(connection);
+  if (named !== null) {
+    return { code: ProxyErrorCode.ConnectionNamesFraming, status: 400, message: `Connection names ${named[1]!.toLowerCase()}, which frames or routes the request` };
   }
   const encoding = headers['transfer-encoding'];
   if (encoding !== undefined) {

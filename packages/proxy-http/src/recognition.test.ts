@@ -130,6 +130,18 @@ describe('recognising HTTP', () => {
     ]);
   });
 
+  it('parses, and refuses, a request line after whitespace that a lenient origin might skip, even under the relay policy', async () => {
+    await using origin = await startRecordingOrigin();
+    await using under = await startProxy([origin.port], { rules: RULES, unrecognised: 'relay' });
+
+    for (const start of [' ', '\t']) {
+      const reply = await rawRequest(under.registry, origin.port, `${start}GET /secret HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`);
+      expect(reply).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    }
+    expect(origin.connections).toHaveLength(0);
+    expect(under.events.filter((e) => e.type === 'unrecognised')).toEqual([]);
+  });
+
   it('refuses an HTTP/2 prior-knowledge preface, which it cannot inspect, rather than relaying it', async () => {
     await using origin = await startRecordingOrigin();
     await using under = await startProxy([origin.port], { unrecognised: 'relay' });

@@ -99,6 +99,10 @@ describe('sorting the first bytes', () => {
     ['\r\nGET', 'http'],
     ['\n', 'http'],
     ["~!#$%&'*+-.^_`|", 'http'],
+    [' GET', 'http'],
+    ['\tGET', 'http'],
+    ['\u000bGET', 'http'],
+    ['\u000cGET', 'http'],
   ])('takes %j for HTTP', (start, expected) => {
     expect(classify(Buffer.from(start, 'latin1'))).toBe(expected);
   });
@@ -114,10 +118,11 @@ describe('sorting the first bytes', () => {
     [[0x16, 0x03, 0x01, 0x00, 0x00], 'unrecognised'],
     [[0x16, 0x03, 0x01, 0x02, 0x00, 0x02], 'unrecognised'],
     [[0x00], 'unrecognised'],
-    [[0x20], 'unrecognised'],
-    [[0x09], 'unrecognised'],
     [[0x80], 'unrecognised'],
     [[0x3a], 'unrecognised'],
+    [[0x22], 'unrecognised'],
+    [[0x7f], 'unrecognised'],
+    [[0x0e], 'unrecognised'],
   ])('sorts %j as %s', (bytes, expected) => {
     expect(classify(Buffer.from(bytes))).toBe(expected);
   });

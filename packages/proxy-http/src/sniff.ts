@@ -58,12 +58,15 @@ export function sniff(socket: net.Socket, timeoutMs: number): Promise<Sniffed> {
 }
 
 /**
- * RFC 9110 §5.6.2 tchar: the bytes a method token is made of. A request starts with one,
- * or with the empty lines RFC 9112 §2.2 tells servers to skip (CR, LF).
+ * The bytes a request may start with: RFC 9110 §5.6.2 tchar, of which a method token is
+ * made; CR and LF, the empty lines RFC 9112 §2.2 tells servers to skip; and the whitespace
+ * RFC 9112 §3 lets a lenient parser take for SP (HTAB, VT, FF, SP itself), which some
+ * origin might skip before a method. Under the `relay` policy, a request that only a
+ * lenient origin would read must still not pass uninspected: it is parsed, and refused.
  */
 const STARTS_REQUEST = (() => {
   const table = new Uint8Array(256);
-  for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n") table[c.charCodeAt(0)] = 1;
+  for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n\t\v\f ") table[c.charCodeAt(0)] = 1;
   return table;
 })();
 
@@ -77,8 +80,8 @@ const TLS_MAX_PLAINTEXT = 16_384;
 /**
  * Sorts the first bytes of a connection. `http` at the first byte that could start a
  * request: any method token, not only the methods Node's parser knows (`M-SEARCH`, an
- * extension method), and leading empty lines; the parser then accepts or refuses it, with
- * a status. `tls` for a handshake record (type 0x16, version 3.0–3.4, a length of 1 to
+ * extension method), leading empty lines or whitespace; the parser then accepts or
+ * refuses it, with a status. `tls` for a handshake record (type 0x16, version 3.0–3.4, a length of 1 to
  * 2^14) that starts a ClientHello. `unrecognised` at the first byte that fits neither.
  */
 export function classify(head: Buffer): FirstBytes {

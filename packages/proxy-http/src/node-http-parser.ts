@@ -46,6 +46,23 @@ function loadHttpCommon(): { HTTPParser: NativeParserClass; methods: readonly st
   return loaded as { HTTPParser: NativeParserClass; methods: readonly string[] };
 }
 
+/**
+ * The chunk-size guard needs the parser to stop right after a head and say where (see
+ * `HPE_PAUSED`). Checked once at load, so a Node whose binding behaves otherwise fails at
+ * start, not by letting a chunked body pass unguarded.
+ */
+function checkPauseAfterHead(): void {
+  const head = Buffer.from('POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'latin1');
+  const parser = new HTTPParser();
+  parser.initialize(HTTPParser.REQUEST, NO_RESOURCE, 1024, HTTPParser.kLenientNone);
+  parser[HTTPParser.kOnHeadersComplete] = (): number => HPE_PAUSED;
+  const paused = parser.execute(head);
+  const bodyStart = head.length - 5;
+  if (!isPause(paused) || paused.bytesParsed !== bodyStart) {
+    throw new Error(`@coproxy/proxy-http needs Node's HTTP parser to pause after a request head, which Node ${process.version} does not do as expected`);
+  }
+}
+
 /** A parse failure as Node reports it: `code` is llhttp's (`HPE_INVALID_METHOD`, `HPE_HEADER_OVERFLOW`…). */
 export interface ParserError extends Error {
   readonly code: string;
@@ -109,6 +126,8 @@ const HPE_PAUSED = 21;
 
 /** No async hooks resource is tracked for these parsers; Node's own are per IncomingMessage. */
 const NO_RESOURCE = Object.freeze({});
+
+checkPauseAfterHead();
 
 export function createParser(kind: 'request' | 'response', maxHeaderSize: number, handlers: ParserHandlers): HttpParser {
   const parser = new HTTPParser();

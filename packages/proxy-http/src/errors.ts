@@ -23,6 +23,19 @@ export class HttpProxyOptionsError extends Error {
 }
 
 /**
+ * An annotation may add end-to-end headers only: one that set a framing, routing or
+ * hop-by-hop field would have the origin frame or route the request other than the
+ * proxy parsed and its rules saw.
+ */
+export class AnnotationRefusedError extends Error {
+  override readonly name = 'AnnotationRefusedError';
+  readonly code = 'COPROXY_HTTP_ANNOTATION_REFUSED';
+  constructor(readonly header: string) {
+    super(`an annotation may not set ${header}: it frames, routes or belongs to one hop`);
+  }
+}
+
+/**
  * Why an exchange or a connection failed, as events and metrics name it. Node's parser
  * codes (`HPE_*`) and system errors (`ECONNREFUSED`, `ECONNRESET`) are kept as they are;
  * these are the proxy's own.

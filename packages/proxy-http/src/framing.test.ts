@@ -64,6 +64,21 @@ describe('framing is never altered in flight', () => {
     expect(origin.seen[0]?.headers.te).toBeUndefined();
   });
 
+  it.each(['Content-Length', 'transfer-encoding', 'Connection', 'Host'])(
+    'fails an exchange whose inspector annotates %s (502), rather than reframe or reroute what it inspected',
+    async (name) => {
+      await using origin = await startRecordingOrigin();
+      await using under = await startProxy([origin.port], {
+        inspectors: [{ name: 'reframer', inspectRequest: () => ({ action: 'annotate', headers: { [name]: '0' } }) }],
+      });
+
+      const reply = await rawRequest(under.registry, origin.port, 'POST /x HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody');
+
+      expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*INSPECTOR_FAILED/);
+      expect(origin.seen).toEqual([]);
+    },
+  );
+
   it('keeps a response Content-Length that the origin named in Connection: the client frames the body as the proxy did', async () => {
     await using origin = await startHttpOrigin((req, _res) => {
       // Written raw: Node's own server would not send this.

@@ -1,5 +1,6 @@
 import http, { type IncomingHttpHeaders } from 'node:http';
 import type net from 'node:net';
+import { AnnotationRefusedError } from './errors.js';
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
 export type Framing = 'chunked' | 'length' | 'none' | 'close';
@@ -82,6 +83,8 @@ export function endToEndHeaders(raw: readonly string[], annotations?: Readonly<R
       // Throws ERR_INVALID_HTTP_TOKEN / ERR_INVALID_CHAR: an inspector cannot smuggle a line break upstream.
       http.validateHeaderName(name);
       http.validateHeaderValue(name, value);
+      const lower = name.toLowerCase();
+      if (FRAMING_FIELDS.has(lower) || HOP_BY_HOP.has(lower)) throw new AnnotationRefusedError(name);
       out.push(name, value);
     }
   }

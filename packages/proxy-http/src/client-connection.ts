@@ -8,7 +8,7 @@ import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, t
 import type { HttpProxyMetrics } from './metrics.js';
 import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError, isPause } from './node-http-parser.js';
 import type { HttpExchange, HttpProxyEvent } from './proxy.js';
-import { ChunkSizeGuard, checkRequestFraming } from './request-framing.js';
+import { ChunkSizeGuard, checkRequestFraming, dropConnectionOptions } from './request-framing.js';
 import { MAX_LEADING_EMPTY_BYTES, leadingEmptyBytes } from './sniff.js';
 
 /** What a client connection needs from the proxy that owns it. */
@@ -252,6 +252,7 @@ export class ClientConnection {
       this.refuse(refused.code, refused.status, refused.message);
       return 'pause'; // the parser stops here: no byte of its body is read
     }
+    dropConnectionOptions(headers, head.upgrade);
     const query = head.url.indexOf('?');
     const request: RequestInfo = {
       method: head.method,

@@ -64,6 +64,20 @@ describe('framing is never altered in flight', () => {
     expect(origin.seen[0]?.headers.te).toBeUndefined();
   });
 
+  it('lets rules see a request without the fields its Connection header names, as the origin will', async () => {
+    await using origin = await startRecordingOrigin();
+    await using under = await startProxy([origin.port], {
+      rules: { rules: [{ name: 'auth-required', when: { header: { name: 'authorization', present: false } }, verdict: 'block', status: 401 }] },
+    });
+
+    const stripped = await rawRequest(under.registry, origin.port, 'GET /x HTTP/1.1\r\nHost: origin.test\r\nAuthorization: Bearer t\r\nConnection: close, Authorization\r\n\r\n');
+    const kept = await rawRequest(under.registry, origin.port, 'GET /y HTTP/1.1\r\nHost: origin.test\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n');
+
+    expect(stripped).toMatch(/^HTTP\/1\.1 401 Unauthorized\r\n/);
+    expect(kept).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(origin.seen.map((s) => [s.line, s.headers.authorization])).toEqual([['GET /y', 'Bearer t']]);
+  });
+
   it.each(['Content-Length', 'transfer-encoding', 'Connection', 'Host'])(
     'fails an exchange whose inspector annotates %s (502), rather than reframe or reroute what it inspected',
     async (name) => {

@@ -65,6 +65,26 @@ export function checkRequestFraming(head: MessageHead, headers: IncomingHttpHead
   return undefined;
 }
 
+/** The Connection values nearly every request carries, which name no other field: no work for them. */
+const PLAIN_CONNECTION = /^[ \t]*(?:keep-alive|close|upgrade)[ \t]*$/i;
+
+/**
+ * Removes from the headers the rules and inspectors see those the Connection header names
+ * (RFC 9110 §7.6.1): they are not forwarded, so the origin never acts on them, and a rule
+ * must not either (a rule that blocks requests without `Authorization` would otherwise pass
+ * one whose `Authorization` the origin never gets). Framing fields named there are refused
+ * before this; an upgrade keeps its `Upgrade`, which is forwarded.
+ */
+export function dropConnectionOptions(headers: IncomingHttpHeaders, upgrade: boolean): void {
+  const connection = headers.connection;
+  if (connection === undefined || PLAIN_CONNECTION.test(connection)) return;
+  for (const option of connection.split(',')) {
+    const name = option.trim().toLowerCase();
+    if (name === 'connection' || (upgrade && name === 'upgrade')) continue;
+    delete headers[name];
+  }
+}
+
 function checkTransferEncoding(encoding: string, versionMinor: number): Refusal | undefined {
   const invalid = (message: string): Refusal => ({ code: ProxyErrorCode.TransferEncodingInvalid, status: 400, message });
   // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.

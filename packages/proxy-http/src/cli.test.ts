@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
-import { request, startHttpOrigin, tempDir, uniqueId, unusedPort, until, within } from './test-support/harness.js';
+import { dial, readAll, request, startHttpOrigin, startTcpOrigin, tempDir, uniqueId, unusedPort, until, within } from './test-support/harness.js';
 
 // The built CLI (dist/): vitest's global setup rebuilds it when stale.
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -69,6 +69,34 @@ describe('coproxy-http (CLI)', () => {
 
     expect(result.code).toBe(2);
     expect(result.stderr).toContain('--priority');
+  });
+
+  it('exits 2 for an --unrecognised policy other than block or relay', async () => {
+    const result = await run(['--id', 'x', '--priority', '1', '--unrecognised', 'allow']);
+
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--unrecognised');
+  });
+
+  it('relays bytes it does not recognise with --unrecognised relay, and logs each such connection', async () => {
+    using registry = tempDir('coproxy-http-registry-');
+    await using echo = await startTcpOrigin((socket) => socket.pipe(socket));
+    const running = start(['--id', uniqueId('cli'), '--priority', '5', '--ports', String(echo.port), '--unrecognised', 'relay'], { COPROXY_REGISTRY: registry.path });
+    try {
+      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      const payload = Buffer.from([0x00, 0x01, 0x02, 0xff]);
+      const client = await dial(registry.path, echo.port);
+      const echoed = readAll(client);
+      client.end(payload);
+      expect((await echoed).equals(payload)).toBe(true);
+      await until(() => running.output.stdout.includes('"msg":"unrecognised protocol"'), 5000, 'the unrecognised line');
+      const line = jsonLines(running.output.stdout).find((l) => l.msg === 'unrecognised protocol');
+      expect(line).toMatchObject({ action: 'relay', reason: 'bytes', firstBytes: '000102ff' });
+      expect(jsonLines(running.output.stdout).find((l) => l.msg === 'ready')).toMatchObject({ unrecognised: 'relay' });
+    } finally {
+      running.child.kill('SIGTERM');
+      await within(running.finished, 10_000, 'the CLI to exit');
+    }
   });
 
   it('exits 2 for an invalid rule file, naming the file and where in it the problem is', async () => {

@@ -30,6 +30,12 @@ const program = new Command('coproxy-http')
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
   .option('--origin-timeout <ms>', 'no response from the origin within this long: 504', integer(1, 3_600_000), 30_000)
   .option('--connect-timeout <ms>', 'no connection to the origin within this long: 504', integer(1, 3_600_000), 10_000)
+  .addOption(
+    new Option('--unrecognised <policy>', 'connections neither HTTP nor TLS, or silent for the sniff timeout: block closes them, relay passes them through (logged and counted either way)')
+      .choices(['block', 'relay'])
+      .default('block'),
+  )
+  .option('--max-body-size <bytes>', 'largest request body: a larger Content-Length or chunk sizes get 413', integer(1, Number.MAX_SAFE_INTEGER), 2 ** 40)
   .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .exitOverride()
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
@@ -62,6 +68,8 @@ interface CliOptions {
   logLevel: string;
   originTimeout: number;
   connectTimeout: number;
+  unrecognised: 'block' | 'relay';
+  maxBodySize: number;
   dropRecords?: boolean;
 }
 
@@ -95,6 +103,8 @@ async function main(): Promise<number> {
       originTimeoutMs: options.originTimeout,
       propagateRecords: options.dropRecords !== true,
       connectTimeoutMs: options.connectTimeout,
+      unrecognised: options.unrecognised,
+      maxBodySize: options.maxBodySize,
       logger,
     });
   } catch (error) {
@@ -131,7 +141,7 @@ async function main(): Promise<number> {
   });
   try {
     const listening = await proxy.listening();
-    logger.info({ listening, backend: options.backend, ports, metrics: metricsAt }, 'ready');
+    logger.info({ listening, backend: options.backend, ports, metrics: metricsAt, unrecognised: options.unrecognised }, 'ready');
   } catch (error) {
     logger.error({ err: error }, 'could not start');
     metricsServer?.close();

@@ -6,8 +6,10 @@ import { ProxyErrorCode } from './errors.js';
 import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
 import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
 import type { HttpProxyMetrics } from './metrics.js';
-import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError } from './node-http-parser.js';
+import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError, isPause } from './node-http-parser.js';
 import type { HttpExchange, HttpProxyEvent } from './proxy.js';
+import { ChunkSizeGuard, checkRequestFraming, dropConnectionOptions } from './request-framing.js';
+import { MAX_LEADING_EMPTY_BYTES, leadingEmptyBytes } from './sniff.js';
 
 /** What a client connection needs from the proxy that owns it. */
 export interface ConnectionHooks {
@@ -31,6 +33,8 @@ export interface ConnectionSettings {
   readonly maxHeaderSize: number;
   readonly headersTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** Largest request body: a Content-Length or chunk sizes beyond it get a 413. */
+  readonly maxBodySize: number;
 }
 
 const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) });
@@ -135,6 +139,15 @@ export class ClientConnection {
   private originFull = false;
   private clientEnded = false;
   private closed = false;
+  /** CR and LF bytes seen before the first request line; undefined once it started. */
+  private preamble: number | undefined = 0;
+  /** Follows the size lines of the chunked request body being parsed. */
+  private chunkGuard: ChunkSizeGuard | undefined;
+  /**
+   * A request was refused: nothing after it is parsed; the answer goes out once the
+   * exchanges before it are answered, then the connection ends.
+   */
+  private refusal: { readonly code: string; readonly status: number } | undefined;
 
   constructor(
     private readonly conn: AcceptedConnection,
@@ -162,6 +175,8 @@ export class ClientConnection {
     // Heads and bodies are written as they come; Nagle would hold each small write for the
     // peer's delayed ACK (40 ms a request). Node's own http sockets turn it off too.
     this.socket.setNoDelay(true);
+    // The header timeout runs from the first byte: a client that sends only empty lines gets its 408 too.
+    this.headSince = Date.now();
     if (head.length > 0) this.onData(head);
     this.socket.resume();
   }
@@ -170,21 +185,57 @@ export class ClientConnection {
   checkHeadDeadline(now: number): void {
     if (this.headSince === undefined || now - this.headSince < this.hooks.settings.headersTimeoutMs) return;
     this.headSince = undefined;
-    if (this.queue.length > 0) return void this.socket.destroy(); // a pipelined head: an answer would interleave
-    this.refuse('ERR_HTTP_REQUEST_TIMEOUT', 408);
+    // A pipelined head is answered after the responses before it.
+    this.refuse('ERR_HTTP_REQUEST_TIMEOUT', 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
   }
 
   private readonly onData = (chunk: Buffer): void => {
+    if (this.refusal !== undefined) return; // a request was refused: nothing after it is parsed
     if (this.closing && this.queue.length === 0) return; // answered with a close: what follows is dropped
     if (this.tunnelHead !== undefined) return this.holdForTunnel(chunk);
+    if (this.preamble !== undefined && !this.countPreamble(chunk)) return;
     const origin = this.origin?.socket;
     origin?.cork();
-    const consumed = this.parser.execute(chunk);
+    this.parse(chunk);
     origin?.uncork();
-    if (isParserError(consumed)) return this.onParseError(consumed);
-    // Only an upgrade head stops the parser short: the rest is the upgraded protocol's.
-    if (consumed < chunk.length && this.tunnelHead !== undefined) this.holdForTunnel(chunk.subarray(consumed));
   };
+
+  /**
+   * Runs the parser over what the client sent. A chunked request's head pauses it, so the
+   * chunk-size guard can start at the body's first byte; the guard sees each part of the
+   * body before the parser does, so an oversized chunk is refused before its data goes on.
+   */
+  private parse(chunk: Buffer): void {
+    let data = chunk;
+    for (;;) {
+      if (this.chunkGuard !== undefined && !this.chunkGuard.scan(data)) {
+        return this.refuse(ProxyErrorCode.BodyTooLarge, 413, `chunk sizes over the bound of ${this.hooks.settings.maxBodySize} bytes`);
+      }
+      const consumed = this.parser.execute(data);
+      if (isPause(consumed)) {
+        if (this.refusal !== undefined) return; // the head was refused
+        this.parser.resume();
+        data = data.subarray(consumed.bytesParsed);
+        continue;
+      }
+      if (isParserError(consumed)) return this.onParseError(consumed);
+      // Only an upgrade head stops the parser short: the rest is the upgraded protocol's.
+      if (consumed < data.length && this.tunnelHead !== undefined) this.holdForTunnel(data.subarray(consumed));
+      return;
+    }
+  }
+
+  /** Empty lines before the first request line: Node's parser would skip any number of them. */
+  private countPreamble(chunk: Buffer): boolean {
+    const { count, ended } = leadingEmptyBytes(chunk);
+    this.preamble = (this.preamble ?? 0) + count;
+    if (this.preamble > MAX_LEADING_EMPTY_BYTES) {
+      this.refuse(ProxyErrorCode.LeadingEmptyLines, 400, `more than ${MAX_LEADING_EMPTY_BYTES} bytes of empty lines before the request line`);
+      return false;
+    }
+    if (ended) this.preamble = undefined;
+    return true;
+  }
 
   /** Bytes of the upgraded protocol that arrive before the origin accepted the upgrade. */
   private holdForTunnel(chunk: Buffer): void {
@@ -193,9 +244,15 @@ export class ClientConnection {
     this.updateClientFlow();
   }
 
-  private onRequestHead(head: MessageHead): boolean {
+  private onRequestHead(head: MessageHead): boolean | 'pause' {
     this.headSince = undefined;
     const headers = headersObject(head.rawHeaders);
+    const refused = checkRequestFraming(head, headers, this.hooks.settings.maxBodySize);
+    if (refused !== undefined) {
+      this.refuse(refused.code, refused.status, refused.message);
+      return 'pause'; // the parser stops here: no byte of its body is read
+    }
+    dropConnectionOptions(headers, head.upgrade);
     const query = head.url.indexOf('?');
     const request: RequestInfo = {
       method: head.method,
@@ -208,13 +265,14 @@ export class ClientConnection {
       upgrade: head.upgrade && head.method !== 'CONNECT',
     };
     const exchange = new Exchange(++this.sequence, request, head.rawHeaders, framingOf(headers, 'none'), head.keepAlive);
+    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
     this.hooks.metrics.requests.inc({ method: request.method });
     if (head.upgrade) this.tunnelHead = [];
     this.parsing = exchange;
     this.queue.push(exchange);
     if (this.queue.length === 1) this.serve(exchange);
     else if (this.queue.length >= MAX_QUEUED) this.updateClientFlow();
-    return false;
+    return this.chunkGuard === undefined ? false : 'pause';
   }
 
   private onRequestBody(chunk: Buffer): void {
@@ -235,6 +293,7 @@ export class ClientConnection {
     const exchange = this.parsing;
     if (exchange === undefined) return;
     this.parsing = undefined;
+    this.chunkGuard = undefined;
     exchange.requestDone = true;
     if (exchange.sink === 'origin' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
     this.maybeFinish(exchange);
@@ -292,7 +351,7 @@ export class ClientConnection {
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
     }
-    if (this.closed) return;
+    if (this.closed || exchange.finished) return; // the client went, or its request was refused meanwhile
     exchange.decision = decision;
     this.hooks.metrics.verdicts.inc({ verdict: decision.action });
     if (decision.action === 'block') {
@@ -317,6 +376,11 @@ export class ClientConnection {
       return this.fail(exchange, code, asError(error), code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502);
     }
     if (this.closed) return;
+    if (exchange.finished) {
+      // Refused while the origin was being reached (its body broke off): nothing goes to it.
+      leg.socket.destroy();
+      return;
+    }
     leg.current = exchange;
     leg.socket.cork();
     leg.socket.write(head);
@@ -656,32 +720,65 @@ export class ClientConnection {
     this.finish(exchange);
   }
 
-  /** A request the parser refused, or a head that came too slowly: answered, then the connection ends. */
-  private refuse(code: string, status: number): void {
-    this.closing = true;
+  /**
+   * A request that cannot be served as sent (the parser or a framing check refused it, or
+   * its head came too slowly): nothing after it is parsed, it gets `status` once the
+   * exchanges before it are answered, and the connection ends. A request whose body broke
+   * off after its head (and maybe part of its body) went to the origin has the origin's
+   * connection cut, so the origin never reads on past what the proxy parsed; if the
+   * origin's answer had already begun, cutting the client's connection is all that is left.
+   */
+  private refuse(code: string, status: number, message: string): void {
+    if (this.refusal !== undefined || this.closed) return;
+    this.refusal = { code, status };
+    this.headSince = undefined;
+    this.chunkGuard = undefined;
     this.hooks.countError(code);
-    this.hooks.logger.warn({ code, status, connection: this.info.id }, 'malformed request');
+    this.hooks.logger.warn({ code, status, reason: message, connection: this.info.id }, 'malformed request');
     this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code, status });
-    this.socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    const broken = this.parsing;
+    if (broken !== undefined) {
+      this.parsing = undefined;
+      broken.failure = { code, message };
+      broken.sink = 'discard';
+      broken.held = [];
+      const active = this.queue[0] === broken;
+      if (!active) this.queue.splice(this.queue.indexOf(broken), 1); // pipelined: it never started
+      if (!broken.headSent) broken.response = { status, headers: {} };
+      this.finish(broken);
+      if (active) {
+        const leg = this.origin;
+        if (leg !== undefined) {
+          leg.usable = false;
+          leg.socket.destroy();
+        }
+        if (broken.headSent) {
+          if (broken.responseDone) this.endClient();
+          else this.socket.destroy();
+          return;
+        }
+      }
+    }
+    if (this.queue.length === 0) this.sendRefusal();
+  }
+
+  private sendRefusal(): void {
+    const { code, status } = this.refusal!;
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.socket.write(localAnswer(status, `${status} ${http.STATUS_CODES[status]}: ${code}`, 'close'));
     this.endClient();
   }
 
   private onParseError(error: ParserError): void {
-    const exchange = this.queue[0];
-    if (exchange !== undefined) {
-      // A request body broke off mid-way (a bad chunk size): an answer here would land in
-      // the middle of the response being relayed. The connection is cut.
-      return this.fail(exchange, error.code, error, undefined);
-    }
-    this.refuse(error.code, error.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400);
+    this.refuse(error.code, statusOfParseError(error.code), error.reason ?? error.message);
   }
 
   private maybeFinish(exchange: Exchange): void {
     if (!exchange.requestDone || !exchange.responseDone || exchange.finished) return;
     this.finish(exchange);
-    if (!exchange.reusable || this.closing) return this.endClient();
+    if (!exchange.reusable || (this.closing && this.refusal === undefined)) return this.endClient();
     const next = this.queue[0];
     if (next !== undefined) return this.serve(next);
+    if (this.refusal !== undefined) return this.sendRefusal(); // the refused request's turn
     if (this.clientEnded) this.endSocket(); // the client half-closed after its last request: answered, now closed
   }
 
@@ -766,6 +863,18 @@ export class ClientConnection {
       ? 'the client closed the connection before the response was complete'
       : 'the client closed the connection before the exchange was complete';
     this.fail(exchange, ProxyErrorCode.ClientReset, Object.assign(new Error(message), { code: ProxyErrorCode.ClientReset }), undefined);
+  }
+}
+
+/** The status a parse error of Node's parser gets. */
+function statusOfParseError(code: string): number {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return 431;
+    case 'HPE_PAUSED_H2_UPGRADE': // HTTP/2's prior-knowledge preface: h2c cannot be inspected here
+      return 505;
+    default:
+      return 400;
   }
 }
 

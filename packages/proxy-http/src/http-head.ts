@@ -1,5 +1,6 @@
 import http, { type IncomingHttpHeaders } from 'node:http';
 import type net from 'node:net';
+import { AnnotationRefusedError } from './errors.js';
 
 /** How a message's body is delimited on the wire (RFC 9112 §6). */
 export type Framing = 'chunked' | 'length' | 'none' | 'close';
@@ -9,6 +10,13 @@ const CHUNKED_LAST = /(?:^|,)\s*chunked\s*$/i;
 
 /** The headers a proxy never forwards as they are: they describe one hop (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'transfer-encoding']);
+
+/**
+ * Fields that decide how a message is framed or where it goes: a Connection header may
+ * not make them hop-by-hop. A request that tries is refused; in a response they are kept,
+ * so that the client frames the body as the proxy did.
+ */
+export const FRAMING_FIELDS: ReadonlySet<string> = new Set(['content-length', 'transfer-encoding', 'host']);
 
 /** Duplicates of these are dropped, the first kept, as Node's IncomingMessage does. */
 const SINGLE_VALUED = new Set([
@@ -45,7 +53,8 @@ export function framingOf(headers: IncomingHttpHeaders, fallback: 'none' | 'clos
 }
 
 /**
- * Raw header pairs minus hop-by-hop ones (and those the Connection header names), minus
+ * Raw header pairs minus hop-by-hop ones (and those the Connection header names, except
+ * `FRAMING_FIELDS`), minus
  * those an annotation replaces, plus the annotations. `upgrade` keeps Connection and
  * Upgrade, which carry the handshake.
  */
@@ -54,7 +63,10 @@ export function endToEndHeaders(raw: readonly string[], annotations?: Readonly<R
   for (let i = 0; i < raw.length; i += 2) {
     if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === 'connection') {
       named ??= new Set();
-      for (const token of raw[i + 1]!.split(',')) named.add(token.trim().toLowerCase());
+      for (const token of raw[i + 1]!.split(',')) {
+        const option = token.trim().toLowerCase();
+        if (!FRAMING_FIELDS.has(option)) named.add(option);
+      }
     }
   }
   const out: string[] = [];
@@ -71,6 +83,8 @@ export function endToEndHeaders(raw: readonly string[], annotations?: Readonly<R
       // Throws ERR_INVALID_HTTP_TOKEN / ERR_INVALID_CHAR: an inspector cannot smuggle a line break upstream.
       http.validateHeaderName(name);
       http.validateHeaderValue(name, value);
+      const lower = name.toLowerCase();
+      if (FRAMING_FIELDS.has(lower) || HOP_BY_HOP.has(lower)) throw new AnnotationRefusedError(name);
       out.push(name, value);
     }
   }

@@ -3,10 +3,11 @@
  * on @coproxy/core's public API only.
  */
 export { createHttpProxy } from './proxy.js';
-export type { HttpProxy, HttpProxyOptions, HttpExchange, HttpProxyEvent } from './proxy.js';
+export type { HttpProxy, HttpProxyOptions, HttpExchange, HttpProxyEvent, UnrecognisedPolicy } from './proxy.js';
 export type { Inspector, Verdict, Decision, RequestInfo, ResponseInfo, ConnectionInfo } from './inspector.js';
 export { parseRules, loadRules, rulesInspector } from './rules.js';
 export type { Rule, RuleFile } from './rules.js';
 export { HttpProxyMetrics, serveMetrics } from './metrics.js';
-export { RulesError, HttpProxyOptionsError, ProxyErrorCode } from './errors.js';
+export { RulesError, HttpProxyOptionsError, AnnotationRefusedError, ProxyErrorCode } from './errors.js';
 export { classify as classifyFirstBytes } from './sniff.js';
+export type { FirstBytes } from './sniff.js';

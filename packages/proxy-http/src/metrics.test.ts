@@ -41,6 +41,8 @@ describe('metrics', () => {
     await using echo = await startTcpOrigin((socket) => socket.pipe(socket));
     await using under = await startProxy([origin.port, echo.port, deadPort], {
       rules: { rules: [{ name: 'no-blocked', when: { path: '/blocked' }, verdict: 'block', status: 403 }] },
+      // The opaque connection below is no valid TLS record: relayed only when asked for.
+      unrecognised: 'relay',
     });
     const allowedAgent = createAgent({ registry: under.registry, keepAlive: true, maxSockets: 1 });
     const blockedAgent = createAgent({ registry: under.registry, keepAlive: true, maxSockets: 1 });

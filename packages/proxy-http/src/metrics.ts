@@ -10,13 +10,19 @@ export class HttpProxyMetrics {
   readonly registry = new Registry();
   readonly connections = new Counter({
     name: 'coproxy_http_connections_total',
-    help: 'Connections accepted, by kind: http (parsed) or opaque (passed through byte for byte)',
+    help: 'Connections accepted, by kind: http (parsed), opaque (passed through byte for byte: TLS, or unrecognised under the relay policy) or blocked (unrecognised, closed unread)',
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
   readonly openConnections = new Gauge({
     name: 'coproxy_http_open_connections',
     help: 'Connections accepted and not yet closed',
+    registers: [this.registry],
+  });
+  readonly unrecognised = new Counter({
+    name: 'coproxy_http_unrecognised_total',
+    help: 'Connections neither HTTP nor TLS, or silent for the sniff timeout, by what the unrecognised policy did: block or relay',
+    labelNames: ['action'] as const,
     registers: [this.registry],
   });
   readonly requests = new Counter({

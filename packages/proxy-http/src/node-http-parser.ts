@@ -18,6 +18,7 @@ interface NativeParser {
   initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
   execute(data: Buffer): number | ParserError;
   finish(): ParserError | undefined;
+  resume(): void;
   [key: number]: unknown;
 }
 
@@ -43,6 +44,23 @@ function loadHttpCommon(): { HTTPParser: NativeParserClass; methods: readonly st
     throw new Error(`@coproxy/proxy-http needs Node's HTTP parser (_http_common.HTTPParser), which Node ${process.version} does not expose`);
   }
   return loaded as { HTTPParser: NativeParserClass; methods: readonly string[] };
+}
+
+/**
+ * The chunk-size guard needs the parser to stop right after a head and say where (see
+ * `HPE_PAUSED`). Checked once at load, so a Node whose binding behaves otherwise fails at
+ * start, not by letting a chunked body pass unguarded.
+ */
+function checkPauseAfterHead(): void {
+  const head = Buffer.from('POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'latin1');
+  const parser = new HTTPParser();
+  parser.initialize(HTTPParser.REQUEST, NO_RESOURCE, 1024, HTTPParser.kLenientNone);
+  parser[HTTPParser.kOnHeadersComplete] = (): number => HPE_PAUSED;
+  const paused = parser.execute(head);
+  const bodyStart = head.length - 5;
+  if (!isPause(paused) || paused.bytesParsed !== bodyStart) {
+    throw new Error(`@coproxy/proxy-http needs Node's HTTP parser to pause after a request head, which Node ${process.version} does not do as expected`);
+  }
 }
 
 /** A parse failure as Node reports it: `code` is llhttp's (`HPE_INVALID_METHOD`, `HPE_HEADER_OVERFLOW`…). */
@@ -73,8 +91,13 @@ export interface MessageHead {
 export interface ParserHandlers {
   /** The first byte of a message arrived. */
   onBegin?(): void;
-  /** Return `true` when the message has no body whatever its headers say (a response to HEAD, a 304). */
-  onHead(head: MessageHead): boolean;
+  /**
+   * `false`: the body follows as its headers say. `true`: the message has no body whatever
+   * its headers say (a response to HEAD, a 304). `'pause'`: the parser stops right after
+   * the head, and `execute` returns the pause (see `isPause`) with `bytesParsed` at the
+   * body's first byte, so that the caller can look at the body's framing, or stop there.
+   */
+  onHead(head: MessageHead): boolean | 'pause';
   /** The body's bytes, de-chunked; `chunk` is the parser's own copy. */
   onBody(chunk: Buffer): void;
   onComplete(): void;
@@ -90,10 +113,21 @@ export interface HttpParser {
   finish(): ParserError | undefined;
   /** Forgets the message in progress: the next byte starts a new one. */
   reset(): void;
+  /** Goes on after a pause that `onHead` asked for: the next `execute` starts at the body's first byte. */
+  resume(): void;
 }
+
+/**
+ * llhttp's HPE_PAUSED: returned from the head callback, it stops the parser after the head
+ * (llhttp's documented contract for on_headers_complete; `execute` then reports the
+ * position). The value has been 21 since llhttp 2 (Node 12) through llhttp 9 (Node 24).
+ */
+const HPE_PAUSED = 21;
 
 /** No async hooks resource is tracked for these parsers; Node's own are per IncomingMessage. */
 const NO_RESOURCE = Object.freeze({});
+
+checkPauseAfterHead();
 
 export function createParser(kind: 'request' | 'response', maxHeaderSize: number, handlers: ParserHandlers): HttpParser {
   const parser = new HTTPParser();
@@ -123,7 +157,7 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
     const target = partialUrl + (url ?? '');
     partialHeaders = [];
     partialUrl = '';
-    const skipBody = handlers.onHead({
+    const after = handlers.onHead({
       method: method === undefined ? '' : (METHODS[method] ?? ''),
       url: target,
       status: status ?? 0,
@@ -134,7 +168,7 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
       upgrade,
       keepAlive,
     });
-    return skipBody ? 1 : 0;
+    return after === 'pause' ? HPE_PAUSED : after ? 1 : 0;
   };
   // Node 20–24 pass the body as one Buffer; older versions passed (buffer, start, length).
   parser[HTTPParser.kOnBody] = (buffer: Buffer, start?: number, length?: number): void =>
@@ -153,7 +187,13 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
       partialUrl = '';
       initialize();
     },
+    resume: () => parser.resume(),
   };
+}
+
+/** The parser stopped where `onHead` asked it to: not an error; `bytesParsed` is where the body starts. */
+export function isPause(value: number | ParserError | undefined): value is ParserError & { readonly bytesParsed: number } {
+  return typeof value === 'object' && value.code === 'HPE_PAUSED';
 }
 
 export function isParserError(value: number | ParserError | undefined): value is ParserError {

@@ -8,9 +8,10 @@ function startEchoOrigin(): Promise<TcpOrigin> {
 }
 
 describe('non-HTTP connections', () => {
-  it('relays a TLS-like binary stream byte for byte and reports it as opaque with its byte counts', async () => {
+  it('relays a TLS-like binary stream byte for byte under the relay policy and reports it as opaque with its byte counts', async () => {
     await using origin = await startEchoOrigin();
-    await using under = await startProxy([origin.port]);
+    // The random bytes after the record header need not start a ClientHello: relayed as unrecognised bytes, when asked for.
+    await using under = await startProxy([origin.port], { unrecognised: 'relay' });
     // 0x16 0x03 0x01: a TLS handshake record, then random bytes (which contain every byte value).
     const payload = Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]), randomBytes(3 * 1024 * 1024)]);
     const client = await dial(under.registry, origin.port);
@@ -30,13 +31,13 @@ describe('non-HTTP connections', () => {
     }
   });
 
-  it('passes a server-first protocol through once the client has been silent for sniffTimeoutMs', async () => {
+  it('passes a server-first protocol through once the client has been silent for sniffTimeoutMs, under the relay policy', async () => {
     const banner = '220 mail.origin.test ESMTP ready\r\n';
     await using origin = await startTcpOrigin((socket) => {
       socket.write(banner);
       socket.pipe(socket);
     });
-    await using under = await startProxy([origin.port], { sniffTimeoutMs: 100 });
+    await using under = await startProxy([origin.port], { sniffTimeoutMs: 100, unrecognised: 'relay' });
     const client = await dial(under.registry, origin.port);
     try {
       // The client says nothing until the server has spoken.

@@ -39,8 +39,21 @@ export interface HttpProxyOptions {
   readonly originTimeoutMs?: number;
   /** No connection to the origin within this long → 504. Default 10 000. */
   readonly connectTimeoutMs?: number;
-  /** A client silent this long after connecting is passed through as opaque. Default 1000. */
+  /**
+   * A client silent this long after connecting (a server-first protocol) is handled as
+   * `unrecognised` says. Default 1000.
+   */
   readonly sniffTimeoutMs?: number;
+  /**
+   * What happens to a connection whose first bytes are neither HTTP nor TLS, or whose client
+   * says nothing within `sniffTimeoutMs`: `block` closes it unread (the default: an inspected
+   * port never turns into an uninspected relay), `relay` passes it through byte for byte.
+   * Either way it is logged, counted (`coproxy_http_unrecognised_total{action}`) and
+   * reported as an `unrecognised` event.
+   */
+  readonly unrecognised?: UnrecognisedPolicy;
+  /** Largest request body: a larger Content-Length, or chunk sizes adding up past it, get a 413. Default 2^40 (1 TiB). */
+  readonly maxBodySize?: number;
   /** Largest request head accepted (431 beyond). Default 16 384. */
   readonly maxHeaderSize?: number;
   /** A request head must arrive within this long (408 beyond). Default 60 000. */
@@ -56,6 +69,9 @@ export interface HttpProxyOptions {
    */
   readonly propagateRecords?: boolean;
 }
+
+/** What to do with a connection that is neither HTTP nor TLS (see `HttpProxyOptions.unrecognised`). */
+export type UnrecognisedPolicy = 'block' | 'relay';
 
 export interface HttpExchange {
   readonly kind: 'http' | 'upgrade' | 'opaque';
@@ -86,7 +102,29 @@ export interface HttpExchange {
 
 export type HttpProxyEvent =
   | RedirectorEvent
-  | { readonly type: 'connection-kind'; readonly connectionId: string; readonly kind: 'http' | 'opaque' }
+  /**
+   * How a connection was sorted: `http` is parsed and inspected; `opaque` is relayed byte
+   * for byte (`protocol` says why: a TLS record, or unrecognised bytes under the `relay`
+   * policy); `blocked` was closed unread (unrecognised, under `block`).
+   */
+  | {
+      readonly type: 'connection-kind';
+      readonly connectionId: string;
+      readonly kind: 'http' | 'opaque' | 'blocked';
+      readonly protocol: 'http' | 'tls' | 'unrecognised';
+    }
+  /**
+   * A connection neither HTTP nor TLS (`reason: 'bytes'`, the first up to 16 in hex in
+   * `firstBytes`), or a client silent for the sniff timeout (`'silent'`), and what the
+   * policy did with it.
+   */
+  | {
+      readonly type: 'unrecognised';
+      readonly connectionId: string;
+      readonly action: UnrecognisedPolicy;
+      readonly reason: 'bytes' | 'silent';
+      readonly firstBytes: string;
+    }
   | { readonly type: 'client-error'; readonly connectionId: string; readonly code: string; readonly status?: number }
   | { readonly type: 'exchange-failed'; readonly connectionId: string; readonly code: string; readonly message: string; readonly status?: number };
 
@@ -105,7 +143,8 @@ export interface HttpProxy extends AsyncDisposable {
  * A transparent inspecting HTTP/1.1 proxy on a coproxy redirector. Each redirected
  * connection is sniffed: HTTP goes through Node's own parser (keep-alive, chunked and
  * fixed-length bodies streamed both ways, `Expect: 100-continue`, `Upgrade` inspected at
- * the handshake then tunnelled); anything else is relayed byte for byte as opaque.
+ * the handshake then tunnelled); TLS is relayed byte for byte for a TLS vendor to inspect;
+ * anything else follows the `unrecognised` policy (closed unread by default).
  * Requests are inspected by the rule file and the inspectors; the origin is reached over
  * `connectOnward()`, so the flow's redirect records go with it.
  */
@@ -176,19 +215,50 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     metrics.recordsDepth.observe(conn.records.hops);
     const info = connectionInfo(conn);
     const sniffed = await sniff(conn.socket, settings.sniffTimeoutMs);
-    if (sniffed.kind === 'closed') {
-      conn.socket.destroy();
-      return;
+    switch (sniffed.kind) {
+      case 'closed':
+        conn.socket.destroy();
+        return;
+      case 'tls':
+        // Not this vendor's to inspect: a TLS vendor before or after it in the chain is.
+        metrics.connections.inc({ kind: 'opaque' });
+        emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: 'opaque', protocol: 'tls' });
+        return passThrough(conn, info, sniffed.head);
+      case 'unrecognised':
+        return unrecognised(conn, info, sniffed.head, sniffed.reason);
+      case 'http':
+        break;
+      default:
+        return unreachable(sniffed);
     }
-    metrics.connections.inc({ kind: sniffed.kind });
-    emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: sniffed.kind });
-    if (sniffed.kind === 'opaque') return passThrough(conn, info, sniffed.head);
+    metrics.connections.inc({ kind: 'http' });
+    emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: 'http', protocol: 'http' });
     const connection = new ClientConnection(conn, info, hooks, (ended) => {
       live.delete(ended);
       if (closed && live.size === 0) clearInterval(sweep);
     });
     live.add(connection);
     connection.start(sniffed.head);
+  }
+
+  /** The `unrecognised` policy: logged, counted, reported, then relayed or closed unread. */
+  async function unrecognised(conn: AcceptedConnection, info: ConnectionInfo, head: Buffer, reason: 'bytes' | 'silent'): Promise<void> {
+    const action = settings.unrecognised;
+    const firstBytes = head.subarray(0, 16).toString('hex');
+    metrics.unrecognised.inc({ action });
+    metrics.connections.inc({ kind: action === 'relay' ? 'opaque' : 'blocked' });
+    logger[action === 'block' ? 'warn' : 'info']({ connectionId: conn.id, source: info.source, destination: info.destination, reason, firstBytes, action }, 'unrecognised protocol');
+    emitEvent({ type: 'unrecognised', connectionId: conn.id, action, reason, firstBytes });
+    emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: action === 'relay' ? 'opaque' : 'blocked', protocol: 'unrecognised' });
+    switch (action) {
+      case 'relay':
+        return passThrough(conn, info, head);
+      case 'block':
+        conn.socket.destroy();
+        return;
+      default:
+        return unreachable(action);
+    }
   }
 
   async function passThrough(conn: AcceptedConnection, info: ConnectionInfo, head: Buffer): Promise<void> {
@@ -277,6 +347,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
 }
 
 interface Settings {
+  readonly unrecognised: UnrecognisedPolicy;
+  readonly maxBodySize: number;
   readonly originTimeoutMs: number;
   readonly connectTimeoutMs: number;
   readonly sniffTimeoutMs: number;
@@ -286,12 +358,18 @@ interface Settings {
 }
 
 function validate(options: HttpProxyOptions): Settings {
-  const positive = (name: keyof HttpProxyOptions & keyof Settings, fallback: number): number => {
+  const positive = (name: Exclude<keyof HttpProxyOptions & keyof Settings, 'unrecognised'>, fallback: number): number => {
     const value = options[name] ?? fallback;
     if (!Number.isInteger(value) || value <= 0) throw new HttpProxyOptionsError(name, `must be a positive integer, got ${String(value)}`);
     return value;
   };
+  const unrecognised = options.unrecognised ?? 'block';
+  if (unrecognised !== 'block' && unrecognised !== 'relay') throw new HttpProxyOptionsError('unrecognised', `must be 'block' or 'relay', got ${String(unrecognised)}`);
+  const maxBodySize = positive('maxBodySize', 2 ** 40);
+  if (maxBodySize > Number.MAX_SAFE_INTEGER) throw new HttpProxyOptionsError('maxBodySize', `must be at most ${Number.MAX_SAFE_INTEGER}`);
   return {
+    unrecognised,
+    maxBodySize,
     originTimeoutMs: positive('originTimeoutMs', 30_000),
     connectTimeoutMs: positive('connectTimeoutMs', 10_000),
     sniffTimeoutMs: positive('sniffTimeoutMs', 1000),
@@ -299,4 +377,8 @@ function validate(options: HttpProxyOptions): Settings {
     headersTimeoutMs: positive('headersTimeoutMs', 60_000),
     idleTimeoutMs: positive('idleTimeoutMs', 120_000),
   };
+}
+
+function unreachable(value: never): never {
+  throw new Error(`unreachable: ${JSON.stringify(value)}`);
 }

@@ -2,6 +2,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { type AcceptedConnection, relay, spliceBurst } from '@coproxy/core';
 import type { Logger } from 'pino';
+import { type RequestViewError, canonicalRequest } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
 import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
 import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
@@ -79,6 +80,8 @@ class Exchange {
     /** The request body's framing towards the origin (the same as the client's). */
     readonly framing: Framing,
     keepAlive: boolean,
+    /** Why the head is answered 400 instead of forwarded (canonical-request.ts), in its turn. */
+    readonly rejection: RequestViewError | undefined,
   ) {
     this.reusable = keepAlive && !request.upgrade;
   }
@@ -195,19 +198,24 @@ export class ClientConnection {
 
   private onRequestHead(head: MessageHead): boolean {
     this.headSince = undefined;
-    const headers = headersObject(head.rawHeaders);
-    const query = head.url.indexOf('?');
+    // --- issue #14: the one view the inspectors evaluate and the origin is sent ---
+    const view = canonicalRequest(head, headersObject(head.rawHeaders));
     const request: RequestInfo = {
       method: head.method,
       url: head.url,
-      path: query < 0 ? head.url : head.url.slice(0, query),
-      host: typeof headers.host === 'string' ? stripPort(headers.host).toLowerCase() : undefined,
+      target: view.target,
+      path: view.path,
+      paths: view.paths,
+      host: view.host,
+      port: view.port,
+      authority: view.authority,
       httpVersion: `${head.versionMajor}.${head.versionMinor}`,
-      headers,
+      headers: view.headers,
       connection: this.info,
       upgrade: head.upgrade && head.method !== 'CONNECT',
     };
-    const exchange = new Exchange(++this.sequence, request, head.rawHeaders, framingOf(headers, 'none'), head.keepAlive);
+    // --- end issue #14 ---
+    const exchange = new Exchange(++this.sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
     this.hooks.metrics.requests.inc({ method: request.method });
     if (head.upgrade) this.tunnelHead = [];
     this.parsing = exchange;
@@ -279,6 +287,7 @@ export class ClientConnection {
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
   private async begin(exchange: Exchange): Promise<void> {
     const { request } = exchange;
+    if (exchange.rejection !== undefined) return this.rejectHead(exchange, exchange.rejection);
     if (request.method === 'CONNECT') {
       // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
       this.hooks.countError('CONNECT_METHOD');
@@ -305,7 +314,7 @@ export class ClientConnection {
       const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
       // A client that closes after this exchange: the origin is told too, and closes first.
       const connection = exchange.reusable || request.upgrade ? undefined : 'close';
-      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
+      head = serializeHead(`${request.method} ${request.target} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
     }
@@ -656,6 +665,15 @@ export class ClientConnection {
     this.finish(exchange);
   }
 
+  /** A parsed head the canonical view refuses (a second Host, an https:// target…): 400, then the connection ends. */
+  private rejectHead(exchange: Exchange, rejection: RequestViewError): void {
+    this.hooks.countError(rejection.code);
+    this.hooks.logger.warn({ code: rejection.code, status: rejection.status, connection: this.info.id, reason: rejection.message }, 'request refused');
+    this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: rejection.code, status: rejection.status });
+    exchange.failure = { code: rejection.code, message: rejection.message };
+    this.answer(exchange, rejection.status, `${rejection.status} ${http.STATUS_CODES[rejection.status]}: ${rejection.code} (${rejection.message})`, true);
+  }
+
   /** A request the parser refused, or a head that came too slowly: answered, then the connection ends. */
   private refuse(code: string, status: number): void {
     this.closing = true;
@@ -767,12 +785,6 @@ export class ClientConnection {
       : 'the client closed the connection before the exchange was complete';
     this.fail(exchange, ProxyErrorCode.ClientReset, Object.assign(new Error(message), { code: ProxyErrorCode.ClientReset }), undefined);
   }
-}
-
-function stripPort(host: string): string {
-  if (host.startsWith('[')) return host.slice(1, host.indexOf(']') < 0 ? undefined : host.indexOf(']'));
-  const colon = host.lastIndexOf(':');
-  return colon < 0 ? host : host.slice(0, colon);
 }
 
 export function errorCode(error: unknown, fallback: string): string {

@@ -25,7 +25,13 @@ describe('path readings', () => {
     ['/a/..', ['/']],
     ['/a/.', ['/a/']],
     ['/../../a', ['/a']],
-    ['//a///b//', ['/a/b/']],
+    // A scheme-relative reading too: WHATWG's URL takes the first segment for a host.
+    ['//a///b//', ['/a/b/', '/b/']],
+    ['//evil/admin/x', ['/evil/admin/x', '/admin/x']],
+    // RFC 3986 and WHATWG resolve `..` against the empty segment; nginx merges the slashes first.
+    ['/a/b//..', ['/a/b/', '/a/']],
+    ['/\\evil/admin', ['/%5Cevil/admin', '/evil/admin', '/admin']],
+    ['//evil', ['/evil', '/']],
     ['/a/%2e%2E/b', ['/b']],
     ['/a/.%2e/b', ['/b']],
     ['/a%2fb', ['/a%2Fb', '/a/b']],

@@ -164,7 +164,8 @@ function parseTarget(method: string, url: string): ParsedTarget | RequestViewErr
   }
   if (url === '*') {
     if (method !== 'OPTIONS') return invalid('the asterisk-form target is for OPTIONS only');
-    return { form: 'asterisk', target: url, authority: undefined, paths: ['*'], query: undefined };
+    // An application that reads it with WHATWG's URL sees the path `/*`.
+    return { form: 'asterisk', target: url, authority: undefined, paths: ['*', '/*'], query: undefined };
   }
   let form: TargetForm = 'origin';
   let authority: CanonicalAuthority | undefined;
@@ -361,9 +362,30 @@ export function slowPathReadings(path: string): readonly string[] | undefined {
   for (const reading of READINGS) {
     // Readings that cannot differ from one already taken are skipped.
     if ((reading.decodeAll && !anyEscaped) || (reading.backslash && !anyBackslash) || (reading.params && !anySemicolon)) continue;
-    out.add(read(units, reading));
+    out.add(read(units, reading, false));
+    // nginx merges slashes before it resolves dot-segments: `/a//..` is `/` to it, `/a/` to RFC 3986 and WHATWG.
+    out.add(read(units, reading, true));
+  }
+  // `new URL(req.url, base)`, common in Node applications, takes a target that starts with
+  // two slashes (or backslashes) for a scheme-relative reference: the first segment becomes
+  // the host, the rest the path. `//evil/admin/x` is `/admin/x` to such an application.
+  const rest = schemeRelativeRest(units);
+  if (rest !== undefined) {
+    out.add(read(rest, READINGS[0]!, false));
+    if (anyBackslash) out.add(read(rest, READINGS[1]!, false));
   }
   return [...out];
+}
+
+const isSeparator = (unit: Unit): boolean => !unit.escaped && (unit.byte === SLASH || unit.byte === BACKSLASH);
+
+/** After `//host`, what WHATWG's URL parser keeps as the path (`/` when nothing), or undefined when the path does not start so. */
+function schemeRelativeRest(units: readonly Unit[]): Unit[] | undefined {
+  if (units.length < 2 || !isSeparator(units[0]!) || !isSeparator(units[1]!)) return undefined;
+  let i = 2;
+  while (i < units.length && isSeparator(units[i]!)) i++; // special schemes skip any further slashes
+  while (i < units.length && !isSeparator(units[i]!)) i++; // the authority
+  return i < units.length ? units.slice(i) : [{ byte: SLASH, escaped: false }];
 }
 
 function tokenise(path: string): Unit[] | undefined {
@@ -395,7 +417,12 @@ function hexValue(byte: number | undefined): number {
   return -1;
 }
 
-function read(units: readonly Unit[], reading: Reading): string {
+/**
+ * One reading, in canonical form. `mergeFirst`: empty segments go before dot-segments are
+ * resolved (nginx's merge_slashes), rather than after (RFC 3986 §5.2.4, WHATWG), so a
+ * `..` after `//` removes a named segment rather than the empty one.
+ */
+function read(units: readonly Unit[], reading: Reading, mergeFirst: boolean): string {
   // Split into segments; in each, a unit is kept with whether it is still escaped in this reading.
   const segments: Unit[][] = [];
   let segment: Unit[] | undefined;
@@ -410,7 +437,7 @@ function read(units: readonly Unit[], reading: Reading): string {
     }
   }
   if (segment !== undefined) segments.push(segment);
-  // RFC 3986 §5.2.4, with empty segments (repeated slashes) dropped except a trailing one.
+  // RFC 3986 §5.2.4; then empty segments (repeated slashes) are dropped, except a trailing one.
   const out: Unit[][] = [];
   for (let i = 0; i < segments.length; i++) {
     let current = segments[i]!;
@@ -419,16 +446,20 @@ function read(units: readonly Unit[], reading: Reading): string {
       const cut = current.findIndex((u) => u.byte === SEMICOLON && !u.escaped);
       if (cut >= 0) current = current.slice(0, cut);
     }
+    if (current.length === 0 && mergeFirst && !last) continue;
     const dots = current.length <= 2 && current.length > 0 && current.every((u) => u.byte === DOT) ? current.length : 0;
     if (dots === 2) out.pop();
-    if (dots > 0 || current.length === 0) {
+    if (dots > 0) {
       if (last) out.push([]);
       continue;
     }
     out.push(current);
   }
   let text = '';
-  for (const units of out) text += `/${encode(units)}`;
+  for (let i = 0; i < out.length; i++) {
+    if (out[i]!.length === 0 && i < out.length - 1) continue;
+    text += `/${encode(out[i]!)}`;
+  }
   return text === '' ? '/' : text;
 }
 

@@ -328,7 +328,10 @@ export class ClientConnection {
     if (this.closed) return;
     leg.current = exchange;
     leg.socket.cork();
-    leg.socket.write(head);
+    // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a byte
+    // above 0x7f in the target or a header (obs-text) reaches the origin as it came, not
+    // re-encoded as two UTF-8 bytes the inspectors never saw.
+    leg.socket.write(head, 'latin1');
     for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
     if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
     leg.socket.uncork();
@@ -420,7 +423,7 @@ export class ClientConnection {
     if (head.status >= 100 && head.status < 200 && head.status !== 101) {
       leg.informational = true; // 100 Continue, 103 Early Hints: passed on, the final answer follows
       if (exchange.request.httpVersion === '1.1' && !exchange.headSent) {
-        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'));
+        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'), 'latin1');
       }
       return false;
     }
@@ -482,7 +485,7 @@ export class ClientConnection {
 
   private sendResponseHead(exchange: Exchange, head: string): void {
     exchange.headSent = true;
-    this.socket.write(head);
+    this.socket.write(head, 'latin1'); // latin1 as parsed: see begin()
   }
 
   private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
@@ -619,7 +622,7 @@ export class ClientConnection {
     this.tunnelHead = undefined;
     const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');
     exchange.headSent = true;
-    this.socket.write(responseHead);
+    this.socket.write(responseHead, 'latin1');
     if (originRest.length > 0) this.socket.write(originRest);
     if (clientRest.length > 0) leg.socket.write(clientRest);
     this.socket.resume();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type HttpOrigin, rawRequest, startHttpOrigin, startProxy, until } from './test-support/harness.js';
+import { type HttpOrigin, dial, rawRequest, readAll, startHttpOrigin, startProxy, startTcpOrigin, until } from './test-support/harness.js';
 
 /**
  * Issue #14, item 3: what the rules evaluate must be what the origin acts on. Each case
@@ -124,6 +124,26 @@ describe('one view for the rules and the origin', () => {
     expect(reply.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 400']);
     expect(reply).toContain('GET /first host=ok.test');
     expect(reply).not.toContain('/third');
+  });
+
+  it('passes header bytes above 0x7f (obs-text) on as they came, both ways', async () => {
+    const heads: Buffer[] = [];
+    await using origin = await startTcpOrigin((socket) => {
+      socket.once('data', (chunk: Buffer) => {
+        heads.push(chunk);
+        socket.end(Buffer.from('HTTP/1.1 200 OK\r\nX-Reply: caf\u00e9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n', 'latin1'));
+      });
+    });
+    const seen: string[] = [];
+    await using under = await startProxy([origin.port], { inspectors: [{ name: 'spy', inspectRequest: (req) => void seen.push(req.path, String(req.headers['x-latin'])) }] });
+    const client = await dial(under.registry, origin.port);
+    client.end(Buffer.from('GET /caf%C3%A9 HTTP/1.1\r\nHost: ok.test\r\nX-Latin: caf\u00e9 \u00ff\r\n\r\n', 'latin1'));
+    const reply = await readAll(client);
+
+    // One byte each (0xe9, 0xff), not re-encoded as two UTF-8 bytes the inspectors never saw.
+    expect(heads[0]?.includes(Buffer.from('\r\nX-Latin: caf\u00e9 \u00ff\r\n', 'latin1'))).toBe(true);
+    expect(seen).toEqual(['/caf%C3%A9', 'caf\u00e9 \u00ff']);
+    expect(reply.includes(Buffer.from('X-Reply: caf\u00e9\r\n', 'latin1'))).toBe(true);
   });
 
   it('gives inspectors the canonical view and every reading of the path', async () => {

@@ -10,3 +10,4 @@ export type { Rule, RuleFile } from './rules.js';
 export { HttpProxyMetrics, serveMetrics } from './metrics.js';
 export { RulesError, HttpProxyOptionsError, ProxyErrorCode } from './errors.js';
 export { classify as classifyFirstBytes } from './sniff.js';
+export { RequestViewCode, RequestViewError, canonicalAuthority, pathReadings } from './canonical-request.js';

@@ -6,7 +6,7 @@
 import http from 'node:http';
 
 const server = http.createServer((req, res) => {
-  let whatwgPath = null;
+  let whatwgPath;
   try {
     whatwgPath = new URL(req.url, 'http://origin.invalid').pathname;
   } catch {

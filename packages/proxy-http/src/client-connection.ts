@@ -328,9 +328,9 @@ export class ClientConnection {
     if (this.closed) return;
     leg.current = exchange;
     leg.socket.cork();
-    // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a byte
-    // above 0x7f in the target or a header (obs-text) reaches the origin as it came, not
-    // re-encoded as two UTF-8 bytes the inspectors never saw.
+    // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a header
+    // byte above 0x7f (obs-text) reaches the origin as it came, not re-encoded as two UTF-8
+    // bytes the inspectors never saw.
     leg.socket.write(head, 'latin1');
     for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
     if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);

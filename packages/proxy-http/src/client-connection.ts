@@ -2,6 +2,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { type AcceptedConnection, relay, spliceBurst } from '@coproxy/core';
 import type { Logger } from 'pino';
+import { type RequestViewError, canonicalRequest } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
 import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
 import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
@@ -83,6 +84,8 @@ class Exchange {
     /** The request body's framing towards the origin (the same as the client's). */
     readonly framing: Framing,
     keepAlive: boolean,
+    /** Why the head is answered 400 instead of forwarded (canonical-request.ts), in its turn. */
+    readonly rejection: RequestViewError | undefined,
   ) {
     this.reusable = keepAlive && !request.upgrade;
   }
@@ -253,19 +256,24 @@ export class ClientConnection {
       return 'pause'; // the parser stops here: no byte of its body is read
     }
     dropConnectionOptions(headers, head.upgrade);
-    const query = head.url.indexOf('?');
+    // The one view the inspectors evaluate and the origin is sent (canonical-request.ts).
+    const view = canonicalRequest(head, headers);
     const request: RequestInfo = {
       method: head.method,
       url: head.url,
-      path: query < 0 ? head.url : head.url.slice(0, query),
-      host: typeof headers.host === 'string' ? stripPort(headers.host).toLowerCase() : undefined,
+      target: view.target,
+      path: view.path,
+      paths: view.paths,
+      host: view.host,
+      port: view.port,
+      authority: view.authority,
       httpVersion: `${head.versionMajor}.${head.versionMinor}`,
-      headers,
+      headers: view.headers,
       connection: this.info,
       upgrade: head.upgrade && head.method !== 'CONNECT',
     };
-    const exchange = new Exchange(++this.sequence, request, head.rawHeaders, framingOf(headers, 'none'), head.keepAlive);
-    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
+    const exchange = new Exchange(++this.sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
+    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && view.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
     this.hooks.metrics.requests.inc({ method: request.method });
     if (head.upgrade) this.tunnelHead = [];
     this.parsing = exchange;
@@ -338,6 +346,7 @@ export class ClientConnection {
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
   private async begin(exchange: Exchange): Promise<void> {
     const { request } = exchange;
+    if (exchange.rejection !== undefined) return this.rejectHead(exchange, exchange.rejection);
     if (request.method === 'CONNECT') {
       // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
       this.hooks.countError('CONNECT_METHOD');
@@ -364,7 +373,7 @@ export class ClientConnection {
       const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
       // A client that closes after this exchange: the origin is told too, and closes first.
       const connection = exchange.reusable || request.upgrade ? undefined : 'close';
-      head = serializeHead(`${request.method} ${request.url} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
+      head = serializeHead(`${request.method} ${request.target} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
     }
@@ -383,7 +392,10 @@ export class ClientConnection {
     }
     leg.current = exchange;
     leg.socket.cork();
-    leg.socket.write(head);
+    // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a header
+    // byte above 0x7f (obs-text) reaches the origin as it came, not re-encoded as two UTF-8
+    // bytes the inspectors never saw.
+    leg.socket.write(head, 'latin1');
     for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
     if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
     leg.socket.uncork();
@@ -475,7 +487,7 @@ export class ClientConnection {
     if (head.status >= 100 && head.status < 200 && head.status !== 101) {
       leg.informational = true; // 100 Continue, 103 Early Hints: passed on, the final answer follows
       if (exchange.request.httpVersion === '1.1' && !exchange.headSent) {
-        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'));
+        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'), 'latin1');
       }
       return false;
     }
@@ -537,7 +549,7 @@ export class ClientConnection {
 
   private sendResponseHead(exchange: Exchange, head: string): void {
     exchange.headSent = true;
-    this.socket.write(head);
+    this.socket.write(head, 'latin1'); // latin1 as parsed: see begin()
   }
 
   private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
@@ -674,7 +686,7 @@ export class ClientConnection {
     this.tunnelHead = undefined;
     const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');
     exchange.headSent = true;
-    this.socket.write(responseHead);
+    this.socket.write(responseHead, 'latin1');
     if (originRest.length > 0) this.socket.write(originRest);
     if (clientRest.length > 0) leg.socket.write(clientRest);
     this.socket.resume();
@@ -718,6 +730,15 @@ export class ClientConnection {
     // The response had started (or the client is gone): the only honest signal left is cutting the connection.
     this.socket.destroy();
     this.finish(exchange);
+  }
+
+  /** A parsed head the canonical view refuses (a second Host, an https:// target…): 400, then the connection ends. */
+  private rejectHead(exchange: Exchange, rejection: RequestViewError): void {
+    this.hooks.countError(rejection.code);
+    this.hooks.logger.warn({ code: rejection.code, status: rejection.status, connection: this.info.id, reason: rejection.message }, 'request refused');
+    this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: rejection.code, status: rejection.status });
+    exchange.failure = { code: rejection.code, message: rejection.message };
+    this.answer(exchange, rejection.status, `${rejection.status} ${http.STATUS_CODES[rejection.status]}: ${rejection.code} (${rejection.message})`, true);
   }
 
   /**
@@ -876,12 +897,6 @@ function statusOfParseError(code: string): number {
     default:
       return 400;
   }
-}
-
-function stripPort(host: string): string {
-  if (host.startsWith('[')) return host.slice(1, host.indexOf(']') < 0 ? undefined : host.indexOf(']'));
-  const colon = host.lastIndexOf(':');
-  return colon < 0 ? host : host.slice(0, colon);
 }
 
 export function errorCode(error: unknown, fallback: string): string {

@@ -11,3 +11,4 @@ export { HttpProxyMetrics, serveMetrics } from './metrics.js';
 export { RulesError, HttpProxyOptionsError, AnnotationRefusedError, ProxyErrorCode } from './errors.js';
 export { classify as classifyFirstBytes } from './sniff.js';
 export type { FirstBytes } from './sniff.js';
+export { RequestViewCode, RequestViewError, canonicalAuthority, pathReadings } from './canonical-request.js';

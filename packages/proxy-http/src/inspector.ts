@@ -27,17 +27,42 @@ export interface ConnectionInfo {
   readonly redirectedBy: readonly string[];
 }
 
-/** A request head, before its body is forwarded. */
+/**
+ * A request head, before its body is forwarded, in the canonical view the origin is sent
+ * (see the README, "One view for rules and origin"): what an inspector decides on is what
+ * the origin acts on.
+ */
 export interface RequestInfo {
   readonly method: string;
-  /** The request target as sent (origin-form `/path?query`, or absolute-form). */
+  /** The request target as the client sent it (origin-form `/path?query`, absolute-form `http://host/path`, `*`). */
   readonly url: string;
-  /** The path without the query. */
+  /** The request target forwarded: origin-form (the client's bytes of path and query), or `*`. */
+  readonly target: string;
+  /**
+   * The path without the query, in canonical form: unreserved escapes decoded, other
+   * escapes upper-case, dot-segments removed, repeated slashes collapsed (`/%61dmin//x/.`
+   * is `/admin/x/`). `paths[0]`.
+   */
   readonly path: string;
-  /** The Host header without its port, lower case; undefined if absent. */
+  /**
+   * Every reading of the path an origin could act on, canonical, `path` first: also with
+   * every escape decoded before splitting (`/a%2Fb` as `/a/b`), backslashes as slashes,
+   * and `;` parameters cut from each segment. An inspector that blocks by path should
+   * block when any of them matches, as the rule file does.
+   */
+  readonly paths: readonly string[];
+  /**
+   * The host the request is for, lower case, without port or trailing dot (an IPv6
+   * address compressed, without brackets): an absolute-form target's, else the Host
+   * header's; undefined when there is neither (HTTP/1.0) or Host is empty.
+   */
   readonly host: string | undefined;
+  /** The port named with the host, if any. */
+  readonly port: number | undefined;
+  /** The Host sent to the origin, `host[:port]` in canonical form (IPv6 in brackets). */
+  readonly authority: string | undefined;
   readonly httpVersion: string;
-  /** Lower-cased names, as Node parses them. */
+  /** Lower-cased names, as Node parses them; `host` is the one forwarded. */
   readonly headers: IncomingHttpHeaders;
   readonly connection: ConnectionInfo;
   /** True for an `Upgrade` request (a WebSocket handshake). */

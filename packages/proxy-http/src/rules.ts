@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { z } from 'zod';
+import { canonicalPathPattern, canonicalRuleHost } from './canonical-request.js';
 import { RulesError } from './errors.js';
 import type { Inspector, RequestInfo, Verdict } from './inspector.js';
 
@@ -18,9 +19,13 @@ import type { Inspector, RequestInfo, Verdict } from './inspector.js';
  * }
  * ```
  *
- * `method`: a name or a list (any case). `host`: the Host header without port, exactly or
- * `*.suffix` for any subdomain. `path`: the path without query; `*` matches any run of
- * characters and the pattern must match the whole path. `header`: `name` plus one of
+ * `method`: a name or a list (any case). `host`: the request's host without port (an
+ * absolute-form target's, else Host's), exactly or `*.suffix` for any subdomain; any case,
+ * a trailing dot ignored, IPv6 with or without brackets. `path`: the path without query,
+ * in canonical form (`RequestInfo.path`); `*` matches any run of characters and the
+ * pattern must match the whole path; a rule matches when it matches any reading of the
+ * path (`RequestInfo.paths`), and a block under any reading wins over the verdict the
+ * standard reading gets. `header`: `name` plus one of
  * `equals`, `contains`, `matches` (a regular expression) or `present` (true/false). Every
  * condition given must hold; a rule without `when` matches every request.
  */
@@ -41,8 +46,16 @@ const headerCondition = z
 const when = z
   .object({
     method: z.union([z.string().regex(/^[A-Za-z]+$/, 'must be a method name'), z.array(z.string().regex(/^[A-Za-z]+$/, 'must be a method name')).min(1)]).optional(),
-    host: z.string().min(1).regex(/^(\*\.)?[A-Za-z0-9.-]+$/, "must be a host name, or '*.' and a domain").optional(),
-    path: z.string().startsWith('/', "must start with '/'").optional(),
+    host: z
+      .string()
+      .min(1)
+      .refine((host) => canonicalRuleHost(host) !== undefined, "must be a host name or IP address, or '*.' and a domain")
+      .optional(),
+    path: z
+      .string()
+      .startsWith('/', "must start with '/'")
+      .refine((path) => canonicalPathPattern(path) !== undefined, "'%' must start a %XX escape (not %00)")
+      .optional(),
     header: headerCondition.optional(),
   })
   .strict();
@@ -115,15 +128,27 @@ export function loadRules(file: string): RuleFile {
   return parseRules(value, file);
 }
 
-/** The rules as an inspector named `rule:<name>` per verdict: the first match decides. */
+/**
+ * The rules as an inspector named `rule:<name>` per verdict: the first match decides. A
+ * path an origin could read several ways is evaluated under each reading: if any reading's
+ * first match blocks, the request is blocked (an allow rule on `/public/*` must not let
+ * `/public/..%2Fadmin` through to an origin that decodes `%2F`); otherwise the standard
+ * reading's verdict holds.
+ */
 export function rulesInspector(file: RuleFile): Inspector {
   const compiled = file.rules.map((r) => ({ rule: r, test: compileWhen(r.when) }));
+  const firstMatch = (request: RequestInfo, path: string): Rule | undefined => compiled.find(({ test }) => test(request, path))?.rule;
   return {
     name: 'rules',
     inspectRequest(request) {
-      const hit = compiled.find(({ test }) => test(request));
-      if (hit === undefined) return undefined;
-      return toVerdict(hit.rule);
+      const hit = firstMatch(request, request.path);
+      if (hit?.verdict !== 'block') {
+        for (let i = 1; i < request.paths.length; i++) {
+          const other = firstMatch(request, request.paths[i]!);
+          if (other?.verdict === 'block') return toVerdict(other);
+        }
+      }
+      return hit === undefined ? undefined : toVerdict(hit);
     },
   };
 }
@@ -140,15 +165,17 @@ function toVerdict(r: Rule): Verdict & { readonly rule: string } {
   }
 }
 
-function compileWhen(condition: Rule['when']): (request: RequestInfo) => boolean {
+/** A rule's conditions, tested against a request and one reading of its path. */
+function compileWhen(condition: Rule['when']): (request: RequestInfo, path: string) => boolean {
   if (condition === undefined) return () => true;
-  const tests: ((request: RequestInfo) => boolean)[] = [];
+  const tests: ((request: RequestInfo, path: string) => boolean)[] = [];
   if (condition.method !== undefined) {
     const methods = new Set((Array.isArray(condition.method) ? condition.method : [condition.method]).map((m) => m.toUpperCase()));
     tests.push((request) => methods.has(request.method.toUpperCase()));
   }
   if (condition.host !== undefined) {
-    const host = condition.host.toLowerCase();
+    // Validated by the schema: both are defined here.
+    const host = canonicalRuleHost(condition.host)!;
     tests.push(
       host.startsWith('*.')
         ? (request) => request.host !== undefined && request.host.endsWith(host.slice(1))
@@ -156,8 +183,9 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo) => boolean
     );
   }
   if (condition.path !== undefined) {
-    const pattern = new RegExp(`^${condition.path.split('*').map(escapeRegExp).join('.*')}$`, 's');
-    tests.push((request) => pattern.test(request.path));
+    const canonical = canonicalPathPattern(condition.path)!;
+    const pattern = new RegExp(`^${canonical.split('*').map(escapeRegExp).join('.*')}$`, 's');
+    tests.push((_request, path) => pattern.test(path));
   }
   if (condition.header !== undefined) {
     const header = condition.header;
@@ -173,7 +201,7 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo) => boolean
       return regex?.test(value) ?? false;
     });
   }
-  return (request) => tests.every((test) => test(request));
+  return (request, path) => tests.every((test) => test(request, path));
 }
 
 const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -23,8 +23,11 @@ async function closedPort(): Promise<number> {
 
 /** Writes a registry entry by hand, as another process would have published it. */
 function writeEntry(registry: string, fields: Pick<RegistryEntry, 'id' | 'failMode' | 'match' | 'listen'>): void {
-  const entry: RegistryEntry = { format: 1, priority: 1, pid: process.pid, nonce: randomUUID(), startedAt: new Date().toISOString(), ...fields };
-  fs.writeFileSync(path.join(registry, `${entry.id}.json`), JSON.stringify(entry));
+  const entry: RegistryEntry = {
+    format: 1, priority: 1, pid: process.pid, nonce: randomUUID(), secret: randomBytes(32).toString('base64'),
+    startedAt: new Date().toISOString(), ...fields,
+  };
+  fs.writeFileSync(path.join(registry, `${entry.id}.json`), JSON.stringify(entry), { mode: 0o600 });
 }
 
 /** The error an installation into `registry` fails with. */

@@ -284,8 +284,8 @@ describe('the flow header authentication TLV (0xE3)', () => {
         const signed = encodeFlowHeader(original, key);
         expect(verify(signed)).toBeUndefined();
         const tlvs = decodeProxyV2(signed, LIMIT)!.header.tlvs;
-        expect(tlvs.at(-1)).toMatchObject({ type: TLV_AUTH, value: expect.any(Buffer) });
-        expect(tlvs.at(-1)!.value).toHaveLength(AUTH_TAG_BYTES);
+        expect(tlvs.at(-1)?.type).toBe(TLV_AUTH);
+        expect(tlvs.at(-1)?.value).toHaveLength(AUTH_TAG_BYTES);
         expect(decodeFlowHeader(decodeProxyV2(signed, LIMIT)!.header)).toEqual(original);
       }),
       { numRuns: 100 },

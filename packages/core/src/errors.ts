@@ -167,9 +167,11 @@ export class ProxyHeaderIncompleteError extends CoproxyError {
 
 /**
  * Why a peer of an embedded listener was refused: its PROXY header carried no
- * authentication TLV, or one that does not verify with the redirector's secret.
+ * authentication TLV, or one that does not verify with the redirector's secret, or the
+ * tag verified but the kernel says the connecting socket belongs to another uid (the
+ * secret has leaked).
  */
-export type PeerNotAuthorisedReason = 'no-credential' | 'bad-credential';
+export type PeerNotAuthorisedReason = 'no-credential' | 'bad-credential' | 'peer-uid';
 
 /**
  * A connection reached an embedded redirector's listener without proof that it comes
@@ -183,12 +185,24 @@ export class PeerNotAuthorisedError extends CoproxyError {
   constructor(
     readonly redirectorId: string,
     readonly reason: PeerNotAuthorisedReason,
+    /** The uid owning the connecting socket, where the platform says (Linux, a local peer). */
+    readonly peerUid?: number,
   ) {
-    super(
-      reason === 'no-credential'
-        ? `connection to redirector '${redirectorId}' carries no authentication TLV: not from a process of the registry's owner`
-        : `connection to redirector '${redirectorId}' carries an authentication TLV that does not verify: not from a process of the registry's owner`,
-    );
+    const who = peerUid === undefined ? '' : ` (peer uid ${peerUid})`;
+    super(`connection to redirector '${redirectorId}'${who} ${peerNotAuthorisedDetail(reason)}: not from a process of the registry's owner`);
+  }
+}
+
+function peerNotAuthorisedDetail(reason: PeerNotAuthorisedReason): string {
+  switch (reason) {
+    case 'no-credential':
+      return 'carries no authentication TLV';
+    case 'bad-credential':
+      return 'carries an authentication TLV that does not verify';
+    case 'peer-uid':
+      return 'carries a valid authentication TLV from a socket of another user';
+    default:
+      return unreachable(reason);
   }
 }
 

@@ -3,6 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
+import { tcpPeerUid } from '../../native/tcp-peer-uid.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
 import type { ProxyV2Header } from './proxy-v2.js';
@@ -29,9 +30,19 @@ export const embeddedBackend: Backend = {
     // Per installation: a new one for every install, never reused, never sent.
     const secret = randomBytes(SECRET_BYTES);
     const key = createSecretKey(secret);
-    const authenticate = (raw: Buffer, header: ProxyV2Header): void => {
+    const owner = process.getuid?.();
+    /**
+     * First the tag (no system call; a stranger's connection costs nothing more), then,
+     * for a peer with a valid tag, the kernel's word on who owns the connecting socket:
+     * a tag made by another uid means the secret leaked. The uid lookup is one exact
+     * sock_diag query (see tcp-peer-uid.ts), never a /proc scan.
+     */
+    const authenticate = (socket: net.Socket) => (raw: Buffer, header: ProxyV2Header): void => {
       const refused = verifyFlowHeaderAuth(raw, header, key);
-      if (refused !== undefined) throw new PeerNotAuthorisedError(spec.id, refused);
+      if (refused !== undefined) throw new PeerNotAuthorisedError(spec.id, refused, peerUid(socket));
+      if (owner === undefined) return;
+      const uid = peerUid(socket);
+      if (uid !== undefined && uid !== owner) throw new PeerNotAuthorisedError(spec.id, 'peer-uid', uid);
     };
     const inHandshake = new Set<net.Socket>();
     let uninstalled = false;
@@ -39,7 +50,7 @@ export const embeddedBackend: Backend = {
     // Half-open allowed: a client's FIN must reach the origin while the reply still flows.
     const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       inHandshake.add(socket);
-      readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes, authenticate }).then(
+      readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes, authenticate: authenticate(socket) }).then(
         ({ flow, headerBytes }) => {
           inHandshake.delete(socket);
           if (uninstalled) return void socket.destroy();
@@ -120,3 +131,10 @@ export const embeddedBackend: Backend = {
     };
   },
 };
+
+/** Who owns the other end of an accepted socket, where the platform can say. */
+function peerUid(socket: net.Socket): number | undefined {
+  const { remoteAddress, remotePort, localAddress, localPort } = socket;
+  if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return undefined;
+  return tcpPeerUid({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
+}

@@ -144,15 +144,33 @@ describe('the embedded listener serves processes of the registry owner only', ()
     expect(result.read).toBe('EACCES'); // the secret is out of its reach
     expect(result.replies).toEqual(['', '']); // nothing echoed: no origin behind the socket
     await until(() => guard.rejected.length === 2, 5000, 'both attempts to be rejected');
-    expect(guard.rejected.map((e) => [e.error.code, (e.error as { reason?: string }).reason])).toEqual([
-      ['COPROXY_PEER_NOT_AUTHORISED', 'no-credential'],
-      ['COPROXY_PEER_NOT_AUTHORISED', 'bad-credential'],
+    expect(guard.rejected.map((e) => e.error)).toEqual([
+      expect.objectContaining({ code: 'COPROXY_PEER_NOT_AUTHORISED', reason: 'no-credential', peerUid: 65534 }),
+      expect.objectContaining({ code: 'COPROXY_PEER_NOT_AUTHORISED', reason: 'bad-credential', peerUid: 65534 }),
     ]);
     expect(guard.accepted).toEqual([]);
     expect(origin.connections).toBe(0);
 
     await expectStillServing(guard, origin, registry.path);
     expect(origin.connections).toBe(1);
+    guard.subscription.unsubscribe();
+  });
+
+  it.skipIf(!isRoot || process.platform !== 'linux')('refuses another local user even with a leaked secret: the kernel says whose socket it is', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const guard = await startGuard(registry.path, [origin.port]);
+    await using _r = guard.r;
+    const signed = header(guard, origin.port, entryKey(registry.path, guard.r.id)); // as if the entry had leaked
+
+    const result = await runAsNobody([String(guard.port), path.join(registry.path, `${guard.r.id}.json`), signed.toString('hex')]);
+
+    expect(result.replies).toEqual(['']);
+    await until(() => guard.rejected.length === 1, 5000, 'the rejection');
+    expect(guard.rejected[0]!.error).toMatchObject({ code: 'COPROXY_PEER_NOT_AUTHORISED', reason: 'peer-uid', peerUid: 65534 });
+    expect(guard.accepted).toEqual([]);
+    expect(origin.connections).toBe(0);
+    await expectStillServing(guard, origin, registry.path);
     guard.subscription.unsubscribe();
   });
 

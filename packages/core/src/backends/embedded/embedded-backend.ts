@@ -3,7 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
-import { tcpPeerUid } from '../../native/tcp-peer-uid.js';
+import { tcpPeerUid } from './peer-uid.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
 import type { ProxyV2Header } from './proxy-v2.js';
@@ -35,7 +35,7 @@ export const embeddedBackend: Backend = {
      * First the tag (no system call; a stranger's connection costs nothing more), then,
      * for a peer with a valid tag, the kernel's word on who owns the connecting socket:
      * a tag made by another uid means the secret leaked. The uid lookup is one exact
-     * sock_diag query (see tcp-peer-uid.ts), never a /proc scan.
+     * sock_diag query (see peer-uid.ts), never a /proc scan.
      */
     const authenticate = (socket: net.Socket) => (raw: Buffer, header: ProxyV2Header): void => {
       const refused = verifyFlowHeaderAuth(raw, header, key);

@@ -1,6 +1,6 @@
 import net from 'node:net';
-import { addressToBytes } from '../backends/embedded/ip-address.js';
-import { type Koffi, linuxLibc } from './libc.js';
+import { addressToBytes } from './ip-address.js';
+import { type Koffi, linuxLibc } from '../../native/libc.js';
 
 /**
  * The uid owning the other end of a local TCP connection, asked of the kernel with one

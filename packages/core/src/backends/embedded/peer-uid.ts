@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { addressToBytes } from './ip-address.js';
-import { type Koffi, linuxLibc } from '../../native/libc.js';
+import { linuxLibc } from '../../native/libc.js';
 
 /**
  * The uid owning the other end of a local TCP connection, asked of the kernel with one
@@ -33,13 +33,15 @@ const REQUEST_BYTES = NLMSG_HEADER_BYTES + 8 + 48;
 const REPLY_UID_OFFSET = NLMSG_HEADER_BYTES + 4 + 48 + 12;
 
 interface SockDiag {
-  readonly koffi: Koffi;
   readonly fd: number;
   send(fd: number, buffer: Buffer, length: number, flags: number): number;
   recv(fd: number, buffer: Buffer, length: number, flags: number): number;
 }
 
-/** undefined: not tried yet; null: this platform cannot answer, do not try again. */
+/**
+ * undefined: not tried yet; null: this platform cannot answer, do not try again. The
+ * netlink socket is opened once and kept for the life of the process (close-on-exec).
+ */
 let diag: SockDiag | null | undefined;
 let sequence = 0;
 const request = Buffer.alloc(REQUEST_BYTES);
@@ -48,12 +50,11 @@ const reply = Buffer.alloc(1024);
 function open(): SockDiag | null {
   if (diag !== undefined) return diag;
   try {
-    const { koffi, lib } = linuxLibc();
+    const { lib } = linuxLibc();
     const socket = lib.func('int socket(int domain, int type, int protocol)') as (d: number, t: number, p: number) => number;
     const fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     if (fd < 0) return (diag = null);
     diag = {
-      koffi,
       fd,
       send: lib.func('intptr_t send(int fd, const void *buffer, size_t length, int flags)'),
       recv: lib.func('intptr_t recv(int fd, _Out_ void *buffer, size_t length, int flags)'),
@@ -90,11 +91,17 @@ export function tcpPeerUid(peer: { address: string; port: number }, local: { add
   addressToBytes(local.address).copy(request, at + 20);
   request.writeUInt32LE(0xffffffff, at + 40); // INET_DIAG_NOCOOKIE: find it by its addresses
   request.writeUInt32LE(0xffffffff, at + 44);
-  if (lib.send(lib.fd, request, REQUEST_BYTES, 0) !== REQUEST_BYTES) return undefined;
+  if (Number(lib.send(lib.fd, request, REQUEST_BYTES, 0)) !== REQUEST_BYTES) return undefined;
   // The kernel answers an exact lookup while handling send(): the reply is queued already.
-  const length = Number(lib.recv(lib.fd, reply, reply.length, MSG_DONTWAIT));
-  if (length < NLMSG_HEADER_BYTES || reply.readUInt32LE(8) !== seq) return undefined;
-  if (reply.readUInt16LE(4) === NLMSG_ERROR) return undefined; // ENOENT: gone, or not in this namespace
-  if (reply.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY || length < REPLY_UID_OFFSET + 4) return undefined;
-  return reply.readUInt32LE(REPLY_UID_OFFSET);
+  // Replies to earlier requests that were not read (none expected) are skipped, so one
+  // stray reply cannot shift every later answer by one.
+  for (let stale = 0; stale < 8; stale++) {
+    const length = Number(lib.recv(lib.fd, reply, reply.length, MSG_DONTWAIT));
+    if (length < NLMSG_HEADER_BYTES) return undefined; // EAGAIN or an error: no answer
+    if (reply.readUInt32LE(8) !== seq) continue;
+    if (reply.readUInt16LE(4) === NLMSG_ERROR) return undefined; // ENOENT: gone, or not in this namespace
+    if (reply.readUInt16LE(4) !== SOCK_DIAG_BY_FAMILY || length < REPLY_UID_OFFSET + 4) return undefined;
+    return reply.readUInt32LE(REPLY_UID_OFFSET);
+  }
+  return undefined;
 }

@@ -3,9 +3,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
-import { tcpPeerUid } from './peer-uid.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
+import { tcpPeerUid } from './peer-uid.js';
 import type { ProxyV2Header } from './proxy-v2.js';
 import { asCoproxyError, readFlowHeader } from './read-flow-header.js';
 import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './registry.js';
@@ -19,7 +19,7 @@ import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './r
  * The listener is a loopback port any local process can reach, so it serves only peers
  * that prove they read this installation's registry entry (which only the registry's
  * owner and root can): each header must end with an HMAC made with the entry's secret.
- * Anyone else is refused before a byte of their header is interpreted, and nothing is
+ * Anyone else is refused before any TLV of their header is interpreted, and nothing is
  * dialled for them; the redirector also refuses destinations outside its match rule.
  */
 export const embeddedBackend: Backend = {
@@ -32,10 +32,10 @@ export const embeddedBackend: Backend = {
     const key = createSecretKey(secret);
     const owner = process.getuid?.();
     /**
-     * First the tag (no system call; a stranger's connection costs nothing more), then,
-     * for a peer with a valid tag, the kernel's word on who owns the connecting socket:
-     * a tag made by another uid means the secret leaked. The uid lookup is one exact
-     * sock_diag query (see peer-uid.ts), never a /proc scan.
+     * First the tag (an HMAC, no system call), then the kernel's word on who owns the
+     * connecting socket: a valid tag from another uid means the secret leaked, and a
+     * refusal names the peer's uid for whoever reads the event. The uid lookup is one
+     * exact sock_diag query per connection (see peer-uid.ts), never a /proc scan.
      */
     const authenticate = (socket: net.Socket) => (raw: Buffer, header: ProxyV2Header): void => {
       const refused = verifyFlowHeaderAuth(raw, header, key);

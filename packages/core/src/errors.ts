@@ -33,6 +33,8 @@ export type CoproxyErrorCode =
   | 'COPROXY_PROXY_HEADER_TOO_LARGE'
   | 'COPROXY_PROXY_HEADER_TIMEOUT'
   | 'COPROXY_PROXY_HEADER_INCOMPLETE'
+  | 'COPROXY_PEER_NOT_AUTHORISED'
+  | 'COPROXY_DESTINATION_OUTSIDE_RULE'
   | 'COPROXY_REDIRECTOR_ID_IN_USE'
   | 'COPROXY_REDIRECTOR_UNAVAILABLE'
   | 'COPROXY_REDIRECTOR_CLOSED'
@@ -160,6 +162,64 @@ export class ProxyHeaderIncompleteError extends CoproxyError {
     options?: ErrorOptions,
   ) {
     super(`connection ended after ${received} bytes, before the PROXY v2 header was complete`, options);
+  }
+}
+
+/**
+ * Why a peer of an embedded listener was refused: its PROXY header carried no
+ * authentication TLV, or one that does not verify with the redirector's secret, or the
+ * tag verified but the kernel says the connecting socket belongs to another uid (the
+ * secret has leaked).
+ */
+export type PeerNotAuthorisedReason = 'no-credential' | 'bad-credential' | 'peer-uid';
+
+/**
+ * A connection reached an embedded redirector's listener without proof that it comes
+ * from a process of the registry's owner (the HMAC only a reader of the 0600 registry
+ * entry can make): another local user, or a process that did not read the registry. It
+ * is closed before anything is dialled, so the listener is no relay for others.
+ */
+export class PeerNotAuthorisedError extends CoproxyError {
+  override readonly name = 'PeerNotAuthorisedError';
+  readonly code = 'COPROXY_PEER_NOT_AUTHORISED';
+  constructor(
+    readonly redirectorId: string,
+    readonly reason: PeerNotAuthorisedReason,
+    /** The uid owning the connecting socket, where the platform says (Linux, a local peer). */
+    readonly peerUid?: number,
+  ) {
+    const who = peerUid === undefined ? '' : ` (peer uid ${peerUid})`;
+    super(`connection to redirector '${redirectorId}'${who} ${peerNotAuthorisedDetail(reason)}: not from a process of the registry's owner`);
+  }
+}
+
+function peerNotAuthorisedDetail(reason: PeerNotAuthorisedReason): string {
+  switch (reason) {
+    case 'no-credential':
+      return 'carries no authentication TLV';
+    case 'bad-credential':
+      return 'carries an authentication TLV that does not verify';
+    case 'peer-uid':
+      return 'carries a valid authentication TLV from a socket of another user';
+    default:
+      return unreachable(reason);
+  }
+}
+
+/**
+ * A flow's original destination is not one the redirector's match rule takes, whatever
+ * the redirect layer (a PROXY header, SO_ORIGINAL_DST, WFP) said: the redirector refuses
+ * it rather than dial a destination it was never configured for.
+ */
+export class DestinationOutsideRuleError extends CoproxyError {
+  override readonly name = 'DestinationOutsideRuleError';
+  readonly code = 'COPROXY_DESTINATION_OUTSIDE_RULE';
+  constructor(
+    readonly redirectorId: string,
+    readonly destination: { readonly address: string; readonly port: number; readonly family: 4 | 6 },
+  ) {
+    const shown = destination.family === 6 ? `[${destination.address}]` : destination.address;
+    super(`redirector '${redirectorId}' does not take ${shown}:${destination.port}: outside its match rule`);
   }
 }
 

@@ -46,7 +46,16 @@ export { defaultRegistryDir } from './backends/embedded/registry.js';
 export type { RegistryEntry } from './backends/embedded/registry.js';
 export { encodeProxyV2, decodeProxyV2, PROXY_V2_SIGNATURE } from './backends/embedded/proxy-v2.js';
 export type { ProxyV2Header, ProxyV2Tlv, ProxyV2Endpoint } from './backends/embedded/proxy-v2.js';
-export { encodeFlowHeader, decodeFlowHeader, TLV_RECORDS, TLV_CONTEXT, TLV_PID } from './backends/embedded/flow-header.js';
+export {
+  encodeFlowHeader,
+  decodeFlowHeader,
+  verifyFlowHeaderAuth,
+  TLV_RECORDS,
+  TLV_CONTEXT,
+  TLV_PID,
+  TLV_AUTH,
+  AUTH_TAG_BYTES,
+} from './backends/embedded/flow-header.js';
 export type { FlowHeader, FlowContext } from './backends/embedded/flow-header.js';
 
 export {
@@ -61,6 +70,8 @@ export {
   ProxyHeaderTooLargeError,
   ProxyHeaderTimeoutError,
   ProxyHeaderIncompleteError,
+  PeerNotAuthorisedError,
+  DestinationOutsideRuleError,
   RedirectorIdInUseError,
   RedirectorUnavailableError,
   RedirectorClosedError,
@@ -74,4 +85,4 @@ export {
   NftCommandError,
   WfpIoctlError,
 } from './errors.js';
-export type { CoproxyErrorCode } from './errors.js';
+export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './errors.js';

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -23,8 +23,11 @@ async function closedPort(): Promise<number> {
 
 /** Writes a registry entry by hand, as another process would have published it. */
 function writeEntry(registry: string, fields: Pick<RegistryEntry, 'id' | 'failMode' | 'match' | 'listen'>): void {
-  const entry: RegistryEntry = { format: 1, priority: 1, pid: process.pid, nonce: randomUUID(), startedAt: new Date().toISOString(), ...fields };
-  fs.writeFileSync(path.join(registry, `${entry.id}.json`), JSON.stringify(entry));
+  const entry: RegistryEntry = {
+    format: 1, priority: 1, pid: process.pid, nonce: randomUUID(), secret: randomBytes(32).toString('base64'),
+    startedAt: new Date().toISOString(), ...fields,
+  };
+  fs.writeFileSync(path.join(registry, `${entry.id}.json`), JSON.stringify(entry), { mode: 0o600 });
 }
 
 /** The error an installation into `registry` fails with. */
@@ -229,6 +232,59 @@ describe.skipIf(process.platform === 'win32')('a registry that is not private', 
 
     await expectIgnored(registry.path, origin, 'belongs to uid 65534');
     expect(await installError(registry.path)).toMatchObject({ code: 'COPROXY_REGISTRY_ERROR', path: registry.path });
+  });
+
+  it('keeps its directory 0700 and each entry 0600, tightening a directory others could read', async () => {
+    using holder = tempRegistry();
+    const registry = path.join(holder.path, 'registry');
+    fs.mkdirSync(registry, { mode: 0o755 }); // as an older version, or a hand, might have left it
+    fs.chmodSync(registry, 0o755);
+    await using r = createRedirector({ id: uniqueId('modes'), priority: 1, registry });
+    const subscription = r.accepted$.subscribe((conn) => conn.socket.destroy());
+    await r.installed();
+    expect(fs.statSync(registry).mode & 0o777).toBe(0o700);
+    expect(fs.statSync(path.join(registry, `${r.id}.json`)).mode & 0o777).toBe(0o600);
+    subscription.unsubscribe();
+  });
+
+  it('ignores an entry that others could write or read, and still honours the private ones', async () => {
+    using registry = tempRegistry();
+    const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+    await using origin = await startEchoOrigin();
+    await using open = createRedirector({ id: uniqueId('open'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
+    await using kept = createRedirector({ id: uniqueId('kept'), priority: 2, match: { ports: [origin.port] }, registry: registry.path });
+    const subscriptions = [open, kept].map((r) => r.accepted$.subscribe((conn) => conn.socket.destroy()));
+    await open.installed();
+    const keptAt = await kept.installed();
+
+    for (const mode of [0o666, 0o640]) {
+      fs.chmodSync(path.join(registry.path, `${open.id}.json`), mode);
+      fs.utimesSync(registry.path, new Date(), new Date(Date.now() + mode)); // a new directory mtime: the table reloads
+      const socket = await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+      expect(socket.remotePort).toBe(keptAt.port); // past the refused entry, to the next one
+      socket.destroy();
+      expect(warn).toHaveBeenCalledWith(expect.stringContaining(`open to others (mode ${mode.toString(8)}, must be 600)`), 'CoproxyRegistryWarning');
+    }
+    warn.mockRestore();
+    for (const subscription of subscriptions) subscription.unsubscribe();
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('ignores an entry that belongs to another user', async () => {
+    using registry = tempRegistry();
+    const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+    await using origin = await startEchoOrigin();
+    await using r = createRedirector({ id: uniqueId('planted'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
+    const subscription = r.accepted$.subscribe((conn) => conn.socket.destroy());
+    await r.installed();
+    fs.chownSync(path.join(registry.path, `${r.id}.json`), 65534, 65534);
+    fs.utimesSync(registry.path, new Date(), new Date(Date.now() + 1000));
+
+    const socket = await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    expect(socket.remotePort).toBe(origin.port);
+    socket.destroy();
+    expect(warn).toHaveBeenCalledWith(expect.stringContaining('registry entry belongs to uid 65534'), 'CoproxyRegistryWarning');
+    warn.mockRestore();
+    subscription.unsubscribe();
   });
 
   it('is ignored when reached through a symbolic link, even to a private directory', async () => {

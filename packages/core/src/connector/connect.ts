@@ -158,7 +158,7 @@ function dialRedirector(
         records,
         pid: process.pid,
         ...(candidate.context !== undefined && { context: { owner: entry.id, bytes: candidate.context } }),
-      }),
+      }, candidate.key), // proves to the listener that we read its 0600 registry entry
   );
 }
 

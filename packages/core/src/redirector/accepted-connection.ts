@@ -1,9 +1,9 @@
 import type net from 'node:net';
 import type { AcceptedFlow, Endpoint } from '../backends/backend.js';
-import { ContextAccessDeniedError, ContextNotFoundError } from '../errors.js';
+import { ContextAccessDeniedError, ContextNotFoundError, DestinationOutsideRuleError } from '../errors.js';
 import { RedirectRecords } from '../records/redirect-records.js';
 import { RedirectState } from '../records/redirect-state.js';
-import type { Destination } from './match-rule.js';
+import { admits, type CompiledMatch, type Destination } from './match-rule.js';
 import type { RedirectorEventInit } from './redirector-events.js';
 
 export interface ConnectOnwardOptions {
@@ -42,7 +42,9 @@ export interface AcceptedConnection {
   context(): Buffer;
   /**
    * Opens the connection to the original destination with the records attached. The
-   * socket allows half-open connections, like the accepted one.
+   * socket allows half-open connections, like the accepted one. Rejects with
+   * `COPROXY_DESTINATION_OUTSIDE_RULE`, dialling nothing, if the destination is not one
+   * this redirector's match rule takes.
    */
   connectOnward(options?: ConnectOnwardOptions): Promise<net.Socket>;
 }
@@ -59,6 +61,7 @@ export class Accepted implements AcceptedConnection {
   constructor(
     readonly id: string,
     private readonly redirectorId: string,
+    private readonly match: CompiledMatch,
     private readonly flow: AcceptedFlow,
     private readonly emit: (event: RedirectorEventInit) => void,
   ) {
@@ -81,6 +84,11 @@ export class Accepted implements AcceptedConnection {
     const records = propagateRecords ? this.records : RedirectRecords.empty.withRedirect(this.redirectorId);
     const base = { connectionId: this.id, destination: this.originalDestination };
     try {
+      // The redirector refuses such flows before they are emitted; this is the last gate
+      // before a dial, for a flow that reached here some other way.
+      if (!admits(this.match, this.originalDestination)) {
+        throw new DestinationOutsideRuleError(this.redirectorId, this.originalDestination);
+      }
       const socket = await this.flow.connectOnward(records, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
       socket.on('error', (error) => (this.onwardError ??= error));
       this.emit({ type: 'onward-connected', ...base, propagateRecords, redirectedBy: records.redirectedBy });

@@ -8,7 +8,7 @@ import { encodeFlowHeader } from '../backends/embedded/flow-header.js';
 import { connect } from '../connector/connect.js';
 import { relay } from '../connector/relay.js';
 import { RedirectRecords } from '../records/redirect-records.js';
-import { passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../test-support/harness.js';
+import { entryKey, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../test-support/harness.js';
 import type { AcceptedConnection } from './accepted-connection.js';
 import type { RedirectorEvent } from './redirector-events.js';
 import { createRedirector } from './redirector.js';
@@ -61,12 +61,16 @@ function holdNextInstall(): { readonly done: Promise<Installation>; release(): v
   return { done, release };
 }
 
-const flowHeaderFor = (redirectorId: string, port: number): Buffer =>
-  encodeFlowHeader({
-    source: { address: '127.0.0.1', port: 40000 },
-    destination: { address: '127.0.0.1', port, family: 4 },
-    records: RedirectRecords.empty.withRedirect(redirectorId),
-  });
+/** A header as the connector writes it, signed with the key from the redirector's registry entry. */
+const flowHeaderFor = (registry: string, redirectorId: string, port: number): Buffer =>
+  encodeFlowHeader(
+    {
+      source: { address: '127.0.0.1', port: 40000 },
+      destination: { address: '127.0.0.1', port, family: 4 },
+      records: RedirectRecords.empty.withRedirect(redirectorId),
+    },
+    entryKey(registry, redirectorId),
+  );
 
 describe('tearing a redirector down', () => {
   // close() letting established flows finish is in redirector.test.ts.
@@ -95,7 +99,7 @@ describe('tearing a redirector down', () => {
     const accepted: AcceptedConnection[] = [];
     const subscription = r.accepted$.subscribe((connection) => accepted.push(connection));
     const { port } = await r.installed();
-    const header = flowHeaderFor(r.id, 9);
+    const header = flowHeaderFor(registry.path, r.id, 9);
 
     const halfRead = net.connect(port, '127.0.0.1');
     const halfReadSeen = watchClose(halfRead);

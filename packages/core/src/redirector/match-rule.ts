@@ -93,6 +93,18 @@ export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMa
   };
 }
 
+/**
+ * Whether a redirector may take a flow to `destination`: its rule matches it, read as the
+ * same endpoint whichever way the redirect layer spelt it. A PROXY header decodes an
+ * IPv4-mapped destination (`::ffff:192.0.2.1`) to plain IPv4, so a rule that matched the
+ * mapped form on the app's side (`family: 6`) is asked about that form too. Address
+ * lists already treat the two spellings alike (`net.BlockList`).
+ */
+export function admits(match: CompiledMatch, destination: Destination): boolean {
+  if (match.matches(destination)) return true;
+  return destination.family === 4 && match.matches({ address: `::ffff:${destination.address}`, port: destination.port, family: 6 });
+}
+
 function addHost(list: net.BlockList, host: unknown, option: string): void {
   if (typeof host !== 'string') throw new InvalidOptionsError('must be an address or CIDR string', option);
   const [address = '', prefixText, ...extra] = host.split('/');

@@ -59,7 +59,12 @@ export interface ClosedEvent extends EventBase {
   readonly onwardError?: Error;
 }
 
-/** A connection reached the listener but was refused: bad header, wrong records… */
+/**
+ * A connection reached the listener but was refused and closed, nothing dialled: a bad
+ * header, wrong records, a peer that is not the registry's owner
+ * (`COPROXY_PEER_NOT_AUTHORISED`), a destination outside the match rule
+ * (`COPROXY_DESTINATION_OUTSIDE_RULE`)…
+ */
 export interface RejectedEvent extends EventBase {
   readonly type: 'rejected';
   readonly error: CoproxyError;

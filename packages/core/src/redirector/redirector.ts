@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import { Observable, share, Subject, takeUntil } from 'rxjs';
-import type { AcceptedFlow, Backend, Endpoint, InstallSpec, Installation } from '../backends/backend.js';
+import { type AcceptedFlow, type Backend, type Endpoint, type InstallSpec, type Installation, remoteEndpoint } from '../backends/backend.js';
 import { embeddedBackend } from '../backends/embedded/embedded-backend.js';
 import { resolveMarkMask } from '../backends/nftables/marks.js';
 import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
@@ -9,6 +9,7 @@ import { wfpBackend } from '../backends/wfp/wfp-backend.js';
 import { socketBytes } from '../connector/kernel-splice.js';
 import {
   type CoproxyError,
+  DestinationOutsideRuleError,
   InvalidOptionsError,
   RedirectorClosedError,
   RedirectorIdInUseError,
@@ -16,7 +17,7 @@ import {
 } from '../errors.js';
 import { assertRedirectorId } from '../records/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
-import { compileMatch } from './match-rule.js';
+import { admits, compileMatch } from './match-rule.js';
 import type { RedirectorEvent, RedirectorEventInit } from './redirector-events.js';
 import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
 
@@ -184,6 +185,14 @@ class RedirectorImpl implements Redirector {
       const sink = {
         accepted: (flow: AcceptedFlow) => {
           if (tornDown) return void flow.socket.destroy();
+          // I7, whatever the redirect layer claims (a PROXY header, SO_ORIGINAL_DST, WFP):
+          // a flow this redirector's rule does not take is refused, never dialled.
+          if (!admits(this.spec.match, flow.originalDestination)) {
+            const remote = remoteEndpoint(flow.socket);
+            flow.socket.destroy();
+            this.emit({ type: 'rejected', error: new DestinationOutsideRuleError(this.id, flow.originalDestination), remote });
+            return;
+          }
           subscriber.next(this.track(flow));
         },
         rejected: (error: CoproxyError, remote: Partial<Endpoint>) => this.emit({ type: 'rejected', error, remote }),
@@ -270,7 +279,7 @@ class RedirectorImpl implements Redirector {
 
   private track(flow: AcceptedFlow): AcceptedConnection {
     const id = `${this.id}#${++this.sequence}`;
-    const connection = new Accepted(id, this.id, flow, (event) => this.emit(event));
+    const connection = new Accepted(id, this.id, this.spec.match, flow, (event) => this.emit(event));
     const { socket } = flow;
     this.open.add(socket);
     let lastError: Error | undefined;

@@ -1,5 +1,5 @@
 // Shared by the tests: real servers on loopback, started and stopped by each test.
-import { createHash } from 'node:crypto';
+import { createHash, createSecretKey, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -72,17 +72,27 @@ export function tempRegistry(): TempDir {
   return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
+/** A redirector's authentication key, read from its registry entry as the connector reads it. */
+export function entryKey(registry: string, id: string): KeyObject {
+  const entry = JSON.parse(fs.readFileSync(path.join(registry, `${id}.json`), 'utf8')) as { secret: string };
+  return createSecretKey(Buffer.from(entry.secret, 'base64'));
+}
+
 export interface EchoOrigin extends AsyncDisposable {
   readonly port: number;
   /** Bytes each connection sent, by arrival order. */
   readonly received: Buffer[];
+  /** TCP connections accepted so far, whether or not they sent anything. */
+  readonly connections: number;
 }
 
 /** An origin that echoes every byte back and remembers what it got. */
 export async function startEchoOrigin(host = '127.0.0.1'): Promise<EchoOrigin> {
   const received: Buffer[] = [];
   const sockets = new Set<net.Socket>();
+  let connections = 0;
   const server = net.createServer((socket) => {
+    connections++;
     sockets.add(socket);
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -95,6 +105,9 @@ export async function startEchoOrigin(host = '127.0.0.1'): Promise<EchoOrigin> {
   return {
     port: (server.address() as net.AddressInfo).port,
     received,
+    get connections() {
+      return connections;
+    },
     async [Symbol.asyncDispose]() {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));

@@ -1,3 +1,4 @@
+import { createHmac, type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { connect } from '../../connector/connect.js';
@@ -5,9 +6,9 @@ import { RedirectRecords } from '../../records/redirect-records.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RejectedEvent } from '../../redirector/redirector-events.js';
 import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
-import { exchange, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../test-support/harness.js';
-import { encodeFlowHeader, TLV_RECORDS } from './flow-header.js';
-import { encodeProxyV2, PROXY_V2_SIGNATURE } from './proxy-v2.js';
+import { entryKey, exchange, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../test-support/harness.js';
+import { AUTH_TAG_BYTES, encodeFlowHeader, TLV_AUTH, TLV_RECORDS } from './flow-header.js';
+import { decodeProxyV2, encodeProxyV2, PROXY_V2_SIGNATURE } from './proxy-v2.js';
 
 let nextId = 0;
 const uniqueId = (name: string): string => `${name}-${process.pid % 10000}-${++nextId}`;
@@ -23,13 +24,17 @@ async function sendRaw(port: number, bytes: Buffer, options: { end?: boolean } =
   return { closedBy: 'peer' };
 }
 
-const goodFlow = (redirectorId: string, port: number): Buffer =>
-  encodeFlowHeader({
-    source: { address: '127.0.0.1', port: 40000 },
-    destination: { address: '127.0.0.1', port, family: 4 },
-    records: RedirectRecords.empty.withRedirect(redirectorId),
-    pid: 4242,
-  });
+/** A header as the connector writes it, signed with the redirector's key from its registry entry. */
+const goodFlow = (redirectorId: string, port: number, key: KeyObject): Buffer =>
+  encodeFlowHeader(
+    {
+      source: { address: '127.0.0.1', port: 40000 },
+      destination: { address: '127.0.0.1', port, family: 4 },
+      records: RedirectRecords.empty.withRedirect(redirectorId),
+      pid: 4242,
+    },
+    key,
+  );
 
 describe('the embedded listener facing bad input', () => {
   it('rejects each malformed, oversized, truncated or slow header with a typed event and keeps serving', async () => {
@@ -46,7 +51,8 @@ describe('the embedded listener facing bad input', () => {
     const subscription = passThrough(r, log);
     const { port } = await r.installed();
 
-    const good = goodFlow(r.id, origin.port);
+    const key = entryKey(registry.path, r.id);
+    const good = goodFlow(r.id, origin.port, key);
     const withBigTlv = encodeProxyV2({
       source: { address: '127.0.0.1', port: 1 },
       destination: { address: '127.0.0.1', port: origin.port },
@@ -58,8 +64,8 @@ describe('the embedded listener facing bad input', () => {
       ['an oversized TLV', withBigTlv, {}, 'COPROXY_PROXY_HEADER_TOO_LARGE'],
       ['a header cut short by the peer', good.subarray(0, 20), { end: true }, 'COPROXY_PROXY_HEADER_INCOMPLETE'],
       ['a header that never completes', good.subarray(0, 20), {}, 'COPROXY_PROXY_HEADER_TIMEOUT'],
-      ['records that are not valid', corruptRecords(good), {}, 'COPROXY_RECORDS_MALFORMED'],
-      ['records that name another redirector last', goodFlow('someone-else', origin.port), {}, 'COPROXY_RECORDS_MISMATCH'],
+      ['records that are not valid', corruptRecords(good, key), {}, 'COPROXY_RECORDS_MALFORMED'],
+      ['records that name another redirector last', goodFlow('someone-else', origin.port, key), {}, 'COPROXY_RECORDS_MISMATCH'],
     ];
     for (const [, bytes, options] of cases) await sendRaw(port, bytes, options);
 
@@ -81,7 +87,7 @@ describe('the embedded listener facing bad input', () => {
     const subscription = r.accepted$.subscribe((conn) => accepted.push(conn));
     const { port } = await r.installed();
     const client = net.connect(port, '127.0.0.1');
-    client.end(Buffer.concat([goodFlow(r.id, origin.port), Buffer.from('payload-in-first-segment')]));
+    client.end(Buffer.concat([goodFlow(r.id, origin.port, entryKey(registry.path, r.id)), Buffer.from('payload-in-first-segment')]));
     await until(() => accepted.length === 1, 5000, 'the flow');
     const chunks: Buffer[] = [];
     for await (const chunk of accepted[0]!.socket) chunks.push(chunk as Buffer);
@@ -96,12 +102,16 @@ describe('the embedded listener facing bad input', () => {
     const accepted: AcceptedConnection[] = [];
     const subscription = r.accepted$.subscribe((conn) => accepted.push(conn));
     const { port } = await r.installed();
-    const forged = encodeFlowHeader({
-      source: { address: '127.0.0.1', port: 1 },
-      destination: { address: '127.0.0.1', port: 9, family: 4 },
-      records: RedirectRecords.empty.withRedirect('owner').withRedirect(r.id),
-      context: { owner: 'owner', bytes: Buffer.from('secret') },
-    });
+    // Signed by a process of the owner: the check is the context's, not the peer's.
+    const forged = encodeFlowHeader(
+      {
+        source: { address: '127.0.0.1', port: 1 },
+        destination: { address: '127.0.0.1', port: 9, family: 4 },
+        records: RedirectRecords.empty.withRedirect('owner').withRedirect(r.id),
+        context: { owner: 'owner', bytes: Buffer.from('secret') },
+      },
+      entryKey(registry.path, r.id),
+    );
     const client = net.connect(port, '127.0.0.1');
     client.write(forged);
     await until(() => accepted.length === 1, 5000, 'the flow');
@@ -113,9 +123,20 @@ describe('the embedded listener facing bad input', () => {
   });
 });
 
-function corruptRecords(header: Buffer): Buffer {
-  const copy = Buffer.from(header);
-  const at = copy.indexOf(Buffer.from([TLV_RECORDS]), 16 + 12);
-  copy[at + 3] = 9; // records version 9
-  return copy;
+/**
+ * The header with its records' version byte changed, then signed again as the header
+ * format documents (HMAC-SHA256 over every byte before the tag): only the records are wrong.
+ */
+function corruptRecords(header: Buffer, key: KeyObject): Buffer {
+  const decoded = decodeProxyV2(header, 4096)!.header;
+  const tlvs = decoded.tlvs.filter((tlv) => tlv.type !== TLV_AUTH).map((tlv) => {
+    if (tlv.type !== TLV_RECORDS) return tlv;
+    const value = Buffer.from(tlv.value);
+    value[0] = 9; // records version 9
+    return { type: tlv.type, value };
+  });
+  const unsigned = encodeProxyV2({ source: decoded.source, destination: decoded.destination, tlvs: [...tlvs, { type: TLV_AUTH, value: Buffer.alloc(AUTH_TAG_BYTES) }] });
+  const signed = unsigned.length - AUTH_TAG_BYTES;
+  createHmac('sha256', key).update(unsigned.subarray(0, signed)).digest().copy(unsigned, signed);
+  return unsigned;
 }

@@ -1,30 +1,56 @@
-import { randomBytes } from 'node:crypto';
+import { createSecretKey, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
-import { type CoproxyError, RecordsMismatchError } from '../../errors.js';
+import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../errors.js';
 import { connectWithRecords } from '../../connector/connect.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
+import { verifyFlowHeaderAuth } from './flow-header.js';
+import { tcpPeerUid } from './peer-uid.js';
+import type { ProxyV2Header } from './proxy-v2.js';
 import { asCoproxyError, readFlowHeader } from './read-flow-header.js';
-import { defaultRegistryDir, publishEntry, removeEntry } from './registry.js';
+import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './registry.js';
 
 /**
  * The default backend: a userspace redirect layer for any OS, no privileges. Installing
  * publishes a registry entry; `connect()` in any process then sends matching connections
  * to this listener with a PROXY v2 header, which is read here before the flow is handed on.
  * Cooperative: an app that does not use the connector is not redirected.
+ *
+ * The listener is a loopback port any local process can reach, so it serves only peers
+ * that prove they read this installation's registry entry (which only the registry's
+ * owner and root can): each header must end with an HMAC made with the entry's secret.
+ * Anyone else is refused before any TLV of their header is interpreted, and nothing is
+ * dialled for them; the redirector also refuses destinations outside its match rule.
  */
 export const embeddedBackend: Backend = {
   name: 'embedded',
   async install(spec: InstallSpec, sink: FlowSink): Promise<Installation> {
     const registry = spec.registry === undefined ? defaultRegistryDir() : path.resolve(spec.registry);
     const nonce = randomBytes(8).toString('hex');
+    // Per installation: a new one for every install, never reused, never sent.
+    const secret = randomBytes(SECRET_BYTES);
+    const key = createSecretKey(secret);
+    const owner = process.getuid?.();
+    /**
+     * First the tag (an HMAC, no system call), then the kernel's word on who owns the
+     * connecting socket: a valid tag from another uid means the secret leaked, and a
+     * refusal names the peer's uid for whoever reads the event. The uid lookup is one
+     * exact sock_diag query per connection (see peer-uid.ts), never a /proc scan.
+     */
+    const authenticate = (socket: net.Socket) => (raw: Buffer, header: ProxyV2Header): void => {
+      const refused = verifyFlowHeaderAuth(raw, header, key);
+      if (refused !== undefined) throw new PeerNotAuthorisedError(spec.id, refused, peerUid(socket));
+      if (owner === undefined) return;
+      const uid = peerUid(socket);
+      if (uid !== undefined && uid !== owner) throw new PeerNotAuthorisedError(spec.id, 'peer-uid', uid);
+    };
     const inHandshake = new Set<net.Socket>();
     let uninstalled = false;
 
     // Half-open allowed: a client's FIN must reach the origin while the reply still flows.
     const server = net.createServer({ allowHalfOpen: true }, (socket) => {
       inHandshake.add(socket);
-      readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes }).then(
+      readFlowHeader(socket, { timeoutMs: spec.headerTimeoutMs, maxHeaderBytes: spec.maxHeaderBytes, authenticate: authenticate(socket) }).then(
         ({ flow, headerBytes }) => {
           inHandshake.delete(socket);
           if (uninstalled) return void socket.destroy();
@@ -83,6 +109,7 @@ export const embeddedBackend: Backend = {
         listen: { host: listening.address, port: listening.port },
         pid: process.pid,
         nonce,
+        secret: secret.toString('base64'),
         ...(spec.context !== undefined && { context: spec.context.toString('base64') }),
         startedAt: new Date().toISOString(),
       });
@@ -104,3 +131,10 @@ export const embeddedBackend: Backend = {
     };
   },
 };
+
+/** Who owns the other end of an accepted socket, where the platform can say. */
+function peerUid(socket: net.Socket): number | undefined {
+  const { remoteAddress, remotePort, localAddress, localPort } = socket;
+  if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) return undefined;
+  return tcpPeerUid({ address: remoteAddress, port: remotePort }, { address: localAddress, port: localPort });
+}

@@ -1,10 +1,13 @@
+import { createSecretKey, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CoproxyError, ProxyHeaderMalformedError, RecordsMalformedError } from '../../errors.js';
 import { encodeRecords } from '../../records/records-codec.js';
 import { MAX_REDIRECTS, RedirectRecords } from '../../records/redirect-records.js';
 import { MAX_CONTEXT_BYTES } from '../../redirector/redirector-options.js';
-import { TLV_CONTEXT, TLV_PID, TLV_RECORDS, decodeFlowHeader, encodeFlowHeader, type FlowHeader } from './flow-header.js';
+import {
+  AUTH_TAG_BYTES, TLV_AUTH, TLV_CONTEXT, TLV_PID, TLV_RECORDS, decodeFlowHeader, encodeFlowHeader, verifyFlowHeaderAuth, type FlowHeader,
+} from './flow-header.js';
 import { addressToBytes, bytesToAddress, isV4Mapped } from './ip-address.js';
 import { PROXY_V2_FIXED_BYTES, PROXY_V2_SIGNATURE, decodeProxyV2, encodeProxyV2, type ProxyV2Tlv } from './proxy-v2.js';
 
@@ -178,7 +181,7 @@ describe('the flow header', () => {
     for (const tlvs of twice) expect(() => decodeFlow(withTlvs(tlvs))).toThrow(ProxyHeaderMalformedError);
   });
 
-  it('ignores reserved types of its range (0xE3 to 0xEF), repeated or not, so later versions can use them', () => {
+  it('ignores reserved types of its range (0xE4 to 0xEF), repeated or not, so later versions can use them', () => {
     const reserved = { type: 0xee, value: Buffer.from('x') };
     expect(decodeFlow(withTlvs([recordsTlv(), reserved]))).toEqual(plainFlow);
     expect(decodeFlow(withTlvs([reserved, recordsTlv(), reserved]))).toEqual(plainFlow);
@@ -263,5 +266,57 @@ describe('the flow header', () => {
       }),
       { numRuns: 200 },
     );
+  });
+});
+
+describe('the flow header authentication TLV (0xE3)', () => {
+  const key = createSecretKey(randomBytes(32));
+  /** Decodes as the listener does and returns what verification says (undefined: it verifies). */
+  const verify = (raw: Buffer, withKey = key) => {
+    const decoded = decodeProxyV2(raw, LIMIT);
+    if (decoded === undefined) return 'incomplete'; // a changed length byte may ask for more
+    return verifyFlowHeaderAuth(raw.subarray(0, decoded.length), decoded.header, withKey);
+  };
+
+  it('verifies what was signed with the same key, and decodes to the same flow', () => {
+    fc.assert(
+      fc.property(flow, (original) => {
+        const signed = encodeFlowHeader(original, key);
+        expect(verify(signed)).toBeUndefined();
+        const tlvs = decodeProxyV2(signed, LIMIT)!.header.tlvs;
+        expect(tlvs.at(-1)?.type).toBe(TLV_AUTH);
+        expect(tlvs.at(-1)?.value).toHaveLength(AUTH_TAG_BYTES);
+        expect(decodeFlowHeader(decodeProxyV2(signed, LIMIT)!.header)).toEqual(original);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('fails for any single byte changed after the signature, and for another key', () => {
+    fc.assert(
+      fc.property(flow, fc.nat(), fc.integer({ min: 1, max: 255 }), (original, at, delta) => {
+        const signed = encodeFlowHeader(original, key);
+        expect(verify(signed, createSecretKey(randomBytes(32)))).toBe('bad-credential');
+        const index = PROXY_V2_SIGNATURE.length + (at % (signed.length - PROXY_V2_SIGNATURE.length));
+        signed[index] = (signed[index]! + delta) & 0xff;
+        const result = attempt(() => verify(signed));
+        // A change may break the framing (a CoproxyError) or leave it parseable: never verified.
+        if ('error' in result) expect(result.error).toBeInstanceOf(CoproxyError);
+        else expect(result.value).not.toBeUndefined();
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('says a header without the TLV has no credential, and one where it is not last a bad one', () => {
+    expect(verify(encodeFlowHeader(plainFlow))).toBe('no-credential');
+    const signed = encodeFlowHeader(plainFlow, key);
+    const tlvs = decodeProxyV2(signed, LIMIT)!.header.tlvs;
+    const moved = encodeProxyV2({ source: plainFlow.source, destination: plainFlow.destination, tlvs: [tlvs.at(-1)!, ...tlvs.slice(0, -1)] });
+    expect(verify(moved)).toBe('bad-credential');
+    const appended = encodeProxyV2({ source: plainFlow.source, destination: plainFlow.destination, tlvs: [...tlvs, { type: 0x04, value: Buffer.alloc(0) }] });
+    expect(verify(appended)).toBe('bad-credential');
+    const short = encodeProxyV2({ source: plainFlow.source, destination: plainFlow.destination, tlvs: [...tlvs.slice(0, -1), { type: TLV_AUTH, value: Buffer.alloc(31) }] });
+    expect(verify(short)).toBe('bad-credential');
   });
 });

@@ -1,4 +1,5 @@
-import { ProxyHeaderMalformedError } from '../../errors.js';
+import { createHmac, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { type PeerNotAuthorisedReason, ProxyHeaderMalformedError } from '../../errors.js';
 import { decodeRecords, encodeRecords } from '../../records/records-codec.js';
 import type { RedirectRecords } from '../../records/redirect-records.js';
 import { isRedirectorId } from '../../records/redirector-id.js';
@@ -14,14 +15,25 @@ import { encodeProxyV2 } from './proxy-v2.js';
  * | 0xE0 | redirect records (records codec v1), required |
  * | 0xE1 | context: u8 owner id length, owner id, then the context bytes (≤ 1024) |
  * | 0xE2 | originating process id, u32 big-endian |
+ * | 0xE3 | authentication: HMAC-SHA256 with the redirector's secret, 32 bytes; the last TLV |
  *
  * Other TLV types, the rest of the range included (reserved for later versions), are
- * ignored, as the PROXY spec asks of receivers; one of the three above appearing twice is
+ * ignored, as the PROXY spec asks of receivers; one of the first three appearing twice is
  * an error.
+ *
+ * The authentication TLV proves the header was made by a process that could read the
+ * redirector's registry entry (mode 0600 in a 0700 directory: its owner, or root). Its
+ * HMAC covers every byte of the header before the tag itself (signature, addresses,
+ * length, every other TLV and the 0xE3 type and length bytes), so nothing in the header
+ * can be changed or appended without the secret, and the secret itself never crosses
+ * the socket: a header that is logged or captured does not reveal it.
  */
 export const TLV_RECORDS = 0xe0;
 export const TLV_CONTEXT = 0xe1;
 export const TLV_PID = 0xe2;
+export const TLV_AUTH = 0xe3;
+/** Bytes of the HMAC-SHA256 tag in the authentication TLV. */
+export const AUTH_TAG_BYTES = 32;
 
 export interface FlowContext {
   readonly owner: string;
@@ -37,7 +49,11 @@ export interface FlowHeader {
   readonly pid?: number;
 }
 
-export function encodeFlowHeader(flow: FlowHeader): Buffer {
+/**
+ * Encodes a flow's header. With `key` (the redirector's secret, from its registry entry)
+ * the header ends with the authentication TLV, which an embedded listener requires.
+ */
+export function encodeFlowHeader(flow: FlowHeader, key?: KeyObject): Buffer {
   const tlvs: ProxyV2Tlv[] = [{ type: TLV_RECORDS, value: encodeRecords(flow.records) }];
   if (flow.context !== undefined) {
     if (!isRedirectorId(flow.context.owner) || flow.context.bytes.length > MAX_CONTEXT_BYTES) {
@@ -51,7 +67,37 @@ export function encodeFlowHeader(flow: FlowHeader): Buffer {
     pid.writeUInt32BE(flow.pid);
     tlvs.push({ type: TLV_PID, value: pid });
   }
-  return encodeProxyV2({ source: flow.source, destination: flow.destination, tlvs });
+  if (key === undefined) return encodeProxyV2({ source: flow.source, destination: flow.destination, tlvs });
+  tlvs.push({ type: TLV_AUTH, value: Buffer.alloc(AUTH_TAG_BYTES) });
+  const header = encodeProxyV2({ source: flow.source, destination: flow.destination, tlvs });
+  const signed = header.length - AUTH_TAG_BYTES;
+  authTag(key, header.subarray(0, signed)).copy(header, signed);
+  return header;
+}
+
+function authTag(key: KeyObject, signed: Buffer): Buffer {
+  return createHmac('sha256', key).update(signed).digest();
+}
+
+/**
+ * Checks a received header's authentication TLV against `key`: `raw` is the header's
+ * bytes as received, `header` their decoding. Returns why it fails, or `undefined` when it
+ * verifies. The tag must be the last TLV, so no byte follows it unauthenticated; it is
+ * compared in constant time.
+ */
+export function verifyFlowHeaderAuth(
+  raw: Buffer,
+  header: ProxyV2Header,
+  key: KeyObject,
+): PeerNotAuthorisedReason | undefined {
+  const last = header.tlvs[header.tlvs.length - 1];
+  if (last === undefined || last.type !== TLV_AUTH) {
+    return header.tlvs.some((tlv) => tlv.type === TLV_AUTH) ? 'bad-credential' : 'no-credential';
+  }
+  if (last.value.length !== AUTH_TAG_BYTES) return 'bad-credential';
+  // The decoder read the TLVs up to the header's end, so the tag is its last bytes.
+  const signed = raw.length - AUTH_TAG_BYTES;
+  return timingSafeEqual(authTag(key, raw.subarray(0, signed)), last.value) ? undefined : 'bad-credential';
 }
 
 export function decodeFlowHeader(header: ProxyV2Header): FlowHeader {

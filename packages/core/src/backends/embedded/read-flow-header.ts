@@ -1,11 +1,16 @@
 import type net from 'node:net';
 import { CoproxyError, ProxyHeaderIncompleteError, ProxyHeaderMalformedError, ProxyHeaderTimeoutError } from '../../errors.js';
 import { decodeFlowHeader, type FlowHeader } from './flow-header.js';
-import { decodeProxyV2 } from './proxy-v2.js';
+import { decodeProxyV2, type ProxyV2Header } from './proxy-v2.js';
 
 export interface ReadFlowHeaderOptions {
   readonly timeoutMs: number;
   readonly maxHeaderBytes: number;
+  /**
+   * Called with the header's bytes and their PROXY v2 decoding before anything in its
+   * TLVs is interpreted; throws a `CoproxyError` to refuse the peer.
+   */
+  readonly authenticate?: (raw: Buffer, header: ProxyV2Header) => void;
 }
 
 /**
@@ -39,6 +44,7 @@ export function readFlowHeader(
         try {
           const decoded = decodeProxyV2(buffered, options.maxHeaderBytes);
           if (decoded === undefined) continue;
+          options.authenticate?.(buffered.subarray(0, decoded.length), decoded.header);
           const flow = decodeFlowHeader(decoded.header);
           const rest = buffered.subarray(decoded.length);
           if (rest.length > 0) socket.unshift(rest);

@@ -1,3 +1,4 @@
+import { createSecretKey, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -23,6 +24,13 @@ export interface RegistryEntry {
   readonly pid: number;
   /** Random per installation: who may remove the entry, even within one process. */
   readonly nonce: string;
+  /**
+   * Random per installation, 32 bytes, base64: the key of the HMAC that every connection
+   * to the listener must carry (TLV 0xE3). This file is the only place it is written, with
+   * mode 0600 in a 0700 directory, so only the registry's owner (and root) can send the
+   * listener a header it accepts.
+   */
+  readonly secret: string;
   /** base64 */
   readonly context?: string;
   readonly startedAt: string;
@@ -34,7 +42,12 @@ export interface TableEntry {
   readonly entry: RegistryEntry;
   readonly match: CompiledMatch;
   readonly context: Buffer | undefined;
+  /** The entry's secret, made into a key once per file version, not per connection. */
+  readonly key: KeyObject;
 }
+
+/** Bytes of a registry entry's secret. */
+export const SECRET_BYTES = 32;
 
 /**
  * `COPROXY_REGISTRY`, else a path derived from the user alone: on POSIX
@@ -106,8 +119,12 @@ function assertSafeParent(dir: string): void {
 function ensureRegistry(dir: string): void {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    assertPrivate(fs.lstatSync(dir), dir);
+    const stat = fs.lstatSync(dir);
+    assertPrivate(stat, dir);
     assertSafeParent(dir);
+    // Ours and writable by nobody else, but perhaps made readable by an older version or
+    // by hand: entries are 0600 anyway, and listing them is nobody else's business either.
+    if (process.getuid !== undefined && (stat.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
   } catch (error) {
     if (error instanceof RegistryError) throw error;
     throw new RegistryError('cannot create the registry', dir, { cause: error });
@@ -115,14 +132,39 @@ function ensureRegistry(dir: string): void {
 }
 
 function readEntry(file: string): RegistryEntry | undefined {
-  let text: string;
+  let fd: number;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    // Not through a link: an entry is a file its owner wrote here, nothing else.
+    fd = fs.openSync(file, fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0));
   } catch (error) {
     if (errnoCode(error) === 'ENOENT') return undefined; // removed between readdir and read
     throw new RegistryError('cannot read registry entry', file, { cause: error });
   }
-  return parseEntry(text, file);
+  try {
+    assertPrivateEntry(fs.fstatSync(fd), file);
+    return parseEntry(fs.readFileSync(fd, 'utf8'), file);
+  } catch (error) {
+    if (error instanceof RegistryError) throw error;
+    throw new RegistryError('cannot read registry entry', file, { cause: error });
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * An entry says where this user's connections go and holds the secret that lets a
+ * process talk to the vendor's listener: one that others could write (or read) is not
+ * this user's alone, and is refused. Checked on the descriptor that is then read, so the
+ * file cannot be swapped between check and read. Windows has no uid or mode bits here.
+ */
+function assertPrivateEntry(stat: fs.Stats, file: string): void {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  if (!stat.isFile()) throw new RegistryError('registry entry is not a regular file', file);
+  if (stat.uid !== uid) throw new RegistryError(`registry entry belongs to uid ${stat.uid}, not to this user (${uid})`, file);
+  if ((stat.mode & 0o077) !== 0) {
+    throw new RegistryError(`registry entry is open to others (mode ${(stat.mode & 0o777).toString(8)}, must be 600)`, file);
+  }
 }
 
 function parseEntry(text: string, file: string): RegistryEntry {
@@ -150,6 +192,8 @@ function parseEntry(text: string, file: string): RegistryEntry {
     Number.isInteger(entry.pid) &&
     entry.pid >= 1 &&
     typeof entry.nonce === 'string' &&
+    typeof entry.secret === 'string' &&
+    Buffer.from(entry.secret, 'base64').length === SECRET_BYTES &&
     typeof entry.match === 'object' &&
     (entry.context === undefined ||
       (typeof entry.context === 'string' && Buffer.from(entry.context, 'base64').length <= MAX_CONTEXT_BYTES));
@@ -186,7 +230,8 @@ export function publishEntry(dir: string, entry: RegistryEntry): void {
   const file = entryFile(dir, entry.id);
   const temp = path.join(dir, `.${entry.id}.${entry.nonce}.tmp`);
   try {
-    fs.writeFileSync(temp, JSON.stringify(entry, null, 2) + '\n', { mode: 0o600 });
+    // 'wx': a new file, so the mode given here is the one it gets (umask can only narrow it).
+    fs.writeFileSync(temp, JSON.stringify(entry, null, 2) + '\n', { mode: 0o600, flag: 'wx' });
   } catch (error) {
     throw new RegistryError('cannot write to the registry', dir, { cause: error });
   }
@@ -349,7 +394,8 @@ class RegistryTable {
         const entry = readEntry(file);
         if (entry === undefined) continue;
         const context = entry.context === undefined ? undefined : Buffer.from(entry.context, 'base64');
-        loaded.push({ id: entry.id, entry, match: compileMatch(entry.match, `${file}: match`), context });
+        const key = createSecretKey(Buffer.from(entry.secret, 'base64'));
+        loaded.push({ id: entry.id, entry, match: compileMatch(entry.match, `${file}: match`), context, key });
       } catch (error) {
         // A broken entry must not stop every connection on the host, nor pass unseen.
         const key = `${file}:${String(error)}`;

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256, until } from '../../test-support/harness.js';
 import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '../../testing/netns.js';
 import { type ListedTable, parseTable, parseTableNames } from './tables.js';
@@ -12,7 +12,8 @@ import { type ListedTable, parseTable, parseTableNames } from './tables.js';
 // Real kernel paths: every test makes its own network namespace (unique name) and removes
 // it with `await using`, also when it fails. Vendors, origins and curl are separate
 // processes inside it; vendors and the CLI run the built package (dist/).
-const fixtures = fileURLToPath(new URL('../../../test-fixtures/', import.meta.url));
+const packageRoot = fileURLToPath(new URL('../../../', import.meta.url));
+const fixtures = path.join(packageRoot, 'test-fixtures');
 const cli = fileURLToPath(new URL('../../../dist/cli/coproxy.js', import.meta.url));
 const ORIGIN_PORT = 8080;
 
@@ -48,8 +49,36 @@ interface VendorOptions {
   readonly dropTo?: number;
 }
 
+/**
+ * A copy of the built package that any user can read, for vendors that drop to another
+ * uid. The checkout may sit in a directory only root can traverse (a 0700 home): a vendor
+ * running from there as uid 65534 could not load core's lazily required native addon
+ * (koffi) and would fail with COPROXY_BACKEND_UNAVAILABLE, not with the missing privilege
+ * the test is about. A real unprivileged vendor is installed where its user can read it;
+ * this copy stands for that install. Made once per file, removed after it.
+ */
+let readableCopy: string | undefined;
+function readablePackage(): string {
+  if (readableCopy !== undefined) return readableCopy;
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-readable-'));
+  fs.chmodSync(root, 0o755); // mkdtemp makes it 0700; the copy is root's, read-only to others
+  readableCopy = root;
+  fs.cpSync(path.join(packageRoot, 'package.json'), path.join(root, 'package.json'));
+  fs.cpSync(path.join(packageRoot, 'dist'), path.join(root, 'dist'), { recursive: true });
+  fs.cpSync(fixtures, path.join(root, 'test-fixtures'), { recursive: true });
+  // pnpm keeps each package beside its own dependencies in one store directory
+  // (`.pnpm/<name>@<version>/node_modules/`): copying those directories, links followed,
+  // gives the runtime dependencies (rxjs with tslib, koffi with its platform binary).
+  for (const dependency of ['rxjs', 'koffi']) {
+    const store = path.dirname(fs.realpathSync(path.join(packageRoot, 'node_modules', dependency)));
+    fs.cpSync(store, path.join(root, 'node_modules'), { recursive: true, dereference: true });
+  }
+  return root;
+}
+
 function startVendor(netns: Netns, options: VendorOptions): Vendor {
-  const child = netns.spawn(process.execPath, [path.join(fixtures, 'nft-vendor.mjs'), JSON.stringify({ ports: [ORIGIN_PORT], ...options })], {
+  const from = options.dropTo === undefined ? fixtures : path.join(readablePackage(), 'test-fixtures');
+  const child = netns.spawn(process.execPath, [path.join(from, 'nft-vendor.mjs'), JSON.stringify({ ports: [ORIGIN_PORT], ...options })], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const accepted: Accepted[] = [];
@@ -141,6 +170,9 @@ const coproxyCli = (netns: Netns, ...args: string[]) => netns.run(process.execPa
 
 describe.skipIf(skipKernelTests)('nftables backend, in network namespaces', () => {
   beforeAll(assertKernelTestsCanRun);
+  afterAll(() => {
+    if (readableCopy !== undefined) fs.rmSync(readableCopy, { recursive: true, force: true });
+  });
 
   it('redirects unmodified curl through one vendor, IPv4 and IPv6, with the original destination', async () => {
     await using netns = await createNetns('one');

@@ -1,10 +1,12 @@
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ephemeralRange } from './ports.js';
 import type { Report } from './scenario.js';
 
 const run = promisify(execFile);
@@ -45,6 +47,15 @@ function leftovers(): string[] {
     for (const ns of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) if (ns.startsWith('coproxy-testbed-')) found.push(`namespace: ${ns}`);
   }
   return found;
+}
+
+/** A listener of the test's own on 127.0.0.1:`port`. */
+function hold(port: number): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer((socket) => socket.destroy());
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
 }
 
 function expectCooperative(report: Report, vendors: number): void {
@@ -112,6 +123,43 @@ describe('coproxy-testbed', () => {
   it('exits 2 on a usage error', async () => {
     expect((await testbed('run', '--vendors', 'squid')).code).toBe(2);
     expect((await testbed('run', '--flows', '0')).code).toBe(2);
+    expect((await testbed('run', '--flows', '10001')).code).toBe(2);
+    expect((await testbed('run', '--origin-port-base', '80')).code).toBe(2);
+  });
+
+  it('runs 1,000 flows at concurrency 64, raw TCP included, with every origin port outside the kernel’s ephemeral range', { timeout: 240_000 }, async () => {
+    // Before: --flows stopped at 600, a raw flow whose random bytes started with 22 got a
+    // TLS alert (or with capitals and a space, a 400), and the ports fell in the ephemeral range.
+    const json = path.join(dir, 'thousand.json');
+    const { code, stdout } = await testbed('run', '--flows', '1000', '--concurrency', '64', '--seed', '1', '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expect(report.flows.filter((f) => f.kind === 'tcp')).toHaveLength(333);
+    const { range } = ephemeralRange();
+    expect(report.flows.filter((f) => f.port >= range.from && f.port <= range.to).map((f) => f.port)).toEqual([]);
+    expect(leftovers()).toEqual([]);
+  });
+
+  it('replaces an origin port that another program holds, and says so', { timeout: 120_000 }, async () => {
+    // Two ports of the block held by listeners of the test's own, outside the ephemeral range.
+    const { range } = ephemeralRange();
+    const base = range.from > 20_000 ? 17_000 + (process.pid % 2000) : range.to + 100;
+    const held = await Promise.all([base + 1, base + 3].map((port) => hold(port)));
+    try {
+      const json = path.join(dir, 'replaced.json');
+      const { code } = await testbed('run', '--flows', '6', '--origin-port-base', String(base), '--json', json);
+      expect(code).toBe(0);
+      const report = readReport(json);
+      expectCooperative(report, 2);
+      const ports = report.flows.map((f) => f.port);
+      expect(ports).not.toContain(base + 1);
+      expect(ports).not.toContain(base + 3);
+      expect(ports.slice(0, 1)).toEqual([base]);
+      expect(report.notes.filter((note) => /could not be bound \(EADDRINUSE\)/.test(note))).toHaveLength(2);
+    } finally {
+      await Promise.all(held.map((server) => new Promise((resolve) => server.close(resolve))));
+    }
   });
 
   it.skipIf(skipKernel)('runs on the nftables backend in a namespace with unmodified curl, and leaves nothing behind', async () => {

@@ -555,9 +555,10 @@ const looksLikeTls = (head: Buffer): boolean => head.length >= 2 && head[0] === 
 function readFirstBytes(socket: net.Socket, settings: { sniffTimeoutMs: number; helloTimeoutMs: number; maxHelloBytes: number }): Promise<FirstBytes> {
   return new Promise((resolve, reject) => {
     let buffer: Buffer = Buffer.alloc(0);
+    let settled = false;
     const finish = (error: Error | undefined, value?: FirstBytes): void => {
-      clearTimeout(sniffTimer);
-      clearTimeout(deadline);
+      settled = true;
+      clearTimeout(timer);
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('error', onError);
@@ -566,8 +567,17 @@ function readFirstBytes(socket: net.Socket, settings: { sniffTimeoutMs: number; 
       else resolve(value!);
     };
     const onData = (chunk: Buffer): void => {
-      clearTimeout(sniffTimer);
-      buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]);
+      const first = buffer.length === 0;
+      buffer = first ? chunk : Buffer.concat([buffer, chunk]);
+      decide();
+      // One timer per connection: after the first byte it is re-armed, once, for what is
+      // left of helloTimeoutMs (a whole hello in the first segment never gets that far).
+      if (first && !settled) {
+        clearTimeout(timer);
+        timer = setTimeout(onTimeout, Math.max(0, settings.helloTimeoutMs - (performance.now() - startedAt)));
+      }
+    };
+    const decide = (): void => {
       const kind = classifyFirstBytes(buffer);
       switch (kind) {
         case 'undecided':
@@ -597,13 +607,13 @@ function readFirstBytes(socket: net.Socket, settings: { sniffTimeoutMs: number; 
       finish(undefined, { kind: 'unrecognised', reason: 'incomplete', head: buffer });
     };
     const onError = (error: Error): void => finish(error);
-    const onDeadline = (): void => {
+    const onTimeout = (): void => {
       if (buffer.length === 0) return finish(undefined, { kind: 'unrecognised', reason: 'silent', head: buffer });
       if (buffer[0] === 0x16) return finish(Object.assign(new Error(`no complete ClientHello within ${settings.helloTimeoutMs} ms`), { code: 'HELLO_TIMEOUT' }));
       finish(undefined, { kind: 'unrecognised', reason: 'incomplete', head: buffer });
     };
-    const sniffTimer = setTimeout(() => finish(undefined, { kind: 'unrecognised', reason: 'silent', head: buffer }), settings.sniffTimeoutMs);
-    const deadline = setTimeout(onDeadline, settings.helloTimeoutMs);
+    const startedAt = performance.now();
+    let timer = setTimeout(onTimeout, Math.min(settings.sniffTimeoutMs, settings.helloTimeoutMs));
     socket.on('data', onData);
     socket.once('end', onEnd);
     socket.once('error', onError);

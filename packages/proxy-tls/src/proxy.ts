@@ -221,7 +221,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
       case 'recognised':
         metrics.connections.inc({ kind: first.protocol });
         emit({ type: 'opaque', connectionId: conn.id, protocol: first.protocol });
-        logger.info({ connectionId: conn.id, protocol: first.protocol }, 'relayed');
+        logger.debug({ connectionId: conn.id, protocol: first.protocol }, 'relayed'); // debug: once per HTTP connection in a chain
         return splice(conn, first.head);
       case 'unrecognised':
         return onUnrecognised(conn, first);

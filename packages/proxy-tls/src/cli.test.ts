@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { startTlsOrigin, tempDir, testCa, tlsClient, uniqueId, until, within } from './test-support/harness.js';
+import { dial, readExactly, startEchoOrigin, startTlsOrigin, tempDir, testCa, tlsClient, uniqueId, until, within } from './test-support/harness.js';
 
 // The built CLI (dist/): vitest's global setup rebuilds it when stale. These run it on the
 // embedded backend as a plain process; cli.kernel.test.ts runs it on nftables.
@@ -54,7 +54,7 @@ describe('coproxy-tls (CLI)', () => {
     const result = await run(['--help']);
 
     expect(result.code).toBe(0);
-    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--ca-dir', '--origin-ca', '--metrics']) {
+    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--ca-dir', '--origin-ca', '--metrics', '--unrecognised']) {
       expect(result.stdout).toContain(option);
     }
   });
@@ -117,6 +117,37 @@ describe('coproxy-tls (CLI)', () => {
       expect(lines.at(-1)).toMatchObject({ msg: 'shutting down', signal: 'SIGTERM' });
       // Its registry entry is gone: the next connection goes direct.
       expect(fs.readdirSync(registry.path).filter((name) => name.endsWith('.json'))).toEqual([]);
+    } finally {
+      if (stillRunning(running.child)) running.child.kill('SIGKILL');
+    }
+  });
+
+  it('exits 2 for an --unrecognised action other than block or relay', async () => {
+    using dir = tempDir();
+    const result = await run(['--id', uniqueId('cli'), '--priority', '1', '--unrecognised', 'sometimes'], { COPROXY_REGISTRY: dir.path });
+
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--unrecognised');
+  });
+
+  it('relays unrecognised bytes with --unrecognised relay, and logs each one', async () => {
+    using registry = tempDir('coproxy-tls-registry-');
+    await using origin = await startEchoOrigin();
+    const id = uniqueId('cli');
+    const running = start(['--id', id, '--priority', '5', '--ports', String(origin.port), '--unrecognised', 'relay'], { COPROXY_REGISTRY: registry.path });
+    try {
+      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      const bytes = Buffer.from('\x00not TLS, not HTTP\r\n', 'latin1');
+      const client = await dial(registry.path, origin.port);
+      client.write(bytes);
+      expect(await readExactly(client, bytes.length)).toEqual(bytes);
+      client.destroy();
+      await until(() => running.output.stdout.includes('"msg":"unrecognised"'), 5000, 'the unrecognised line');
+
+      running.child.kill('SIGTERM');
+      const result = await within(running.finished, 10_000, 'the CLI to exit');
+      expect(result.code).toBe(0);
+      expect(jsonLines(result.stdout).find((line) => line.msg === 'unrecognised')).toMatchObject({ action: 'relay', reason: 'unknown', firstBytes: bytes.subarray(0, 16).toString('hex') });
     } finally {
       if (stillRunning(running.child)) running.child.kill('SIGKILL');
     }

@@ -29,6 +29,11 @@ const program = new Command('coproxy-tls')
   .option('--ca-dir <dir>', 'where the bump CA lives (ca.crt to trust, ca.key mode 0600); created on first use')
   .option('--origin-ca <file>', 'PEM bundle to verify origins with in bump mode (default: the system store)')
   .option('--metrics <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics')
+  .addOption(
+    new Option('--unrecognised <action>', 'first bytes that are neither TLS nor HTTP/1.x or the HTTP/2 preface (and silent clients): block closes them, relay passes them on uninspected')
+      .choices(['block', 'relay'])
+      .default('block'),
+  )
   .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
   .exitOverride()
@@ -46,6 +51,7 @@ interface CliOptions {
   metrics?: string;
   logLevel: string;
   dropRecords?: boolean;
+  unrecognised: 'block' | 'relay';
 }
 
 function parsePorts(text: string): (number | [number, number])[] {
@@ -86,6 +92,7 @@ async function main(): Promise<number> {
       backend: options.backend,
       failMode: options.failMode,
       propagateRecords: options.dropRecords !== true,
+      unrecognised: options.unrecognised,
       ...(options.policy !== undefined && { policy: options.policy }),
       ...(options.caDir !== undefined && { ca: { dir: options.caDir } }),
       ...(options.originCa !== undefined && { originCa: readFileSync(options.originCa) }),

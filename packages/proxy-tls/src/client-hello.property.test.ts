@@ -243,3 +243,51 @@ function countHeadersBefore(bytes: Buffer, at: number): number {
   for (let offset = 0; offset < at; offset += 5 + bytes.readUInt16BE(offset + 3)) count++;
   return count;
 }
+
+describe('parseClientHello on unusual server_name values', () => {
+  // Legal framing, unusual content: whatever the entries say, the parser must read the hello,
+  // keep every entry as sent, and name the server only when exactly one host_name entry is a
+  // DNS name (lower-cased, without its trailing dot). The oracle is written apart from the parser.
+  const DNS = /^(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$/;
+  const caseMixed = fc.domain().chain((name) =>
+    fc.array(fc.boolean(), { minLength: name.length, maxLength: name.length }).map((upper) => [...name].map((c, i) => (upper[i] ? c.toUpperCase() : c)).join('')),
+  );
+  const nameBytes = fc.oneof(
+    { weight: 4, arbitrary: caseMixed.map((name) => Buffer.from(name, 'latin1')) },
+    { weight: 2, arbitrary: caseMixed.map((name) => Buffer.from(`${name}.`, 'latin1')) },
+    { weight: 1, arbitrary: fc.constant(Buffer.alloc(0)) },
+    { weight: 1, arbitrary: fc.integer({ min: 200, max: 4000 }).map((n) => Buffer.alloc(n, 0x61)) },
+    { weight: 1, arbitrary: fc.array(fc.stringMatching(/^[a-z]{1,63}$/), { minLength: 4, maxLength: 9 }).map((labels) => Buffer.from(labels.join('.'), 'latin1')) },
+    { weight: 1, arbitrary: fc.uint8Array({ maxLength: 40 }).map((bytes) => Buffer.from(bytes)) },
+    { weight: 1, arbitrary: fc.string({ unit: 'grapheme', maxLength: 20 }).map((text) => Buffer.from(text, 'utf8')) },
+  );
+  const entry = fc.record({ type: fc.oneof({ weight: 5, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 255 }) }), name: nameBytes });
+  const serverName = fc.oneof(
+    { weight: 6, arbitrary: fc.array(entry, { minLength: 1, maxLength: 3 }).map((entries) => ({ entries, extension: ext.serverNameEntries(...entries) })) },
+    { weight: 1, arbitrary: fc.constant({ entries: [], extension: ext.raw(0x0000, Buffer.from([0, 0])) }) },
+    { weight: 1, arbitrary: fc.constant({ entries: [], extension: ext.raw(0x0000) }) },
+  );
+
+  it('reads the hello, keeps every entry and names the server only when one host_name is a DNS name', () => {
+    fc.assert(
+      fc.property(serverName, fc.array(fc.integer({ min: 1, max: 600 }), { maxLength: 3 }), ({ entries, extension }, sizes) => {
+        const bytes = records(handshake(helloBody({ extensions: [ext.supportedVersions(0x0304), extension] })), sizes.length === 0 ? {} : { sizes });
+        const result = outcome(bytes);
+        if (result.kind !== 'hello') throw new Error(`a hello with a well-framed server_name was not read: ${result.kind === 'error' ? result.error.message : result.kind}`);
+        const { hello } = result;
+        expect(hello.serverNames).toEqual(entries.map(({ type, name }) => ({ type, name: name.toString('latin1') })));
+
+        const hostNames = entries.filter((e) => e.type === 0).map((e) => e.name.toString('latin1'));
+        const single = hostNames.length === 1 ? hostNames[0]!.toLowerCase() : undefined;
+        const canonical = single?.endsWith('.') === true ? single.slice(0, -1) : single;
+        const expected = canonical !== undefined && DNS.test(canonical) ? canonical : undefined;
+        expect(hello.serverName).toBe(expected);
+        const unusual = entries.length !== hostNames.length || hostNames.length !== 1 || single !== canonical;
+        expect(hello.serverNameAnomaly === undefined).toBe(expected !== undefined && !unusual);
+        if (hostNames.length > 1) expect(hello.serverNameAnomaly).toBe('multiple-names');
+        if (entries.length === 0) expect(hello.serverNameAnomaly).toBe('empty-list');
+      }),
+      { numRuns: 500 },
+    );
+  });
+});

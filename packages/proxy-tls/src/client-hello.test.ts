@@ -106,6 +106,8 @@ describe('parseClientHello on a hello built by hand', () => {
       compressionMethods: [0],
       extensions: [0x0000, 0x0010, 0x002b, 0x000a, 0x000b, 0x000d, 0x0023],
       serverName: 'www.example.com', // DNS names compare without case
+      serverNameAnomaly: undefined,
+      serverNames: [{ type: 0, name: 'WWW.Example.COM' }],
       alpn: ['h2', 'http/1.1'],
       supportedVersions: [0x0304, 0x0303],
       supportedGroups: [0x001d, 0x0017, 0x0018],
@@ -278,8 +280,6 @@ describe('parseClientHello’s typed errors', () => {
 
   it('MALFORMED for the lists the proxy decides on when they are not what the RFCs allow', () => {
     const cases: [string, HelloFields][] = [
-      ['two host_name entries', { extensions: [ext.serverName('a.example', 'b.example')] }],
-      ['a host_name that is not a DNS name', { extensions: [ext.serverName('bad name')] }],
       ['an empty ALPN list', { extensions: [ext.alpn()] }],
       ['an empty ALPN protocol name', { extensions: [ext.alpn('h2', '')] }],
       ['an odd supported_groups list', { extensions: [ext.raw(0x000a, Buffer.from([0, 3, 0, 0x1d, 0]))] }],
@@ -319,5 +319,77 @@ describe('parseClientHello’s typed errors', () => {
 
     expect(error.message).toContain('extension 0x000a appears twice');
     expect(u16(bytes.readUInt16BE(64))).toEqual(u16(0x000a));
+  });
+});
+
+describe('parseClientHello: legal but unusual server_name values are facts, not failures', () => {
+  // RFC 6066 §3 frames server_name loosely (names up to 2^16-1 bytes, name types beyond
+  // host_name, a list); real servers read it in different ways. The parser reports what it
+  // saw and a canonical name only when one is unambiguous, so that the policy decides.
+  const sniOf = (fields: HelloFields, maxBytes?: number): Pick<ClientHello, 'serverName' | 'serverNameAnomaly' | 'serverNames'> => {
+    const { hello } = parsed(clientHello(fields, { sizes: [16_384] }), maxBytes);
+    return { serverName: hello.serverName, serverNameAnomaly: hello.serverNameAnomaly, serverNames: hello.serverNames };
+  };
+
+  it('a plain name, upper case or punycode: the lower-cased name, no anomaly', () => {
+    expect(sniOf({ extensions: [ext.serverName('WWW.Example.COM')] })).toEqual({
+      serverName: 'www.example.com',
+      serverNameAnomaly: undefined,
+      serverNames: [{ type: 0, name: 'WWW.Example.COM' }],
+    });
+    expect(sniOf({ extensions: [ext.serverName('xn--bcher-kva.example')] })).toMatchObject({ serverName: 'xn--bcher-kva.example', serverNameAnomaly: undefined });
+  });
+
+  it('a trailing dot: the name without it (what origins that accept it act on), flagged', () => {
+    expect(sniOf({ extensions: [ext.serverName('Blocked.Example.')] })).toMatchObject({ serverName: 'blocked.example', serverNameAnomaly: 'trailing-dot' });
+  });
+
+  it('a name longer than DNS allows (253 bytes): no name, flagged too-long', () => {
+    const long = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(63)}.example`; // 263 bytes
+    expect(sniOf({ extensions: [ext.serverName(long)] })).toMatchObject({ serverName: undefined, serverNameAnomaly: 'too-long' });
+    // Up to what the 16-bit extensions block allows (65,535 bytes less the extension's and
+    // the list's headers), when the hello bound admits it.
+    const huge = 'x'.repeat(65_526);
+    const result = sniOf({ extensions: [ext.serverName(huge)] }, 70_000);
+    expect(result).toMatchObject({ serverName: undefined, serverNameAnomaly: 'too-long' });
+    expect(result.serverNames[0]?.name.length).toBe(65_526);
+  });
+
+  it('an empty list, an empty extension or an empty name: no name, flagged', () => {
+    expect(sniOf({ extensions: [ext.raw(0x0000, Buffer.from([0, 0]))] })).toMatchObject({ serverName: undefined, serverNameAnomaly: 'empty-list' });
+    expect(sniOf({ extensions: [ext.raw(0x0000)] })).toMatchObject({ serverName: undefined, serverNameAnomaly: 'empty-list' });
+    expect(sniOf({ extensions: [ext.serverName('')] })).toMatchObject({ serverName: undefined, serverNameAnomaly: 'empty-name' });
+  });
+
+  it('name types other than host_name: skipped, flagged; the host_name beside them is still the name', () => {
+    expect(sniOf({ extensions: [ext.serverNameEntries({ type: 7, name: 'other' })] })).toEqual({
+      serverName: undefined,
+      serverNameAnomaly: 'not-host-name',
+      serverNames: [{ type: 7, name: 'other' }],
+    });
+    expect(sniOf({ extensions: [ext.serverNameEntries({ type: 1, name: 'x' }, { type: 0, name: 'api.example' })] })).toMatchObject({
+      serverName: 'api.example',
+      serverNameAnomaly: 'not-host-name',
+    });
+  });
+
+  it('two host_name entries: no name (origins disagree on which one counts), flagged', () => {
+    expect(sniOf({ extensions: [ext.serverName('a.example', 'b.example')] })).toEqual({
+      serverName: undefined,
+      serverNameAnomaly: 'multiple-names',
+      serverNames: [
+        { type: 0, name: 'a.example' },
+        { type: 0, name: 'b.example' },
+      ],
+    });
+  });
+
+  it('bytes that are not a DNS name (a space, raw UTF-8, an empty label, NUL): no name, flagged invalid-name', () => {
+    for (const name of [Buffer.from('bad name'), Buffer.from('bücher.example', 'utf8'), Buffer.from('a..example'), Buffer.from('a.example\0.evil')]) {
+      expect({ name: name.toString('latin1'), ...sniOf({ extensions: [ext.serverNameEntries({ type: 0, name })] }) }).toMatchObject({
+        serverName: undefined,
+        serverNameAnomaly: 'invalid-name',
+      });
+    }
   });
 });

@@ -37,6 +37,32 @@ export type ClientHelloErrorCode =
   /** An extension appears twice (RFC 8446 §4.2 forbids it). */
   | 'DUPLICATE_EXTENSION';
 
+/**
+ * A server_name extension that is legal (or tolerated) but unusual: the hello is read all
+ * the same, and this fact goes to the policy, which decides. Servers read these cases in
+ * different ways (OpenSSL accepts one host_name entry and nothing else; Go's crypto/tls
+ * skips other name types, refuses a second host_name and a trailing dot), so the parser
+ * names the server only when one reading is possible.
+ *
+ * - `empty-list`: the extension is empty, or its list is (no name at all);
+ * - `empty-name`: one host_name entry of zero bytes;
+ * - `not-host-name`: an entry of a name type other than host_name (0), skipped; the
+ *   host_name beside it, if any, is still the name;
+ * - `multiple-names`: more than one host_name entry (RFC 6066 §3 forbids it): no name;
+ * - `too-long`: a host_name longer than a DNS name (253 bytes, 254 with a trailing dot);
+ * - `invalid-name`: bytes that are not a DNS name (outside letters, digits, `-`, `_`, an
+ *   empty or over-63-byte label, raw UTF-8 where RFC 6066 wants A-labels, NUL);
+ * - `trailing-dot`: the name ends in a dot (RFC 6066 says it must not); the name is kept,
+ *   without the dot, as the origins that accept it read it.
+ */
+export type SniAnomaly = 'empty-list' | 'empty-name' | 'not-host-name' | 'multiple-names' | 'too-long' | 'invalid-name' | 'trailing-dot';
+
+/** One entry of the server_name list as sent: its name type and its bytes (as latin1). */
+export interface ServerNameEntry {
+  readonly type: number;
+  readonly name: string;
+}
+
 export class ClientHelloError extends Error {
   override readonly name = 'ClientHelloError';
   constructor(
@@ -61,8 +87,15 @@ export interface ClientHello {
   readonly compressionMethods: readonly number[];
   /** Extension types in the client's order, GREASE included. */
   readonly extensions: readonly number[];
-  /** The `host_name` of server_name; with ECH this is the outer (public) name. */
+  /**
+   * The `host_name` of server_name, lower-cased and without a trailing dot, when exactly one
+   * host_name entry is a DNS name; with ECH this is the outer (public) name.
+   */
   readonly serverName: string | undefined;
+  /** Set when server_name is present but unusual (see `SniAnomaly`); undefined otherwise. */
+  readonly serverNameAnomaly: SniAnomaly | undefined;
+  /** Every server_name entry as sent, in order (empty without the extension). */
+  readonly serverNames: readonly ServerNameEntry[];
   readonly alpn: readonly string[];
   /** From supported_versions, in the client's order, GREASE included. */
   readonly supportedVersions: readonly number[];
@@ -237,6 +270,8 @@ function decodeBody(body: Buffer, recordVersion: number, records: number, locate
     compressionMethods,
     extensions: [] as number[],
     serverName: undefined as string | undefined,
+    serverNameAnomaly: undefined as SniAnomaly | undefined,
+    serverNames: [] as ServerNameEntry[],
     alpn: [] as string[],
     supportedVersions: [] as number[],
     supportedGroups: [] as number[],
@@ -264,6 +299,8 @@ function decodeBody(body: Buffer, recordVersion: number, records: number, locate
 
 interface HelloUnderConstruction {
   serverName: string | undefined;
+  serverNameAnomaly: SniAnomaly | undefined;
+  serverNames: ServerNameEntry[];
   alpn: string[];
   supportedVersions: readonly number[];
   supportedGroups: readonly number[];
@@ -276,18 +313,20 @@ function decodeExtension(type: number, data: Reader, hello: HelloUnderConstructi
   switch (type) {
     case EXT_SERVER_NAME: {
       // An empty extension is legal in a ServerHello only, but some clients send it: no name.
-      if (data.remaining === 0) return;
+      if (data.remaining === 0) {
+        hello.serverNameAnomaly = 'empty-list';
+        return;
+      }
       const list = data.vector(2, 'server_name list');
       data.done('server_name');
+      // Every entry is framed as a 16-bit vector: RFC 6066 defines only host_name, and
+      // every implementation frames unknown types that way (it is the only way to skip them).
       while (list.remaining > 0) {
-        const nameType = list.u8('server_name type');
+        const type = list.u8('server_name type');
         const name = list.vector(2, 'server_name');
-        if (nameType !== 0) continue; // only host_name (0) is defined; others are skipped by rule
-        if (hello.serverName !== undefined) name.fail('two host_name entries');
-        const text = name.take(name.remaining, 'host_name').toString('latin1');
-        if (!/^[A-Za-z0-9._-]{1,253}$/.test(text)) name.fail(`host_name ${JSON.stringify(text.slice(0, 64))} is not a DNS name`);
-        hello.serverName = text.toLowerCase();
+        hello.serverNames.push({ type, name: name.take(name.remaining, 'server_name').toString('latin1') });
       }
+      Object.assign(hello, readServerName(hello.serverNames));
       return;
     }
     case EXT_ALPN: {
@@ -344,4 +383,28 @@ function decodeExtension(type: number, data: Reader, hello: HelloUnderConstructi
     default:
       return; // other extensions are carried in `extensions` and not decoded
   }
+}
+
+/** A DNS name, lower case, without a trailing dot: labels of 1..63 letters, digits, '-' or '_' (seen in real names), 253 bytes at most. */
+const DNS_NAME = /^[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*$/;
+const MAX_DNS_NAME = 253;
+
+/** The name the policy may match, and the anomaly, from the entries as sent. */
+function readServerName(entries: readonly ServerNameEntry[]): { serverName: string | undefined; serverNameAnomaly: SniAnomaly | undefined } {
+  if (entries.length === 0) return { serverName: undefined, serverNameAnomaly: 'empty-list' };
+  let host: string | undefined;
+  let hosts = 0;
+  for (const entry of entries) {
+    if (entry.type !== 0) continue;
+    hosts++;
+    host = entry.name;
+  }
+  if (hosts > 1) return { serverName: undefined, serverNameAnomaly: 'multiple-names' };
+  if (host === undefined) return { serverName: undefined, serverNameAnomaly: 'not-host-name' };
+  if (host.length === 0) return { serverName: undefined, serverNameAnomaly: 'empty-name' };
+  const trailingDot = host.endsWith('.');
+  const name = (trailingDot ? host.slice(0, -1) : host).toLowerCase();
+  if (name.length > MAX_DNS_NAME) return { serverName: undefined, serverNameAnomaly: 'too-long' };
+  if (!DNS_NAME.test(name)) return { serverName: undefined, serverNameAnomaly: 'invalid-name' };
+  return { serverName: name, serverNameAnomaly: trailingDot ? 'trailing-dot' : hosts < entries.length ? 'not-host-name' : undefined };
 }

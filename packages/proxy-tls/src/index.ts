@@ -3,9 +3,11 @@
  * second vendor's product built on @coproxy/core's public API only.
  */
 export { createTlsProxy, alertRecord } from './proxy.js';
-export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent } from './proxy.js';
+export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnrecognisedReason, RelayedProtocol } from './proxy.js';
+export { classifyFirstBytes, MAX_REQUEST_LINE } from './first-bytes.js';
+export type { FirstBytesKind } from './first-bytes.js';
 export { parseClientHello, ClientHelloError, isGrease } from './client-hello.js';
-export type { ClientHello, ClientHelloErrorCode, ParseResult } from './client-hello.js';
+export type { ClientHello, ClientHelloErrorCode, ParseResult, SniAnomaly, ServerNameEntry } from './client-hello.js';
 export { ja3, ja4 } from './fingerprint.js';
 export { CertificateAuthority, CaError } from './ca.js';
 export type { CertificateAuthorityOptions } from './ca.js';

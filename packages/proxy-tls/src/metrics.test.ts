@@ -38,14 +38,16 @@ describe('metrics', () => {
     await using proxy = await startProxy([origin.port], { policy: { rules: [{ name: 'blocked', when: { sni: 'blocked.example' }, action: 'block' }] } });
     const spliced = Buffer.concat([clientHello(GREASY_FIELDS), randomPayload(300_000)]);
     const blocked = clientHello({ extensions: [ext.serverName('blocked.example')] });
-    const opaque = randomPayload(100_000).fill(0x47, 0, 1); // 'G': not a handshake record
+    // 'G' then random bytes: not a handshake record, and no request line: unrecognised,
+    // blocked by the default policy (closed, nothing sent back).
+    const opaque = randomPayload(100_000).fill(0x47, 0, 1);
     // The duplicate comes last, so the proxy reads the whole hello before it can tell.
     const malformed = clientHello({ extensions: [ext.serverName('m.example'), ext.raw(0x0015, Buffer.alloc(100)), ext.serverName('m.example')] });
 
     const back = [
       await exchange(proxy, origin.port, spliced, true),
       await exchange(proxy, origin.port, blocked, false),
-      await exchange(proxy, origin.port, opaque, true),
+      await exchange(proxy, origin.port, opaque, false),
       await exchange(proxy, origin.port, malformed, false),
     ];
     await until(() => proxy.eventsOf('closed').length === 4, 5000, 'four connections to close');
@@ -67,9 +69,11 @@ describe('metrics', () => {
     );
     expect((await values(metrics.handshakes)).length).toBe(2);
     expect(await values(metrics.errors)).toEqual([{ labels: { code: 'DUPLICATE_EXTENSION' }, value: 1 }]);
+    // The unrecognised bytes and the malformed hello: both under the default policy.
+    expect(await values(metrics.unrecognised)).toEqual([{ labels: { action: 'block' }, value: 2 }]);
     const sent = spliced.length + blocked.length + opaque.length + malformed.length;
     const received = back.reduce((sum, bytes) => sum + bytes.length, 0);
-    expect(received).toBe(spliced.length + 7 + opaque.length + 7); // two 7-byte alerts
+    expect(received).toBe(spliced.length + 7 + 7); // two 7-byte alerts
     expect(await values(metrics.bytes)).toEqual(
       expect.arrayContaining([
         { labels: { direction: 'from_client' }, value: sent },

@@ -6,8 +6,14 @@ export class TlsProxyMetrics {
   readonly registry = new Registry();
   readonly connections = new Counter({
     name: 'coproxy_tls_connections_total',
-    help: 'Connections accepted, by kind: tls (a ClientHello was read) or opaque (not TLS, passed through)',
+    help: 'Connections accepted, by kind: tls (a ClientHello was read), http1 or h2 (recognised, relayed), opaque (neither: see coproxy_tls_unrecognised_total)',
     labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly unrecognised = new Counter({
+    name: 'coproxy_tls_unrecognised_total',
+    help: 'Connections whose first bytes were neither TLS nor a recognised protocol (or a TLS-looking stream that is no ClientHello, or a silent client), by what the unrecognised policy did: block or relay',
+    labelNames: ['action'] as const,
     registers: [this.registry],
   });
   readonly openConnections = new Gauge({ name: 'coproxy_tls_open_connections', help: 'Connections accepted and not yet closed', registers: [this.registry] });

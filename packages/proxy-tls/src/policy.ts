@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { z } from 'zod';
+import type { SniAnomaly } from './client-hello.js';
 
 /**
  * The policy file: ordered rules, the first whose `when` holds decides; `default` (splice
@@ -16,12 +17,16 @@ import { z } from 'zod';
  * }
  * ```
  *
- * `sni`: exact, or `*.domain` for any subdomain; `nosni` matches hellos without a name.
- * `alpn`: the hello offers at least one of these. `ja3`: the MD5; `ja4`: the JA4 string.
+ * `sni`: exact, or `*.domain` for any subdomain, matched against the name lower-cased and
+ * without a trailing dot; `nosni` matches hellos without a usable name (no server_name, or
+ * one whose name is undefined because of an anomaly). `sniAnomaly`: `true` for any unusual
+ * server_name, or a list of the `SniAnomaly` kinds to match. `alpn`: the hello offers at
+ * least one of these. `ja3`: the MD5; `ja4`: the JA4 string.
  */
 export type Action = 'splice' | 'block' | 'bump';
 
 const action = z.enum(['splice', 'block', 'bump']);
+const SNI_ANOMALIES = ['empty-list', 'empty-name', 'not-host-name', 'multiple-names', 'too-long', 'invalid-name', 'trailing-dot'] as const satisfies readonly SniAnomaly[];
 const rule = z
   .object({
     name: z.string().min(1).max(64),
@@ -29,6 +34,7 @@ const rule = z
       .object({
         sni: z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, "must be a host name, or '*.' and a domain").optional(),
         nosni: z.literal(true).optional(),
+        sniAnomaly: z.union([z.literal(true), z.array(z.enum(SNI_ANOMALIES)).min(1)]).optional(),
         alpn: z.array(z.string().min(1).max(255)).min(1).optional(),
         ja3: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lower-case hex digits (an MD5)').optional(),
         ja4: z.string().regex(/^[tqd]\d{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$/, 'must be a JA4 fingerprint').optional(),
@@ -75,6 +81,8 @@ export function loadPolicy(file: string): PolicyFile {
 /** What a rule sees of a handshake. */
 export interface HandshakeFacts {
   readonly sni: string | undefined;
+  /** Set when server_name was present but unusual (see `SniAnomaly`). */
+  readonly sniAnomaly?: SniAnomaly | undefined;
   readonly alpn: readonly string[];
   readonly ja3: string;
   readonly ja4: string;
@@ -99,10 +107,16 @@ function compileWhen(when: z.infer<typeof rule>['when']): (facts: HandshakeFacts
   if (when === undefined) return () => true;
   const tests: ((facts: HandshakeFacts) => boolean)[] = [];
   if (when.sni !== undefined) {
-    const sni = when.sni.toLowerCase();
+    // The same canonical form as the hello's name: lower case, no trailing dot.
+    const sni = when.sni.toLowerCase().replace(/\.$/, '');
     tests.push(sni.startsWith('*.') ? (f) => f.sni?.endsWith(sni.slice(1)) === true : (f) => f.sni === sni);
   }
   if (when.nosni === true) tests.push((f) => f.sni === undefined);
+  if (when.sniAnomaly === true) tests.push((f) => f.sniAnomaly !== undefined);
+  else if (when.sniAnomaly !== undefined) {
+    const kinds = new Set<SniAnomaly>(when.sniAnomaly);
+    tests.push((f) => f.sniAnomaly !== undefined && kinds.has(f.sniAnomaly));
+  }
   if (when.alpn !== undefined) {
     const wanted = new Set(when.alpn);
     tests.push((f) => f.alpn.some((p) => wanted.has(p)));

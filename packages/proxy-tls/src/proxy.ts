@@ -16,7 +16,8 @@ import {
 import pino, { type Logger } from 'pino';
 import { Observable, Subject, type Subscription } from 'rxjs';
 import { CertificateAuthority } from './ca.js';
-import { type ClientHello, ClientHelloError, parseClientHello } from './client-hello.js';
+import { type ClientHello, ClientHelloError, type SniAnomaly, parseClientHello } from './client-hello.js';
+import { classifyFirstBytes } from './first-bytes.js';
 import { ja3, ja4 } from './fingerprint.js';
 import { TlsProxyMetrics } from './metrics.js';
 import { type Action, type PolicyFile, compilePolicy, loadPolicy, parsePolicy } from './policy.js';
@@ -36,7 +37,17 @@ export interface TlsProxyOptions {
   readonly ca?: { readonly dir: string } | CertificateAuthority;
   /** Bump mode: PEM bundle to verify origins with, instead of Node's system store. */
   readonly originCa?: string | Buffer;
-  /** The ClientHello must be complete within this long. Default 10 000 ms. */
+  /**
+   * What to do with a connection whose first bytes are neither TLS nor a protocol this proxy
+   * recognises (HTTP/1.x, the HTTP/2 preface): bytes of another protocol, a stream that
+   * starts like TLS but is not a ClientHello, a client silent for `sniffTimeoutMs`.
+   * `block` (the default) closes it, after a TLS alert when it started like TLS; `relay`
+   * passes it on unchanged, uninspected. Either way: a log line, a metric, an event.
+   */
+  readonly unrecognised?: UnrecognisedAction;
+  /** A client that sends nothing this long (a server-first protocol) is unrecognised. Default 1000 ms. */
+  readonly sniffTimeoutMs?: number;
+  /** The ClientHello (or another protocol's first line) must be complete within this long. Default 10 000 ms. */
   readonly helloTimeoutMs?: number;
   /** Largest ClientHello accepted. Default 65 536 bytes. */
   readonly maxHelloBytes?: number;
@@ -51,12 +62,29 @@ export interface TlsProxyOptions {
   readonly propagateRecords?: boolean;
 }
 
+/** The `unrecognised` policy: what happens to bytes that are neither TLS nor a protocol this proxy knows. */
+export type UnrecognisedAction = 'block' | 'relay';
+
+/**
+ * Why a connection was unrecognised: `silent` (no byte within the sniff timeout), `unknown`
+ * (bytes of no protocol it recognises), `malformed-tls` (the first byte says TLS, the rest
+ * is no ClientHello: `code` is the parser's), `incomplete` (the client ended, or the
+ * deadline passed, before its first bytes could be told apart).
+ */
+export type UnrecognisedReason = 'silent' | 'unknown' | 'malformed-tls' | 'incomplete';
+
+/** What was relayed without inspection: a recognised protocol, or unrecognised bytes under `relay`. */
+export type RelayedProtocol = 'http1' | 'h2' | 'unrecognised';
+
 /** One inspected ClientHello and what the policy did with it. */
 export interface Handshake {
   readonly connectionId: string;
   readonly destination: Destination;
   readonly redirectedBy: readonly string[];
+  /** The server name, lower-cased and without a trailing dot; undefined when none is usable. */
   readonly sni: string | undefined;
+  /** Present when server_name was there but unusual: the fact the policy saw. */
+  readonly sniAnomaly?: SniAnomaly;
   readonly alpn: readonly string[];
   readonly supportedVersions: readonly number[];
   readonly cipherSuites: readonly number[];
@@ -85,7 +113,17 @@ export interface TlsExchange {
 
 export type TlsProxyEvent =
   | RedirectorEvent
-  | { readonly type: 'opaque'; readonly connectionId: string }
+  /** Relayed without inspection: another protocol recognised, or unrecognised bytes under `relay`. */
+  | { readonly type: 'opaque'; readonly connectionId: string; readonly protocol: RelayedProtocol }
+  /** First bytes neither TLS nor a recognised protocol, and what the `unrecognised` policy did. */
+  | {
+      readonly type: 'unrecognised';
+      readonly connectionId: string;
+      readonly action: UnrecognisedAction;
+      readonly reason: UnrecognisedReason;
+      /** For `malformed-tls`: the ClientHello parser's code. */
+      readonly code?: string;
+    }
   | { readonly type: 'hello-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'origin-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'connection-failed'; readonly connectionId: string; readonly code: string; readonly message: string };
@@ -117,10 +155,15 @@ const BUMP_ALPN = 'http/1.1';
  * JA3, JA4), asks the policy, then splices (forwards the bytes unchanged), blocks (a TLS
  * alert, then close) or bumps (terminates TLS with a leaf minted from a local CA, lets the
  * decrypted HTTP/1.1 exchanges through `exchanges$`, and re-encrypts to the origin, whose
- * certificate is verified). Non-TLS traffic is passed through byte for byte.
+ * certificate is verified). An HTTP/1.x request or the HTTP/2 preface is relayed byte for
+ * byte (another vendor in the chain may inspect it); anything else follows the
+ * `unrecognised` policy (block by default, or relay).
  */
 export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
+  const unrecognisedAction = options.unrecognised ?? 'block';
+  if (unrecognisedAction !== 'block' && unrecognisedAction !== 'relay') throw new TypeError(`unrecognised: must be 'block' or 'relay', got ${String(unrecognisedAction)}`);
   const settings = {
+    sniffTimeoutMs: positive(options.sniffTimeoutMs, 1000, 'sniffTimeoutMs'),
     helloTimeoutMs: positive(options.helloTimeoutMs, 10_000, 'helloTimeoutMs'),
     maxHelloBytes: positive(options.maxHelloBytes, 65_536, 'maxHelloBytes'),
     connectTimeoutMs: positive(options.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
@@ -160,26 +203,62 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
 
   async function onAccepted(conn: AcceptedConnection): Promise<void> {
     metrics.openConnections.inc();
-    let hello: { hello: ClientHello; bytes: Buffer } | { opaque: Buffer } | undefined;
+    let first: FirstBytes;
     try {
-      hello = await readHello(conn.socket, settings.helloTimeoutMs, settings.maxHelloBytes);
+      first = await readFirstBytes(conn.socket, settings);
     } catch (error) {
-      const code = error instanceof ClientHelloError ? error.code : errorCode(error, 'HELLO_FAILED');
-      fail('hello-rejected', conn.id, code, (error as Error).message);
-      // Decode errors get a decode_error alert; a client that went silent just a close.
-      if (error instanceof ClientHelloError && conn.socket.writable) conn.socket.end(alertRecord(ALERT.decodeError));
+      // A TLS stream that stalled (HELLO_TIMEOUT) or a socket error: closed, never relayed,
+      // whatever the unrecognised policy: TLS is this proxy's own protocol, and relaying a
+      // hello it could not read in time would let a slow client past the policy.
+      fail('hello-rejected', conn.id, errorCode(error, 'HELLO_FAILED'), (error as Error).message);
       conn.socket.destroySoon();
       return;
     }
-    if (hello === undefined) return void conn.socket.destroy(); // closed before a byte
-    if ('opaque' in hello) {
-      metrics.connections.inc({ kind: 'opaque' });
-      emit({ type: 'opaque', connectionId: conn.id });
-      return splice(conn, hello.opaque);
+    switch (first.kind) {
+      case 'closed':
+        conn.socket.destroy(); // closed before a byte
+        return;
+      case 'recognised':
+        metrics.connections.inc({ kind: first.protocol });
+        emit({ type: 'opaque', connectionId: conn.id, protocol: first.protocol });
+        logger.debug({ connectionId: conn.id, protocol: first.protocol }, 'relayed'); // debug: once per HTTP connection in a chain
+        return splice(conn, first.head);
+      case 'unrecognised':
+        return onUnrecognised(conn, first);
+      case 'tls':
+        return onHello(conn, first);
     }
+  }
+
+  function onUnrecognised(conn: AcceptedConnection, first: Extract<FirstBytes, { kind: 'unrecognised' }>): Promise<void> | undefined {
+    const { reason, head, error } = first;
+    if (error !== undefined) fail('hello-rejected', conn.id, error.code, error.message);
+    else metrics.connections.inc({ kind: 'opaque' });
+    const action = unrecognisedAction;
+    metrics.unrecognised.inc({ action });
+    const facts = { connectionId: conn.id, action, reason, ...(error !== undefined && { code: error.code }) };
+    // The first bytes, so that an operator can tell what was there.
+    const firstBytes = head.subarray(0, 16).toString('hex');
+    if (action === 'block') logger.warn({ ...facts, firstBytes }, 'unrecognised');
+    else logger.info({ ...facts, firstBytes }, 'unrecognised');
+    emit({ type: 'unrecognised', ...facts });
+    switch (action) {
+      case 'relay':
+        emit({ type: 'opaque', connectionId: conn.id, protocol: 'unrecognised' });
+        return splice(conn, head);
+      case 'block':
+        // A TLS peer understands an alert; anything else just gets the close.
+        if (looksLikeTls(head) && conn.socket.writable) conn.socket.end(alertRecord(ALERT.decodeError));
+        conn.socket.destroySoon();
+        return undefined;
+    }
+  }
+
+  async function onHello(conn: AcceptedConnection, hello: { hello: ClientHello; bytes: Buffer }): Promise<void> {
     metrics.connections.inc({ kind: 'tls' });
+    const sniAnomaly = hello.hello.serverNameAnomaly;
     const facts = { sni: hello.hello.serverName, alpn: hello.hello.alpn, ...fingerprints(hello.hello) };
-    const decision = decidePolicy({ sni: facts.sni, alpn: facts.alpn, ja3: facts.ja3.hash, ja4: facts.ja4 });
+    const decision = decidePolicy({ sni: facts.sni, sniAnomaly, alpn: facts.alpn, ja3: facts.ja3.hash, ja4: facts.ja4 });
     let action = decision.action;
     let note: string | undefined;
     if (action === 'bump' && hello.hello.ech !== undefined) {
@@ -197,6 +276,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
       destination: conn.originalDestination,
       redirectedBy: conn.records.redirectedBy,
       sni: facts.sni,
+      ...(sniAnomaly !== undefined && { sniAnomaly }),
       alpn: facts.alpn,
       supportedVersions: hello.hello.supportedVersions,
       cipherSuites: hello.hello.cipherSuites,
@@ -456,33 +536,84 @@ class OriginAgent extends http.Agent {
   }
 }
 
-/** Reads until a whole ClientHello is in; `opaque` when the first byte says it is not TLS. */
-function readHello(socket: net.Socket, timeoutMs: number, maxBytes: number): Promise<{ hello: ClientHello; bytes: Buffer } | { opaque: Buffer } | undefined> {
+/** A connection's first bytes, sorted: a ClientHello, another protocol, or unrecognised (with why). */
+type FirstBytes =
+  | { readonly kind: 'closed' }
+  | { readonly kind: 'tls'; readonly hello: ClientHello; readonly bytes: Buffer }
+  | { readonly kind: 'recognised'; readonly protocol: 'http1' | 'h2'; readonly head: Buffer }
+  | { readonly kind: 'unrecognised'; readonly reason: UnrecognisedReason; readonly head: Buffer; readonly error?: ClientHelloError };
+
+/** A TLS peer would read an alert: a handshake record with a 3.x version. */
+const looksLikeTls = (head: Buffer): boolean => head.length >= 2 && head[0] === 0x16 && head[1] === 0x03;
+
+/**
+ * Reads until the first bytes sort one way. Timers: nothing at all within `sniffTimeoutMs`
+ * is a silent client; after the first byte, `helloTimeoutMs` (from the accept) bounds the
+ * rest: a TLS stream still incomplete then is an error (HELLO_TIMEOUT), anything else
+ * still undecided is unrecognised.
+ */
+function readFirstBytes(socket: net.Socket, settings: { sniffTimeoutMs: number; helloTimeoutMs: number; maxHelloBytes: number }): Promise<FirstBytes> {
   return new Promise((resolve, reject) => {
     let buffer: Buffer = Buffer.alloc(0);
-    const finish = (error: Error | undefined, value?: { hello: ClientHello; bytes: Buffer } | { opaque: Buffer }): void => {
+    let settled = false;
+    const finish = (error: Error | undefined, value?: FirstBytes): void => {
+      settled = true;
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('error', onError);
       socket.pause();
       if (error !== undefined) reject(error);
-      else resolve(value);
+      else resolve(value!);
     };
     const onData = (chunk: Buffer): void => {
-      buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]);
-      try {
-        const result = parseClientHello(buffer, maxBytes);
-        if (result.done) finish(undefined, { hello: result.hello, bytes: buffer });
-      } catch (error) {
-        if (error instanceof ClientHelloError && error.code === 'NOT_TLS') finish(undefined, { opaque: buffer });
-        else finish(error as Error);
+      const first = buffer.length === 0;
+      buffer = first ? chunk : Buffer.concat([buffer, chunk]);
+      decide();
+      // One timer per connection: after the first byte it is re-armed, once, for what is
+      // left of helloTimeoutMs (a whole hello in the first segment never gets that far).
+      if (first && !settled) {
+        clearTimeout(timer);
+        timer = setTimeout(onTimeout, Math.max(0, settings.helloTimeoutMs - (performance.now() - startedAt)));
       }
     };
-    const onEnd = (): void =>
-      buffer.length === 0 ? finish(undefined) : finish(new ClientHelloError('MALFORMED', 'the client closed in the middle of its ClientHello', buffer.length));
+    const decide = (): void => {
+      const kind = classifyFirstBytes(buffer);
+      switch (kind) {
+        case 'undecided':
+          return;
+        case 'http1':
+        case 'h2':
+          return finish(undefined, { kind: 'recognised', protocol: kind, head: buffer });
+        case 'unknown':
+          return finish(undefined, { kind: 'unrecognised', reason: 'unknown', head: buffer });
+        case 'tls':
+          try {
+            const result = parseClientHello(buffer, settings.maxHelloBytes);
+            if (result.done) finish(undefined, { kind: 'tls', hello: result.hello, bytes: buffer });
+          } catch (error) {
+            if (!(error instanceof ClientHelloError)) return finish(error as Error);
+            finish(undefined, { kind: 'unrecognised', reason: 'malformed-tls', head: buffer, error });
+          }
+          return;
+      }
+    };
+    const onEnd = (): void => {
+      if (buffer.length === 0) return finish(undefined, { kind: 'closed' });
+      if (buffer[0] === 0x16) {
+        const error = new ClientHelloError('MALFORMED', 'the client closed in the middle of its ClientHello', buffer.length);
+        return finish(undefined, { kind: 'unrecognised', reason: 'malformed-tls', head: buffer, error });
+      }
+      finish(undefined, { kind: 'unrecognised', reason: 'incomplete', head: buffer });
+    };
     const onError = (error: Error): void => finish(error);
-    const timer = setTimeout(() => finish(Object.assign(new Error(`no complete ClientHello within ${timeoutMs} ms`), { code: 'HELLO_TIMEOUT' })), timeoutMs);
+    const onTimeout = (): void => {
+      if (buffer.length === 0) return finish(undefined, { kind: 'unrecognised', reason: 'silent', head: buffer });
+      if (buffer[0] === 0x16) return finish(Object.assign(new Error(`no complete ClientHello within ${settings.helloTimeoutMs} ms`), { code: 'HELLO_TIMEOUT' }));
+      finish(undefined, { kind: 'unrecognised', reason: 'incomplete', head: buffer });
+    };
+    const startedAt = performance.now();
+    let timer = setTimeout(onTimeout, Math.min(settings.sniffTimeoutMs, settings.helloTimeoutMs));
     socket.on('data', onData);
     socket.once('end', onEnd);
     socket.once('error', onError);

@@ -169,9 +169,9 @@ describe('splice', () => {
     expect(proxy.handshakes[0]).toMatchObject({ ech: true, action: 'splice', note: expect.stringContaining('ECH') as unknown });
   });
 
-  it('passes traffic that is not TLS through byte for byte, reported as opaque', async () => {
+  it('passes traffic that is not TLS through byte for byte, reported as opaque, when told to relay the unrecognised', async () => {
     await using origin = await startEchoOrigin();
-    await using proxy = await startProxy([origin.port]);
+    await using proxy = await startProxy([origin.port], { unrecognised: 'relay' });
     const payload = Buffer.concat([Buffer.from('SSH-2.0-OpenSSH_9.2\r\n'), randomPayload(2 * MiB)]);
 
     const client = await dial(proxy.registry, origin.port);

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { html, summary } from './report.js';
-import { type Report, type ScenarioOptions, type VendorKind, killAll, runScenario } from './scenario.js';
+import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorKind, killAll, runScenario } from './scenario.js';
 
 /**
  * coproxy-testbed: runs independent vendor proxies (coproxy-tls, coproxy-http) as
@@ -38,6 +38,7 @@ interface RunOptions {
   json?: string | undefined;
   html?: string | undefined;
   seed: number;
+  originPortBase?: number | undefined;
 }
 
 const program = new Command('coproxy-testbed').description('Proves that independent coproxy vendors inspect every flow once, without loops').exitOverride();
@@ -46,11 +47,12 @@ const withRunOptions = (command: Command): Command =>
   command
     .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
     .option('--vendors <list>', 'vendor packages in start order (the same one may repeat)', vendorList, ['tls', 'http'] as VendorKind[])
-    .option('--flows <n>', 'flows to open (http keep-alive, https, raw tcp in turn)', integer(1, 600), 30)
+    .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
     .option('--concurrency <n>', 'flows at a time', integer(1, 64), 8)
     .option('--json <file>', 'write the report as JSON')
     .option('--html <file>', 'write a self-contained HTML report with a hop diagram per flow')
-    .option('--seed <n>', 'seed for payloads and priorities', integer(0, 2 ** 31), 1);
+    .option('--seed <n>', 'seed for payloads and priorities', integer(0, 2 ** 31), 1)
+    .option('--origin-port-base <port>', "the origin's first port (one per flow, upwards; default: a seeded place outside the kernel's ephemeral port range)", integer(1024, 65_535));
 
 withRunOptions(program.command('run').description('one run'))
   .option('--drop-records <vendor>', 'that vendor (id or kind) does not propagate records: the loop appears')
@@ -84,6 +86,7 @@ async function runOnce(options: RunOptions): Promise<number> {
     concurrency: options.concurrency,
     seed: options.seed,
     dropRecords: options.dropRecords,
+    originPortBase: options.originPortBase,
     onProgress: progressBar(options.flows),
   };
   process.stdout.write(`coproxy testbed: ${options.vendors.join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);

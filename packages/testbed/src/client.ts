@@ -27,7 +27,8 @@ interface Args {
   readonly flowTimeoutMs: number;
 }
 
-const args = JSON.parse(process.argv[2] ?? '{}') as Args;
+// A file, not argv: one argument string is limited to 128 KiB on Linux (MAX_ARG_STRLEN).
+const args = JSON.parse(fs.readFileSync(process.argv[2] ?? '', 'utf8')) as Args;
 const ca = fs.readFileSync(args.originCa);
 const send = (message: ClientMessage): void => void process.send?.(message);
 
@@ -157,8 +158,9 @@ async function main(): Promise<void> {
     }
   };
   await Promise.all(Array.from({ length: Math.min(args.concurrency, args.flows.length) }, worker));
-  send({ done: reports.sort((a, b) => a.index - b.index) });
-  process.disconnect?.();
+  // Disconnect once the report is written to the channel: a large one (thousands of flows)
+  // is still being written when send() returns, and an early disconnect loses it.
+  process.send?.({ done: reports.sort((a, b) => a.index - b.index) } satisfies ClientMessage, () => process.disconnect?.());
 }
 
 main().catch((error: unknown) => {

@@ -36,14 +36,15 @@ export function prng(seed: number): () => number {
   };
 }
 
-export function planFlows(count: number, basePort: number, seed: number, curl: boolean): FlowSpec[] {
+/** `ports`: one per flow, in order (see ports.ts for where they come from). */
+export function planFlows(ports: readonly number[], seed: number, curl: boolean): FlowSpec[] {
   const random = prng(seed ^ 0x5eed);
-  return Array.from({ length: count }, (_, index) => {
+  return ports.map((port, index) => {
     const kind = KINDS[index % KINDS.length]!;
     return {
       index,
       kind,
-      port: basePort + index,
+      port,
       serverName: `f${index}.testbed.test`,
       payloadBytes: 1024 + Math.floor(random() * 63 * 1024),
       requests: kind === 'http' ? 3 : 1,
@@ -52,11 +53,21 @@ export function planFlows(count: number, basePort: number, seed: number, curl: b
   });
 }
 
+/**
+ * The first byte of a raw TCP flow's payload. A raw flow stands for a protocol neither vendor
+ * knows, and the vendors sort first bytes: 22 starts a TLS record, a token byte may start an
+ * HTTP request line. 0x00 is neither (nor the HTTP/2 preface's 'P'), so every vendor sees
+ * unrecognised bytes at the first byte, whatever random bytes follow, and its
+ * `--unrecognised relay` (which the testbed gives) decides.
+ */
+export const RAW_TCP_FIRST_BYTE = 0x00;
+
 /** The bytes of request `n` of a flow: derived from the seed, so any process can recompute them. */
 export function payload(flow: FlowSpec, seed: number, n: number): Buffer {
   const bytes = Buffer.alloc(flow.payloadBytes);
   const random = prng(seed * 31 + flow.index * 1009 + n);
   for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(random() * 256);
+  if (flow.kind === 'tcp') bytes[0] = RAW_TCP_FIRST_BYTE;
   return bytes;
 }
 

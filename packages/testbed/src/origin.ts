@@ -4,18 +4,25 @@
  * hashes what each flow brought and what it answered, and reports on request over IPC.
  */
 import { createHash, type Hash } from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { CertificateAuthority } from '@coproxy/proxy-tls';
 import type { FlowSpec } from './flows.js';
-import type { OriginFlowReport, OriginMessage } from './protocol.js';
+import { type PortRange, nextFreePort } from './ports.js';
+import type { OriginFlowReport, OriginMessage, PortReplacement } from './protocol.js';
 
 interface Args {
   readonly host: string;
   readonly flows: readonly FlowSpec[];
   readonly caDir: string;
+  /** Where replacements for ports that cannot be bound come from: outside the ephemeral range. */
+  readonly ranges: readonly PortRange[];
 }
+
+/** A bound on replacements: past it, something other than a few busy ports is wrong. */
+const MAX_REPLACEMENTS = 200;
 
 interface Tally {
   connections: number;
@@ -24,7 +31,9 @@ interface Tally {
   sent: Hash;
 }
 
-const args = JSON.parse(process.argv[2] ?? '{}') as Args;
+// A file, not argv: one argument string is limited to 128 KiB on Linux (MAX_ARG_STRLEN),
+// which a plan of a few hundred flows exceeds.
+const args = JSON.parse(fs.readFileSync(process.argv[2] ?? '', 'utf8')) as Args;
 const send = (message: OriginMessage): void => void process.send?.(message);
 const tallies = new Map<number, Tally>();
 const tally = (port: number): Tally => {
@@ -34,9 +43,9 @@ const tally = (port: number): Tally => {
 };
 
 /** HTTP and HTTPS: each request's body is hashed; the answer is the body's SHA-256, as text. */
-function answer(port: number) {
+function answer(port: () => number) {
   return (req: http.IncomingMessage, res: http.ServerResponse): void => {
-    const t = tally(port);
+    const t = tally(port());
     const body = createHash('sha256');
     req.on('data', (chunk: Buffer) => {
       t.received.update(chunk);
@@ -54,18 +63,23 @@ function answer(port: number) {
 async function main(): Promise<void> {
   const ca = await CertificateAuthority.open({ dir: args.caDir });
   const servers: net.Server[] = [];
+  const ports: number[] = [];
+  const replaced: PortReplacement[] = [];
+  const taken = new Set(args.flows.map((flow) => flow.port));
   for (const flow of args.flows) {
+    // The flow's port is known once bound (a replacement changes it): handlers read `port`.
+    let port = flow.port;
     let server: net.Server;
     if (flow.kind === 'http') {
-      server = http.createServer({ keepAliveTimeout: 30_000 }, answer(flow.port));
+      server = http.createServer({ keepAliveTimeout: 30_000 }, answer(() => port));
     } else if (flow.kind === 'https') {
       server = https.createServer(
         { SNICallback: (name, done) => void ca.contextFor(name).then((context) => done(null, context), (error: Error) => done(error)) },
-        answer(flow.port),
+        answer(() => port),
       );
     } else {
       server = net.createServer({ allowHalfOpen: true }, (socket) => {
-        const t = tally(flow.port);
+        const t = tally(port);
         socket.on('data', (chunk: Buffer) => {
           t.received.update(chunk);
           t.receivedBytes += chunk.length;
@@ -76,11 +90,18 @@ async function main(): Promise<void> {
         socket.on('error', () => socket.destroy());
       });
     }
-    server.on('connection', () => tally(flow.port).connections++);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(flow.port, args.host, () => resolve());
-    });
+    server.on('connection', () => tally(port).connections++);
+    for (;;) {
+      const error = await listen(server, port, args.host);
+      if (error === undefined) break;
+      if ((error.code !== 'EADDRINUSE' && error.code !== 'EACCES') || replaced.length >= MAX_REPLACEMENTS) throw error;
+      const next = nextFreePort(args.ranges, taken, port);
+      if (next === undefined) throw error;
+      replaced.push({ index: flow.index, from: flow.port, to: next, code: error.code });
+      taken.add(next);
+      port = next;
+    }
+    ports.push(port);
     servers.push(server);
   }
   process.on('message', (message) => {
@@ -95,7 +116,19 @@ async function main(): Promise<void> {
     send({ flows });
   });
   process.on('disconnect', () => process.exit(0));
-  send({ ready: true });
+  send({ ready: true, ports, replaced });
+}
+
+/** Listens; resolves with the error instead of throwing, so that the caller can try another port. */
+function listen(server: net.Server, port: number, host: string): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    const onError = (error: NodeJS.ErrnoException): void => resolve(error);
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve(undefined);
+    });
+  });
 }
 
 main().catch((error: unknown) => {

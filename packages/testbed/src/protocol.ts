@@ -26,5 +26,16 @@ export interface ClientFlowReport {
   readonly viaCurl: boolean;
 }
 
-export type OriginMessage = { readonly ready: true } | { readonly flows: OriginFlowReport[] };
+/** A flow's planned port could not be bound (EADDRINUSE, EACCES): the origin listened on `to` instead. */
+export interface PortReplacement {
+  readonly index: number;
+  readonly from: number;
+  readonly to: number;
+  readonly code: string;
+}
+
+export type OriginMessage =
+  /** Listening; `ports[i]` is flow i's port (its planned one unless replaced). */
+  | { readonly ready: true; readonly ports: number[]; readonly replaced: PortReplacement[] }
+  | { readonly flows: OriginFlowReport[] };
 export type ClientMessage = { readonly progress: number } | { readonly done: ClientFlowReport[] };

@@ -6,7 +6,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { type FlowSpec, planFlows, prng } from './flows.js';
-import type { ClientFlowReport, ClientMessage, OriginFlowReport, OriginMessage } from './protocol.js';
+import { choosePorts, ephemeralRange, portList, portsOutside } from './ports.js';
+import type { ClientFlowReport, ClientMessage, OriginFlowReport, OriginMessage, PortReplacement } from './protocol.js';
 
 export type Backend = 'embedded' | 'nftables';
 export type VendorKind = 'tls' | 'http';
@@ -24,7 +25,12 @@ export interface ScenarioOptions {
   readonly onProgress?: (done: number, total: number) => void;
   /** Give up on one flow after this long. Default 15 000 ms. */
   readonly flowTimeoutMs?: number;
+  /** The origin's first port; default a seeded place outside the ephemeral range. */
+  readonly originPortBase?: number | undefined;
 }
+
+/** The most flows a run takes: see the README ("Limits") for what bounds it. */
+export const MAX_FLOWS = 10_000;
 
 export interface VendorInfo {
   readonly id: string;
@@ -105,25 +111,28 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
   const env = { ...process.env, COPROXY_REGISTRY: registry };
 
   try {
-    // The origin, on a block of free ports: a flow's port is its tag.
-    let flows: FlowSpec[] = [];
-    let origin: ChildProcess | undefined;
-    for (let attempt = 0; origin === undefined; attempt++) {
-      const base = netns === undefined ? 20_000 + Math.floor(prng(options.seed + attempt)() * 30_000) : 20_000;
-      flows = planFlows(options.flows, base, options.seed, netns !== undefined);
-      try {
-        origin = await startOrigin(inNs, host, flows, path.join(tmp, 'origin-ca'), env);
-      } catch (error) {
-        if (attempt >= 5) throw error;
-      }
-    }
-    const range = `${flows[0]!.port}-${flows[flows.length - 1]!.port}`;
+    // The origin, on a block of ports outside the ephemeral range (a flow's port is its
+    // tag); it replaces a port it cannot bind and says which.
+    if (options.flows < 1 || options.flows > MAX_FLOWS) throw new RangeError(`flows: 1..${MAX_FLOWS}, got ${options.flows}`);
+    const ephemeral = ephemeralRange(netns);
+    const ranges = portsOutside(ephemeral.range);
+    const planned = planFlows(choosePorts(options.flows, ranges, options.seed, options.originPortBase), options.seed, netns !== undefined);
+    const listening = await startOrigin(inNs, tmp, { host, flows: planned, caDir: path.join(tmp, 'origin-ca'), ranges }, env);
+    const origin = listening.child;
+    const flows = planned.map((flow, i) => ({ ...flow, port: listening.ports[i] ?? flow.port }));
+    for (const r of listening.replaced) notes.push(`flow ${r.index}: port ${r.from} could not be bound (${r.code}), the origin listened on ${r.to} instead`);
+    const range = portList(flows.map((flow) => flow.port));
 
     const vendorProcesses: ChildProcess[] = [];
+    // Acceptances per vendor and port, counted as they come: a filter over all of them per
+    // line made a 10,000-flow run quadratic.
+    const counts = new Map<string, number>();
     for (const vendor of vendors) {
       vendorProcesses.push(await startVendor(inNs, vendor, range, options.backend, env, (acceptance) => {
         acceptances.push(acceptance);
-        const count = acceptances.filter((a) => a.vendor === acceptance.vendor && a.port === acceptance.port).length;
+        const key = `${acceptance.vendor} ${acceptance.port}`;
+        const count = (counts.get(key) ?? 0) + 1;
+        counts.set(key, count);
         if (count >= LOOP_BOUND && !loopStopped) {
           // A loop that does not end by itself: stopping the vendors is the bound.
           loopStopped = true;
@@ -133,7 +142,7 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
       }));
     }
 
-    const clientReports = await runClient(inNs, {
+    const clientReports = await runClient(inNs, tmp, {
       host,
       flows,
       seed: options.seed,
@@ -150,7 +159,21 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
     origin.kill('SIGTERM');
     await exited(origin);
 
-    const results = flows.map((flow) => judge(flow, vendors, acceptances, clientReports, originReports));
+    const byPort = <TItem extends { port: number }>(items: readonly TItem[]): Map<number, TItem[]> => {
+      const map = new Map<number, TItem[]>();
+      for (const item of items) {
+        const list = map.get(item.port);
+        if (list === undefined) map.set(item.port, [item]);
+        else list.push(item);
+      }
+      return map;
+    };
+    const hopsByPort = byPort(acceptances);
+    const clientsByPort = byPort(clientReports);
+    const originsByPort = byPort(originReports);
+    const results = flows.map((flow) =>
+      judge(flow, vendors, hopsByPort.get(flow.port) ?? [], clientsByPort.get(flow.port)?.[0], originsByPort.get(flow.port)?.[0]),
+    );
     const loopDetected = results.some((r) => r.looped);
     const invariantsHold = results.every((r) => r.problems.length === 0);
     return {
@@ -194,18 +217,17 @@ function assignVendors(options: ScenarioOptions): VendorInfo[] {
   return infos;
 }
 
+/** One flow's verdict from what each process said about its port. */
 function judge(
   flow: FlowSpec,
   vendors: readonly VendorInfo[],
   acceptances: readonly Acceptance[],
-  clients: readonly ClientFlowReport[],
-  origins: readonly OriginFlowReport[],
+  client: ClientFlowReport | undefined,
+  origin: OriginFlowReport | undefined,
 ): FlowResult {
   // Vendors report from their own processes, so their lines arrive in any order: the
   // records each saw (one more redirect per hop) give the order the flow took.
-  const hops = orderHops(acceptances.filter((a) => a.port === flow.port));
-  const client = clients.find((c) => c.port === flow.port);
-  const origin = origins.find((o) => o.port === flow.port);
+  const hops = orderHops(acceptances);
   const problems: string[] = [];
   const order = [...vendors].sort((a, b) => a.priority - b.priority || (a.id < b.id ? -1 : 1)).map((v) => v.id);
   const connections = 1; // every flow is one client connection (HTTP keep-alive included)
@@ -254,19 +276,33 @@ function orderHops(hops: readonly Acceptance[]): Acceptance[] {
 
 type InNs = (command: string, args: readonly string[]) => [string, string[]];
 
-function startOrigin(inNs: InNs, host: string, flows: readonly FlowSpec[], caDir: string, env: NodeJS.ProcessEnv): Promise<ChildProcess> {
-  const [command, args] = inNs(process.execPath, [path.join(here, 'origin.js'), JSON.stringify({ host, flows, caDir })]);
+/** Writes a child's arguments to a file in the run's directory: argv holds at most 128 KiB per string on Linux. */
+function argsFile(tmp: string, name: string, args: object): string {
+  const file = path.join(tmp, `${name}-args.json`);
+  fs.writeFileSync(file, JSON.stringify(args), { mode: 0o600 });
+  return file;
+}
+
+function startOrigin(
+  inNs: InNs,
+  tmp: string,
+  originArgs: { host: string; flows: readonly FlowSpec[]; caDir: string; ranges: readonly { from: number; to: number }[] },
+  env: NodeJS.ProcessEnv,
+): Promise<{ child: ChildProcess; ports: number[]; replaced: PortReplacement[] }> {
+  const [command, args] = inNs(process.execPath, [path.join(here, 'origin.js'), argsFile(tmp, 'origin', originArgs)]);
   const child = spawn(command, args, { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env });
   children.add(child);
   child.once('exit', () => children.delete(child));
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  // Listening on 10,000 ports and opening the CA takes a few seconds on a busy machine.
+  const readyWithin = 20_000 + originArgs.flows.length * 5;
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the origin was not ready within 20 s')), 20_000);
+    const timer = setTimeout(() => reject(new Error(`the origin was not ready within ${readyWithin / 1000} s`)), readyWithin);
     child.on('message', (message: OriginMessage) => {
       if ('ready' in message) {
         clearTimeout(timer);
-        resolve(child);
+        resolve({ child, ports: message.ports, replaced: message.replaced });
       }
     });
     child.once('exit', (code) => {
@@ -291,7 +327,12 @@ function askOrigin(origin: ChildProcess): Promise<OriginFlowReport[]> {
 }
 
 function startVendor(inNs: InNs, vendor: VendorInfo, range: string, backend: Backend, env: NodeJS.ProcessEnv, onAccepted: (a: Acceptance) => void): Promise<ChildProcess> {
-  const cliArgs = [vendorCli[vendor.kind], '--id', vendor.id, '--priority', String(vendor.priority), '--ports', range, '--backend', backend, '--log-level', 'info'];
+  // --unrecognised relay: the raw TCP flows stand for a protocol neither vendor knows, and
+  // both vendors block unrecognised bytes unless told otherwise.
+  const cliArgs = [
+    vendorCli[vendor.kind], '--id', vendor.id, '--priority', String(vendor.priority), '--ports', range, '--backend', backend,
+    '--unrecognised', 'relay', '--log-level', 'info',
+  ];
   if (vendor.dropsRecords) cliArgs.push('--drop-records');
   const [command, args] = inNs(process.execPath, cliArgs);
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
@@ -322,9 +363,9 @@ function startVendor(inNs: InNs, vendor: VendorInfo, range: string, backend: Bac
   });
 }
 
-function runClient(inNs: InNs, args: object, env: NodeJS.ProcessEnv, onProgress: ScenarioOptions['onProgress']): Promise<ClientFlowReport[]> {
-  const total = (args as { flows: unknown[] }).flows.length;
-  const [command, argv] = inNs(process.execPath, [path.join(here, 'client.js'), JSON.stringify(args)]);
+function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unknown[]; readonly [key: string]: unknown }, env: NodeJS.ProcessEnv, onProgress: ScenarioOptions['onProgress']): Promise<ClientFlowReport[]> {
+  const total = args.flows.length;
+  const [command, argv] = inNs(process.execPath, [path.join(here, 'client.js'), argsFile(tmp, 'client', args)]);
   const child = spawn(command, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
   children.add(child);
   child.once('exit', () => children.delete(child));
@@ -333,7 +374,8 @@ function runClient(inNs: InNs, args: object, env: NodeJS.ProcessEnv, onProgress:
       if ('progress' in message) onProgress?.(message.progress, total);
       if ('done' in message) resolve(message.done);
     });
-    child.once('exit', (code) => reject(new Error(`the client exited with ${code} before reporting`)));
+    // 'close', not 'exit': 'exit' can come before the last IPC message has been read.
+    child.once('close', (code) => reject(new Error(`the client exited with ${code} before reporting`)));
   });
 }
 

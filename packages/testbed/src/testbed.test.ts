@@ -1,10 +1,12 @@
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ephemeralRange } from './ports.js';
 import type { Report } from './scenario.js';
 
 const run = promisify(execFile);
@@ -14,7 +16,10 @@ const skipKernel = process.env.COPROXY_SKIP_KERNEL_TESTS === '1' && process.env.
 const skipBrowser = process.env.COPROXY_SKIP_BROWSER_TESTS === '1' && process.env.CI !== 'true';
 
 let dir: string;
+/** What was left before these tests ran (a killed run elsewhere on a shared machine): not theirs to answer for. */
+let before: Set<string>;
 beforeAll(() => {
+  before = new Set(leftovers());
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-testbed-test-'));
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -33,7 +38,9 @@ async function testbed(...args: string[]): Promise<{ code: number; stdout: strin
 
 const readReport = (file: string): Report => JSON.parse(fs.readFileSync(file, 'utf8')) as Report;
 
-/** What a run must leave behind: nothing. */
+/** What a run must leave behind: nothing (beyond what was there before). */
+const leftBehind = (): string[] => leftovers().filter((entry) => !before.has(entry));
+
 function leftovers(): string[] {
   const found: string[] = [];
   const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' });
@@ -45,6 +52,15 @@ function leftovers(): string[] {
     for (const ns of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) if (ns.startsWith('coproxy-testbed-')) found.push(`namespace: ${ns}`);
   }
   return found;
+}
+
+/** A listener of the test's own on 127.0.0.1:`port`. */
+function hold(port: number): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer((socket) => socket.destroy());
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
 }
 
 function expectCooperative(report: Report, vendors: number): void {
@@ -76,7 +92,7 @@ describe('coproxy-testbed', () => {
     // The vendor first in line inspected the flow again: it came back after the dropper.
     const first = [...dropped.vendors].sort((a, b) => a.priority - b.priority)[0]!;
     for (const flow of dropped.flows) expect(flow.hops.filter((h) => h.vendor === first.id).length).toBeGreaterThan(1);
-    expect(leftovers()).toEqual([]);
+    expect(leftBehind()).toEqual([]);
   });
 
   it('grows the chain to four vendors at seeded random priorities without loops, and writes an HTML page', async () => {
@@ -88,7 +104,7 @@ describe('coproxy-testbed', () => {
     const html = fs.readFileSync(page, 'utf8');
     expect(html).toContain('coproxy testbed: OK');
     expect(html.match(/class="flow"/g)).toHaveLength(9);
-    expect(leftovers()).toEqual([]);
+    expect(leftBehind()).toEqual([]);
   });
 
   it.skipIf(skipBrowser)('renders the HTML report in headless Chromium', async () => {
@@ -112,6 +128,43 @@ describe('coproxy-testbed', () => {
   it('exits 2 on a usage error', async () => {
     expect((await testbed('run', '--vendors', 'squid')).code).toBe(2);
     expect((await testbed('run', '--flows', '0')).code).toBe(2);
+    expect((await testbed('run', '--flows', '10001')).code).toBe(2);
+    expect((await testbed('run', '--origin-port-base', '80')).code).toBe(2);
+  });
+
+  it('runs 1,000 flows at concurrency 64, raw TCP included, with every origin port outside the kernel’s ephemeral range', { timeout: 240_000 }, async () => {
+    // Before: --flows stopped at 600, a raw flow whose random bytes started with 22 got a
+    // TLS alert (or with capitals and a space, a 400), and the ports fell in the ephemeral range.
+    const json = path.join(dir, 'thousand.json');
+    const { code, stdout } = await testbed('run', '--flows', '1000', '--concurrency', '64', '--seed', '1', '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expect(report.flows.filter((f) => f.kind === 'tcp')).toHaveLength(333);
+    const { range } = ephemeralRange();
+    expect(report.flows.filter((f) => f.port >= range.from && f.port <= range.to).map((f) => f.port)).toEqual([]);
+    expect(leftBehind()).toEqual([]);
+  });
+
+  it('replaces an origin port that another program holds, and says so', { timeout: 120_000 }, async () => {
+    // Two ports of the block held by listeners of the test's own, outside the ephemeral range.
+    const { range } = ephemeralRange();
+    const base = range.from > 20_000 ? 17_000 + (process.pid % 2000) : range.to + 100;
+    const held = await Promise.all([base + 1, base + 3].map((port) => hold(port)));
+    try {
+      const json = path.join(dir, 'replaced.json');
+      const { code } = await testbed('run', '--flows', '6', '--origin-port-base', String(base), '--json', json);
+      expect(code).toBe(0);
+      const report = readReport(json);
+      expectCooperative(report, 2);
+      const ports = report.flows.map((f) => f.port);
+      expect(ports).not.toContain(base + 1);
+      expect(ports).not.toContain(base + 3);
+      expect(ports.slice(0, 1)).toEqual([base]);
+      expect(report.notes.filter((note) => /could not be bound \(EADDRINUSE\)/.test(note))).toHaveLength(2);
+    } finally {
+      await Promise.all(held.map((server) => new Promise((resolve) => server.close(resolve))));
+    }
   });
 
   it.skipIf(skipKernel)('runs on the nftables backend in a namespace with unmodified curl, and leaves nothing behind', async () => {
@@ -125,6 +178,6 @@ describe('coproxy-testbed', () => {
     const { code: loopCode } = await testbed('run', '--backend', 'nftables', '--flows', '6', '--drop-records', 'http', '--json', json);
     expect(loopCode).toBe(3);
     expect(readReport(json).loopDetected).toBe(true);
-    expect(leftovers()).toEqual([]);
+    expect(leftBehind()).toEqual([]);
   });
 });

@@ -44,6 +44,14 @@ export const ext = {
     type: 0x0000,
     data: vector(2, Buffer.concat(names.map((name) => Buffer.concat([u8(0), vector(2, Buffer.from(name, 'latin1'))])))),
   }),
+  /** server_name with entries of any name type and any bytes (RFC 6066 §3), for the unusual cases. */
+  serverNameEntries: (...entries: { type: number; name: Buffer | string }[]): Extension => ({
+    type: 0x0000,
+    data: vector(
+      2,
+      Buffer.concat(entries.map(({ type, name }) => Buffer.concat([u8(type), vector(2, typeof name === 'string' ? Buffer.from(name, 'latin1') : name)]))),
+    ),
+  }),
   alpn: (...protocols: string[]): Extension => ({
     type: 0x0010,
     data: vector(2, Buffer.concat(protocols.map((protocol) => vector(1, Buffer.from(protocol, 'latin1'))))),

@@ -257,8 +257,12 @@ function main() {
     if (errors !== '') process.stdout.write(`${errors}\n`);
     fatal(timedOut ? `the run did not finish within ${RUN_TIMEOUT_MS / 1000} s` : `no test report (exit ${result.status})`);
   }
-  const failed = summary.fail + summary.cancelled;
-  const ok = failed === 0 && summary.pass > 0 && result.status === 0;
+  let failed = summary.fail + summary.cancelled;
+  if (failed === 0 && (result.status !== 0 || summary.pass === 0)) {
+    log(`node.exe exited ${result.status} with ${summary.pass} tests passed: counted as one failure`);
+    failed = 1;
+  }
+  const ok = failed === 0;
   if (!ok && errors !== '') process.stdout.write(`${errors}\n`);
   log(`${seconds} s (setup ${setupSeconds.toFixed(1)} s), exit ${result.status}, ${summary.skipped} skipped`);
   // vitest's closing-line format, so .ci/run sums it with the other packages' lines.

@@ -137,12 +137,16 @@ describe("the Winsock declarations, on koffi's win32-x64 build against Wine's ws
     const listener = winsockListener(ws);
     sockets.push(listener.socket);
     const fds = wsaPollFd(listener.socket, Ws.POLLRDNORM);
+    const poll = (buffer: Buffer, timeoutMs: number): Promise<number> =>
+      new Promise((resolve, reject) =>
+        ws.pollAsync(buffer, 1, timeoutMs, (error, ready) => (error instanceof Error ? reject(error) : resolve(ready))),
+      );
     assert.equal(fds.length, 16);
-    const idle = await new Promise<number>((resolve, reject) => ws.pollAsync(fds, 1, 50, (error, ready) => (error ? reject(error as Error) : resolve(ready))));
+    const idle = await poll(fds, 50);
     assert.equal(idle, 0);
     const client = net.connect({ host: '127.0.0.1', port: listener.port });
     await once(client, 'connect');
-    const ready = await new Promise<number>((resolve, reject) => ws.pollAsync(fds, 1, 2000, (error, count) => (error ? reject(error as Error) : resolve(count))));
+    const ready = await poll(fds, 2000);
     assert.equal(ready, 1);
     assert.equal(fds.readInt16LE(10) & Ws.POLLRDNORM, Ws.POLLRDNORM); // revents, after the 8-byte SOCKET and events
     client.destroy();

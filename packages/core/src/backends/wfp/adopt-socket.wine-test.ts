@@ -142,6 +142,26 @@ describe("adopting Winsock's sockets into Node's libuv/IOCP loop (Windows build 
     assert.equal(error.code, 'ECONNREFUSED');
   });
 
+  it('refuses a SOCKET Node already owns with EEXIST, as libuv does on Linux, and adopts its value again once closed', async () => {
+    // libuv on Windows would take it a second time (the IOCP association fails, and an
+    // imported socket then falls back to emulated IOCP): two owners of one SOCKET.
+    const { client, adopted, socket } = await acceptedPair();
+    assert.throws(() => adoptSocket(socket, { connected: true, allowHalfOpen: true }), {
+      code: 'COPROXY_SYSCALL_FAILED',
+      syscall: 'uv_tcp_open',
+      errnoName: 'EEXIST',
+    });
+    const atClient = readAll(client);
+    adopted.end('still one owner');
+    assert.equal((await atClient).toString(), 'still one owner');
+    client.end();
+    await once(adopted, 'close');
+    // The value is free again: a new socket may get it, and must be adoptable.
+    const next = await acceptedPair();
+    next.adopted.destroy();
+    next.client.destroy();
+  });
+
   it('refuses a closed SOCKET and a handle that is not a socket with a typed error, and takes nothing', () => {
     const closed = newSocket(ws);
     ws.closesocket(closed);

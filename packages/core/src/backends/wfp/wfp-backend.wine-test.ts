@@ -15,7 +15,7 @@ import type { RedirectorEvent } from '../../redirector/redirector-events.js';
 import { type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
 import { assertWindowsBuild, localPort, newSocket, standInLibrary } from '../../test-support/wine.js';
 import { adoptSocket } from './adopt-socket.js';
-import { Win32Error } from './ioctl-codes.js';
+import { Win32Error, Ws } from './ioctl-codes.js';
 import { encodeSockaddr } from './sockaddr.js';
 import { UNKNOWN_CONTEXT_OWNER } from './wfp-backend.js';
 import type { Winsock } from './winsock.js';
@@ -41,7 +41,7 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   const subscriptions: Subscription[] = [];
   const redirectors: AsyncDisposable[] = [];
 
-  const startOrigin = async (): Promise<Origin> => {
+  const startOrigin = async (host = '127.0.0.1'): Promise<Origin> => {
     const seen: Origin['seen'] = [];
     const server = net.createServer((socket) => {
       // Looked up at once, while the onward socket (the one the records were set on) is open.
@@ -55,7 +55,7 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
       });
       socket.on('error', () => socket.destroy());
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server.listen(0, host, resolve));
     return {
       port: (server.address() as net.AddressInfo).port,
       seen,
@@ -66,20 +66,21 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   /** A client whose connection "the callout" redirected: bound first, so the stand-in can key the flow on its port. */
   const redirectedClient = async (
     listenerPort: number,
-    flow: { records: Buffer | undefined; context?: Buffer; contextError?: number },
+    flow: { records: Buffer | undefined; context?: Buffer; contextError?: number; to?: Origin },
+    host = '127.0.0.1',
   ): Promise<net.Socket> => {
-    const fresh = newSocket(ws);
-    const name = encodeSockaddr('127.0.0.1', 0);
+    const fresh = newSocket(ws, net.isIPv6(host) ? Ws.AF_INET6 : Ws.AF_INET);
+    const name = encodeSockaddr(host, 0);
     assert.equal(ws.bind(fresh, name, name.length), 0);
     standIn.redirect({
       clientPort: localPort(ws, fresh),
-      originalDestination: encodeSockaddr('127.0.0.1', origin.port),
+      originalDestination: encodeSockaddr(host, (flow.to ?? origin).port),
       records: flow.records,
       context: flow.context,
       ...(flow.contextError !== undefined && { contextError: flow.contextError }),
     });
     const socket = adoptSocket(fresh, { connected: false, allowHalfOpen: true });
-    socket.connect({ host: '127.0.0.1', port: listenerPort });
+    socket.connect({ host, port: listenerPort });
     await once(socket, 'connect');
     return socket;
   };
@@ -94,11 +95,12 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   };
 
   /** A vendor: takes every flow, opens the onward leg, relays. */
-  const vendor = (options: { id?: string; propagateRecords?: boolean; context?: Buffer } = {}) => {
+  const vendor = (options: { id?: string; propagateRecords?: boolean; context?: Buffer; host?: string } = {}) => {
     const redirector = createRedirector({
       id: options.id ?? 'acme-av',
       priority: 10,
       backend: 'wfp',
+      ...(options.host !== undefined && { listen: { host: options.host } }),
       ...(options.context !== undefined && { context: options.context }),
     });
     redirectors.push(redirector);
@@ -151,6 +153,24 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
     assert.deepEqual(connection.records.redirectedBy, ['acme-av']);
     assert.equal(connection.records.stateFor('acme-av'), 'RedirectedBySelf');
     assert.equal(connection.context().toString(), 'verdict-cache:42');
+  });
+
+  it('does all of it over IPv6 (AF_INET6 is 23 on Windows): listener, client, original destination, onward socket', async () => {
+    const v6 = await startOrigin('::1');
+    try {
+      const { redirector, accepted } = vendor({ host: '::1' });
+      const listening = await redirector.installed();
+      assert.equal(listening.address, '::1');
+      const records = recordsBlob(11, 700);
+      const client = await redirectedClient(listening.port, { records, to: v6 }, '::1');
+      assert.equal(await exchange(client, 'over six'), 'origin:over six');
+      assert.equal(v6.seen[0]?.bytes, 'over six');
+      assert.ok(v6.seen[0]?.records?.equals(records));
+      assert.deepEqual(accepted[0]?.originalDestination, { address: '::1', port: v6.port, family: 6 });
+      assert.equal(accepted[0]?.source.address, '::1');
+    } finally {
+      await v6.close();
+    }
   });
 
   it('relays a large flow both ways intact through the adopted sockets', async () => {

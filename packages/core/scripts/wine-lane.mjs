@@ -8,8 +8,8 @@
 // 2. Builds the PE stand-in (src/backends/wfp/fixtures/ws2-stand-in-win.c) with mingw-w64.
 // 3. Stages a run directory: core's built dist (as built by `pnpm build`), the lane's test
 //    files (src/**/*.wine-test.ts, transpiled one by one with TypeScript, no bundling) and
-//    test-support beside it, and a node_modules of real copies (Windows Node does not
-//    follow pnpm's symlinks the way Linux Node does): koffi, its win32-x64 binary, rxjs.
+//    test-support beside it; and, in the cache, a node_modules of real copies rather than
+//    pnpm's symlinks (one hermetic tree for Windows Node): koffi, its win32-x64 binary, rxjs.
 // 4. Runs `node.exe --test` under Wine in its own WINEPREFIX, with every report written
 //    to a file (Windows programs under Wine cannot write to a Unix pipe reliably), with a
 //    time bound, then stops the prefix's wineserver.
@@ -172,14 +172,25 @@ function stage(run, koffi) {
   if (!fs.existsSync(path.join(CORE, 'dist', 'index.js'))) fatal('core is not built (run `pnpm build` first)');
   fs.cpSync(path.join(CORE, 'dist'), path.join(run, 'core', 'dist'), { recursive: true });
   fs.copyFileSync(path.join(CORE, 'package.json'), path.join(run, 'core', 'package.json'));
-  const modules = path.join(run, 'node_modules');
-  const copy = (from, name) => fs.cpSync(from, path.join(modules, name), { recursive: true, dereference: true });
-  copy(koffi.koffi, 'koffi');
-  copy(koffi.binary, '@koromix/koffi-win32-x64');
+  // Beside the run directory, where Node's resolution finds it from run/core/dist, and
+  // kept between runs while the same package directories (pnpm's paths carry versions) go in.
+  const modules = path.join(cache, 'node_modules');
   const rxjs = fs.realpathSync(path.join(CORE, 'node_modules', 'rxjs'));
-  copy(rxjs, 'rxjs');
-  copy(fs.realpathSync(path.join(rxjs, '..', 'tslib')), 'tslib');
-  copy(fs.realpathSync(path.join(CORE, 'node_modules', 'commander')), 'commander');
+  const packages = {
+    koffi: koffi.koffi,
+    '@koromix/koffi-win32-x64': koffi.binary,
+    rxjs,
+    tslib: fs.realpathSync(path.join(rxjs, '..', 'tslib')),
+    commander: fs.realpathSync(path.join(CORE, 'node_modules', 'commander')),
+  };
+  const stamp = path.join(modules, '.coproxy-wine-lane.json');
+  const wanted = JSON.stringify(packages);
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === wanted) return;
+  fs.rmSync(modules, { recursive: true, force: true });
+  for (const [name, from] of Object.entries(packages)) {
+    fs.cpSync(from, path.join(modules, name), { recursive: true, dereference: true });
+  }
+  fs.writeFileSync(stamp, wanted);
 }
 
 function buildStandIn(run) {
@@ -204,15 +215,22 @@ function main() {
   const linuxNode = process.version.slice(1);
   if (linuxNode !== NODE_WIN.version) log(`note: Linux Node is ${linuxNode}, the lane runs the Windows build of ${NODE_WIN.version}`);
 
-  const node = fetchPinned(NODE_WIN);
-  const koffi = koffiWin32();
+  const steps = [];
+  const step = (name, work) => {
+    const at = Date.now();
+    const result = work();
+    steps.push(`${name} ${((Date.now() - at) / 1000).toFixed(1)} s`);
+    return result;
+  };
+  const node = step('fetch', () => fetchPinned(NODE_WIN));
+  const koffi = step('koffi', koffiWin32);
   const env = wineEnv();
-  prefix(env);
+  step('prefix', () => prefix(env));
 
   const run = path.join(cache, 'run');
-  stage(run, koffi);
-  const dll = buildStandIn(run);
-  const tests = transpile(run);
+  step('stage', () => stage(run, koffi));
+  const dll = step('mingw', () => buildStandIn(run));
+  const tests = step('transpile', () => transpile(run));
   if (tests.length === 0) fatal('no *.wine-test.ts files');
   const setupSeconds = (Date.now() - started) / 1000;
 
@@ -264,7 +282,7 @@ function main() {
   }
   const ok = failed === 0;
   if (!ok && errors !== '') process.stdout.write(`${errors}\n`);
-  log(`${seconds} s (setup ${setupSeconds.toFixed(1)} s), exit ${result.status}, ${summary.skipped} skipped`);
+  log(`${seconds} s (setup ${setupSeconds.toFixed(1)} s: ${steps.join(', ')}), exit ${result.status}, ${summary.skipped} skipped`);
   // vitest's closing-line format, so .ci/run sums it with the other packages' lines.
   log(failed > 0 ? ` Tests  ${failed} failed | ${summary.pass} passed (${summary.tests})` : ` Tests  ${summary.pass} passed (${summary.tests})`);
   if (!ok) process.exit(1);

@@ -18,10 +18,12 @@ command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "wine-lane: installing ${missing[*]}"
+    since=$SECONDS
     # No recommends: fonts, Gecko and the 32-bit side are not needed by console programs.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
       { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||
       echo "wine-lane: could not install ${missing[*]}"
+    echo "wine-lane: apt-get took $((SECONDS - since)) s"
   else
     echo "wine-lane: missing ${missing[*]} and cannot install them here (apt-get install wine64 gcc-mingw-w64-x86-64)"
   fi

@@ -42,7 +42,7 @@
  *
  * Ownership: on success the `net.Socket` owns the socket (destroying it closes the
  * SOCKET/fd); on failure nothing was taken and the caller still owns and closes it.
- * A socket is adopted once: a second `adoptSocket` of a value whose `net.Socket` has not
+ * A socket is adopted once: a second `adoptSocket` of a value whose handle Node has not
  * closed yet fails with EEXIST. libuv refuses it on Linux by itself; on Windows it would
  * take it (`CreateIoCompletionPort` fails for a SOCKET already tied to the loop's port,
  * and an imported socket then falls back to emulated IOCP), leaving two owners that both
@@ -62,7 +62,7 @@ interface TcpHandle {
   open(socket: number): number;
   close(callback?: () => void): void;
   /** `uv_tcp_close_reset`, for `resetAndDestroy()`: closes without calling close(). */
-  reset(callback?: () => void): number;
+  reset?(callback?: () => void): number;
 }
 
 interface TcpWrap {

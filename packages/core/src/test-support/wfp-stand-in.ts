@@ -1,5 +1,7 @@
 // Builds the Winsock stand-in (src/backends/wfp/fixtures/ws2-stand-in.c) with gcc into a
-// temporary directory and binds the controls the tests use to play the WFP callout.
+// temporary directory and binds the controls the tests use to play the WFP callout. The
+// Wine lane binds the same controls on its Windows stand-in (ws2-stand-in-win.c, a PE DLL
+// it builds with mingw-w64 before starting the Windows build of Node).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -60,6 +62,14 @@ export function buildStandIn(): StandIn {
   execFileSync('gcc', ['-Wall', '-Wextra', '-Werror', '-O1', '-shared', '-fPIC', '-o', library, SOURCE, '-lpthread'], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
+  return bindStandIn(library, () => fs.rmSync(dir, { recursive: true, force: true }));
+}
+
+/**
+ * The controls of a stand-in library already built: the Linux one, or the Windows one
+ * (same signatures). `remove` runs when the test is done with it.
+ */
+export function bindStandIn(library: string, remove: () => void = () => undefined): StandIn {
   const koffi = createRequire(import.meta.url)('koffi') as Koffi;
   const lib = koffi.load(library);
   const reset = lib.func('void standin_reset(void)');
@@ -108,13 +118,16 @@ export function buildStandIn(): StandIn {
       const count = ioctlLog(codes, ins, outs, 256) as number;
       return [...codes.subarray(0, count)].map((code, i) => ({ code, inputLength: ins[i] ?? 0, outputLength: outs[i] ?? 0 }));
     },
-    remove: () => fs.rmSync(dir, { recursive: true, force: true }),
+    remove,
   };
 }
 
-/** Builds the stand-in and makes core's Winsock bindings load it (for a test file's `beforeAll`). */
-export function installStandIn(): { standIn: StandIn; ws: Winsock } {
-  const standIn = buildStandIn();
+/**
+ * Builds the stand-in (or takes `prebuilt`, a library already built, as the Wine lane's
+ * PE DLL) and makes core's Winsock bindings load it (for a test file's `beforeAll`).
+ */
+export function installStandIn(prebuilt?: string): { standIn: StandIn; ws: Winsock } {
+  const standIn = prebuilt === undefined ? buildStandIn() : bindStandIn(prebuilt);
   useWinsockLibraryForTests(standIn.library);
   return { standIn, ws: winsock() };
 }

@@ -171,4 +171,24 @@ describe('adopting a socket made outside Node (koffi + Winsock stand-in, real Li
     expect(await readAll(first)).toBe('still fine');
     first.destroy();
   });
+
+  it('adopts a socket whose number an adopted socket had, the moment Node closed that one (before its close event)', async () => {
+    for (const end of ['destroy', 'resetAndDestroy'] as const) {
+      const listener = winsockListener();
+      const client = net.connect({ host: '127.0.0.1', port: listener.port });
+      client.on('error', () => undefined);
+      await once(client, 'connect');
+      const accepted = await listener.accept();
+      const first = adoptSocket(accepted, { connected: true, allowHalfOpen: true });
+      owned(accepted);
+      first.on('error', () => undefined);
+      first[end](); // Node closes the fd now; 'close' comes a turn of the loop later
+      const reused = newSocket(); // the lowest free number: the one just closed
+      expect(reused).toBe(accepted);
+      const second = adoptSocket(reused, { connected: false, allowHalfOpen: true });
+      owned(reused);
+      second.destroy();
+      client.destroy();
+    }
+  });
 });

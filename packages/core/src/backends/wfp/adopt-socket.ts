@@ -42,6 +42,14 @@
  *
  * Ownership: on success the `net.Socket` owns the socket (destroying it closes the
  * SOCKET/fd); on failure nothing was taken and the caller still owns and closes it.
+ * A socket is adopted once: a second `adoptSocket` of a value whose handle Node has not
+ * closed yet fails with EEXIST. libuv refuses it on Linux by itself; on Windows it would
+ * take it (`CreateIoCompletionPort` fails for a SOCKET already tied to the loop's port,
+ * and an imported socket then falls back to emulated IOCP), leaving two owners that both
+ * close the SOCKET, as the Wine lane showed. So this module keeps the values it handed to
+ * a `net.Socket`, until Node closes that socket's handle: not until 'close', which comes a
+ * turn of the loop later, when Windows (and Linux) may already have given the value to a
+ * new socket.
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -52,7 +60,9 @@ import type { SocketHandle } from './winsock.js';
 
 interface TcpHandle {
   open(socket: number): number;
-  close(): void;
+  close(callback?: () => void): void;
+  /** `uv_tcp_close_reset`, for `resetAndDestroy()`: closes without calling close(). */
+  reset?(callback?: () => void): number;
 }
 
 interface TcpWrap {
@@ -61,6 +71,9 @@ interface TcpWrap {
 }
 
 let binding: TcpWrap | undefined;
+
+/** The sockets adopted by a `net.Socket` whose handle Node has not closed yet. */
+const owned = new Set<SocketHandle>();
 
 function tcpWrap(): TcpWrap {
   if (binding !== undefined) return binding;
@@ -97,6 +110,7 @@ export function adoptSocket(socket: SocketHandle, options: AdoptOptions): net.So
   }
   const { TCP, constants } = tcpWrap();
   if (process.platform !== 'win32') assertPosixSocket(socket);
+  if (owned.has(socket)) throw new SyscallError('uv_tcp_open', os.constants.errno.EEXIST, 'EEXIST');
   const handle = new TCP(constants.SOCKET);
   const status = handle.open(socket);
   if (status !== 0) {
@@ -109,6 +123,23 @@ export function adoptSocket(socket: SocketHandle, options: AdoptOptions): net.So
     allowHalfOpen: options.allowHalfOpen,
     ...(options.connected ? { readable: true, writable: true } : { manualStart: true }),
   };
+  // Node closes the socket through this handle's close() (uv_close, which closes the
+  // SOCKET/fd at once, or on Windows once pending writes are cancelled) or, for
+  // resetAndDestroy(), its reset(): the value is free from that call on. Own properties,
+  // so only this handle is affected.
+  const closeHandle = handle.close.bind(handle);
+  handle.close = (callback) => {
+    owned.delete(socket);
+    closeHandle(callback);
+  };
+  if (typeof handle.reset === 'function') {
+    const resetHandle = handle.reset.bind(handle);
+    handle.reset = (callback) => {
+      owned.delete(socket);
+      return resetHandle(callback);
+    };
+  }
+  owned.add(socket);
   return new net.Socket(socketOptions);
 }
 

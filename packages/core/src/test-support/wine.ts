@@ -1,0 +1,96 @@
+// Shared by the Wine lane's tests (src/**/*.wine-test.ts, run by scripts/wine-lane.sh on
+// the Windows build of Node under Wine, with node:test): real Winsock sockets through
+// core's own bindings, and a handle that is not a socket.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createRequire } from 'node:module';
+import type net from 'node:net';
+import type KoffiModule from 'koffi';
+import { Win32Error, Ws } from '../backends/wfp/ioctl-codes.js';
+import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from '../backends/wfp/sockaddr.js';
+import { type SocketHandle, type Winsock, handleValue } from '../backends/wfp/winsock.js';
+
+type Koffi = typeof KoffiModule;
+
+/** The lane's tests mean nothing elsewhere: they fail, rather than pass, off the Windows build. */
+export function assertWindowsBuild(): void {
+  assert.equal(process.platform, 'win32', 'the Wine lane runs the Windows build of Node');
+  assert.equal(process.arch, 'x64');
+}
+
+/** The PE stand-in the lane built with mingw-w64 (ws2-stand-in-win.c), as a Windows path. */
+export function standInLibrary(): string {
+  const library = process.env.COPROXY_WINE_STAND_IN;
+  assert.ok(library !== undefined && library !== '', 'COPROXY_WINE_STAND_IN names the stand-in DLL (scripts/wine-lane.sh sets it)');
+  return library;
+}
+
+/** A new overlapped TCP socket, as the backend makes them. */
+export function newSocket(ws: Winsock, family: number = Ws.AF_INET): SocketHandle {
+  const socket = handleValue(ws.WSASocketW(family, Ws.SOCK_STREAM, Ws.IPPROTO_TCP, null, 0, Ws.WSA_FLAG_OVERLAPPED));
+  assert.ok(socket !== undefined, `WSASocketW failed: ${ws.WSAGetLastError()}`);
+  return socket;
+}
+
+export function localPort(ws: Winsock, socket: SocketHandle): number {
+  const name = Buffer.alloc(SOCKADDR_BYTES);
+  const length: [number] = [SOCKADDR_BYTES];
+  assert.equal(ws.getsockname(socket, name, length), 0, `getsockname: ${ws.WSAGetLastError()}`);
+  const decoded = decodeSockaddr(name, length[0]);
+  assert.ok(decoded !== undefined);
+  return decoded.port;
+}
+
+export interface WinsockListener {
+  readonly socket: SocketHandle;
+  readonly port: number;
+  /** The next connection, by non-blocking accept retried for up to 2 s. */
+  accept(): Promise<SocketHandle>;
+}
+
+/** A listening socket made and accepted with Winsock, as the backend's listener does. */
+export function winsockListener(ws: Winsock): WinsockListener {
+  const socket = newSocket(ws);
+  const name = encodeSockaddr('127.0.0.1', 0);
+  assert.equal(ws.bind(socket, name, name.length), 0);
+  assert.equal(ws.listen(socket, 16), 0);
+  assert.equal(ws.ioctlsocket(socket, Ws.FIONBIO, [1]), 0);
+  return {
+    socket,
+    port: localPort(ws, socket),
+    accept: async () => {
+      for (let attempt = 0; attempt < 200; attempt++) {
+        const accepted = handleValue(ws.accept(socket, null, null));
+        if (accepted !== undefined) return accepted;
+        assert.equal(ws.WSAGetLastError(), Win32Error.WSAEWOULDBLOCK);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      throw new Error('nothing to accept');
+    },
+  };
+}
+
+/** Everything a socket delivers until its end. */
+export async function readAll(socket: net.Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  await once(socket, 'end');
+  return Buffer.concat(chunks);
+}
+
+export interface KernelObject {
+  /** The HANDLE's value: a real kernel handle, but an event, not a socket. */
+  readonly handle: number;
+  close(): void;
+}
+
+/** An event object from kernel32: a live handle Winsock must refuse as not a socket. */
+export function eventHandle(): KernelObject {
+  const koffi = createRequire(import.meta.url)('koffi') as Koffi;
+  const kernel32 = koffi.load('kernel32.dll');
+  const createEvent = kernel32.func('uintptr_t __stdcall CreateEventW(void *attributes, int manualReset, int initialState, void *name)');
+  const closeHandle = kernel32.func('int __stdcall CloseHandle(uintptr_t handle)');
+  const handle = Number(createEvent(null, 1, 0, null));
+  assert.ok(handle > 0 && handle < 2 ** 31, `CreateEventW gave ${handle}`);
+  return { handle, close: () => void closeHandle(handle) };
+}

@@ -63,6 +63,8 @@ export const ProxyErrorCode = {
   TransferEncodingInvalid: 'TRANSFER_ENCODING_INVALID',
   /** A transfer coding before chunked that is not gzip, deflate or compress (501). */
   TransferCodingUnknown: 'TRANSFER_CODING_UNKNOWN',
+  /** An Upgrade request with a chunked body (400): its chunk sizes would go unchecked into the tunnel. */
+  UpgradeWithChunkedBody: 'UPGRADE_WITH_CHUNKED_BODY',
   /** A Content-Length, or chunk sizes declared so far, over `maxBodySize` (413). */
   BodyTooLarge: 'BODY_TOO_LARGE',
   /** A request line of a version other than HTTP/1.0 and 1.1, or HTTP/2's prior-knowledge preface (505). */

@@ -122,6 +122,7 @@ describe('malformed requests get a status response', () => {
     ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_CODING_UNKNOWN'],
     ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'BODY_TOO_LARGE'],
     ['a chunk size past the bound after a good chunk', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10000000001\r\nhello', 'BODY_TOO_LARGE'],
+    ['a chunked body on an Upgrade request, whatever its chunk sizes', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'UPGRADE_WITH_CHUNKED_BODY'],
     ['a Content-Length past the bound', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 1099511627777\r\n\r\nhello', 'BODY_TOO_LARGE'],
     ['an HTTP/0.9 request line', '505 HTTP Version Not Supported', 'GET /x\r\n\r\n', 'HTTP_VERSION'],
     ['an HTTP/2.0 request line', '505 HTTP Version Not Supported', 'GET /x HTTP/2.0\r\nHost: o\r\n\r\n', 'HTTP_VERSION'],

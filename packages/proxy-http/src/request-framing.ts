@@ -22,6 +22,7 @@ export type RefusalCode =
   | typeof ProxyErrorCode.ConnectionNamesFraming
   | typeof ProxyErrorCode.TransferEncodingInvalid
   | typeof ProxyErrorCode.TransferCodingUnknown
+  | typeof ProxyErrorCode.UpgradeWithChunkedBody
   | typeof ProxyErrorCode.BodyTooLarge;
 
 /**
@@ -55,6 +56,12 @@ export function checkRequestFraming(head: MessageHead, headers: IncomingHttpHead
   if (encoding !== undefined) {
     const refusal = checkTransferEncoding(encoding, head.versionMinor);
     if (refusal !== undefined) return refusal;
+    // An upgrade's bytes after the head go through the tunnel unparsed, so a chunked body
+    // there would escape the chunk-size bound; no upgrade in use sends one (WebSocket
+    // handshakes are bodiless GETs).
+    if (head.upgrade && head.method !== 'CONNECT') {
+      return { code: ProxyErrorCode.UpgradeWithChunkedBody, status: 400, message: 'an Upgrade request with a chunked body' };
+    }
   }
   const length = headers['content-length'];
   // The parser has checked it is digits that fit 64 bits. Number() of a longer string

@@ -35,6 +35,8 @@ describe('one view for the rules and the origin', () => {
     ['backslashes an origin may read as slashes', request('/ok\\..\\admin\\x'), 'admin blocked'],
     ['an encoded backslash', request('/ok%5C..%5Cadmin%5Cx'), 'admin blocked'],
     ['path parameters a servlet container strips', request('/admin;jsessionid=1/x'), 'admin blocked'],
+    ['upper-case letters an origin that matches paths case-insensitively ignores (Express by default, IIS)', request('/ADMIN/x'), 'admin blocked'],
+    ['upper case and a dot-dot segment together', request('/ok/../Admin/x'), 'admin blocked'],
     ['a trailing dot on the host', request('/', 'Host: blocked.test.\r\n'), 'host blocked'],
     ['an upper-case host', request('/', 'Host: BLOCKED.test\r\n'), 'host blocked'],
     ['a host with a port and a trailing dot', request('/', 'Host: Blocked.Test.:8080\r\n'), 'host blocked'],

@@ -133,19 +133,26 @@ export function loadRules(file: string): RuleFile {
  * path an origin could read several ways is evaluated under each reading: if any reading's
  * first match blocks, the request is blocked (an allow rule on `/public/*` must not let
  * `/public/..%2Fadmin` through to an origin that decodes `%2F`); otherwise the standard
- * reading's verdict holds.
+ * reading's verdict holds. Each reading is also tried with path patterns matched without
+ * regard to case, for origins that route that way (Express's default router, IIS, Windows
+ * file systems): `/ADMIN/x` is blocked by a rule on `/admin/*`. Only a block is taken from
+ * those readings, so an allow rule never widens by case.
  */
 export function rulesInspector(file: RuleFile): Inspector {
   const compiled = file.rules.map((r) => ({ rule: r, test: compileWhen(r.when) }));
-  const firstMatch = (request: RequestInfo, path: string): Rule | undefined => compiled.find(({ test }) => test(request, path))?.rule;
+  const firstMatch = (request: RequestInfo, path: string, fold: boolean): Rule | undefined => compiled.find(({ test }) => test(request, path, fold))?.rule;
+  // Without a path condition the case-folded readings cannot differ: no second pass.
+  const folds = file.rules.some((r) => r.when?.path !== undefined);
   return {
     name: 'rules',
     inspectRequest(request) {
-      const hit = firstMatch(request, request.path);
+      const hit = firstMatch(request, request.path, false);
       if (hit?.verdict !== 'block') {
-        for (let i = 1; i < request.paths.length; i++) {
-          const other = firstMatch(request, request.paths[i]!);
+        for (let i = 0; i < request.paths.length; i++) {
+          const other = i === 0 ? undefined : firstMatch(request, request.paths[i]!, false);
           if (other?.verdict === 'block') return toVerdict(other);
+          const folded = folds ? firstMatch(request, request.paths[i]!, true) : undefined;
+          if (folded?.verdict === 'block') return toVerdict(folded);
         }
       }
       return hit === undefined ? undefined : toVerdict(hit);
@@ -165,10 +172,10 @@ function toVerdict(r: Rule): Verdict & { readonly rule: string } {
   }
 }
 
-/** A rule's conditions, tested against a request and one reading of its path. */
-function compileWhen(condition: Rule['when']): (request: RequestInfo, path: string) => boolean {
+/** A rule's conditions, tested against a request and one reading of its path (`fold`: the path pattern without regard to case). */
+function compileWhen(condition: Rule['when']): (request: RequestInfo, path: string, fold: boolean) => boolean {
   if (condition === undefined) return () => true;
-  const tests: ((request: RequestInfo, path: string) => boolean)[] = [];
+  const tests: ((request: RequestInfo, path: string, fold: boolean) => boolean)[] = [];
   if (condition.method !== undefined) {
     const methods = new Set((Array.isArray(condition.method) ? condition.method : [condition.method]).map((m) => m.toUpperCase()));
     tests.push((request) => methods.has(request.method.toUpperCase()));
@@ -184,8 +191,10 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo, path: stri
   }
   if (condition.path !== undefined) {
     const canonical = canonicalPathPattern(condition.path)!;
-    const pattern = new RegExp(`^${canonical.split('*').map(escapeRegExp).join('.*')}$`, 's');
-    tests.push((_request, path) => pattern.test(path));
+    const source = `^${canonical.split('*').map(escapeRegExp).join('.*')}$`;
+    const pattern = new RegExp(source, 's');
+    const folded = new RegExp(source, 'si');
+    tests.push((_request, path, fold) => (fold ? folded : pattern).test(path));
   }
   if (condition.header !== undefined) {
     const header = condition.header;
@@ -201,7 +210,7 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo, path: stri
       return regex?.test(value) ?? false;
     });
   }
-  return (request, path) => tests.every((test) => test(request, path));
+  return (request, path, fold) => tests.every((test) => test(request, path, fold));
 }
 
 const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -7,7 +7,11 @@ import type tls from 'node:tls';
 import { createHttpsAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
 import type { CertificateAuthority } from './ca.js';
-import { closed, startProxy, startTlsOrigin, tempDir, testCa, tlsClient, tlsClientError, until, within } from './test-support/harness.js';
+import { alertBytes, closed, dial, readToEnd, startEchoOrigin, startProxy, startTlsOrigin, tempDir, testCa, tlsClient, tlsClientError, until, within } from './test-support/harness.js';
+import { clientHello, ext } from './test-support/hello-builder.js';
+
+/** TLS alert access_denied (RFC 8446 §6.2). */
+const ACCESS_DENIED = 49;
 
 /**
  * The code Node gives a TLS alert the peer sent: OpenSSL 3.0 (Node 20) names it
@@ -175,11 +179,40 @@ describe('bump', () => {
     expect(origin.requests).toEqual([]);
   });
 
-  it('splices a client that offers only h2, saying why in a note', async () => {
-    using originCa = await testCa('CN=h2 origin CA');
+  it('blocks a client that offers only protocols bump cannot speak, by default under a bump policy, and the origin never hears of it', async () => {
+    using originCa = await testCa('CN=unbumpable origin CA');
     await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['h2', 'http/1.1'], onSession: (session) => session.end('h2 bytes') });
     using caDir = tempDir('coproxy-tls-proxy-ca-');
     await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem });
+
+    const error = await tlsClientError(proxy.registry, origin.port, { servername: 'h2.example', ca: originCa.certPem, ALPNProtocols: ['h2'] });
+
+    expect(error.code).toMatch(/^ERR_SSL_(?:TLSV1|SSL\/TLS)_ALERT_ACCESS_DENIED$/);
+    expect(origin.taps).toEqual([]);
+    await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
+    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'block', note: 'bump needs ALPN http/1.1, the client offered only h2: blocked (unbumpable: block)' });
+  });
+
+  it('blocks a hello with an encrypted_client_hello extension under a bump policy by default, rather than splice it uninspected', async () => {
+    await using origin = await startEchoOrigin();
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path } });
+    const ech = ext.echOuter({ kdf: 1, aead: 1, configId: 7, enc: Buffer.alloc(32, 1), payload: Buffer.alloc(64, 2) });
+
+    const client = await dial(proxy.registry, origin.port);
+    client.write(clientHello({ extensions: [ext.serverName('ech.example'), ech] }));
+    const { bytes } = await readToEnd(client);
+
+    expect(bytes).toEqual(alertBytes(ACCESS_DENIED));
+    expect(origin.sockets).toEqual([]);
+    expect(proxy.handshakes).toEqual([expect.objectContaining({ sni: 'ech.example', ech: true, action: 'block' })]);
+  });
+
+  it('splices a client that offers only h2 when the operator says unbumpable: splice, saying why in a note', async () => {
+    using originCa = await testCa('CN=h2 origin CA');
+    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['h2', 'http/1.1'], onSession: (session) => session.end('h2 bytes') });
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, unbumpable: 'splice', ca: { dir: caDir.path }, originCa: originCa.certPem });
 
     // The client trusts only the origin's CA: the handshake succeeds only if it reaches the origin.
     const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'h2.example', ca: originCa.certPem, ALPNProtocols: ['h2'] });
@@ -193,7 +226,7 @@ describe('bump', () => {
     expect(socket.getPeerCertificate().issuer.CN).toBe('h2 origin CA');
     expect(body).toBe('h2 bytes');
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
-    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'splice', note: 'bump needs ALPN http/1.1, the client offered only h2: spliced' });
+    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'splice', note: 'bump needs ALPN http/1.1, the client offered only h2: spliced (unbumpable: splice)' });
   });
 
   it('mints one leaf per name and keeps at most cacheSize of them', async () => {

@@ -34,6 +34,11 @@ const program = new Command('coproxy-tls')
       .choices(['block', 'relay'])
       .default('block'),
   )
+  .addOption(
+    new Option('--unbumpable <action>', 'a bump the client makes impossible (only ALPN protocols bump does not speak, or ECH): block answers access_denied, splice relays it uninspected')
+      .choices(['block', 'splice'])
+      .default('block'),
+  )
   .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
   .exitOverride()
@@ -52,6 +57,7 @@ interface CliOptions {
   logLevel: string;
   dropRecords?: boolean;
   unrecognised: 'block' | 'relay';
+  unbumpable: 'block' | 'splice';
 }
 
 function parsePorts(text: string): (number | [number, number])[] {
@@ -93,6 +99,7 @@ async function main(): Promise<number> {
       failMode: options.failMode,
       propagateRecords: options.dropRecords !== true,
       unrecognised: options.unrecognised,
+      unbumpable: options.unbumpable,
       ...(options.policy !== undefined && { policy: options.policy }),
       ...(options.caDir !== undefined && { ca: { dir: options.caDir } }),
       ...(options.originCa !== undefined && { originCa: readFileSync(options.originCa) }),

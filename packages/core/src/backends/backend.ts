@@ -1,8 +1,10 @@
 import type net from 'node:net';
-import type { CoproxyError } from '../errors.js';
-import type { RedirectRecords } from '../records/redirect-records.js';
-import type { CompiledMatch, Destination } from '../redirector/match-rule.js';
-import type { BackendName, FailMode } from '../redirector/redirector-options.js';
+import type { CoproxyError } from '../model/errors.js';
+import type { Endpoint, FailMode } from '../model/flow.js';
+import type { CompiledMatch, Destination } from '../model/match-rule.js';
+import type { RedirectRecords } from '../model/redirect-records.js';
+
+export type { Endpoint } from '../model/flow.js';
 
 /**
  * The seam between a redirector and the layer that redirects connections to it (the
@@ -11,7 +13,7 @@ import type { BackendName, FailMode } from '../redirector/redirector-options.js'
  * onward connections that carry records.
  */
 export interface Backend {
-  readonly name: BackendName;
+  readonly name: string;
   install(spec: InstallSpec, sink: FlowSink): Promise<Installation>;
 }
 
@@ -29,11 +31,6 @@ export interface InstallSpec {
   readonly markMask: number;
 }
 
-export interface Endpoint {
-  readonly address: string;
-  readonly port: number;
-}
-
 /** One redirected connection, as the backend recovered it. */
 export interface AcceptedFlow {
   readonly socket: net.Socket;
@@ -44,8 +41,19 @@ export interface AcceptedFlow {
   readonly context: { readonly owner: string; readonly bytes: Buffer } | undefined;
   /** Bytes at the start of the stream that were redirect-layer framing, not payload. */
   readonly framingBytes: number;
-  connectOnward(records: RedirectRecords, options: { readonly timeoutMs: number }): Promise<net.Socket>;
+  connectOnward(onward: OnwardRecords, options: { readonly timeoutMs: number }): Promise<net.Socket>;
 }
+
+/**
+ * What the onward connection carries, decided by the vendor (`propagateRecords`) and said
+ * outright, so a backend never has to infer it: `propagate` carries the flow's records as
+ * accepted (`records` is the flow's own); `own-only` carries only this redirector's
+ * redirect, as a vendor that merely excludes itself would (the loop demonstration).
+ * A backend whose records are an opaque OS blob (WFP) can only pass the blob on or not.
+ */
+export type OnwardRecords =
+  | { readonly kind: 'propagate'; readonly records: RedirectRecords }
+  | { readonly kind: 'own-only'; readonly records: RedirectRecords };
 
 export interface FlowSink {
   accepted(flow: AcceptedFlow): void;
@@ -66,4 +74,31 @@ export function remoteEndpoint(socket: net.Socket): Partial<Endpoint> {
     ...(socket.remoteAddress !== undefined && { address: socket.remoteAddress }),
     ...(socket.remotePort !== undefined && { port: socket.remotePort }),
   };
+}
+
+/** The options a backend may give a meaning to beyond the generic ones (see `RedirectorOptions`). */
+export interface BackendOptions {
+  readonly markMask?: number | undefined;
+}
+
+/**
+ * A backend as the registry knows it (backend-registry.ts): its name, the checks of the
+ * options only it constrains, and how to get it. A new backend exports one from its folder
+ * and adds one line to the registry; nothing above this layer names it.
+ */
+export interface BackendDefinition<TName extends string = string> {
+  readonly name: TName;
+  /**
+   * Checks the generically validated spec against what this backend can do and completes
+   * it with the options only it reads; throws `InvalidOptionsError` (e.g. nftables: a
+   * priority below its minimum, a non-loopback listener, a bad `COPROXY_MARK_MASK`).
+   */
+  specify(spec: InstallSpec, options: BackendOptions): InstallSpec;
+  /** The backend; throws `BackendUnavailableError` where it cannot run (WFP off Windows). */
+  open(): Backend;
+}
+
+/** Keeps a definition's name a literal type, from which the registry derives `BackendName`. */
+export function defineBackend<const TName extends string>(definition: BackendDefinition<TName>): BackendDefinition<TName> {
+  return definition;
 }

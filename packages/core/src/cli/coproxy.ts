@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
-import { CoproxyError } from '../errors.js';
+import { CoproxyError } from '../model/errors.js';
 import { removeStaleTables, tableStatuses, type TableStatus } from '../backends/nftables/installed-tables.js';
 import { hex32 } from '../backends/nftables/tables.js';
 

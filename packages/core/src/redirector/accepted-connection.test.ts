@@ -1,9 +1,9 @@
 import net from 'node:net';
 import { describe, expect, it, vi } from 'vitest';
 import type { AcceptedFlow } from '../backends/backend.js';
-import { RedirectRecords } from '../records/redirect-records.js';
+import { RedirectRecords } from '../model/redirect-records.js';
 import { Accepted } from './accepted-connection.js';
-import { admits, compileMatch, type Destination } from './match-rule.js';
+import { admits, compileMatch, type Destination } from '../model/match-rule.js';
 import type { RedirectorEventInit } from './redirector-events.js';
 
 function flowTo(destination: Destination, dial: AcceptedFlow['connectOnward']): AcceptedFlow {

@@ -1,9 +1,9 @@
 import type net from 'node:net';
-import type { AcceptedFlow, Endpoint } from '../backends/backend.js';
-import { ContextAccessDeniedError, ContextNotFoundError, DestinationOutsideRuleError } from '../errors.js';
-import { RedirectRecords } from '../records/redirect-records.js';
-import { RedirectState } from '../records/redirect-state.js';
-import { admits, type CompiledMatch, type Destination } from './match-rule.js';
+import type { AcceptedFlow, Endpoint, OnwardRecords } from '../backends/backend.js';
+import { ContextAccessDeniedError, ContextNotFoundError, DestinationOutsideRuleError } from '../model/errors.js';
+import { RedirectRecords } from '../model/redirect-records.js';
+import { RedirectState } from '../model/redirect-state.js';
+import { admits, type CompiledMatch, type Destination } from '../model/match-rule.js';
 import type { RedirectorEventInit } from './redirector-events.js';
 
 export interface ConnectOnwardOptions {
@@ -81,7 +81,10 @@ export class Accepted implements AcceptedConnection {
 
   async connectOnward(options: ConnectOnwardOptions = {}): Promise<net.Socket> {
     const propagateRecords = options.propagateRecords ?? true;
-    const records = propagateRecords ? this.records : RedirectRecords.empty.withRedirect(this.redirectorId);
+    const onward: OnwardRecords = propagateRecords
+      ? { kind: 'propagate', records: this.records }
+      : { kind: 'own-only', records: RedirectRecords.empty.withRedirect(this.redirectorId) };
+    const { records } = onward;
     const base = { connectionId: this.id, destination: this.originalDestination };
     try {
       // The redirector refuses such flows before they are emitted; this is the last gate
@@ -89,7 +92,7 @@ export class Accepted implements AcceptedConnection {
       if (!admits(this.match, this.originalDestination)) {
         throw new DestinationOutsideRuleError(this.redirectorId, this.originalDestination);
       }
-      const socket = await this.flow.connectOnward(records, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
+      const socket = await this.flow.connectOnward(onward, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
       socket.on('error', (error) => (this.onwardError ??= error));
       this.emit({ type: 'onward-connected', ...base, propagateRecords, redirectedBy: records.redirectedBy });
       return socket;

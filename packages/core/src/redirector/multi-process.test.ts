@@ -4,8 +4,8 @@ import type net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect } from '../connector/connect.js';
-import { exchange, startEchoOrigin, tempRegistry, until } from '../test-support/harness.js';
+import { connect } from '../backends/embedded/connect.js';
+import { exchange, startEchoOrigin, tempRegistry, until } from '../testing/harness.js';
 import { createRedirector } from './redirector.js';
 
 // The child runs the built package (dist/): `pnpm test` builds first (turbo `test` dependsOn `build`).

@@ -1,8 +1,8 @@
 import type { BackendName } from './redirector-options.js';
-import type { CoproxyError } from '../errors.js';
+import type { CoproxyError } from '../model/errors.js';
 import type { Endpoint } from '../backends/backend.js';
-import type { Destination } from './match-rule.js';
-import type { RedirectState } from '../records/redirect-state.js';
+import type { Destination } from '../model/match-rule.js';
+import type { RedirectState } from '../model/redirect-state.js';
 
 interface EventBase {
   readonly redirectorId: string;

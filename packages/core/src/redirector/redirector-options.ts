@@ -1,14 +1,10 @@
-import type { MatchRule } from './match-rule.js';
+import type { BackendName } from '../backends/backend-registry.js';
+import type { FailMode } from '../model/flow.js';
+import type { MatchRule } from '../model/match-rule.js';
 
-/** Where a redirector's rule lives: see the README's backend table. */
-export type BackendName = 'embedded' | 'nftables' | 'wfp';
-
-/**
- * What happens to matching traffic while the redirector is down (its process died
- * without uninstalling). `open` lets it through uninspected; `closed` refuses it.
- * A deliberate `close()` uninstalls the rule in both modes.
- */
-export type FailMode = 'open' | 'closed';
+export type { BackendName } from '../backends/backend-registry.js';
+export type { FailMode } from '../model/flow.js';
+export { MAX_CONTEXT_BYTES } from '../model/flow.js';
 
 /** Serialisable description of a redirector; `createRedirector` validates it. */
 export interface RedirectorOptions {
@@ -27,7 +23,7 @@ export interface RedirectorOptions {
   readonly failMode?: FailMode;
   /**
    * Bytes the redirect layer attaches to each flow it redirects here (at most
-   * {@link MAX_CONTEXT_BYTES}); only this redirector can read them, with `context()`.
+   * `MAX_CONTEXT_BYTES`); only this redirector can read them, with `context()`.
    */
   readonly context?: Uint8Array;
   /**
@@ -50,5 +46,3 @@ export interface RedirectorOptions {
    */
   readonly markMask?: number;
 }
-
-export const MAX_CONTEXT_BYTES = 1024;

@@ -5,11 +5,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { firstValueFrom, toArray } from 'rxjs';
 import { describe, expect, it, vi } from 'vitest';
-import { createAgent } from '../connector/agent.js';
-import { connect } from '../connector/connect.js';
-import { CoproxyError } from '../errors.js';
-import { RedirectState } from '../records/redirect-state.js';
-import { exchange, passThrough, sha256, startEchoOrigin, tempRegistry, until, type Acceptance } from '../test-support/harness.js';
+import { createAgent } from '../backends/embedded/agent.js';
+import { connect } from '../backends/embedded/connect.js';
+import { CoproxyError } from '../model/errors.js';
+import { RedirectState } from '../model/redirect-state.js';
+import { exchange, passThrough, sha256, startEchoOrigin, tempRegistry, until, type Acceptance } from '../testing/harness.js';
 import { createRedirector } from './redirector.js';
 import type { RedirectorEvent } from './redirector-events.js';
 

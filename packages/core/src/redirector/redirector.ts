@@ -1,23 +1,27 @@
 import type net from 'node:net';
 import { Observable, share, Subject, takeUntil } from 'rxjs';
-import { type AcceptedFlow, type Backend, type Endpoint, type InstallSpec, type Installation, remoteEndpoint } from '../backends/backend.js';
-import { embeddedBackend } from '../backends/embedded/embedded-backend.js';
-import { resolveMarkMask } from '../backends/nftables/marks.js';
-import { nftablesBackend } from '../backends/nftables/nftables-backend.js';
-import { MIN_NFT_PRIORITY } from '../backends/nftables/tables.js';
-import { wfpBackend } from '../backends/wfp/wfp-backend.js';
-import { socketBytes } from '../connector/kernel-splice.js';
+import {
+  type AcceptedFlow,
+  type Backend,
+  type BackendDefinition,
+  type Endpoint,
+  type InstallSpec,
+  type Installation,
+  remoteEndpoint,
+} from '../backends/backend.js';
+import { backendDefinition, DEFAULT_BACKEND, registeredBackendNames } from '../backends/backend-registry.js';
+import { resolveMarkMask } from '../backends/mark-mask.js';
+import { socketBytes } from '../net/kernel-splice.js';
 import {
   type CoproxyError,
   DestinationOutsideRuleError,
   InvalidOptionsError,
   RedirectorClosedError,
   RedirectorIdInUseError,
-  unreachable,
-} from '../errors.js';
-import { assertRedirectorId } from '../records/redirector-id.js';
+} from '../model/errors.js';
+import { assertRedirectorId } from '../model/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
-import { admits, compileMatch } from './match-rule.js';
+import { admits, compileMatch } from '../model/match-rule.js';
 import type { RedirectorEvent, RedirectorEventInit } from './redirector-events.js';
 import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
 
@@ -70,31 +74,25 @@ const byId = new Map<string, RedirectorImpl>();
  * ```
  */
 export function createRedirector(options: RedirectorOptions): Redirector {
-  const spec = validate(options);
-  const backend = selectBackend(options.backend ?? 'embedded');
+  const { spec, definition } = validate(options);
+  const backend = definition.open();
   const previous = byId.get(spec.id);
   if (previous?.isOpen === true) throw new RedirectorIdInUseError(spec.id, process.pid);
   // A closed predecessor may still be undoing an install: the successor's first install
   // waits for it, so the id can be reused at once after close() or destroy().
-  const redirector = new RedirectorImpl(spec, backend, previous?.settled ?? Promise.resolve());
+  const redirector = new RedirectorImpl(spec, options.backend ?? DEFAULT_BACKEND, backend, previous?.settled ?? Promise.resolve());
   byId.set(spec.id, redirector);
   return redirector;
 }
 
-function selectBackend(name: BackendName): Backend {
-  switch (name) {
-    case 'embedded':
-      return embeddedBackend;
-    case 'nftables':
-      return nftablesBackend;
-    case 'wfp':
-      return wfpBackend();
-    default:
-      return unreachable(name);
-  }
+/** `'a'`, `'a' or 'b'`, `'a', 'b' or 'c'`. */
+function oneOf(names: readonly string[]): string {
+  const quoted = names.map((name) => `'${name}'`);
+  return quoted.length <= 1 ? quoted.join('') : `${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)!}`;
 }
 
-function validate(options: RedirectorOptions): InstallSpec {
+/** The generic checks here; what only one backend constrains, its registry entry checks. */
+function validate(options: RedirectorOptions): { spec: InstallSpec; definition: BackendDefinition } {
   if (typeof options !== 'object' || options === null) throw new InvalidOptionsError('must be an object', 'options');
   assertRedirectorId(options.id);
   if (!Number.isInteger(options.priority) || options.priority < -INT32 || options.priority >= INT32) {
@@ -102,23 +100,15 @@ function validate(options: RedirectorOptions): InstallSpec {
   }
   const failMode = options.failMode ?? 'open';
   if (failMode !== 'open' && failMode !== 'closed') throw new InvalidOptionsError(`must be 'open' or 'closed'`, 'failMode');
-  const backend = options.backend ?? 'embedded';
-  if (!['embedded', 'nftables', 'wfp'].includes(backend)) {
-    throw new InvalidOptionsError(`must be 'embedded', 'nftables' or 'wfp', got ${JSON.stringify(backend)}`, 'backend');
+  const backend: string = options.backend ?? DEFAULT_BACKEND;
+  const definition = typeof backend === 'string' ? backendDefinition(backend) : undefined;
+  if (definition === undefined) {
+    throw new InvalidOptionsError(`must be ${oneOf(registeredBackendNames())}, got ${JSON.stringify(backend)}`, 'backend');
   }
   if (options.context !== undefined && (!(options.context instanceof Uint8Array) || options.context.length > MAX_CONTEXT_BYTES)) {
     throw new InvalidOptionsError(`must be at most ${MAX_CONTEXT_BYTES} bytes`, 'context');
   }
-  if (backend === 'nftables' && options.priority < MIN_NFT_PRIORITY) {
-    throw new InvalidOptionsError(
-      `must be at least ${MIN_NFT_PRIORITY} on the nftables backend (nat chains run after conntrack), got ${options.priority}`,
-      'priority',
-    );
-  }
   const host = options.listen?.host ?? '127.0.0.1';
-  if (backend === 'nftables' && !['127.0.0.1', '::1', 'localhost'].includes(host)) {
-    throw new InvalidOptionsError(`the nftables backend listens on loopback only, got ${JSON.stringify(host)}`, 'listen.host');
-  }
   const port = options.listen?.port ?? 0;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new InvalidOptionsError('must be 0..65535', 'listen.port');
   const positive = (value: number | undefined, fallback: number, option: string): number => {
@@ -126,7 +116,7 @@ function validate(options: RedirectorOptions): InstallSpec {
     if (!Number.isInteger(result) || result <= 0) throw new InvalidOptionsError('must be a positive integer', option);
     return result;
   };
-  return {
+  const spec: InstallSpec = {
     id: options.id,
     priority: options.priority,
     match: compileMatch(options.match),
@@ -136,9 +126,10 @@ function validate(options: RedirectorOptions): InstallSpec {
     registry: options.registry,
     headerTimeoutMs: positive(options.headerTimeoutMs, DEFAULT_HEADER_TIMEOUT_MS, 'headerTimeoutMs'),
     maxHeaderBytes: positive(options.maxHeaderBytes, DEFAULT_MAX_HEADER_BYTES, 'maxHeaderBytes'),
-    // COPROXY_MARK_MASK concerns the nftables backend only; the option is checked always.
-    markMask: resolveMarkMask(options.markMask, backend === 'nftables' ? process.env.COPROXY_MARK_MASK : undefined),
+    // The option's form, whatever the backend; the backend may read more (nftables: COPROXY_MARK_MASK).
+    markMask: resolveMarkMask(options.markMask, undefined),
   };
+  return { spec: definition.specify(spec, { markMask: options.markMask }), definition };
 }
 
 type Waiter = { resolve(listening: Endpoint): void; reject(error: unknown): void };
@@ -146,7 +137,6 @@ type Waiter = { resolve(listening: Endpoint): void; reject(error: unknown): void
 class RedirectorImpl implements Redirector {
   readonly id: string;
   readonly priority: number;
-  readonly backend: BackendName;
   readonly accepted$: Observable<AcceptedConnection>;
   readonly events$: Observable<RedirectorEvent>;
 
@@ -162,13 +152,13 @@ class RedirectorImpl implements Redirector {
 
   constructor(
     private readonly spec: InstallSpec,
+    readonly backend: BackendName,
     private readonly impl: Backend,
     predecessor: Promise<void>,
   ) {
     this.lifecycle = predecessor;
     this.id = spec.id;
     this.priority = spec.priority;
-    this.backend = impl.name;
     this.events$ = this.events.asObservable();
     this.accepted$ = new Observable<AcceptedConnection>((subscriber) => {
       if (this.closed) {

@@ -1,12 +1,12 @@
 import { createHmac, type KeyObject } from 'node:crypto';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { connect } from '../../connector/connect.js';
-import { RedirectRecords } from '../../records/redirect-records.js';
+import { connect } from './connect.js';
+import { RedirectRecords } from '../../model/redirect-records.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RejectedEvent } from '../../redirector/redirector-events.js';
 import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
-import { entryKey, exchange, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../test-support/harness.js';
+import { entryKey, exchange, passThrough, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../testing/harness.js';
 import { AUTH_TAG_BYTES, encodeFlowHeader, TLV_AUTH, TLV_RECORDS } from './flow-header.js';
 import { decodeProxyV2, encodeProxyV2, PROXY_V2_SIGNATURE } from './proxy-v2.js';
 

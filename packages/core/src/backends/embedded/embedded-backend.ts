@@ -1,9 +1,9 @@
 import { createSecretKey, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
-import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../errors.js';
-import { connectWithRecords } from '../../connector/connect.js';
-import { type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
+import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../model/errors.js';
+import { connectWithRecords } from './connect.js';
+import { type Backend, type FlowSink, type InstallSpec, type Installation, defineBackend, remoteEndpoint } from '../backend.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
 import { tcpPeerUid } from './peer-uid.js';
 import type { ProxyV2Header } from './proxy-v2.js';
@@ -22,6 +22,9 @@ import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './r
  * Anyone else is refused before any TLV of their header is interpreted, and nothing is
  * dialled for them; the redirector also refuses destinations outside its match rule.
  */
+/** The registry's entry: any platform, no options of its own beyond the generic ones. */
+export const embedded = defineBackend({ name: 'embedded', specify: (spec) => spec, open: () => embeddedBackend });
+
 export const embeddedBackend: Backend = {
   name: 'embedded',
   async install(spec: InstallSpec, sink: FlowSink): Promise<Installation> {
@@ -66,10 +69,10 @@ export const embeddedBackend: Backend = {
             records: flow.records,
             context: flow.context,
             framingBytes: headerBytes,
-            connectOnward: (records, { timeoutMs }) =>
+            connectOnward: (onward, { timeoutMs }) =>
               connectWithRecords(
                 { host: flow.destination.address, port: flow.destination.port, registry, allowHalfOpen: true, timeoutMs },
-                records,
+                onward.records,
               ),
           });
         },

@@ -1,14 +1,14 @@
 import { createSecretKey, randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CoproxyError, ProxyHeaderMalformedError, RecordsMalformedError } from '../../errors.js';
-import { encodeRecords } from '../../records/records-codec.js';
-import { MAX_REDIRECTS, RedirectRecords } from '../../records/redirect-records.js';
-import { MAX_CONTEXT_BYTES } from '../../redirector/redirector-options.js';
+import { CoproxyError, ProxyHeaderMalformedError, RecordsMalformedError } from '../../model/errors.js';
+import { encodeRecords } from '../../model/records-codec.js';
+import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
+import { MAX_CONTEXT_BYTES } from '../../model/flow.js';
 import {
   AUTH_TAG_BYTES, TLV_AUTH, TLV_CONTEXT, TLV_PID, TLV_RECORDS, decodeFlowHeader, encodeFlowHeader, verifyFlowHeaderAuth, type FlowHeader,
 } from './flow-header.js';
-import { addressToBytes, bytesToAddress, isV4Mapped } from './ip-address.js';
+import { addressToBytes, bytesToAddress, isV4Mapped } from '../../model/ip-address.js';
 import { PROXY_V2_FIXED_BYTES, PROXY_V2_SIGNATURE, decodeProxyV2, encodeProxyV2, type ProxyV2Tlv } from './proxy-v2.js';
 
 const LIMIT = 0xffff + PROXY_V2_FIXED_BYTES;

@@ -1,9 +1,9 @@
 import { createHmac, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { type PeerNotAuthorisedReason, ProxyHeaderMalformedError } from '../../errors.js';
-import { decodeRecords, encodeRecords } from '../../records/records-codec.js';
-import type { RedirectRecords } from '../../records/redirect-records.js';
-import { isRedirectorId } from '../../records/redirector-id.js';
-import { MAX_CONTEXT_BYTES } from '../../redirector/redirector-options.js';
+import { type PeerNotAuthorisedReason, ProxyHeaderMalformedError } from '../../model/errors.js';
+import { decodeRecords, encodeRecords } from '../../model/records-codec.js';
+import type { RedirectRecords } from '../../model/redirect-records.js';
+import { isRedirectorId } from '../../model/redirector-id.js';
+import { MAX_CONTEXT_BYTES } from '../../model/flow.js';
 import type { ProxyV2Endpoint, ProxyV2Header, ProxyV2Tlv } from './proxy-v2.js';
 import { encodeProxyV2 } from './proxy-v2.js';
 

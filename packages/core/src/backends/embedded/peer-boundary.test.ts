@@ -5,12 +5,12 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Subscription } from 'rxjs';
 import { describe, expect, it } from 'vitest';
-import { connect } from '../../connector/connect.js';
-import { relay } from '../../connector/relay.js';
-import { RedirectRecords } from '../../records/redirect-records.js';
+import { connect } from './connect.js';
+import { relay } from '../../net/relay.js';
+import { RedirectRecords } from '../../model/redirect-records.js';
 import { createRedirector, type Redirector } from '../../redirector/redirector.js';
 import type { RejectedEvent } from '../../redirector/redirector-events.js';
-import { entryKey, exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../../test-support/harness.js';
+import { entryKey, exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../../testing/harness.js';
 import { encodeFlowHeader } from './flow-header.js';
 
 // I7, "a vendor relays for its own user only": the embedded listener is a loopback port

@@ -1,6 +1,6 @@
 import net from 'node:net';
-import { addressToBytes } from './ip-address.js';
-import { linuxLibc } from '../../native/libc.js';
+import { addressToBytes } from '../../model/ip-address.js';
+import { linuxLibc } from '../../net/libc.js';
 
 /**
  * The uid owning the other end of a local TCP connection, asked of the kernel with one

@@ -1,8 +1,8 @@
 import net from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CoproxyError, ProxyHeaderMalformedError, ProxyHeaderTooLargeError } from '../../errors.js';
-import { addressToBytes, bytesToAddress, isV4Mapped } from './ip-address.js';
+import { CoproxyError, ProxyHeaderMalformedError, ProxyHeaderTooLargeError } from '../../model/errors.js';
+import { addressToBytes, bytesToAddress, isV4Mapped } from '../../model/ip-address.js';
 import { PROXY_V2_FIXED_BYTES, PROXY_V2_SIGNATURE, decodeProxyV2, encodeProxyV2, type ProxyV2Tlv } from './proxy-v2.js';
 
 const LIMIT = 0xffff + PROXY_V2_FIXED_BYTES;

@@ -1,6 +1,6 @@
 import net from 'node:net';
-import { ProxyHeaderMalformedError, ProxyHeaderTooLargeError } from '../../errors.js';
-import { addressToBytes, bytesToAddress, isV4Mapped } from './ip-address.js';
+import { ProxyHeaderMalformedError, ProxyHeaderTooLargeError } from '../../model/errors.js';
+import { addressToBytes, bytesToAddress, isV4Mapped } from '../../model/ip-address.js';
 
 /**
  * PROXY protocol version 2 (HAProxy's spec, section 2.2): a binary header that starts a

@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import { CoproxyError, ProxyHeaderIncompleteError, ProxyHeaderMalformedError, ProxyHeaderTimeoutError } from '../../errors.js';
+import { CoproxyError, ProxyHeaderIncompleteError, ProxyHeaderMalformedError, ProxyHeaderTimeoutError } from '../../model/errors.js';
 import { decodeFlowHeader, type FlowHeader } from './flow-header.js';
 import { decodeProxyV2, type ProxyV2Header } from './proxy-v2.js';
 

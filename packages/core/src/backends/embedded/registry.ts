@@ -3,10 +3,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { errnoCode, RedirectorIdInUseError, RegistryError } from '../../errors.js';
-import { isRedirectorId } from '../../records/redirector-id.js';
-import { compileMatch, type CompiledMatch, type MatchRule } from '../../redirector/match-rule.js';
-import { MAX_CONTEXT_BYTES, type FailMode } from '../../redirector/redirector-options.js';
+import { errnoCode, RedirectorIdInUseError, RegistryError } from '../../model/errors.js';
+import { isRedirectorId } from '../../model/redirector-id.js';
+import { compileMatch, type CompiledMatch, type MatchRule } from '../../model/match-rule.js';
+import { MAX_CONTEXT_BYTES, type FailMode } from '../../model/flow.js';
 
 /**
  * The embedded backend's redirect table: a directory with one JSON file per installed

@@ -1,4 +1,4 @@
-import { NftCommandError } from '../../errors.js';
+import { NftCommandError } from '../../model/errors.js';
 import { nft } from './nft.js';
 import { isOwnerAlive } from './proc.js';
 import { type ListedTable, parseTable, parseTableNames } from './tables.js';

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { SyscallError } from '../../errors.js';
+import { SyscallError } from '../../model/errors.js';
 import { decodeSockaddr } from './libc.js';
 
 const AF_INET = 2;

@@ -1,6 +1,6 @@
-import { BackendUnavailableError, SyscallError } from '../../errors.js';
-import { type Koffi, type LinuxLibc, errnoName, linuxLibc } from '../../native/libc.js';
-import type { Destination } from '../../redirector/match-rule.js';
+import { BackendUnavailableError, SyscallError } from '../../model/errors.js';
+import { type Koffi, type LinuxLibc, errnoName, linuxLibc } from '../../net/libc.js';
+import type { Destination } from '../../model/match-rule.js';
 
 // Linux values (include/uapi/linux/socket.h, in.h, in6.h, netfilter_ipv4.h, ip6_tables.h).
 const AF_INET = 2;

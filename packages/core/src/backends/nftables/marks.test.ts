@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { InvalidOptionsError } from '../../errors.js';
+import { InvalidOptionsError } from '../../model/errors.js';
 import { type BitHolder, DEFAULT_MARK_MASK, bitsOf, candidateBits, recordsFromMark, resolveMarkMask } from './marks.js';
 
 /** Asserts that `resolve` throws the typed error naming `option`, the one a user is told to fix. */

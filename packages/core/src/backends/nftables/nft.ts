@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import type KoffiModule from 'koffi';
-import { BackendUnavailableError, NftCommandError, PermissionDeniedError } from '../../errors.js';
+import { BackendUnavailableError, NftCommandError, PermissionDeniedError } from '../../model/errors.js';
 
 /** `NFT_CTX_OUTPUT_HANDLE` (include/nftables/libnftables.h): listings show `# handle N`. */
 const OUTPUT_HANDLE = 1 << 3;

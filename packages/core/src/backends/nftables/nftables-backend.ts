@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import { dial } from '../../connector/connect.js';
+import { dial } from '../../net/dial.js';
 import {
   type CoproxyError,
   MarkMaskExhaustedError,
@@ -9,17 +9,19 @@ import {
   RedirectorIdInUseError,
   SyscallError,
   SysctlRequiredError,
+  InvalidOptionsError,
   errnoCode,
-} from '../../errors.js';
-import type { RedirectRecords } from '../../records/redirect-records.js';
-import type { Destination } from '../../redirector/match-rule.js';
-import { type AcceptedFlow, type Backend, type FlowSink, type InstallSpec, type Installation, remoteEndpoint } from '../backend.js';
+} from '../../model/errors.js';
+import type { RedirectRecords } from '../../model/redirect-records.js';
+import type { Destination } from '../../model/match-rule.js';
+import { type AcceptedFlow, type Backend, type FlowSink, type InstallSpec, type Installation, defineBackend, remoteEndpoint } from '../backend.js';
+import { resolveMarkMask } from '../mark-mask.js';
 import { closeFd, getMark, getOriginalDestination, openMarkedSocket } from './libc.js';
 import { type BitHolder, bitsOf, candidateBits, recordsFromMark } from './marks.js';
 import { listTables, removeTable } from './installed-tables.js';
 import { nft } from './nft.js';
 import { findSocketPid, isOwnerAlive, processStartTime } from './proc.js';
-import { type ListedTable, type TableInfo, renderChain, renderClaim, tableName } from './tables.js';
+import { type ListedTable, MIN_NFT_PRIORITY, type TableInfo, renderChain, renderClaim, tableName } from './tables.js';
 
 /**
  * Linux: the kernel redirects unmodified programs. Each redirector is an nft table with a
@@ -30,6 +32,25 @@ import { type ListedTable, type TableInfo, renderChain, renderClaim, tableName }
  * this redirector's bit. Setting a mark needs CAP_NET_ADMIN, so an unprivileged program
  * cannot forge records to skip inspection.
  */
+/** The registry's entry: nftables' own limits on the options, and its mark mask. */
+export const nftables = defineBackend({
+  name: 'nftables',
+  specify(spec, options) {
+    if (spec.priority < MIN_NFT_PRIORITY) {
+      throw new InvalidOptionsError(
+        `must be at least ${MIN_NFT_PRIORITY} on the nftables backend (nat chains run after conntrack), got ${spec.priority}`,
+        'priority',
+      );
+    }
+    if (!['127.0.0.1', '::1', 'localhost'].includes(spec.listen.host)) {
+      throw new InvalidOptionsError(`the nftables backend listens on loopback only, got ${JSON.stringify(spec.listen.host)}`, 'listen.host');
+    }
+    // COPROXY_MARK_MASK concerns this backend only (the option's form is checked for all).
+    return { ...spec, markMask: resolveMarkMask(options.markMask, process.env.COPROXY_MARK_MASK) };
+  },
+  open: () => nftablesBackend,
+});
+
 export const nftablesBackend: Backend = {
   name: 'nftables',
   install: (spec, sink) => install(spec, sink),
@@ -270,7 +291,7 @@ function acceptFlow(socket: net.Socket, family: 4 | 6, spec: InstallSpec, info: 
     records,
     context: spec.context === undefined ? undefined : { owner: spec.id, bytes: spec.context },
     framingBytes: 0,
-    connectOnward: (onward, { timeoutMs }) => connectMarked(destination, onwardMark(onward, incoming, mark, info, view, spec.markMask), timeoutMs),
+    connectOnward: (onward, { timeoutMs }) => connectMarked(destination, onwardMark(onward.records, incoming, mark, info, view, spec.markMask), timeoutMs),
   };
 }
 

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256, until } from '../../test-support/harness.js';
+import { sha256, until } from '../../testing/harness.js';
 import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '../../testing/netns.js';
 import { type ListedTable, parseTable, parseTableNames } from './tables.js';
 

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Endpoint } from '../backend.js';
-import { addressToBytes } from '../embedded/ip-address.js';
+import { addressToBytes } from '../../model/ip-address.js';
 
 /**
  * What /proc says about processes and sockets, for the nftables backend: whether a

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import type { MatchRule } from '../../redirector/match-rule.js';
+import type { MatchRule } from '../../model/match-rule.js';
 import {
   MIN_NFT_PRIORITY,
   type TableInfo,

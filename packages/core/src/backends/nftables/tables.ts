@@ -1,6 +1,6 @@
 import net from 'node:net';
-import type { MatchRule, PortSpec } from '../../redirector/match-rule.js';
-import type { FailMode } from '../../redirector/redirector-options.js';
+import type { MatchRule, PortSpec } from '../../model/match-rule.js';
+import type { FailMode } from '../../model/flow.js';
 
 /**
  * The nft side of a redirector, as text: what is installed and how it is read back.

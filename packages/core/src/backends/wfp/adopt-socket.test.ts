@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
+import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Win32Error, Ws } from './ioctl-codes.js';
 import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from './sockaddr.js';

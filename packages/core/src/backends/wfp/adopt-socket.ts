@@ -55,7 +55,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import util from 'node:util';
-import { BackendUnavailableError, InvalidOptionsError, SyscallError } from '../../errors.js';
+import { BackendUnavailableError, InvalidOptionsError, SyscallError } from '../../model/errors.js';
 import type { SocketHandle } from './winsock.js';
 
 interface TcpHandle {

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import net from 'node:net';
 import { afterEach, before, describe, it } from 'node:test';
-import { assertWindowsBuild, eventHandle, localPort, newSocket, readAll, winsockListener } from '../../test-support/wine.js';
+import { assertWindowsBuild, eventHandle, localPort, newSocket, readAll, winsockListener } from '../../testing/wine.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Win32Error } from './ioctl-codes.js';
 import { encodeSockaddr } from './sockaddr.js';

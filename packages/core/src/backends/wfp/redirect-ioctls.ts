@@ -1,4 +1,4 @@
-import { ContextNotFoundError, WfpIoctlError } from '../../errors.js';
+import { ContextNotFoundError, WfpIoctlError } from '../../model/errors.js';
 import { type WfpIoctl, Win32Error, ioctlCode, win32ErrorName } from './ioctl-codes.js';
 import { type SocketHandle, type Winsock, winsock } from './winsock.js';
 

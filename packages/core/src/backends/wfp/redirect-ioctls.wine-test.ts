@@ -1,11 +1,11 @@
 // Wine lane (scripts/wine-lane.sh): the three WFP ioctls through koffi's win32-x64 build,
-// against the PE stand-in (fixtures/ws2-stand-in-win.c), which answers them as the
+// against the PE stand-in (test-fixtures/wfp/ws2-stand-in-win.c), which answers them as the
 // documentation says and forwards everything else to Wine's ws2_32.
 import assert from 'node:assert/strict';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
-import { ContextNotFoundError, WfpIoctlError } from '../../errors.js';
-import { SizeStyle, type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
-import { assertWindowsBuild, eventHandle, newSocket, standInLibrary } from '../../test-support/wine.js';
+import { ContextNotFoundError, WfpIoctlError } from '../../model/errors.js';
+import { SizeStyle, type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
+import { assertWindowsBuild, eventHandle, newSocket, standInLibrary } from '../../testing/wine.js';
 import { Win32Error, ioctlCode } from './ioctl-codes.js';
 import { QUERY_INITIAL_BYTES, QUERY_MAX_BYTES, type RedirectIoctls, isAccessDenied, redirectIoctls } from './redirect-ioctls.js';
 import type { SocketHandle, Winsock } from './winsock.js';

@@ -1,6 +1,6 @@
 import net from 'node:net';
-import type { Destination } from '../../redirector/match-rule.js';
-import { addressToBytes, bytesToAddress } from '../embedded/ip-address.js';
+import type { Destination } from '../../model/match-rule.js';
+import { addressToBytes, bytesToAddress } from '../../model/ip-address.js';
 import { Ws } from './ioctl-codes.js';
 
 /** `sizeof(SOCKADDR_IN6)`, also enough for a `SOCKADDR_IN`. */

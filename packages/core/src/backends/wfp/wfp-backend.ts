@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { dial } from '../../connector/connect.js';
+import { dial } from '../../net/dial.js';
 import {
   BackendUnavailableError,
   type CoproxyError,
@@ -7,10 +7,11 @@ import {
   InvalidOptionsError,
   RecordsMismatchError,
   SyscallError,
-} from '../../errors.js';
-import { RedirectRecords } from '../../records/redirect-records.js';
-import type { Destination } from '../../redirector/match-rule.js';
-import type { AcceptedFlow, Backend, Endpoint, FlowSink, InstallSpec, Installation } from '../backend.js';
+  unreachable,
+} from '../../model/errors.js';
+import { RedirectRecords } from '../../model/redirect-records.js';
+import type { Destination } from '../../model/match-rule.js';
+import { type AcceptedFlow, type Backend, type Endpoint, type FlowSink, type InstallSpec, type Installation, type OnwardRecords, defineBackend } from '../backend.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Ws, win32ErrorName } from './ioctl-codes.js';
 import { type RedirectIoctls, isAccessDenied, redirectIoctls } from './redirect-ioctls.js';
@@ -23,6 +24,9 @@ import { type SocketHandle, type Winsock, handleValue, winsock, winsockLibraryOv
  * the context is another redirector's, and user mode is not told whose.
  */
 export const UNKNOWN_CONTEXT_OWNER = 'another redirector (WFP does not say which)';
+
+/** The registry's entry: the listener's host is checked at install (an IP address). */
+export const wfp = defineBackend({ name: 'wfp', specify: (spec) => spec, open: () => wfpBackend() });
 
 /**
  * Windows: the vendor's own WFP callout driver (out of scope) redirects connections to
@@ -119,10 +123,23 @@ function acceptFlow(ws: Winsock, ioctls: RedirectIoctls, socket: SocketHandle, p
     records,
     context,
     framingBytes: 0,
-    // `Accepted.connectOnward` passes this very `records` object when the flow's records
-    // propagate, and a fresh "only this redirector" one with `propagateRecords: false`.
-    connectOnward: (onward, { timeoutMs }) => connectOnward(ws, ioctls, destination, onward === records ? blob : undefined, timeoutMs),
+    connectOnward: (onward, { timeoutMs }) => connectOnward(ws, ioctls, destination, onwardBlob(onward, blob), timeoutMs),
   };
+}
+
+/**
+ * The blob the onward socket gets: the flow's own, byte for byte, when its records
+ * propagate; none otherwise, as user mode cannot make a blob of "only this redirector".
+ */
+function onwardBlob(onward: OnwardRecords, blob: Buffer): Buffer | undefined {
+  switch (onward.kind) {
+    case 'propagate':
+      return blob;
+    case 'own-only':
+      return undefined;
+    default:
+      return unreachable(onward);
+  }
 }
 
 function flowContext(ioctls: RedirectIoctls, socket: SocketHandle, spec: InstallSpec): AcceptedFlow['context'] {

@@ -1,5 +1,5 @@
 // Wine lane (scripts/wine-lane.sh): the whole WFP backend on the Windows builds of Node,
-// koffi and libuv, with the PE stand-in (fixtures/ws2-stand-in-win.c) in place of the
+// koffi and libuv, with the PE stand-in (test-fixtures/wfp/ws2-stand-in-win.c) in place of the
 // callout driver: Winsock listener and accept, the three ioctls, SO_ORIGINAL_DST, adoption
 // into IOCP, connectOnward with the records SET before connect, relaying. The test plays
 // the callout, as on the Linux lane (wfp-backend.test.ts).
@@ -8,12 +8,12 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import type { Subscription } from 'rxjs';
-import { relay } from '../../connector/relay.js';
+import { relay } from '../../net/relay.js';
 import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
-import { type StandIn, installStandIn, uninstallStandIn } from '../../test-support/wfp-stand-in.js';
-import { assertWindowsBuild, localPort, newSocket, standInLibrary } from '../../test-support/wine.js';
+import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
+import { assertWindowsBuild, localPort, newSocket, standInLibrary } from '../../testing/wine.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Win32Error, Ws } from './ioctl-codes.js';
 import { encodeSockaddr } from './sockaddr.js';

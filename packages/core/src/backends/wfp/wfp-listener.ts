@@ -1,4 +1,4 @@
-import { SyscallError } from '../../errors.js';
+import { SyscallError } from '../../model/errors.js';
 import type { Endpoint } from '../backend.js';
 import { Win32Error, Ws, win32ErrorName } from './ioctl-codes.js';
 import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from './sockaddr.js';

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import type KoffiModule from 'koffi';
-import { BackendUnavailableError } from '../../errors.js';
+import { BackendUnavailableError } from '../../model/errors.js';
 
 type Koffi = typeof KoffiModule;
 

@@ -4,9 +4,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { RegistryEntry } from '../backends/embedded/registry.js';
-import { createRedirector } from '../redirector/redirector.js';
-import { exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../test-support/harness.js';
+import type { RegistryEntry } from './registry.js';
+import { createRedirector } from '../../redirector/redirector.js';
+import { exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../../testing/harness.js';
 import { connect, type ConnectOptions } from './connect.js';
 
 let nextId = 0;

@@ -1,4 +1,4 @@
-import { RecordsFullError } from '../errors.js';
+import { RecordsFullError } from './errors.js';
 import { assertRedirectorId } from './redirector-id.js';
 import { RedirectState } from './redirect-state.js';
 

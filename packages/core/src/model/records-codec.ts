@@ -1,4 +1,4 @@
-import { RecordsMalformedError } from '../errors.js';
+import { RecordsMalformedError } from './errors.js';
 import { MAX_REDIRECTS, RedirectRecords } from './redirect-records.js';
 import { MAX_REDIRECTOR_ID_LENGTH, REDIRECTOR_ID_PATTERN } from './redirector-id.js';
 

@@ -1,4 +1,4 @@
-import { InvalidOptionsError } from '../errors.js';
+import { InvalidOptionsError } from './errors.js';
 
 /** A vendor's identity: lower-case letters, digits and dashes, 1 to 32 of them. */
 export const REDIRECTOR_ID_PATTERN = /^[a-z0-9-]{1,32}$/;

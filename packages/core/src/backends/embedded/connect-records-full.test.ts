@@ -2,9 +2,9 @@
 // runs each test file in a fresh one.
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it, vi } from 'vitest';
-import { MAX_REDIRECTS } from '../records/redirect-records.js';
-import { createRedirector } from '../redirector/redirector.js';
-import { exchange, passThrough, sha256, startEchoOrigin, tempRegistry, until, type Acceptance } from '../test-support/harness.js';
+import { MAX_REDIRECTS } from '../../model/redirect-records.js';
+import { createRedirector } from '../../redirector/redirector.js';
+import { exchange, passThrough, sha256, startEchoOrigin, tempRegistry, until, type Acceptance } from '../../testing/harness.js';
 import { connect } from './connect.js';
 
 describe('a flow that meets more redirectors than its records can hold', () => {

@@ -5,15 +5,15 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
 import type { Subscription } from 'rxjs';
-import { createRedirector, type Redirector } from '../redirector/redirector.js';
-import type { Destination } from '../redirector/match-rule.js';
-import { tempRegistry } from '../test-support/harness.js';
+import { createRedirector, type Redirector } from '../../redirector/redirector.js';
+import type { Destination } from '../../model/match-rule.js';
+import { tempRegistry } from '../../testing/harness.js';
 import { createHttpsAgent } from './agent.js';
-import { relay } from './relay.js';
+import { relay } from '../../net/relay.js';
 
 // A self-signed certificate for localhost and 127.0.0.1, for tests only.
-const cert = fs.readFileSync(new URL('../../fixtures/tls/localhost.crt', import.meta.url));
-const key = fs.readFileSync(new URL('../../fixtures/tls/localhost.key', import.meta.url));
+const cert = fs.readFileSync(new URL('../../../test-fixtures/tls/localhost.crt', import.meta.url));
+const key = fs.readFileSync(new URL('../../../test-fixtures/tls/localhost.key', import.meta.url));
 
 let nextId = 0;
 const uniqueId = (name: string): string => `${name}-${process.pid % 10000}-${++nextId}`;

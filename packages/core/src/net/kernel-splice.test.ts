@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { digestOf, sha256, socketPair } from '../test-support/harness.js';
+import { digestOf, sha256, socketPair } from '../testing/harness.js';
 import { MAX_BURST_BYTES, kernelSpliceStatus, setKernelSplice, socketBytes, spliceBurst, type SpliceBurst } from './kernel-splice.js';
 
 /**

@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Subscription } from 'rxjs';
-import { relay } from '../connector/relay.js';
+import { relay } from '../net/relay.js';
 import type { AcceptedConnection } from '../redirector/accepted-connection.js';
 import type { Redirector } from '../redirector/redirector.js';
 

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type SocketPair, digestOf, sha256, socketPair } from '../test-support/harness.js';
+import { type SocketPair, digestOf, sha256, socketPair } from '../testing/harness.js';
 import { kernelSpliceStatus, setKernelSplice, socketBytes } from './kernel-splice.js';
 import { relay, type RelayResult } from './relay.js';
 

@@ -1,6 +1,6 @@
-import type { RedirectRecords } from '../records/redirect-records.js';
-import { shouldRedirect } from '../records/redirect-state.js';
-import type { CompiledMatch, Destination } from '../redirector/match-rule.js';
+import type { RedirectRecords } from '../../model/redirect-records.js';
+import { shouldRedirect } from '../../model/redirect-state.js';
+import type { CompiledMatch, Destination } from '../../model/match-rule.js';
 
 /** What classification needs of a redirector: its id and rule, nothing about transport. */
 export interface Classifiable {

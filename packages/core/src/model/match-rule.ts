@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { InvalidOptionsError } from '../errors.js';
+import { InvalidOptionsError } from './errors.js';
 
 /** A port, or an inclusive range `[from, to]`. */
 export type PortSpec = number | readonly [from: number, to: number];

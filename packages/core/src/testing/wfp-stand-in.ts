@@ -1,4 +1,4 @@
-// Builds the Winsock stand-in (src/backends/wfp/fixtures/ws2-stand-in.c) with gcc into a
+// Builds the Winsock stand-in (test-fixtures/wfp/ws2-stand-in.c) with gcc into a
 // temporary directory and binds the controls the tests use to play the WFP callout. The
 // Wine lane binds the same controls on its Windows stand-in (ws2-stand-in-win.c, a PE DLL
 // it builds with mingw-w64 before starting the Windows build of Node).
@@ -14,7 +14,7 @@ import { type SocketHandle, type Winsock, useWinsockLibraryForTests, winsock } f
 
 type Koffi = typeof KoffiModule;
 
-const SOURCE = fileURLToPath(new URL('../backends/wfp/fixtures/ws2-stand-in.c', import.meta.url));
+const SOURCE = fileURLToPath(new URL('../../test-fixtures/wfp/ws2-stand-in.c', import.meta.url));
 
 export const SizeStyle = { WSAENOBUFS: 0, ERROR_INSUFFICIENT_BUFFER: 1, WSAEINVAL_ZERO: 2 } as const;
 

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { RecordsMalformedError } from '../errors.js';
+import { RecordsMalformedError } from './errors.js';
 import { MAX_RECORDS_BYTES, RECORDS_VERSION, decodeRecords, encodeRecords } from './records-codec.js';
 import { MAX_REDIRECTS, RedirectRecords } from './redirect-records.js';
 

@@ -1,11 +1,12 @@
 import dns from 'node:dns/promises';
 import net from 'node:net';
-import { encodeFlowHeader } from '../backends/embedded/flow-header.js';
-import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from '../backends/embedded/registry.js';
-import { ConnectTimeoutError, errnoCode, InvalidOptionsError, RedirectorUnavailableError, RegistryError } from '../errors.js';
-import { MAX_REDIRECTS, RedirectRecords } from '../records/redirect-records.js';
-import type { Destination } from '../redirector/match-rule.js';
+import { errnoCode, InvalidOptionsError, RedirectorUnavailableError, RegistryError } from '../../model/errors.js';
+import type { Destination } from '../../model/match-rule.js';
+import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
+import { dial } from '../../net/dial.js';
 import { candidates } from './classify.js';
+import { encodeFlowHeader } from './flow-header.js';
+import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from './registry.js';
 
 export interface ConnectOptions {
   readonly host: string;
@@ -125,8 +126,6 @@ function socketOptions(options: ConnectOptions): Partial<net.TcpNetConnectOpts> 
   };
 }
 
-export type DialOptions = net.TcpNetConnectOpts & { readonly timeoutMs?: number | undefined };
-
 /** Flows that pass a redirector uninspected are not silent, but one warning per cause is enough. */
 const warned = new Set<string>();
 function warnOnce(key: string, message: string, type: string): void {
@@ -160,49 +159,4 @@ function dialRedirector(
         ...(candidate.context !== undefined && { context: { owner: entry.id, bytes: candidate.context } }),
       }, candidate.key), // proves to the listener that we read its 0600 registry entry
   );
-}
-
-/**
- * Connects with a deadline (`COPROXY_CONNECT_TIMEOUT`) and optionally a first write.
- * `open` starts the connection; backends that prepare the socket themselves (the
- * nftables backend sets its mark) pass their own.
- */
-export function dial(
-  options: DialOptions,
-  header?: (socket: net.Socket) => Buffer,
-  open: (options: net.TcpNetConnectOpts) => net.Socket = net.connect,
-): Promise<net.Socket> {
-  const { timeoutMs, ...netOptions } = options;
-  return new Promise((resolvePromise, reject) => {
-    const socket = open(netOptions);
-    const timer =
-      timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => fail(new ConnectTimeoutError(`${String(options.host)}:${options.port}`, timeoutMs)), timeoutMs);
-    function fail(error: Error): void {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(error);
-    }
-    socket.once('error', fail);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', fail);
-      if (header !== undefined) {
-        let bytes: Buffer;
-        try {
-          bytes = header(socket);
-        } catch (error) {
-          // Thrown inside an event handler it would be uncaught: reject instead.
-          return fail(error instanceof Error ? error : new Error(String(error)));
-        }
-        // Corked until the next turn, so the header and the app's first write (which
-        // follows the resolved promise) leave in one segment.
-        socket.cork();
-        socket.write(bytes);
-        setImmediate(() => socket.uncork());
-      }
-      resolvePromise(socket);
-    });
-  });
 }

@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { RedirectRecords } from '../records/redirect-records.js';
-import type { Destination, MatchRule, PortSpec } from '../redirector/match-rule.js';
-import { compileMatch } from '../redirector/match-rule.js';
+import { RedirectRecords } from '../../model/redirect-records.js';
+import type { Destination, MatchRule, PortSpec } from '../../model/match-rule.js';
+import { compileMatch } from '../../model/match-rule.js';
 import { candidates, type Classifiable } from './classify.js';
 
 /**

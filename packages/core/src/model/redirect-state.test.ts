@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { RecordsFullError } from '../errors.js';
+import { RecordsFullError } from './errors.js';
 import { MAX_REDIRECTS, RedirectRecords } from './redirect-records.js';
 import { RedirectState, shouldRedirect } from './redirect-state.js';
 

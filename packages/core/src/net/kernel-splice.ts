@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import os from 'node:os';
-import { type Koffi, errnoName, linuxLibc } from '../native/libc.js';
+import { type Koffi, errnoName, linuxLibc } from './libc.js';
 
 /**
  * Moving bytes from one TCP socket to another inside the kernel, with splice(2) through a

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import type { BackendName } from '@coproxy/core';
+import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pino from 'pino';
 import { RulesError } from './errors.js';
@@ -23,7 +23,7 @@ const program = new Command('coproxy-http')
   .requiredOption('--id <id>', 'redirector id, [a-z0-9-]{1,32}')
   .requiredOption('--priority <n>', 'lower runs first', integer(-(2 ** 31), 2 ** 31 - 1))
   .option('--ports <list>', 'destination ports to inspect, e.g. 80,8080 or 8000-8099', '80,8080')
-  .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
+  .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
   .addOption(new Option('--fail-mode <mode>', 'while this proxy is down: open lets traffic through, closed refuses it').choices(['open', 'closed']).default('open'))
   .option('--rules <file>', 'JSON rule file (see the README)')
   .option('--metrics <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics')

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import type { BackendName } from '@coproxy/core';
+import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pino from 'pino';
 import { serveMetrics } from './metrics.js';
@@ -23,7 +23,7 @@ const program = new Command('coproxy-tls')
   .requiredOption('--id <id>', 'redirector id, [a-z0-9-]{1,32}')
   .requiredOption('--priority <n>', 'lower runs first', integer(-(2 ** 31), 2 ** 31 - 1))
   .option('--ports <list>', 'destination ports to inspect, e.g. 443,8443', '443')
-  .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
+  .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
   .addOption(new Option('--fail-mode <mode>', 'while this proxy is down: open lets traffic through, closed refuses it').choices(['open', 'closed']).default('open'))
   .option('--policy <file>', 'JSON policy file (see the README); default: splice everything')
   .option('--ca-dir <dir>', 'where the bump CA lives (ca.crt to trust, ca.key mode 0600); created on first use')

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
+import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { html, summary } from './report.js';
 import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorKind, killAll, runScenario } from './scenario.js';
@@ -30,7 +31,7 @@ function vendorList(text: string): VendorKind[] {
 }
 
 interface RunOptions {
-  backend: 'embedded' | 'nftables';
+  backend: BackendName;
   vendors: VendorKind[];
   flows: number;
   concurrency: number;
@@ -45,7 +46,7 @@ const program = new Command('coproxy-testbed').description('Proves that independ
 
 const withRunOptions = (command: Command): Command =>
   command
-    .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
+    .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
     .option('--vendors <list>', 'vendor packages in start order (the same one may repeat)', vendorList, ['tls', 'http'] as VendorKind[])
     .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
     .option('--concurrency <n>', 'flows at a time', integer(1, 64), 8)

@@ -12,7 +12,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import { connect, createAgent } from '@coproxy/core';
+import { type BackendName, connect, createAgent } from '@coproxy/core';
 import { type FlowSpec, payload, sha256 } from './flows.js';
 import type { ClientFlowReport, ClientMessage } from './protocol.js';
 
@@ -20,7 +20,7 @@ interface Args {
   readonly host: string;
   readonly flows: readonly FlowSpec[];
   readonly seed: number;
-  readonly backend: 'embedded' | 'nftables';
+  readonly backend: BackendName;
   readonly registry: string;
   readonly originCa: string;
   readonly concurrency: number;

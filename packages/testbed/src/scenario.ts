@@ -5,11 +5,13 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import type { BackendName } from '@coproxy/core';
 import { type FlowSpec, planFlows, prng } from './flows.js';
 import { choosePorts, ephemeralRange, portList, portsOutside } from './ports.js';
 import type { ClientFlowReport, ClientMessage, OriginFlowReport, OriginMessage, PortReplacement } from './protocol.js';
 
-export type Backend = 'embedded' | 'nftables';
+/** Any backend core's registry knows; the testbed's vendors run on Linux, so in practice embedded or nftables. */
+export type Backend = BackendName;
 export type VendorKind = 'tls' | 'http';
 
 export interface ScenarioOptions {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
+import { RedirectRecords } from '../../model/redirect-records.js';
 import { hex32 } from './tables.js';
 
 // The mask option is checked for every backend (mark-mask.ts); only this backend uses it.

@@ -46,9 +46,9 @@ const allowed: ReadonlyArray<readonly [file: string, source: string]> = [
   ['model/probe.ts', "import { RedirectRecords } from './redirect-records.js';"],
   ['net/probe.ts', "import { ConnectTimeoutError } from '../model/errors.js';"],
   ['backends/backend-registry.ts', "import { nftables } from './nftables/nftables-backend.js';"],
-  ['backends/nftables/probe.ts', "import { dial } from '../../net/dial.js';\nimport type { Backend } from '../backend.js';"],
-  ['backends/wfp/probe.ts', "import { winsock } from './winsock.js';\nimport { InvalidOptionsError } from '../../model/errors.js';"],
-  ['redirector/probe.ts', "import { backendDefinition } from '../backends/backend-registry.js';\nimport { relay } from '../net/relay.js';"],
+  ['backends/nftables/probe.ts', "import { dial } from '../../net/dial.js'; import type { Backend } from '../backend.js';"],
+  ['backends/wfp/probe.ts', "import { winsock } from './winsock.js'; import { InvalidOptionsError } from '../../model/errors.js';"],
+  ['redirector/probe.ts', "import { backendDefinition } from '../backends/backend-registry.js'; import { relay } from '../net/relay.js';"],
   ['vendor/probe.ts', "import { createRedirector } from '../redirector/redirector.js';"],
   ['cli/probe.ts', "import { tableStatuses } from '../backends/nftables/installed-tables.js';"],
   // Tests wire layers together on purpose.

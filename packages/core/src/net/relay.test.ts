@@ -237,7 +237,7 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
 
 /**
  * `size` bytes from the origin through a relay to a client that stops after every 16 KiB
- * for a turn of the event loop, as a TLS client reading record by record does; they must
+ * for a turn of the event loop, as a TLS client reading 16 KiB frame by frame does; they must
  * arrive intact and be counted.
  */
 async function downloadToStopStartReader({ client, origin }: { client: SocketPair; origin: SocketPair }, size: number): Promise<void> {

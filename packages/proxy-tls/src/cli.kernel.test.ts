@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as BuiltPackage from './index.js';
-import type { Handshake, TlsExchange } from './proxy.js';
+import type { Handshake, TlsExchange } from './events.js';
 import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 
 // The CLI as an operator runs it, on the nftables backend: a separate process inside a

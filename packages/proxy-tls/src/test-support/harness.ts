@@ -12,7 +12,9 @@ import tls from 'node:tls';
 import { connect } from '@coproxy/core';
 import type { Subscription } from 'rxjs';
 import { CertificateAuthority } from '../ca.js';
-import { type Handshake, type TlsExchange, type TlsProxy, type TlsProxyEvent, type TlsProxyOptions, createTlsProxy } from '../proxy.js';
+import type { Handshake, TlsExchange, TlsProxyEvent } from '../events.js';
+import type { TlsProxyOptions } from '../options.js';
+import { type TlsProxy, createTlsProxy } from '../proxy.js';
 
 let nextId = 0;
 /** A redirector id no other test (or test process) uses at the same time. */

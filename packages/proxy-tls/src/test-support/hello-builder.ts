@@ -90,7 +90,7 @@ export function handshake(body: Buffer, type = 1): Buffer {
   return Buffer.concat([u8(type), vector(3, body)]);
 }
 
-export interface RecordOptions {
+export interface TlsRecordOptions {
   /** Fragment sizes in order; the last one repeats until the message is used up. Default one record. */
   readonly sizes?: readonly number[];
   /** Record layer version. Default 0x0301, as most clients send in the first flight. */
@@ -100,7 +100,7 @@ export interface RecordOptions {
 }
 
 /** Cuts `message` into TLS records (RFC 8446 §5.1). */
-export function records(message: Buffer, options: RecordOptions = {}): Buffer {
+export function tlsRecords(message: Buffer, options: TlsRecordOptions = {}): Buffer {
   const sizes = options.sizes ?? [message.length];
   const out: Buffer[] = [];
   let offset = 0;
@@ -115,8 +115,8 @@ export function records(message: Buffer, options: RecordOptions = {}): Buffer {
 }
 
 /** A whole ClientHello as a client sends it: records around the handshake message. */
-export function clientHello(fields: HelloFields = {}, recordOptions: RecordOptions = {}): Buffer {
-  return records(handshake(helloBody(fields)), recordOptions);
+export function clientHello(fields: HelloFields = {}, tlsRecordOptions: TlsRecordOptions = {}): Buffer {
+  return tlsRecords(handshake(helloBody(fields)), tlsRecordOptions);
 }
 
 /** `bytes` cut at the given offsets (TCP segments). */

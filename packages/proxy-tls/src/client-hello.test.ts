@@ -99,7 +99,7 @@ describe('parseClientHello on a hello built by hand', () => {
     expect(consumed).toBe(bytes.length);
     expect(hello).toEqual({
       legacyVersion: 0x0303,
-      recordVersion: 0x0301,
+      tlsRecordVersion: 0x0301,
       random: DEFAULT_RANDOM,
       sessionId: Buffer.alloc(32, 7),
       cipherSuites: [0x1301, 0x1303, 0xc02f],
@@ -235,7 +235,7 @@ describe('parseClientHello’s typed errors', () => {
     expectRejected(Buffer.from([0x17]), 'COPROXY_TLS_NOT_TLS', 0); // one byte is enough to tell
   });
 
-  it('COPROXY_TLS_BAD_RECORD for a record version that is not 3.x, a length of 0 or over 2^14, or another record type inside', () => {
+  it('COPROXY_TLS_BAD_RECORD for a TLS record version that is not 3.x, a length of 0 or over 2^14, or another TLS record type inside', () => {
     const hello = clientHello();
 
     expectRejected(patchU16(hello, 1, 0x0200), 'COPROXY_TLS_BAD_RECORD', 1);

@@ -5,17 +5,17 @@
  * a `ClientHelloError` with a code and the offset of the fault.
  *
  * It reads TLS records (type 22, handshake) and reassembles the handshake message across
- * as many records and TCP segments as the client used. `parseClientHello` is
+ * as many TLS records and TCP segments as the client used. `parseClientHello` is
  * incremental: given the bytes so far, it says how many more it needs, or returns the
  * hello and how many bytes of the stream it spans.
  */
 
 import { TlsErrorCode, TlsProxyError } from './errors.js';
 
-export const RECORD_HANDSHAKE = 22;
+export const TLS_RECORD_HANDSHAKE = 22;
 export const HANDSHAKE_CLIENT_HELLO = 1;
 /** A plaintext TLS record carries at most 2^14 bytes (RFC 8446 §5.1). */
-const MAX_RECORD = 16_384;
+const MAX_TLS_RECORD = 16_384;
 
 export const EXT_SERVER_NAME = 0x0000;
 export const EXT_SUPPORTED_GROUPS = 0x000a;
@@ -76,7 +76,7 @@ export interface ClientHello {
   /** `legacy_version` of the hello, e.g. 0x0303. */
   readonly legacyVersion: number;
   /** The TLS record layer's version of the first TLS record. */
-  readonly recordVersion: number;
+  readonly tlsRecordVersion: number;
   readonly random: Buffer;
   readonly sessionId: Buffer;
   /** In the client's order, GREASE values included. */
@@ -107,7 +107,7 @@ export interface ClientHello {
 
 export type ParseResult =
   | { readonly done: false; /** At least this many more bytes are needed. */ readonly needed: number }
-  | { readonly done: true; readonly hello: ClientHello; /** Bytes of the stream the hello's records span. */ readonly consumed: number };
+  | { readonly done: true; readonly hello: ClientHello; /** Bytes of the stream the hello's TLS records span. */ readonly consumed: number };
 
 /** GREASE values (RFC 8701): 0x?a?a with both bytes equal. */
 export const isGrease = (value: number): boolean => (value & 0x0f0f) === 0x0a0a && value >> 8 === (value & 0xff);
@@ -118,15 +118,15 @@ export const isGrease = (value: number): boolean => (value & 0x0f0f) === 0x0a0a 
  */
 export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult {
   if (stream.length === 0) return { done: false, needed: 5 };
-  if (stream[0] !== RECORD_HANDSHAKE) throw new ClientHelloError(TlsErrorCode.NotTls, `record type ${stream[0]} is not a handshake (22)`, 0);
-  // Reassemble the handshake message from consecutive handshake records.
+  if (stream[0] !== TLS_RECORD_HANDSHAKE) throw new ClientHelloError(TlsErrorCode.NotTls, `TLS record type ${stream[0]} is not a handshake (22)`, 0);
+  // Reassemble the handshake message from consecutive handshake TLS records.
   const fragments: Buffer[] = [];
   /** Where each fragment starts in the stream, to report faults at stream offsets. */
   const starts: number[] = [];
   let gathered = 0;
   let offset = 0;
   let tlsRecordCount = 0;
-  let recordVersion = 0;
+  let tlsRecordVersion = 0;
   let messageLength: number | undefined;
   const locate = (at: number): number => streamOffset(fragments, starts, at);
   for (;;) {
@@ -134,12 +134,12 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
     const type = stream[offset]!;
     const major = stream[offset + 1]!;
     const length = stream.readUInt16BE(offset + 3);
-    if (type !== RECORD_HANDSHAKE) {
-      throw new ClientHelloError(TlsErrorCode.BadRecord, `record type ${type} inside the ClientHello`, offset);
+    if (type !== TLS_RECORD_HANDSHAKE) {
+      throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record type ${type} inside the ClientHello`, offset);
     }
-    if (major !== 3) throw new ClientHelloError(TlsErrorCode.BadRecord, `record version ${major}.${stream[offset + 2]} is not 3.x`, offset + 1);
-    if (length === 0 || length > MAX_RECORD) throw new ClientHelloError(TlsErrorCode.BadRecord, `record length ${length} is not 1..${MAX_RECORD}`, offset + 3);
-    if (tlsRecordCount === 0) recordVersion = stream.readUInt16BE(offset + 1);
+    if (major !== 3) throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record version ${major}.${stream[offset + 2]} is not 3.x`, offset + 1);
+    if (length === 0 || length > MAX_TLS_RECORD) throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record length ${length} is not 1..${MAX_TLS_RECORD}`, offset + 3);
+    if (tlsRecordCount === 0) tlsRecordVersion = stream.readUInt16BE(offset + 1);
     if (stream.length - offset - 5 < length) return { done: false, needed: length - (stream.length - offset - 5) };
     fragments.push(stream.subarray(offset + 5, offset + 5 + length));
     starts.push(offset + 5);
@@ -155,21 +155,21 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
       if (messageLength > maxBytes) throw new ClientHelloError(TlsErrorCode.TooLarge, `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, locate(1));
     }
     if (messageLength !== undefined && gathered >= 4 + messageLength) {
-      // The record that completes the hello must not carry another message after it:
+      // The TLS record that completes the hello must not carry another message after it:
       // a client sends nothing else until the server answers.
       if (gathered > 4 + messageLength) {
-        throw new ClientHelloError(TlsErrorCode.Malformed, `${gathered - 4 - messageLength} bytes after the ClientHello in its record`, locate(4 + messageLength));
+        throw new ClientHelloError(TlsErrorCode.Malformed, `${gathered - 4 - messageLength} bytes after the ClientHello in its TLS record`, locate(4 + messageLength));
       }
       const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
-      return { done: true, hello: decodeBody(message.subarray(4), recordVersion, tlsRecordCount, (at) => locate(4 + at)), consumed: offset };
+      return { done: true, hello: decodeBody(message.subarray(4), tlsRecordVersion, tlsRecordCount, (at) => locate(4 + at)), consumed: offset };
     }
   }
 }
 
 /**
- * The stream offset of byte `at` of the handshake message, which may span records: each
- * record's 5-byte header lies between two fragments. The end of the message maps to the
- * end of its last record.
+ * The stream offset of byte `at` of the handshake message, which may span TLS records: each
+ * TLS record's 5-byte header lies between two fragments. The end of the message maps to the
+ * end of its last TLS record.
  */
 function streamOffset(fragments: readonly Buffer[], starts: readonly number[], at: number): number {
   let skipped = 0;
@@ -242,7 +242,7 @@ class Reader {
   }
 }
 
-function decodeBody(body: Buffer, recordVersion: number, tlsRecordCount: number, locate: (at: number) => number): ClientHello {
+function decodeBody(body: Buffer, tlsRecordVersion: number, tlsRecordCount: number, locate: (at: number) => number): ClientHello {
   const r = new Reader(body, locate);
   const legacyVersion = r.u16('legacy_version');
   if (legacyVersion >> 8 !== 3) r.fail(`legacy_version 0x${legacyVersion.toString(16)} is not 3.x`);
@@ -260,7 +260,7 @@ function decodeBody(body: Buffer, recordVersion: number, tlsRecordCount: number,
 
   const hello = {
     legacyVersion,
-    recordVersion,
+    tlsRecordVersion,
     random,
     sessionId,
     cipherSuites,

@@ -47,8 +47,8 @@ export interface TlsProxyOptions {
   readonly logger?: Logger;
   /**
    * Default true. `false` makes onward connections carry only this proxy's own redirect,
-   * as a vendor that merely excludes itself would: for demonstrating the loop records
-   * prevent (the testbed's `--drop-records`).
+   * as a vendor that merely excludes itself would: for demonstrating the loop redirect
+   * records prevent (the testbed's `--drop-records`).
    */
   readonly propagateRecords?: boolean;
 }

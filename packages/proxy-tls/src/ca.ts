@@ -4,6 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import * as x509 from '@peculiar/x509';
+import { TlsErrorCode, TlsProxyError } from './errors.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -15,15 +16,14 @@ const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as con
 const DAY = 86_400_000;
 
 /** The CA files could not be created, read or used; `path` says which. */
-export class CaError extends Error {
+export class CaError extends TlsProxyError<typeof TlsErrorCode.CaError> {
   override readonly name = 'CaError';
-  readonly code = 'COPROXY_TLS_CA_ERROR';
   constructor(
     message: string,
     readonly path: string,
     options?: ErrorOptions,
   ) {
-    super(`${message} (${path})`, options);
+    super(TlsErrorCode.CaError, `${message} (${path})`, options);
   }
 }
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as BuiltPackage from './index.js';
-import type { Handshake, TlsExchange } from './proxy.js';
+import type { Handshake, TlsExchange } from './events.js';
 import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 
 // The CLI as an operator runs it, on the nftables backend: a separate process inside a
@@ -14,7 +14,7 @@ import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type N
 // the test fails, every process in it killed), with an HTTPS origin there too, and
 // unmodified curl as the client. The CLI, the origin and the test's CA are the built
 // package (dist/), which vitest's global setup rebuilds when stale.
-const fixtures = fileURLToPath(new URL('../test-fixtures/', import.meta.url));
+const testSupport = fileURLToPath(new URL('./test-support/', import.meta.url));
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const built = new URL('../dist/index.js', import.meta.url).href;
 const ID = 'acme-tls';
@@ -25,7 +25,7 @@ const ORIGIN_CA_SUBJECT = 'CN=coproxy-tls test origin CA';
 /** The subject a CA created by `--ca-dir` gets. */
 const PROXY_CA_SUBJECT = 'CN=coproxy-tls local CA';
 
-/** What the origin reports of each request it received (test-fixtures/https-origin.mjs). */
+/** What the origin reports of each request it received (test-support/https-origin.mjs). */
 interface OriginRequest {
   readonly method: string;
   readonly url: string;
@@ -61,7 +61,7 @@ function tempDir(): Disposable & { readonly path: string } {
 /** Starts the origin on the namespace's non-loopback address; returns the requests it receives, as they arrive. */
 async function startOrigin(netns: Netns, caDir: string): Promise<OriginRequest[]> {
   const received: OriginRequest[] = [];
-  const child = netns.spawn(process.execPath, [path.join(fixtures, 'https-origin.mjs'), caDir, NETNS_V4, String(ORIGIN_PORT)], {
+  const child = netns.spawn(process.execPath, [path.join(testSupport, 'https-origin.mjs'), caDir, NETNS_V4, String(ORIGIN_PORT)], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   const ready = new Promise<void>((resolve, reject) => {

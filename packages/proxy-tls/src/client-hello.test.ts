@@ -8,7 +8,7 @@ import {
   ext,
   handshake,
   helloBody,
-  records,
+  tlsRecords,
   segments,
   u16,
 } from './test-support/hello-builder.js';
@@ -40,7 +40,7 @@ function expectRejected(bytes: Buffer, code: ClientHelloErrorCode, offset: numbe
 }
 
 /** How many records `bytes` holds, walking their headers. */
-function recordCount(bytes: Buffer): number {
+function tlsRecordCountOf(bytes: Buffer): number {
   let count = 0;
   for (let offset = 0; offset < bytes.length; offset += 5 + bytes.readUInt16BE(offset + 3)) count++;
   return count;
@@ -99,7 +99,7 @@ describe('parseClientHello on a hello built by hand', () => {
     expect(consumed).toBe(bytes.length);
     expect(hello).toEqual({
       legacyVersion: 0x0303,
-      recordVersion: 0x0301,
+      tlsRecordVersion: 0x0301,
       random: DEFAULT_RANDOM,
       sessionId: Buffer.alloc(32, 7),
       cipherSuites: [0x1301, 0x1303, 0xc02f],
@@ -114,7 +114,7 @@ describe('parseClientHello on a hello built by hand', () => {
       ecPointFormats: [0, 1, 2],
       signatureAlgorithms: [0x0403, 0x0804, 0x0401],
       ech: undefined,
-      records: 1,
+      tlsRecordCount: 1,
     });
   });
 
@@ -170,23 +170,23 @@ describe('parseClientHello on a hello built by hand', () => {
 
   it('reassembles a hello split over several TLS records', () => {
     const message = handshake(helloBody(GREASY_FIELDS));
-    const whole = parsed(records(message)).hello;
+    const whole = parsed(tlsRecords(message)).hello;
 
     for (const sizes of [[1], [3, 1], [4], [10, 50], [message.length - 1]]) {
-      const bytes = records(message, { sizes });
+      const bytes = tlsRecords(message, { sizes });
       const { hello, consumed } = parsed(bytes);
 
       expect(consumed).toBe(bytes.length);
-      expect(hello.records).toBe(recordCount(bytes));
-      expect({ ...hello, records: whole.records }).toEqual(whole);
+      expect(hello.tlsRecordCount).toBe(tlsRecordCountOf(bytes));
+      expect({ ...hello, tlsRecordCount: whole.tlsRecordCount }).toEqual(whole);
     }
-    expect(recordCount(records(message, { sizes: [3, 1] }))).toBe(message.length - 2);
-    expect(parsed(records(message, { sizes: [1] })).hello.records).toBe(message.length);
+    expect(tlsRecordCountOf(tlsRecords(message, { sizes: [3, 1] }))).toBe(message.length - 2);
+    expect(parsed(tlsRecords(message, { sizes: [1] })).hello.tlsRecordCount).toBe(message.length);
   });
 
   it('asks for exactly the bytes of the next record header, then of its body, as TCP segments arrive', () => {
     const message = handshake(helloBody(GREASY_FIELDS));
-    const bytes = records(message, { sizes: [50, 50, message.length] });
+    const bytes = tlsRecords(message, { sizes: [50, 50, message.length] });
     const last = message.length - 100;
     const asked: number[] = [];
 
@@ -230,55 +230,55 @@ describe('parseClientHello on a hello built by hand', () => {
 });
 
 describe('parseClientHello’s typed errors', () => {
-  it('NOT_TLS when the first byte is not a handshake record, at byte 0', () => {
-    expectRejected(Buffer.from('GET / HTTP/1.1\r\n'), 'NOT_TLS', 0);
-    expectRejected(Buffer.from([0x17]), 'NOT_TLS', 0); // one byte is enough to tell
+  it('COPROXY_TLS_NOT_TLS when the first byte is not a handshake record, at byte 0', () => {
+    expectRejected(Buffer.from('GET / HTTP/1.1\r\n'), 'COPROXY_TLS_NOT_TLS', 0);
+    expectRejected(Buffer.from([0x17]), 'COPROXY_TLS_NOT_TLS', 0); // one byte is enough to tell
   });
 
-  it('BAD_RECORD for a record version that is not 3.x, a length of 0 or over 2^14, or another record type inside', () => {
+  it('COPROXY_TLS_BAD_RECORD for a TLS record version that is not 3.x, a length of 0 or over 2^14, or another TLS record type inside', () => {
     const hello = clientHello();
 
-    expectRejected(patchU16(hello, 1, 0x0200), 'BAD_RECORD', 1);
-    expectRejected(patchU16(hello, 3, 0), 'BAD_RECORD', 3);
-    expectRejected(patchU16(hello, 3, 16_385), 'BAD_RECORD', 3);
+    expectRejected(patchU16(hello, 1, 0x0200), 'COPROXY_TLS_BAD_RECORD', 1);
+    expectRejected(patchU16(hello, 3, 0), 'COPROXY_TLS_BAD_RECORD', 3);
+    expectRejected(patchU16(hello, 3, 16_385), 'COPROXY_TLS_BAD_RECORD', 3);
     // The hello in two records, the second an application_data record.
-    const split = records(handshake(helloBody()), { sizes: [20] });
+    const split = tlsRecords(handshake(helloBody()), { sizes: [20] });
     const second = Buffer.from(split);
     second[25] = 0x17;
-    expectRejected(second, 'BAD_RECORD', 25);
+    expectRejected(second, 'COPROXY_TLS_BAD_RECORD', 25);
   });
 
-  it('NOT_CLIENT_HELLO when the first handshake message is another, at its type byte', () => {
-    expectRejected(records(handshake(helloBody(), 2)), 'NOT_CLIENT_HELLO', 5);
+  it('COPROXY_TLS_NOT_CLIENT_HELLO when the first handshake message is another, at its type byte', () => {
+    expectRejected(tlsRecords(handshake(helloBody(), 2)), 'COPROXY_TLS_NOT_CLIENT_HELLO', 5);
   });
 
-  it('MALFORMED with the offset of the fault, in one record or spread over many', () => {
+  it('COPROXY_TLS_MALFORMED with the offset of the fault, in one record or spread over many', () => {
     // cipher_suites of odd length: the fault is its first byte, 46.
     const oddSuites = patchU16(clientHello({ cipherSuites: [0x1301, 0x1302] }), CIPHERS_AT, 3);
-    expectRejected(oddSuites, 'MALFORMED', CIPHERS_AT + 2);
+    expectRejected(oddSuites, 'COPROXY_TLS_MALFORMED', CIPHERS_AT + 2);
 
-    // The same message in 10-byte records: byte 41 of the message is in the fifth record,
+    // The same message in 10-byte tlsRecordCount: byte 41 of the message is in the fifth record,
     // after five record headers (5 × 5 + 41 = 66), and the stream byte there is the same.
     const message = oddSuites.subarray(5);
-    const spread = records(message, { sizes: [10] });
-    const error = expectRejected(spread, 'MALFORMED', 66);
+    const spread = tlsRecords(message, { sizes: [10] });
+    const error = expectRejected(spread, 'COPROXY_TLS_MALFORMED', 66);
     expect(spread[error.offset]).toBe(message[CIPHERS_AT + 2 - 5]);
 
     // An extension whose length runs past the extensions block: the fault is where its data would start.
     const withTicket = clientHello({ extensions: [ext.raw(0x0023, Buffer.alloc(4))] });
     // 46-47 one suite, 48 compression length, 49 null, 50-51 extensions length, 52-53 type, 54-55 length.
-    expectRejected(patchU16(withTicket, 54, 100), 'MALFORMED', 56);
+    expectRejected(patchU16(withTicket, 54, 100), 'COPROXY_TLS_MALFORMED', 56);
 
     // A session id longer than 32 bytes.
-    expectRejected(clientHello({ sessionId: Buffer.alloc(33) }), 'MALFORMED', 44);
+    expectRejected(clientHello({ sessionId: Buffer.alloc(33) }), 'COPROXY_TLS_MALFORMED', 44);
 
     // Two bytes of something else after the hello in the record that completes it.
     const body = helloBody();
-    const trailing = records(Buffer.concat([handshake(body), Buffer.from([1, 2])]));
-    expectRejected(trailing, 'MALFORMED', 9 + body.length);
+    const trailing = tlsRecords(Buffer.concat([handshake(body), Buffer.from([1, 2])]));
+    expectRejected(trailing, 'COPROXY_TLS_MALFORMED', 9 + body.length);
   });
 
-  it('MALFORMED for the lists the proxy decides on when they are not what the RFCs allow', () => {
+  it('COPROXY_TLS_MALFORMED for the lists the proxy decides on when they are not what the RFCs allow', () => {
     const cases: [string, HelloFields][] = [
       ['an empty ALPN list', { extensions: [ext.alpn()] }],
       ['an empty ALPN protocol name', { extensions: [ext.alpn('h2', '')] }],
@@ -290,32 +290,32 @@ describe('parseClientHello’s typed errors', () => {
     ];
     for (const [what, fields] of cases) {
       const error = rejection(clientHello(fields));
-      expect({ what, code: error.code }).toEqual({ what, code: 'MALFORMED' });
+      expect({ what, code: error.code }).toEqual({ what, code: 'COPROXY_TLS_MALFORMED' });
       expect(error.offset).toBeGreaterThanOrEqual(9);
       expect(error.offset).toBeLessThanOrEqual(clientHello(fields).length);
     }
   });
 
-  it('TOO_LARGE past maxBytes, once the first record is in, without waiting for the rest, at its length field', () => {
+  it('COPROXY_TLS_TOO_LARGE past maxBytes, once the first record is in, without waiting for the rest, at its length field', () => {
     const message = handshake(helloBody({ extensions: [ext.raw(0x0015, Buffer.alloc(500))] })); // padding
-    const bytes = records(message, { sizes: [100] });
+    const bytes = tlsRecords(message, { sizes: [100] });
     const messageLength = message.length - 4;
 
     expect(parsed(bytes, messageLength).consumed).toBe(bytes.length);
-    const error = expectRejected(bytes.subarray(0, 105), 'TOO_LARGE', 6, messageLength - 1);
+    const error = expectRejected(bytes.subarray(0, 105), 'COPROXY_TLS_TOO_LARGE', 6, messageLength - 1);
     expect(error.message).toContain(`${messageLength} bytes exceeds ${messageLength - 1}`);
     // The default bound is 64 KiB: a hello announcing more is refused after its first record.
-    const huge = records(handshake(Buffer.alloc(65_537)), { sizes: [16_384] }).subarray(0, 5 + 16_384);
-    expectRejected(huge, 'TOO_LARGE', 6);
-    // The handshake header spread over 1-byte records: its length field starts in the second one.
-    const spread = records(message, { sizes: [1] });
-    expectRejected(spread.subarray(0, 4 * 6), 'TOO_LARGE', 11, 100);
+    const huge = tlsRecords(handshake(Buffer.alloc(65_537)), { sizes: [16_384] }).subarray(0, 5 + 16_384);
+    expectRejected(huge, 'COPROXY_TLS_TOO_LARGE', 6);
+    // The handshake header spread over 1-byte tlsRecordCount: its length field starts in the second one.
+    const spread = tlsRecords(message, { sizes: [1] });
+    expectRejected(spread.subarray(0, 4 * 6), 'COPROXY_TLS_TOO_LARGE', 11, 100);
   });
 
-  it('DUPLICATE_EXTENSION at the second occurrence', () => {
+  it('COPROXY_TLS_DUPLICATE_EXTENSION at the second occurrence', () => {
     const bytes = clientHello({ extensions: [ext.supportedGroups(0x001d), ext.raw(0x0023), ext.supportedGroups(0x0017)] });
     // Extensions from 52: supported_groups 4 + 4 bytes, session_ticket 4 bytes, then the second at 64.
-    const error = expectRejected(bytes, 'DUPLICATE_EXTENSION', 64);
+    const error = expectRejected(bytes, 'COPROXY_TLS_DUPLICATE_EXTENSION', 64);
 
     expect(error.message).toContain('extension 0x000a appears twice');
     expect(u16(bytes.readUInt16BE(64))).toEqual(u16(0x000a));

@@ -5,15 +5,17 @@
  * a `ClientHelloError` with a code and the offset of the fault.
  *
  * It reads TLS records (type 22, handshake) and reassembles the handshake message across
- * as many records and TCP segments as the client used. `parseClientHello` is
+ * as many TLS records and TCP segments as the client used. `parseClientHello` is
  * incremental: given the bytes so far, it says how many more it needs, or returns the
  * hello and how many bytes of the stream it spans.
  */
 
-export const RECORD_HANDSHAKE = 22;
+import { TlsErrorCode, TlsProxyError } from './errors.js';
+
+export const TLS_RECORD_HANDSHAKE = 22;
 export const HANDSHAKE_CLIENT_HELLO = 1;
-/** A plaintext record carries at most 2^14 bytes (RFC 8446 §5.1). */
-const MAX_RECORD = 16_384;
+/** A plaintext TLS record carries at most 2^14 bytes (RFC 8446 §5.1). */
+const MAX_TLS_RECORD = 16_384;
 
 export const EXT_SERVER_NAME = 0x0000;
 export const EXT_SUPPORTED_GROUPS = 0x000a;
@@ -23,19 +25,14 @@ export const EXT_ALPN = 0x0010;
 export const EXT_SUPPORTED_VERSIONS = 0x002b;
 export const EXT_ENCRYPTED_CLIENT_HELLO = 0xfe0d;
 
+/** The parser's codes: the `COPROXY_TLS_` codes of errors.ts for the ClientHello. */
 export type ClientHelloErrorCode =
-  /** The first byte is not a handshake record: not TLS (the caller may pass it through). */
-  | 'NOT_TLS'
-  /** A record or handshake header is invalid: wrong type, version or length. */
-  | 'BAD_RECORD'
-  /** The first handshake message is not a ClientHello. */
-  | 'NOT_CLIENT_HELLO'
-  /** A length runs past its container, a list is malformed, or bytes are left over. */
-  | 'MALFORMED'
-  /** The hello is larger than the configured bound. */
-  | 'TOO_LARGE'
-  /** An extension appears twice (RFC 8446 §4.2 forbids it). */
-  | 'DUPLICATE_EXTENSION';
+  | typeof TlsErrorCode.NotTls
+  | typeof TlsErrorCode.BadRecord
+  | typeof TlsErrorCode.NotClientHello
+  | typeof TlsErrorCode.Malformed
+  | typeof TlsErrorCode.TooLarge
+  | typeof TlsErrorCode.DuplicateExtension;
 
 /**
  * A server_name extension that is legal (or tolerated) but unusual: the hello is read all
@@ -63,23 +60,23 @@ export interface ServerNameEntry {
   readonly name: string;
 }
 
-export class ClientHelloError extends Error {
+export class ClientHelloError extends TlsProxyError<ClientHelloErrorCode> {
   override readonly name = 'ClientHelloError';
   constructor(
-    readonly code: ClientHelloErrorCode,
+    code: ClientHelloErrorCode,
     message: string,
-    /** Offset in the stream (records included) where the fault was found. */
+    /** Offset in the stream (TLS record headers included) where the fault was found. */
     readonly offset: number,
   ) {
-    super(`${code}: ${message} (at byte ${offset})`);
+    super(code, `${code}: ${message} (at byte ${offset})`);
   }
 }
 
 export interface ClientHello {
   /** `legacy_version` of the hello, e.g. 0x0303. */
   readonly legacyVersion: number;
-  /** The record layer's version of the first record. */
-  readonly recordVersion: number;
+  /** The TLS record layer's version of the first TLS record. */
+  readonly tlsRecordVersion: number;
   readonly random: Buffer;
   readonly sessionId: Buffer;
   /** In the client's order, GREASE values included. */
@@ -105,12 +102,12 @@ export interface ClientHello {
   /** Present when the hello carries an outer encrypted_client_hello extension. */
   readonly ech: { readonly configId: number; readonly kdf: number; readonly aead: number } | undefined;
   /** How many TLS records the hello spanned. */
-  readonly records: number;
+  readonly tlsRecordCount: number;
 }
 
 export type ParseResult =
   | { readonly done: false; /** At least this many more bytes are needed. */ readonly needed: number }
-  | { readonly done: true; readonly hello: ClientHello; /** Bytes of the stream the hello's records span. */ readonly consumed: number };
+  | { readonly done: true; readonly hello: ClientHello; /** Bytes of the stream the hello's TLS records span. */ readonly consumed: number };
 
 /** GREASE values (RFC 8701): 0x?a?a with both bytes equal. */
 export const isGrease = (value: number): boolean => (value & 0x0f0f) === 0x0a0a && value >> 8 === (value & 0xff);
@@ -121,15 +118,15 @@ export const isGrease = (value: number): boolean => (value & 0x0f0f) === 0x0a0a 
  */
 export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult {
   if (stream.length === 0) return { done: false, needed: 5 };
-  if (stream[0] !== RECORD_HANDSHAKE) throw new ClientHelloError('NOT_TLS', `record type ${stream[0]} is not a handshake (22)`, 0);
-  // Reassemble the handshake message from consecutive handshake records.
+  if (stream[0] !== TLS_RECORD_HANDSHAKE) throw new ClientHelloError(TlsErrorCode.NotTls, `TLS record type ${stream[0]} is not a handshake (22)`, 0);
+  // Reassemble the handshake message from consecutive handshake TLS records.
   const fragments: Buffer[] = [];
   /** Where each fragment starts in the stream, to report faults at stream offsets. */
   const starts: number[] = [];
   let gathered = 0;
   let offset = 0;
-  let records = 0;
-  let recordVersion = 0;
+  let tlsRecordCount = 0;
+  let tlsRecordVersion = 0;
   let messageLength: number | undefined;
   const locate = (at: number): number => streamOffset(fragments, starts, at);
   for (;;) {
@@ -137,42 +134,42 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
     const type = stream[offset]!;
     const major = stream[offset + 1]!;
     const length = stream.readUInt16BE(offset + 3);
-    if (type !== RECORD_HANDSHAKE) {
-      throw new ClientHelloError('BAD_RECORD', `record type ${type} inside the ClientHello`, offset);
+    if (type !== TLS_RECORD_HANDSHAKE) {
+      throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record type ${type} inside the ClientHello`, offset);
     }
-    if (major !== 3) throw new ClientHelloError('BAD_RECORD', `record version ${major}.${stream[offset + 2]} is not 3.x`, offset + 1);
-    if (length === 0 || length > MAX_RECORD) throw new ClientHelloError('BAD_RECORD', `record length ${length} is not 1..${MAX_RECORD}`, offset + 3);
-    if (records === 0) recordVersion = stream.readUInt16BE(offset + 1);
+    if (major !== 3) throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record version ${major}.${stream[offset + 2]} is not 3.x`, offset + 1);
+    if (length === 0 || length > MAX_TLS_RECORD) throw new ClientHelloError(TlsErrorCode.BadRecord, `TLS record length ${length} is not 1..${MAX_TLS_RECORD}`, offset + 3);
+    if (tlsRecordCount === 0) tlsRecordVersion = stream.readUInt16BE(offset + 1);
     if (stream.length - offset - 5 < length) return { done: false, needed: length - (stream.length - offset - 5) };
     fragments.push(stream.subarray(offset + 5, offset + 5 + length));
     starts.push(offset + 5);
     gathered += length;
     offset += 5 + length;
-    records++;
+    tlsRecordCount++;
     if (messageLength === undefined && gathered >= 4) {
       const header = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
       if (header[0] !== HANDSHAKE_CLIENT_HELLO) {
-        throw new ClientHelloError('NOT_CLIENT_HELLO', `handshake type ${header[0]} is not ClientHello (1)`, locate(0));
+        throw new ClientHelloError(TlsErrorCode.NotClientHello, `handshake type ${header[0]} is not ClientHello (1)`, locate(0));
       }
       messageLength = header.readUIntBE(1, 3);
-      if (messageLength > maxBytes) throw new ClientHelloError('TOO_LARGE', `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, locate(1));
+      if (messageLength > maxBytes) throw new ClientHelloError(TlsErrorCode.TooLarge, `ClientHello of ${messageLength} bytes exceeds ${maxBytes}`, locate(1));
     }
     if (messageLength !== undefined && gathered >= 4 + messageLength) {
-      // The record that completes the hello must not carry another message after it:
+      // The TLS record that completes the hello must not carry another message after it:
       // a client sends nothing else until the server answers.
       if (gathered > 4 + messageLength) {
-        throw new ClientHelloError('MALFORMED', `${gathered - 4 - messageLength} bytes after the ClientHello in its record`, locate(4 + messageLength));
+        throw new ClientHelloError(TlsErrorCode.Malformed, `${gathered - 4 - messageLength} bytes after the ClientHello in its TLS record`, locate(4 + messageLength));
       }
       const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments);
-      return { done: true, hello: decodeBody(message.subarray(4), recordVersion, records, (at) => locate(4 + at)), consumed: offset };
+      return { done: true, hello: decodeBody(message.subarray(4), tlsRecordVersion, tlsRecordCount, (at) => locate(4 + at)), consumed: offset };
     }
   }
 }
 
 /**
- * The stream offset of byte `at` of the handshake message, which may span records: each
- * record's 5-byte header lies between two fragments. The end of the message maps to the
- * end of its last record.
+ * The stream offset of byte `at` of the handshake message, which may span TLS records: each
+ * TLS record's 5-byte header lies between two fragments. The end of the message maps to the
+ * end of its last TLS record.
  */
 function streamOffset(fragments: readonly Buffer[], starts: readonly number[], at: number): number {
   let skipped = 0;
@@ -203,7 +200,7 @@ class Reader {
   }
 
   fail(message: string): never {
-    throw new ClientHelloError('MALFORMED', message, this.offset);
+    throw new ClientHelloError(TlsErrorCode.Malformed, message, this.offset);
   }
 
   u8(what: string): number {
@@ -245,7 +242,7 @@ class Reader {
   }
 }
 
-function decodeBody(body: Buffer, recordVersion: number, records: number, locate: (at: number) => number): ClientHello {
+function decodeBody(body: Buffer, tlsRecordVersion: number, tlsRecordCount: number, locate: (at: number) => number): ClientHello {
   const r = new Reader(body, locate);
   const legacyVersion = r.u16('legacy_version');
   if (legacyVersion >> 8 !== 3) r.fail(`legacy_version 0x${legacyVersion.toString(16)} is not 3.x`);
@@ -263,7 +260,7 @@ function decodeBody(body: Buffer, recordVersion: number, records: number, locate
 
   const hello = {
     legacyVersion,
-    recordVersion,
+    tlsRecordVersion,
     random,
     sessionId,
     cipherSuites,
@@ -278,7 +275,7 @@ function decodeBody(body: Buffer, recordVersion: number, records: number, locate
     ecPointFormats: [] as number[],
     signatureAlgorithms: [] as number[],
     ech: undefined as ClientHello['ech'],
-    records,
+    tlsRecordCount,
   };
   // A hello without extensions ends here (TLS 1.0/1.1 clients may send one).
   if (r.remaining === 0) return hello;
@@ -289,7 +286,7 @@ function decodeBody(body: Buffer, recordVersion: number, records: number, locate
     const at = extensions.offset;
     const type = extensions.u16('extension type');
     const data = extensions.vector(2, `extension 0x${type.toString(16)}`);
-    if (seen.has(type)) throw new ClientHelloError('DUPLICATE_EXTENSION', `extension 0x${type.toString(16).padStart(4, '0')} appears twice`, at);
+    if (seen.has(type)) throw new ClientHelloError(TlsErrorCode.DuplicateExtension, `extension 0x${type.toString(16).padStart(4, '0')} appears twice`, at);
     seen.add(type);
     hello.extensions.push(type);
     decodeExtension(type, data, hello);

@@ -34,7 +34,7 @@ describe('faults', () => {
     expect(proxy.eventsOf('hello-rejected')[0]).toMatchObject({
       type: 'hello-rejected',
       connectionId: proxy.eventsOf('accepted')[0]?.connectionId,
-      code: 'DUPLICATE_EXTENSION',
+      code: 'COPROXY_TLS_DUPLICATE_EXTENSION',
     });
     expect(rejections(proxy)[0]?.[1]).toContain('extension 0x0000 appears twice');
     expect(origin.sockets).toEqual([]);
@@ -54,7 +54,7 @@ describe('faults', () => {
 
     expect(bytes).toEqual(alertBytes(DECODE_ERROR));
     await until(() => rejections(proxy).length === 1, 5000, 'the rejection');
-    expect(rejections(proxy)).toEqual([['MALFORMED', 'MALFORMED: the client closed in the middle of its ClientHello (at byte 60)']]);
+    expect(rejections(proxy)).toEqual([['COPROXY_TLS_MALFORMED', 'COPROXY_TLS_MALFORMED: the client closed in the middle of its ClientHello (at byte 60)']]);
     expect(origin.sockets).toEqual([]);
     await expectServes(proxy, origin.port);
   });
@@ -71,7 +71,7 @@ describe('faults', () => {
     // No alert: the client said nothing wrong, it just went quiet.
     expect(bytes).toEqual(Buffer.alloc(0));
     await until(() => rejections(proxy).length === 1, 5000, 'the rejection');
-    expect(rejections(proxy)).toEqual([['HELLO_TIMEOUT', 'no complete ClientHello within 200 ms']]);
+    expect(rejections(proxy)).toEqual([['COPROXY_TLS_HELLO_TIMEOUT', 'no complete ClientHello within 200 ms']]);
     expect(origin.sockets).toEqual([]);
     await expectServes(proxy, origin.port);
   });
@@ -87,7 +87,7 @@ describe('faults', () => {
 
     expect(bytes).toEqual(alertBytes(DECODE_ERROR));
     await until(() => rejections(proxy).length === 1, 5000, 'the rejection');
-    expect(rejections(proxy)[0]).toEqual(['TOO_LARGE', expect.stringContaining('exceeds 1000') as string]);
+    expect(rejections(proxy)[0]).toEqual(['COPROXY_TLS_TOO_LARGE', expect.stringContaining('exceeds 1000') as string]);
     await expectServes(proxy, origin.port);
   });
 

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ClientHello, parseClientHello } from './client-hello.js';
 import { ja3, ja4 } from './fingerprint.js';
 import { captureCurlHello, captureNodeHello } from './test-support/capture.js';
-import { GREASY_FIELDS, type HelloFields, clientHello, ext, handshake, helloBody, records, segments } from './test-support/hello-builder.js';
+import { GREASY_FIELDS, type HelloFields, clientHello, ext, handshake, helloBody, tlsRecords, segments } from './test-support/hello-builder.js';
 import { dissectClientHellos, pcap, tsharkVersion } from './test-support/tshark.js';
 
 function helloOf(bytes: Buffer): ClientHello {
@@ -189,7 +189,7 @@ describe('JA4 worked out by hand from the spec', () => {
 
     expect(ja4(helloOf(clientHello(GREASY_FIELDS)))).toBe(expected);
     // The same hello split over records and segments fingerprints the same.
-    const split = records(handshake(helloBody(GREASY_FIELDS)), { sizes: [5] });
+    const split = tlsRecords(handshake(helloBody(GREASY_FIELDS)), { sizes: [5] });
     expect(ja4(helloOf(split))).toBe(expected);
   });
 

@@ -9,7 +9,7 @@
 
 /** The first bytes so far: which way they sort, or that more are needed to tell. */
 export type FirstBytesKind =
-  /** A handshake record (byte 0 is 22): the ClientHello parser decides the rest. */
+  /** A handshake TLS record (byte 0 is 22): the ClientHello parser decides the rest. */
   | 'tls'
   /** An HTTP/1.x request line, up to its line ending. */
   | 'http1'

@@ -2,8 +2,12 @@
  * @coproxy/proxy-tls: a transparent inspecting TLS proxy (peek, splice, block, bump), a
  * second vendor's product built on @coproxy/core's public API only.
  */
-export { createTlsProxy, alertRecord } from './proxy.js';
-export type { TlsProxy, TlsProxyOptions, Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnbumpableAction, UnrecognisedReason, RelayedProtocol } from './proxy.js';
+export { createTlsProxy } from './proxy.js';
+export type { TlsProxy } from './proxy.js';
+export type { TlsProxyOptions } from './options.js';
+export type { Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnbumpableAction, UnrecognisedReason, RelayedProtocol } from './events.js';
+export { tlsAlertRecord, alertRecord } from './tls-alert.js';
+export { TlsProxyError, TlsErrorCode } from './errors.js';
 export { classifyFirstBytes, MAX_REQUEST_LINE } from './first-bytes.js';
 export type { FirstBytesKind } from './first-bytes.js';
 export { parseClientHello, ClientHelloError, isGrease } from './client-hello.js';

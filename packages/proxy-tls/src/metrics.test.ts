@@ -68,7 +68,7 @@ describe('metrics', () => {
       ]),
     );
     expect((await values(metrics.handshakes)).length).toBe(2);
-    expect(await values(metrics.errors)).toEqual([{ labels: { code: 'DUPLICATE_EXTENSION' }, value: 1 }]);
+    expect(await values(metrics.errors)).toEqual([{ labels: { code: 'COPROXY_TLS_DUPLICATE_EXTENSION' }, value: 1 }]);
     // The unrecognised bytes and the malformed hello: both under the default policy.
     expect(await values(metrics.unrecognised)).toEqual([{ labels: { action: 'block' }, value: 2 }]);
     const sent = spliced.length + blocked.length + opaque.length + malformed.length;

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { z } from 'zod';
 import type { SniAnomaly } from './client-hello.js';
+import { TlsErrorCode, TlsProxyError } from './errors.js';
 
 /**
  * The policy file: ordered rules, the first whose `when` holds decides; `default` (splice
@@ -48,14 +49,13 @@ const policyFile = z.object({ default: action.optional(), rules: z.array(rule).o
 
 export type PolicyFile = z.infer<typeof policyFile>;
 
-export class PolicyError extends Error {
+export class PolicyError extends TlsProxyError<typeof TlsErrorCode.PolicyInvalid> {
   override readonly name = 'PolicyError';
-  readonly code = 'COPROXY_TLS_POLICY_INVALID';
   constructor(
     readonly source: string,
     readonly problems: readonly string[],
   ) {
-    super(`invalid policy in ${source}:\n  ${problems.join('\n  ')}`);
+    super(TlsErrorCode.PolicyInvalid, `invalid policy in ${source}:\n  ${problems.join('\n  ')}`);
   }
 }
 

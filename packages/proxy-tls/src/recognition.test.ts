@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { GREASY_FIELDS, clientHello, ext, handshake, helloBody, records } from './test-support/hello-builder.js';
+import { GREASY_FIELDS, clientHello, ext, handshake, helloBody, tlsRecords } from './test-support/hello-builder.js';
 import {
   type ProxyUnderTest,
   alertBytes,
@@ -36,7 +36,7 @@ async function sendAll(proxy: ProxyUnderTest, port: number, bytes: Buffer): Prom
 }
 
 /** A ServerHello where a ClientHello should be: record framing right, message wrong. */
-const serverHelloFirst = (): Buffer => records(handshake(helloBody(GREASY_FIELDS), 2));
+const serverHelloFirst = (): Buffer => tlsRecords(handshake(helloBody(GREASY_FIELDS), 2));
 
 describe('recognising a connection’s first bytes', () => {
   it('blocks bytes that are neither TLS nor a protocol it knows by default: closed without a byte, the origin never dialled, and said so', async () => {
@@ -83,8 +83,8 @@ describe('recognising a connection’s first bytes', () => {
       const result = await sendAll(proxy, origin.port, bytes);
       expect(result.bytes).toEqual(alertBytes(DECODE_ERROR));
       await until(() => proxy.eventsOf('unrecognised').length === 1, 5000, 'the unrecognised event');
-      expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'block', reason: 'malformed-tls', code: 'NOT_CLIENT_HELLO' });
-      expect(proxy.eventsOf('hello-rejected')).toEqual([expect.objectContaining({ code: 'NOT_CLIENT_HELLO' })]);
+      expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'block', reason: 'malformed-tls', code: 'COPROXY_TLS_NOT_CLIENT_HELLO' });
+      expect(proxy.eventsOf('hello-rejected')).toEqual([expect.objectContaining({ code: 'COPROXY_TLS_NOT_CLIENT_HELLO' })]);
       expect(origin.sockets).toEqual([]);
     }
     {
@@ -92,7 +92,7 @@ describe('recognising a connection’s first bytes', () => {
       const result = await sendAll(proxy, origin.port, bytes);
       expect(result.bytes).toEqual(bytes); // the echo origin got it unchanged
       await until(() => proxy.eventsOf('unrecognised').length === 1, 5000, 'the unrecognised event');
-      expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'relay', reason: 'malformed-tls', code: 'NOT_CLIENT_HELLO' });
+      expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'relay', reason: 'malformed-tls', code: 'COPROXY_TLS_NOT_CLIENT_HELLO' });
       expect(origin.sockets.length).toBe(1);
     }
   });
@@ -105,7 +105,7 @@ describe('recognising a connection’s first bytes', () => {
 
     expect(result.bytes).toEqual(Buffer.alloc(0));
     await until(() => proxy.eventsOf('unrecognised').length === 1, 5000, 'the unrecognised event');
-    expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'block', reason: 'malformed-tls', code: 'BAD_RECORD' });
+    expect(proxy.eventsOf('unrecognised')[0]).toMatchObject({ action: 'block', reason: 'malformed-tls', code: 'COPROXY_TLS_BAD_RECORD' });
   });
 
   it('relays an HTTP/1.x request (any method token, after empty lines, sent slowly) and the HTTP/2 preface while it blocks the unrecognised', async () => {
@@ -194,7 +194,7 @@ describe('recognising a connection’s first bytes', () => {
     expect(bytes).toEqual(Buffer.alloc(0));
     expect(origin.sockets).toEqual([]);
     await until(() => proxy.eventsOf('hello-rejected').length === 1, 5000, 'the rejection');
-    expect(proxy.eventsOf('hello-rejected')[0]).toMatchObject({ code: 'HELLO_TIMEOUT' });
+    expect(proxy.eventsOf('hello-rejected')[0]).toMatchObject({ code: 'COPROXY_TLS_HELLO_TIMEOUT' });
     expect(proxy.eventsOf('unrecognised')).toEqual([]);
   });
 });

@@ -91,7 +91,7 @@ describe('splice', () => {
       ja3Text: fingerprint.text,
       ja4: ja4(hello),
       ech: false,
-      records: 1,
+      tlsRecordCount: 1,
       action: 'splice',
       rule: undefined,
     });
@@ -123,7 +123,7 @@ describe('splice', () => {
     expect(sha256(delivered)).toBe(sha256(toOrigin));
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
     const parsed = helloOf(hello).hello;
-    expect(proxy.handshakes[0]).toMatchObject({ sni: 'greasy.example', records: 3, ja3: ja3(parsed).hash, ja4: ja4(parsed), action: 'splice' });
+    expect(proxy.handshakes[0]).toMatchObject({ sni: 'greasy.example', tlsRecordCount: 3, ja3: ja3(parsed).hash, ja4: ja4(parsed), action: 'splice' });
   });
 
   it('reports an outer encrypted_client_hello with the public name as the SNI', async () => {

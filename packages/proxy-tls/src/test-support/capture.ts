@@ -5,7 +5,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { parseClientHello } from '../client-hello.js';
 
-/** A listener that resolves with the first connection's ClientHello bytes (exactly its records). */
+/** A listener that resolves with the first connection's ClientHello bytes (exactly its TLS records). */
 async function helloListener(): Promise<{ port: number; hello: Promise<Buffer>; close(): void }> {
   const server = net.createServer();
   await new Promise<void>((resolve, reject) => {

@@ -12,7 +12,9 @@ import tls from 'node:tls';
 import { connect } from '@coproxy/core';
 import type { Subscription } from 'rxjs';
 import { CertificateAuthority } from '../ca.js';
-import { type Handshake, type TlsExchange, type TlsProxy, type TlsProxyEvent, type TlsProxyOptions, createTlsProxy } from '../proxy.js';
+import type { Handshake, TlsExchange, TlsProxyEvent } from '../events.js';
+import type { TlsProxyOptions } from '../options.js';
+import { type TlsProxy, createTlsProxy } from '../proxy.js';
 
 let nextId = 0;
 /** A redirector id no other test (or test process) uses at the same time. */
@@ -154,7 +156,7 @@ export class ByteLog {
 /**
  * A Duplex over a TCP socket that logs every byte each way, so that TLS can run over it
  * (`tls.connect({ socket: tap })`, or a server's 'connection') while the test sees the
- * records on the wire.
+ * TLS records on the wire.
  */
 export class Tap extends Duplex {
   readonly sent = new ByteLog();
@@ -262,7 +264,7 @@ export interface TlsOriginOptions {
 /**
  * A TLS origin on 127.0.0.1 whose certificate for each SNI name comes from `ca` (clients
  * must send SNI: without it there is no certificate to present). Every TCP connection is tapped below TLS, so a test can compare the
- * records the origin received with those the client sent.
+ * TLS records the origin received with those the client sent.
  */
 export async function startTlsOrigin(options: TlsOriginOptions): Promise<TlsOrigin> {
   const taps: Tap[] = [];

@@ -1,5 +1,5 @@
 // Builds ClientHellos byte by byte from fields, for the parser's and fingerprints' tests:
-// records, handshake header, body and extensions, each length computed here, so a test
+// TLS records, handshake header, body and extensions, each length computed here, so a test
 // can state a hello by what it says and still get every length right (or wrong on
 // purpose, by patching the bytes afterwards). Not part of the build.
 
@@ -90,8 +90,8 @@ export function handshake(body: Buffer, type = 1): Buffer {
   return Buffer.concat([u8(type), vector(3, body)]);
 }
 
-export interface RecordOptions {
-  /** Fragment sizes in order; the last one repeats until the message is used up. Default one record. */
+export interface TlsRecordOptions {
+  /** Fragment sizes in order; the last one repeats until the message is used up. Default one TLS record. */
   readonly sizes?: readonly number[];
   /** Record layer version. Default 0x0301, as most clients send in the first flight. */
   readonly version?: number;
@@ -100,23 +100,23 @@ export interface RecordOptions {
 }
 
 /** Cuts `message` into TLS records (RFC 8446 §5.1). */
-export function records(message: Buffer, options: RecordOptions = {}): Buffer {
+export function tlsRecords(message: Buffer, options: TlsRecordOptions = {}): Buffer {
   const sizes = options.sizes ?? [message.length];
   const out: Buffer[] = [];
   let offset = 0;
   let index = 0;
   while (offset < message.length) {
     const size = Math.min(sizes[Math.min(index++, sizes.length - 1)]!, message.length - offset);
-    if (size <= 0) throw new RangeError('record sizes must be positive');
+    if (size <= 0) throw new RangeError('TLS record sizes must be positive');
     out.push(u8(options.type ?? 22), u16(options.version ?? 0x0301), u16(size), message.subarray(offset, offset + size));
     offset += size;
   }
   return Buffer.concat(out);
 }
 
-/** A whole ClientHello as a client sends it: records around the handshake message. */
-export function clientHello(fields: HelloFields = {}, recordOptions: RecordOptions = {}): Buffer {
-  return records(handshake(helloBody(fields)), recordOptions);
+/** A whole ClientHello as a client sends it: TLS records around the handshake message. */
+export function clientHello(fields: HelloFields = {}, tlsRecordOptions: TlsRecordOptions = {}): Buffer {
+  return tlsRecords(handshake(helloBody(fields)), tlsRecordOptions);
 }
 
 /** `bytes` cut at the given offsets (TCP segments). */

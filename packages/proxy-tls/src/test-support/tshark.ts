@@ -56,11 +56,11 @@ export function pcap(flows: readonly Flow[]): Buffer {
       tcp[13] = 0x18; // PSH, ACK
       tcp.writeUInt16BE(65_535, 14);
       sequence += payload.length;
-      const record = Buffer.alloc(16);
-      record.writeUInt32LE(time++, 0);
-      record.writeUInt32LE(40 + payload.length, 8);
-      record.writeUInt32LE(40 + payload.length, 12);
-      out.push(record, ip, tcp, payload);
+      const pcapRecord = Buffer.alloc(16);
+      pcapRecord.writeUInt32LE(time++, 0);
+      pcapRecord.writeUInt32LE(40 + payload.length, 8);
+      pcapRecord.writeUInt32LE(40 + payload.length, 12);
+      out.push(pcapRecord, ip, tcp, payload);
     }
   }
   return Buffer.concat(out);

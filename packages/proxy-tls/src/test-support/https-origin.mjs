@@ -11,7 +11,7 @@
 // argv[2]: CA dir; argv[3..]: addresses to listen on; argv[last]: the port. Sends
 // { ready: true } over IPC once listening on all; exits when the test goes away.
 import https from 'node:https';
-import { CertificateAuthority } from '../dist/index.js';
+import { CertificateAuthority } from '../../dist/index.js';
 
 const [dir, ...args] = process.argv.slice(2);
 const port = Number(args.pop());

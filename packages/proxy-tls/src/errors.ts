@@ -1,0 +1,56 @@
+import { VendorError, defineErrorCodes } from '@coproxy/core';
+
+/**
+ * Every code this package gives its own failures, under the vendor prefix `COPROXY_TLS_`,
+ * so that on a host running several vendors a log line, an event or a metric label names
+ * one failure only. Errno names (`ECONNRESET`) and OpenSSL codes (`CERT_HAS_EXPIRED`) that
+ * come from Node are passed on as they are: they already mean one thing everywhere.
+ */
+export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
+  // The ClientHello parser (`ClientHelloError`).
+  /** The first byte is not a handshake TLS record: not TLS (the caller may pass it through). */
+  NotTls: 'NOT_TLS',
+  /** A TLS record or handshake header is invalid: wrong type, version or length. */
+  BadRecord: 'BAD_RECORD',
+  /** The first handshake message is not a ClientHello. */
+  NotClientHello: 'NOT_CLIENT_HELLO',
+  /** A length runs past its container, a list is malformed, or bytes are left over. */
+  Malformed: 'MALFORMED',
+  /** The hello is larger than the configured bound. */
+  TooLarge: 'TOO_LARGE',
+  /** An extension appears twice (RFC 8446 §4.2 forbids it). */
+  DuplicateExtension: 'DUPLICATE_EXTENSION',
+  // Reading the first bytes.
+  /** A stream that started as TLS was no complete ClientHello within `helloTimeoutMs`. */
+  HelloTimeout: 'HELLO_TIMEOUT',
+  /** The first bytes could not be read (a failure without a code of its own). */
+  HelloFailed: 'HELLO_FAILED',
+  // Onward legs.
+  /** The onward connection of a splice or relay could not be made. */
+  OriginUnreachable: 'ORIGIN_UNREACHABLE',
+  /** A relayed leg ended in an error without a code of its own. */
+  Reset: 'RESET',
+  /** Bump: the origin's TLS connection, or the request to it, failed. */
+  OriginFailed: 'ORIGIN_FAILED',
+  /** Bump: the TLS handshake with the client failed. */
+  ClientTlsFailed: 'CLIENT_TLS_FAILED',
+  /** Bump: the decrypted bytes are no HTTP/1.1 request. */
+  HttpParse: 'HTTP_PARSE',
+  // Configuration.
+  /** The CA files could not be created, read or used (`CaError`). */
+  CaError: 'CA_ERROR',
+  /** The policy file is not valid (`PolicyError`). */
+  PolicyInvalid: 'POLICY_INVALID',
+});
+
+/** One of this package's own error codes. */
+export type TlsErrorCode = (typeof TlsErrorCode)[keyof typeof TlsErrorCode];
+
+/**
+ * The one error base of the package: `CaError`, `PolicyError` and `ClientHelloError`
+ * extend it, and failures without a class of their own (a hello timeout) are one.
+ * Branch on `code`, never on the message.
+ */
+export class TlsProxyError<Code extends TlsErrorCode = TlsErrorCode> extends VendorError<Code> {
+  override readonly name: string = 'TlsProxyError';
+}

@@ -1,0 +1,81 @@
+import type { Destination, RedirectorEvent } from '@coproxy/core';
+import type { SniAnomaly } from './client-hello.js';
+import type { Action } from './policy.js';
+
+/**
+ * What the proxy tells its users, as types only: every other module of the package may
+ * import this one, and this one imports no behaviour, so no module needs proxy.ts back.
+ */
+
+/** The `unrecognised` policy: what happens to bytes that are neither TLS nor a protocol this proxy knows. */
+export type UnrecognisedAction = 'block' | 'relay';
+
+/** The `unbumpable` policy: what a bump decision becomes when bump cannot be done. */
+export type UnbumpableAction = 'block' | 'splice';
+
+/**
+ * Why a connection was unrecognised: `silent` (no byte within the sniff timeout), `unknown`
+ * (bytes of no protocol it recognises), `malformed-tls` (the first byte says TLS, the rest
+ * is no ClientHello: `code` is the parser's), `incomplete` (the client ended, or the
+ * deadline passed, before its first bytes could be told apart).
+ */
+export type UnrecognisedReason = 'silent' | 'unknown' | 'malformed-tls' | 'incomplete';
+
+/** What was relayed without inspection: a recognised protocol, or unrecognised bytes under `relay`. */
+export type RelayedProtocol = 'http1' | 'h2' | 'unrecognised';
+
+/** One inspected ClientHello and what the policy did with it. */
+export interface Handshake {
+  readonly connectionId: string;
+  readonly destination: Destination;
+  readonly redirectedBy: readonly string[];
+  /** The server name, lower-cased and without a trailing dot; undefined when none is usable. */
+  readonly sni: string | undefined;
+  /** Present when server_name was there but unusual: the fact the policy saw. */
+  readonly sniAnomaly?: SniAnomaly;
+  readonly alpn: readonly string[];
+  readonly supportedVersions: readonly number[];
+  readonly cipherSuites: readonly number[];
+  readonly ja3: string;
+  readonly ja3Text: string;
+  readonly ja4: string;
+  /** An outer encrypted_client_hello was present: `sni` is then the public (outer) name. */
+  readonly ech: boolean;
+  /** How many TLS records the hello spanned. */
+  readonly tlsRecordCount: number;
+  readonly action: Action;
+  /** The policy rule that decided; undefined for the default. */
+  readonly rule: string | undefined;
+  /** Set when the action taken differs from the policy's (e.g. bump impossible: spliced). */
+  readonly note?: string;
+}
+
+/** A decrypted HTTP/1.1 exchange in bump mode. */
+export interface TlsExchange {
+  readonly connectionId: string;
+  readonly sni: string | undefined;
+  readonly sequence: number;
+  readonly request: { readonly method: string; readonly url: string; readonly host: string | undefined; readonly bodyBytes: number };
+  readonly response?: { readonly status: number; readonly bodyBytes: number };
+  readonly error?: { readonly code: string; readonly message: string };
+}
+
+/** The failures that end a connection, each an event of its own type. */
+export type FailureEventType = 'hello-rejected' | 'origin-rejected' | 'connection-failed';
+
+export type TlsProxyEvent =
+  | RedirectorEvent
+  /** Relayed without inspection: another protocol recognised, or unrecognised bytes under `relay`. */
+  | { readonly type: 'opaque'; readonly connectionId: string; readonly protocol: RelayedProtocol }
+  /** First bytes neither TLS nor a recognised protocol, and what the `unrecognised` policy did. */
+  | {
+      readonly type: 'unrecognised';
+      readonly connectionId: string;
+      readonly action: UnrecognisedAction;
+      readonly reason: UnrecognisedReason;
+      /** For `malformed-tls`: the ClientHello parser's code. */
+      readonly code?: string;
+    }
+  | { readonly type: 'hello-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
+  | { readonly type: 'origin-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
+  | { readonly type: 'connection-failed'; readonly connectionId: string; readonly code: string; readonly message: string };

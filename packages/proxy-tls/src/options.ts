@@ -1,0 +1,91 @@
+import type { BackendName, FailMode, MatchRule } from '@coproxy/core';
+import type { Logger } from 'pino';
+import type { CertificateAuthority } from './ca.js';
+import type { UnbumpableAction, UnrecognisedAction } from './events.js';
+import type { PeekSettings } from './hello-peek.js';
+import type { PolicyFile } from './policy.js';
+
+export interface TlsProxyOptions {
+  readonly id: string;
+  readonly priority: number;
+  /** Default every TCP connection to port 443. */
+  readonly match?: MatchRule;
+  readonly backend?: BackendName;
+  readonly failMode?: FailMode;
+  readonly registry?: string;
+  readonly markMask?: number;
+  /** A policy file's content or path; without one every handshake is spliced. */
+  readonly policy?: PolicyFile | string;
+  /** Bump mode: the CA directory (created on first use) or an opened CA. Required for `bump`. */
+  readonly ca?: { readonly dir: string } | CertificateAuthority;
+  /** Bump mode: PEM bundle to verify origins with, instead of Node's system store. */
+  readonly originCa?: string | Buffer;
+  /**
+   * What to do with a connection whose first bytes are neither TLS nor a protocol this proxy
+   * recognises (HTTP/1.x, the HTTP/2 preface): bytes of another protocol, a stream that
+   * starts like TLS but is not a ClientHello, a client silent for `sniffTimeoutMs`.
+   * `block` (the default) closes it, after a TLS alert when it started like TLS; `relay`
+   * passes it on unchanged, uninspected. Either way: a log line, a metric, an event.
+   */
+  readonly unrecognised?: UnrecognisedAction;
+  /**
+   * What a `bump` decision becomes when bump cannot be done: the client offers only ALPN
+   * protocols bump does not speak (`h2` alone, `grpc-exp`…), or its hello carries
+   * `encrypted_client_hello` (the name the policy matched may not be the one visited).
+   * `block` (the default) answers access_denied; `splice` relays the handshake uninspected,
+   * the operator's explicit choice. Either way the handshake event's `note` says why.
+   */
+  readonly unbumpable?: UnbumpableAction;
+  /** A client that sends nothing this long (a server-first protocol) is unrecognised. Default 1000 ms. */
+  readonly sniffTimeoutMs?: number;
+  /** The ClientHello (or another protocol's first line) must be complete within this long. Default 10 000 ms. */
+  readonly helloTimeoutMs?: number;
+  /** Largest ClientHello accepted. Default 65 536 bytes. */
+  readonly maxHelloBytes?: number;
+  /** Default 10 000 ms. */
+  readonly connectTimeoutMs?: number;
+  readonly logger?: Logger;
+  /**
+   * Default true. `false` makes onward connections carry only this proxy's own redirect,
+   * as a vendor that merely excludes itself would: for demonstrating the loop redirect
+   * records prevent (the testbed's `--drop-records`).
+   */
+  readonly propagateRecords?: boolean;
+}
+
+/** The options checked and defaulted, as each concern reads them. */
+export interface TlsProxySettings {
+  readonly unrecognised: UnrecognisedAction;
+  readonly unbumpable: UnbumpableAction;
+  readonly peek: PeekSettings;
+  readonly connectTimeoutMs: number;
+}
+
+/** Checks what JavaScript callers may get wrong; throws RangeError naming the option. */
+export function resolveSettings(options: TlsProxyOptions): TlsProxySettings {
+  const unrecognised = oneOf(options.unrecognised, ['block', 'relay'] as const, 'unrecognised');
+  const unbumpable = oneOf(options.unbumpable, ['block', 'splice'] as const, 'unbumpable');
+  return {
+    unrecognised,
+    unbumpable,
+    peek: {
+      sniffTimeoutMs: positive(options.sniffTimeoutMs, 1000, 'sniffTimeoutMs'),
+      helloTimeoutMs: positive(options.helloTimeoutMs, 10_000, 'helloTimeoutMs'),
+      maxHelloBytes: positive(options.maxHelloBytes, 65_536, 'maxHelloBytes'),
+    },
+    connectTimeoutMs: positive(options.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
+  };
+}
+
+/** A policy option from JavaScript may be any string: the first choice is the default, anything else is refused. */
+function oneOf<TValue extends string>(value: TValue | undefined, choices: readonly [TValue, ...TValue[]], name: string): TValue {
+  if (value === undefined) return choices[0];
+  if (!choices.includes(value)) throw new RangeError(`${name}: one of ${choices.join(', ')}, got ${String(value)}`);
+  return value;
+}
+
+function positive(value: number | undefined, fallback: number, name: string): number {
+  const result = value ?? fallback;
+  if (!Number.isInteger(result) || result <= 0) throw new RangeError(`${name}: must be a positive integer, got ${String(result)}`);
+  return result;
+}

@@ -1,0 +1,48 @@
+import type { Logger } from 'pino';
+import { Subject } from 'rxjs';
+import type { FailureEventType, Handshake, TlsExchange, TlsProxyEvent } from './events.js';
+import type { TlsProxyMetrics } from './metrics.js';
+
+/**
+ * Where every concern of the proxy says what happened: one metric, one log line, one event
+ * per fact, the same way from the hello peek, the policy decision, the splice and the bump.
+ * An event nobody subscribes to is not built into a stream (`observed`).
+ */
+export class Reporter {
+  readonly handshakes = new Subject<Handshake>();
+  readonly exchanges = new Subject<TlsExchange>();
+  readonly events = new Subject<TlsProxyEvent>();
+
+  constructor(
+    readonly metrics: TlsProxyMetrics,
+    readonly logger: Logger,
+  ) {}
+
+  emit(event: TlsProxyEvent): void {
+    if (this.events.observed) this.events.next(event);
+  }
+
+  /** A failure that ends a connection: counted by code, logged as a warning, an event. */
+  fail(type: FailureEventType, connectionId: string, code: string, message: string): void {
+    this.metrics.errors.inc({ code });
+    this.logger.warn({ connectionId, code, message }, type);
+    this.emit({ type, connectionId, code, message });
+  }
+
+  handshake(handshake: Handshake): void {
+    this.logger.info({ handshake }, 'handshake');
+    if (this.handshakes.observed) this.handshakes.next(handshake);
+  }
+
+  exchange(exchange: TlsExchange): void {
+    this.metrics.exchanges.inc();
+    this.logger.info({ exchange }, 'exchange');
+    if (this.exchanges.observed) this.exchanges.next(exchange);
+  }
+
+  complete(): void {
+    this.handshakes.complete();
+    this.exchanges.complete();
+    this.events.complete();
+  }
+}

@@ -189,7 +189,7 @@ export class ClientConnection {
     if (this.headSince === undefined || now - this.headSince < this.hooks.settings.headersTimeoutMs) return;
     this.headSince = undefined;
     // A pipelined head is answered after the responses before it.
-    this.refuse('ERR_HTTP_REQUEST_TIMEOUT', 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
+    this.refuse(ProxyErrorCode.RequestTimeout, 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
   }
 
   private readonly onData = (chunk: Buffer): void => {
@@ -349,8 +349,8 @@ export class ClientConnection {
     if (exchange.rejection !== undefined) return this.rejectHead(exchange, exchange.rejection);
     if (request.method === 'CONNECT') {
       // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
-      this.hooks.countError('CONNECT_METHOD');
-      this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: 'CONNECT_METHOD', status: 501 });
+      this.hooks.countError(ProxyErrorCode.ConnectMethod);
+      this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.ConnectMethod, status: 501 });
       return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
     }
     let decision: Decision;
@@ -692,7 +692,7 @@ export class ClientConnection {
     this.socket.resume();
     void relay(this.socket, leg.socket).then((result) => {
       exchange.tunnel = { bytesFromClient: clientRest.length + result.fromClient, bytesToClient: originRest.length + result.toClient };
-      if (result.error !== undefined) exchange.failure = { code: errorCode(result.error, 'RESET'), message: result.error.message };
+      if (result.error !== undefined) exchange.failure = { code: errorCode(result.error, ProxyErrorCode.RelayReset), message: result.error.message };
       exchange.requestDone = exchange.responseDone = true;
       this.finish(exchange);
     });

@@ -50,7 +50,7 @@ describe('framing is never altered in flight', () => {
     expect(origin.connections).toHaveLength(0);
     expect(origin.seen).toEqual([]);
     await until(() => clientErrors(under.events).length === 1, 5000, 'the client-error event');
-    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code: 'CONNECTION_NAMES_FRAMING', status: 400 })]);
+    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code: 'COPROXY_HTTP_CONNECTION_NAMES_FRAMING', status: 400 })]);
   });
 
   it('still honours Connection options that name hop-by-hop fields (keep-alive, TE, Upgrade)', async () => {
@@ -88,7 +88,7 @@ describe('framing is never altered in flight', () => {
 
       const reply = await rawRequest(under.registry, origin.port, 'POST /x HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody');
 
-      expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*INSPECTOR_FAILED/);
+      expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*COPROXY_HTTP_INSPECTOR_FAILED/);
       expect(origin.seen).toEqual([]);
     },
   );
@@ -118,16 +118,16 @@ describe('malformed requests get a status response', () => {
     ['a bad chunk size', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a bad chunk size after a good chunk', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5x\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a control character in a chunk extension', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5;a\u0001b\r\nhello\r\n0\r\n\r\n', 'HPE_STRICT'],
-    ['Transfer-Encoding: xchunked', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
-    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', /^(?:TRANSFER_ENCODING_INVALID|HPE_INVALID_TRANSFER_ENCODING)$/],
-    ['Transfer-Encoding in an HTTP/1.0 request', '400 Bad Request', 'POST /x HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
-    ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_CODING_UNKNOWN'],
-    ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'BODY_TOO_LARGE'],
-    ['a chunk size past the bound after a good chunk', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10000000001\r\nhello', 'BODY_TOO_LARGE'],
-    ['a chunked body on an Upgrade request, whatever its chunk sizes', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'UPGRADE_WITH_CHUNKED_BODY'],
-    ['a Content-Length past the bound', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 1099511627777\r\n\r\nhello', 'BODY_TOO_LARGE'],
-    ['an HTTP/0.9 request line', '505 HTTP Version Not Supported', 'GET /x\r\n\r\n', 'HTTP_VERSION'],
-    ['an HTTP/2.0 request line', '505 HTTP Version Not Supported', 'GET /x HTTP/2.0\r\nHost: o\r\n\r\n', 'HTTP_VERSION'],
+    ['Transfer-Encoding: xchunked', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_ENCODING_INVALID'],
+    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', /^(?:COPROXY_HTTP_TRANSFER_ENCODING_INVALID|HPE_INVALID_TRANSFER_ENCODING)$/],
+    ['Transfer-Encoding in an HTTP/1.0 request', '400 Bad Request', 'POST /x HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_ENCODING_INVALID'],
+    ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_CODING_UNKNOWN'],
+    ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['a chunk size past the bound after a good chunk', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10000000001\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['a chunked body on an Upgrade request, whatever its chunk sizes', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'COPROXY_HTTP_UPGRADE_WITH_CHUNKED_BODY'],
+    ['a Content-Length past the bound', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 1099511627777\r\n\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['an HTTP/0.9 request line', '505 HTTP Version Not Supported', 'GET /x\r\n\r\n', 'COPROXY_HTTP_HTTP_VERSION'],
+    ['an HTTP/2.0 request line', '505 HTTP Version Not Supported', 'GET /x HTTP/2.0\r\nHost: o\r\n\r\n', 'COPROXY_HTTP_HTTP_VERSION'],
   ];
 
   it.each(CASES)('answers %s with %s, and the origin gets no request', async (_name, status, request, code) => {

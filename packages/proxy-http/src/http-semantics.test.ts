@@ -222,9 +222,9 @@ describe('HTTP/1.1 semantics through the proxy', () => {
     });
     const reply = await rawRequest(under.registry, origin.port, 'GET /s HTTP/1.1\r\nHost: o\r\n\r\n');
 
-    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*INSPECTOR_FAILED/);
+    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*COPROXY_HTTP_INSPECTOR_FAILED/);
     expect(origin.connections).toHaveLength(0);
-    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'INSPECTOR_FAILED', status: 502 })]);
+    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_INSPECTOR_FAILED', status: 502 })]);
   });
 
   it('answers a chunked request body that turns malformed mid-way with 400, cuts the origin leg, and goes on serving', async () => {

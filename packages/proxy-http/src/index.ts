@@ -8,7 +8,7 @@ export type { Inspector, Verdict, Decision, RequestInfo, ResponseInfo, Connectio
 export { parseRules, loadRules, rulesInspector } from './rules.js';
 export type { Rule, RuleFile } from './rules.js';
 export { HttpProxyMetrics, serveMetrics } from './metrics.js';
-export { RulesError, HttpProxyOptionsError, AnnotationRefusedError, ProxyErrorCode } from './errors.js';
+export { HttpProxyError, RulesError, HttpProxyOptionsError, AnnotationRefusedError, ProxyErrorCode } from './errors.js';
 export { classify as classifyFirstBytes } from './sniff.js';
 export type { FirstBytes } from './sniff.js';
 export { RequestViewCode, RequestViewError, canonicalAuthority, pathReadings } from './canonical-request.js';

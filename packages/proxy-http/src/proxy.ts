@@ -283,7 +283,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       sequence: 1,
       // From the relay, not the socket: the socket's bytesRead also counts the redirect layer's framing.
       tunnel: { bytesFromClient: head.length + result.fromClient, bytesToClient: result.toClient },
-      ...(result.error !== undefined && { error: { code: errorCode(result.error, 'RESET'), message: result.error.message } }),
+      ...(result.error !== undefined && { error: { code: errorCode(result.error, ProxyErrorCode.RelayReset), message: result.error.message } }),
       startedAt,
       durationMs: Date.now() - startedAt,
     });

@@ -73,7 +73,7 @@ describe('recognising HTTP', () => {
     expect(reply).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     expect(reply).toContain('Connection: close\r\n');
     expect(origin.seen).toEqual([]);
-    expect(under.events).toContainEqual(expect.objectContaining({ type: 'client-error', code: 'LEADING_EMPTY_LINES', status: 400 }));
+    expect(under.events).toContainEqual(expect.objectContaining({ type: 'client-error', code: 'COPROXY_HTTP_LEADING_EMPTY_LINES', status: 400 }));
     // Four empty lines are within the bound.
     const fits = await rawRequest(under.registry, origin.port, `${'\r\n'.repeat(4)}GET /open HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`);
     expect(fits).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*served \/open$/);
@@ -125,8 +125,8 @@ describe('recognising HTTP', () => {
     }
     expect(origin.connections).toHaveLength(0);
     expect(under.events.filter((e) => e.type === 'client-error')).toEqual([
-      expect.objectContaining({ code: 'ERR_HTTP_REQUEST_TIMEOUT', status: 408 }),
-      expect.objectContaining({ code: 'ERR_HTTP_REQUEST_TIMEOUT', status: 408 }),
+      expect.objectContaining({ code: 'COPROXY_HTTP_REQUEST_TIMEOUT', status: 408 }),
+      expect.objectContaining({ code: 'COPROXY_HTTP_REQUEST_TIMEOUT', status: 408 }),
     ]);
   });
 

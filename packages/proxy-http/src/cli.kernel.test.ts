@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { HttpExchange } from './proxy.js';
+import type { HttpExchange } from './events.js';
 import { sha256, sleep, tempDir, until, within } from './test-support/harness.js';
 import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 

@@ -1,16 +1,38 @@
 import http from 'node:http';
 import type net from 'node:net';
-import { type AcceptedConnection, relay, spliceBurst } from '@coproxy/core';
+import { type AcceptedConnection, errorCodeOf, relay, spliceBurst } from '@coproxy/core';
 import type { Logger } from 'pino';
 import { type RequestViewError, canonicalRequest } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
-import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
+import type { HttpExchange, HttpProxyEvent } from './events.js';
+import {
+  Exchange,
+  asError,
+  decideRequest,
+  headFault,
+  exchangeLogEntry,
+  failureText,
+  inspectResponse,
+  originBrokeCode,
+  planRequest,
+  planResponse,
+  upgradeResponseHead,
+} from './exchange.js';
+import { LAST_CHUNK, framingOf, headersObject, localAnswer, writeBody } from './http-head.js';
+import type { ConnectionInfo, Decision, Inspector, RequestInfo } from './inspector.js';
 import type { HttpProxyMetrics } from './metrics.js';
 import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError, isPause } from './node-http-parser.js';
-import type { HttpExchange, HttpProxyEvent } from './proxy.js';
+import { type OriginLeg, newOriginLeg, retire } from './origin-leg.js';
 import { ChunkSizeGuard, checkRequestFraming, dropConnectionOptions } from './request-framing.js';
 import { MAX_LEADING_EMPTY_BYTES, leadingEmptyBytes } from './sniff.js';
+
+/**
+ * The framing concern: one client connection's bytes. The client's requests are parsed
+ * (Node's parser, the framing checks of request-framing.ts, the chunk-size bound), their
+ * bodies moved to the origin and the origin's responses back, with backpressure both
+ * ways; upgrades become relays. What each exchange is and gets — inspection, verdicts,
+ * annotations, the origin's answer's framing — is exchange.ts's to decide.
+ */
 
 /** What a client connection needs from the proxy that owns it. */
 export interface ConnectionHooks {
@@ -22,9 +44,10 @@ export interface ConnectionHooks {
   readonly metrics: HttpProxyMetrics;
   readonly logger: Logger;
   emitEvent(event: HttpProxyEvent): void;
-  /** Whether anyone wants exchange records (a subscriber, or a log level that prints them). */
+  /** Whether anyone wants the exchange log (a subscriber, or a log level that prints it). */
   wantsExchanges(failed: boolean): boolean;
-  record(exchange: HttpExchange): void;
+  /** A finished exchange, for the exchange log. */
+  onExchange(exchange: HttpExchange): void;
   countError(code: string): void;
 }
 
@@ -38,8 +61,6 @@ export interface ConnectionSettings {
   readonly maxBodySize: number;
 }
 
-const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) });
-
 /** How a client that sent a malformed request or got a closing answer may take to close its side. */
 const CLIENT_CLOSE_GRACE_MS = 2000;
 /** Body bytes of a pipelined request held while the request before it is served; the client is paused beyond. */
@@ -51,68 +72,25 @@ const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
 /** What Node reads from a socket at most at a time: a read this long may have left more waiting. */
 const NODE_READ_BYTES = 64 * 1024;
 
-/** One request and its response, from the request head to the end of both. */
-class Exchange {
-  readonly startedAt = Date.now();
-  /** Where request body bytes go: held until the origin leg is ready, then the origin, or nowhere after a local answer. */
-  sink: 'hold' | 'origin' | 'discard' = 'hold';
-  held: Buffer[] = [];
-  heldBytes = 0;
-  requestBytes = 0;
-  responseBytes = 0;
-  requestDone = false;
-  responseDone = false;
-  finished = false;
-  decision: Decision | undefined;
-  response: ResponseInfo | undefined;
-  /** The response head went to the client: a failure from here on can only cut the connection. */
-  headSent = false;
-  /** How the response body goes to the client. */
-  toClient: Framing = 'none';
-  /** The client may send another request after this one. */
-  reusable: boolean;
-  /** Response body chunks held while response inspectors run. */
-  heldResponse: Buffer[] | undefined;
-  heldResponseComplete = false;
-  failure: { code: string; message: string } | undefined;
-  tunnel: { bytesFromClient: number; bytesToClient: number } | undefined;
+/**
+ * What the connection does with the bytes the client sends. `requests`: parsed as requests.
+ * `upgrade-pending`: an upgrade request's head was parsed; what follows is the upgraded
+ * protocol's, held until the origin accepts (or declines). `tunnelled`: the relay owns the
+ * socket. `refused`: a request was refused; nothing after it is parsed, and its answer
+ * goes out once the exchanges before it are answered. `closing`: no more requests are
+ * taken, the connection ends once the current exchange is done (`refused` is kept for the
+ * turn a refused request still gets).
+ */
+type ClientInput =
+  | { readonly state: 'requests' }
+  | { readonly state: 'upgrade-pending'; readonly held: Buffer[]; bytes: number }
+  | { readonly state: 'tunnelled' }
+  | { readonly state: 'refused'; readonly refusal: Refusal }
+  | { readonly state: 'closing'; readonly refusal: Refusal | undefined };
 
-  constructor(
-    readonly sequence: number,
-    readonly request: RequestInfo,
-    readonly rawHeaders: string[],
-    /** The request body's framing towards the origin (the same as the client's). */
-    readonly framing: Framing,
-    keepAlive: boolean,
-    /** Why the head is answered 400 instead of forwarded (canonical-request.ts), in its turn. */
-    readonly rejection: RequestViewError | undefined,
-  ) {
-    this.reusable = keepAlive && !request.upgrade;
-  }
-}
-
-/** The connection to the origin that one client connection's requests share, one at a time. */
-interface OriginLeg {
-  readonly socket: net.Socket;
-  readonly parser: HttpParser;
-  /** The exchange whose response is being read. */
-  current: Exchange | undefined;
-  /** A 1xx response is being read: its end is not the exchange's. */
-  informational: boolean;
-  /** The origin answered 101: what follows its head is the upgraded protocol. */
-  upgraded: MessageHead | undefined;
-  /** The origin keeps the connection open after the current response. */
-  keepAlive: boolean;
-  /** False once the origin closed or must not be reused. */
-  usable: boolean;
-  waitingForClientDrain: boolean;
-  /**
-   * Bytes of a Content-Length body still to come, passed to the client straight from the
-   * socket's reads: the parser would only count them and copy each chunk.
-   */
-  passBody: number;
-  /** The origin said it closes after its response: left for it to close first. */
-  closingByOrigin: boolean;
+interface Refusal {
+  readonly code: string;
+  readonly status: number;
 }
 
 /**
@@ -132,25 +110,16 @@ export class ClientConnection {
   private sequence = 0;
   /** When the request head being received began, for the header timeout. */
   private headSince: number | undefined;
-  /** Bytes after an upgrade request's head: the upgraded protocol's, held until the tunnel opens. */
-  private tunnelHead: Buffer[] | undefined;
-  private tunnelHeadBytes = 0;
-  private tunnelled = false;
-  /** No more requests are taken: the connection ends once the current exchange is done. */
-  private closing = false;
-  /** The origin's socket buffer is full: the client is not read until it drains. */
+  private input: ClientInput = { state: 'requests' };
+  /** The origin's socket buffer is full: the client is not read until it drains (flow control, not a state). */
   private originFull = false;
+  /** The client half-closed its side: facts of the socket, whatever the state. */
   private clientEnded = false;
   private closed = false;
   /** CR and LF bytes seen before the first request line; undefined once it started. */
   private preamble: number | undefined = 0;
   /** Follows the size lines of the chunked request body being parsed. */
   private chunkGuard: ChunkSizeGuard | undefined;
-  /**
-   * A request was refused: nothing after it is parsed; the answer goes out once the
-   * exchanges before it are answered, then the connection ends.
-   */
-  private refusal: { readonly code: string; readonly status: number } | undefined;
 
   constructor(
     private readonly conn: AcceptedConnection,
@@ -192,10 +161,39 @@ export class ClientConnection {
     this.refuse(ProxyErrorCode.RequestTimeout, 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
   }
 
+  /** A request was refused: nothing after it is parsed; its answer waits for its turn. */
+  private get refusal(): Refusal | undefined {
+    const input = this.input;
+    switch (input.state) {
+      case 'refused':
+      case 'closing':
+        return input.refusal;
+      case 'requests':
+      case 'upgrade-pending':
+      case 'tunnelled':
+        return undefined;
+      default:
+        return unreachable(input);
+    }
+  }
+
   private readonly onData = (chunk: Buffer): void => {
-    if (this.refusal !== undefined) return; // a request was refused: nothing after it is parsed
-    if (this.closing && this.queue.length === 0) return; // answered with a close: what follows is dropped
-    if (this.tunnelHead !== undefined) return this.holdForTunnel(chunk);
+    const input = this.input;
+    switch (input.state) {
+      case 'refused':
+        return; // a request was refused: nothing after it is parsed
+      case 'closing':
+        if (input.refusal !== undefined || this.queue.length === 0) return; // answered with a close: what follows is dropped
+        break;
+      case 'upgrade-pending':
+        return this.holdForTunnel(input, chunk);
+      case 'requests':
+        break;
+      case 'tunnelled':
+        return; // the relay reads from here on
+      default:
+        return unreachable(input);
+    }
     if (this.preamble !== undefined && !this.countPreamble(chunk)) return;
     const origin = this.origin?.socket;
     origin?.cork();
@@ -223,7 +221,7 @@ export class ClientConnection {
       }
       if (isParserError(consumed)) return this.onParseError(consumed);
       // Only an upgrade head stops the parser short: the rest is the upgraded protocol's.
-      if (consumed < data.length && this.tunnelHead !== undefined) this.holdForTunnel(data.subarray(consumed));
+      if (consumed < data.length && this.input.state === 'upgrade-pending') this.holdForTunnel(this.input, data.subarray(consumed));
       return;
     }
   }
@@ -241,9 +239,9 @@ export class ClientConnection {
   }
 
   /** Bytes of the upgraded protocol that arrive before the origin accepted the upgrade. */
-  private holdForTunnel(chunk: Buffer): void {
-    this.tunnelHead!.push(chunk);
-    this.tunnelHeadBytes += chunk.length;
+  private holdForTunnel(input: ClientInput & { state: 'upgrade-pending' }, chunk: Buffer): void {
+    input.held.push(chunk);
+    input.bytes += chunk.length;
     this.updateClientFlow();
   }
 
@@ -275,7 +273,7 @@ export class ClientConnection {
     const exchange = new Exchange(++this.sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
     this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && view.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
     this.hooks.metrics.requests.inc({ method: request.method });
-    if (head.upgrade) this.tunnelHead = [];
+    if (head.upgrade && this.input.state === 'requests') this.input = { state: 'upgrade-pending', held: [], bytes: 0 };
     this.parsing = exchange;
     this.queue.push(exchange);
     if (this.queue.length === 1) this.serve(exchange);
@@ -287,13 +285,23 @@ export class ClientConnection {
     const exchange = this.parsing;
     if (exchange === undefined) return;
     exchange.requestBytes += chunk.length;
-    if (exchange.sink === 'origin') {
-      const leg = this.origin;
-      if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.waitForOriginDrain(leg.socket);
-    } else if (exchange.sink === 'hold') {
-      exchange.held.push(chunk);
-      exchange.heldBytes += chunk.length;
-      if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
+    const body = exchange.requestBody;
+    switch (body.state) {
+      case 'forwarding': {
+        const leg = this.origin;
+        if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.waitForOriginDrain(leg.socket);
+        return;
+      }
+      case 'holding':
+        body.chunks.push(chunk);
+        exchange.heldBytes += chunk.length;
+        if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
+        return;
+      case 'discarding':
+      case 'complete':
+        return;
+      default:
+        return unreachable(body);
     }
   }
 
@@ -302,8 +310,8 @@ export class ClientConnection {
     if (exchange === undefined) return;
     this.parsing = undefined;
     this.chunkGuard = undefined;
-    exchange.requestDone = true;
-    if (exchange.sink === 'origin' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
+    if (exchange.requestBody.state === 'forwarding' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
+    exchange.completeRequestBody();
     this.maybeFinish(exchange);
   }
 
@@ -323,14 +331,15 @@ export class ClientConnection {
    * tunnel reached their bound, or too many requests wait their turn.
    */
   private updateClientFlow(): void {
-    if (this.tunnelled || this.closed) return; // the relay, or nobody, reads from here on
+    const input = this.input;
+    if (input.state === 'tunnelled' || this.closed) return; // the relay, or nobody, reads from here on
     const parsing = this.parsing;
     const full =
-      !this.closing &&
+      input.state !== 'closing' &&
       (this.originFull ||
         this.queue.length >= MAX_QUEUED ||
-        (parsing !== undefined && parsing.sink === 'hold' && parsing.heldBytes >= HOLD_LIMIT) ||
-        (this.tunnelHead !== undefined && this.tunnelHeadBytes >= HOLD_LIMIT));
+        (parsing !== undefined && parsing.requestBody.state === 'holding' && parsing.heldBytes >= HOLD_LIMIT) ||
+        (input.state === 'upgrade-pending' && input.bytes >= HOLD_LIMIT));
     if (full && !this.socket.isPaused()) this.socket.pause();
     else if (!full && this.socket.isPaused()) this.socket.resume();
   }
@@ -346,42 +355,45 @@ export class ClientConnection {
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
   private async begin(exchange: Exchange): Promise<void> {
     const { request } = exchange;
-    if (exchange.rejection !== undefined) return this.rejectHead(exchange, exchange.rejection);
-    if (request.method === 'CONNECT') {
-      // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
-      this.hooks.countError(ProxyErrorCode.ConnectMethod);
-      this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.ConnectMethod, status: 501 });
-      return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
+    const fault = headFault(exchange);
+    if (fault !== undefined) {
+      switch (fault.kind) {
+        case 'refuse-head':
+          return this.rejectHead(exchange, fault.rejection);
+        case 'connect-method':
+          this.hooks.countError(ProxyErrorCode.ConnectMethod);
+          this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.ConnectMethod, status: 501 });
+          return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
+        default:
+          return unreachable(fault);
+      }
     }
     let decision: Decision;
     try {
-      // Without inspectors nothing can say otherwise: allow, without a turn of the event loop.
-      decision = this.hooks.inspectors.length === 0 ? ALLOW : await decide(this.hooks.inspectors, request);
+      const pending = decideRequest(this.hooks.inspectors, request);
+      decision = pending instanceof Promise ? await pending : pending;
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
     }
     if (this.closed || exchange.finished) return; // the client went, or its request was refused meanwhile
     exchange.decision = decision;
     this.hooks.metrics.verdicts.inc({ verdict: decision.action });
-    if (decision.action === 'block') {
-      const status = decision.status >= 400 && decision.status <= 599 ? decision.status : 403;
-      return this.answer(exchange, status, decision.reason, request.upgrade);
-    }
-
-    let head: string;
-    try {
-      const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
-      // A client that closes after this exchange: the origin is told too, and closes first.
-      const connection = exchange.reusable || request.upgrade ? undefined : 'close';
-      head = serializeHead(`${request.method} ${request.target} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
-    } catch (error) {
-      return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
+    const plan = planRequest(exchange, decision);
+    switch (plan.kind) {
+      case 'block':
+        return this.answer(exchange, plan.status, plan.reason, plan.close);
+      case 'inspector-failed':
+        return this.fail(exchange, ProxyErrorCode.InspectorFailed, plan.error, 502);
+      case 'forward':
+        break;
+      default:
+        return unreachable(plan);
     }
     let leg: OriginLeg;
     try {
-      leg = this.origin?.usable === true ? this.origin : await this.connectOrigin();
+      leg = this.origin?.reuse === 'reusable' ? this.origin : await this.connectOrigin();
     } catch (error) {
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      const code = errorCodeOf(error, ProxyErrorCode.OriginUnreachable);
       return this.fail(exchange, code, asError(error), code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502);
     }
     if (this.closed) return;
@@ -395,12 +407,22 @@ export class ClientConnection {
     // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a header
     // byte above 0x7f (obs-text) reaches the origin as it came, not re-encoded as two UTF-8
     // bytes the inspectors never saw.
-    leg.socket.write(head, 'latin1');
-    for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
-    if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
+    leg.socket.write(plan.head, 'latin1');
+    const body = exchange.requestBody;
+    switch (body.state) {
+      case 'holding':
+        for (const chunk of body.chunks) writeBody(leg.socket, chunk, exchange.framing);
+        if (body.complete && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
+        exchange.requestBody = body.complete ? { state: 'complete' } : { state: 'forwarding' };
+        break;
+      case 'forwarding':
+      case 'discarding':
+      case 'complete':
+        break; // not held: nothing was kept to send
+      default:
+        unreachable(body);
+    }
     leg.socket.uncork();
-    exchange.held = [];
-    exchange.sink = 'origin';
     if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
   }
 
@@ -412,28 +434,20 @@ export class ClientConnection {
       socket.destroy();
       throw Object.assign(new Error('the client closed the connection while the origin was being reached'), { code: ProxyErrorCode.ClientReset });
     }
-    const leg: OriginLeg = {
+    const leg: OriginLeg = newOriginLeg(
       socket,
-      parser: createParser('response', ORIGIN_MAX_HEADER_SIZE, {
+      createParser('response', ORIGIN_MAX_HEADER_SIZE, {
         onHead: (head) => this.onResponseHead(leg, head),
         onBody: (chunk) => this.onResponseBody(leg, chunk),
         onComplete: () => this.onResponseComplete(leg),
       }),
-      current: undefined,
-      informational: false,
-      upgraded: undefined,
-      keepAlive: true,
-      usable: true,
-      waitingForClientDrain: false,
-      passBody: 0,
-      closingByOrigin: false,
-    };
+    );
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
     socket.on('end', () => this.onOriginEnd(leg));
     socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(leg, error));
     socket.once('close', () => {
-      leg.usable = false;
+      retire(leg);
       if (this.origin !== leg) return;
       this.origin = undefined;
       this.originFull = false; // its 'drain' will never come
@@ -466,13 +480,13 @@ export class ClientConnection {
     const consumed = leg.parser.execute(chunk);
     this.socket.uncork();
     if (isParserError(consumed)) {
-      leg.usable = false;
+      retire(leg);
       leg.socket.destroy();
       const exchange = leg.current;
       if (exchange !== undefined) this.fail(exchange, ProxyErrorCode.OriginMalformed, consumed, 502);
       return;
     }
-    if (leg.upgraded !== undefined) this.openTunnel(leg, chunk.subarray(consumed));
+    if (leg.message.kind === 'upgraded') this.openTunnel(leg, leg.message.head, chunk.subarray(consumed));
   }
 
   private onResponseHead(leg: OriginLeg, head: MessageHead): boolean {
@@ -480,75 +494,60 @@ export class ClientConnection {
     if (exchange === undefined) {
       // A response nobody asked for: the origin does not speak HTTP as it should.
       this.hooks.logger.warn({ connection: this.info.id, status: head.status }, 'unsolicited response from the origin');
-      leg.usable = false;
+      retire(leg);
       leg.socket.destroy();
       return true;
     }
-    if (head.status >= 100 && head.status < 200 && head.status !== 101) {
-      leg.informational = true; // 100 Continue, 103 Early Hints: passed on, the final answer follows
-      if (exchange.request.httpVersion === '1.1' && !exchange.headSent) {
-        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'), 'latin1');
-      }
-      return false;
-    }
-    if (head.status === 101) {
-      if (exchange.request.upgrade) {
-        leg.upgraded = head;
+    const plan = planResponse(exchange, head);
+    switch (plan.kind) {
+      case 'informational':
+        leg.message = { kind: 'informational' };
+        if (plan.head !== undefined) this.socket.write(plan.head, 'latin1');
+        return false;
+      case 'upgrade':
+        leg.message = { kind: 'upgraded', head };
         return true;
-      }
-      this.fail(exchange, ProxyErrorCode.OriginMalformed, new Error('the origin switched protocols without being asked to'), 502);
-      leg.usable = false;
-      leg.socket.destroy();
-      return true;
+      case 'unasked-upgrade':
+        this.fail(exchange, ProxyErrorCode.OriginMalformed, new Error('the origin switched protocols without being asked to'), 502);
+        retire(leg);
+        leg.socket.destroy();
+        return true;
+      case 'final':
+        break;
+      default:
+        return unreachable(plan);
     }
-    const headers = headersObject(head.rawHeaders);
-    exchange.response = { status: head.status, headers };
-    leg.keepAlive = head.keepAlive;
-    const noBody = exchange.request.method === 'HEAD' || head.status === 204 || head.status === 304;
-    const fromOrigin = noBody ? 'none' : framingOf(headers, 'close');
-    // A body of unknown length goes chunked to an HTTP/1.1 client (which can then keep its
-    // connection even when the origin delimited the body by closing), and delimited by the
-    // close to an HTTP/1.0 one, which knows no chunks.
-    const unknownLength = fromOrigin === 'chunked' || fromOrigin === 'close';
-    exchange.toClient = unknownLength ? (exchange.request.httpVersion === '1.1' ? 'chunked' : 'close') : fromOrigin;
-    // An upgrade the origin declined: its answer is passed on, then the connection closes.
-    if (exchange.toClient === 'close' || exchange.request.upgrade) exchange.reusable = false;
-    const connection = !exchange.reusable ? 'close' : exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined;
-    const codings = noBody ? undefined : headers['transfer-encoding'];
-    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection, codings);
+    leg.keepAlive = plan.keepAlive;
     if (!this.hooks.inspectsResponses) {
-      this.sendResponseHead(exchange, responseHead);
-      if (fromOrigin === 'length') leg.passBody = Number(headers['content-length']);
-      return noBody;
+      this.sendResponseHead(exchange, plan.head);
+      if (plan.contentLength !== undefined) leg.passBody = plan.contentLength;
+      return plan.noBody;
     }
     // Response inspectors see the head before the client does; the body waits meanwhile.
-    exchange.heldResponse = [];
+    exchange.responseProgress = { state: 'inspecting', chunks: [], complete: false };
     leg.socket.pause();
-    void this.inspectResponse(exchange).then(
+    void inspectResponse(this.hooks.inspectors, exchange).then(
       () => {
         if (this.closed || exchange.finished) return;
-        this.sendResponseHead(exchange, responseHead);
-        const held = exchange.heldResponse ?? [];
-        exchange.heldResponse = undefined;
-        for (const chunk of held) writeBody(this.socket, chunk, exchange.toClient);
-        if (exchange.heldResponseComplete) this.completeResponse(exchange);
+        const held = exchange.responseProgress;
+        this.sendResponseHead(exchange, plan.head);
+        if (held.state === 'inspecting') {
+          for (const chunk of held.chunks) writeBody(this.socket, chunk, exchange.toClient);
+          if (held.complete) this.completeResponse(exchange);
+        }
         leg.socket.resume();
       },
       (error: unknown) => {
-        leg.usable = false;
+        retire(leg);
         leg.socket.destroy();
         this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
       },
     );
-    return noBody;
-  }
-
-  private async inspectResponse(exchange: Exchange): Promise<void> {
-    for (const inspector of this.hooks.inspectors) await inspector.inspectResponse?.(exchange.request, exchange.response!);
+    return plan.noBody;
   }
 
   private sendResponseHead(exchange: Exchange, head: string): void {
-    exchange.headSent = true;
+    exchange.responseProgress = { state: 'streaming' };
     this.socket.write(head, 'latin1'); // latin1 as parsed: see begin()
   }
 
@@ -561,7 +560,7 @@ export class ClientConnection {
     const exchange = leg.current;
     if (exchange === undefined || exchange.finished) return;
     exchange.responseBytes += chunk.length;
-    if (exchange.heldResponse !== undefined) return void exchange.heldResponse.push(chunk);
+    if (exchange.responseProgress.state === 'inspecting') return void exchange.responseProgress.chunks.push(chunk);
     if (!writeBody(this.socket, chunk, exchange.toClient) && !leg.waitingForClientDrain) {
       leg.waitingForClientDrain = true;
       leg.socket.pause();
@@ -580,7 +579,7 @@ export class ClientConnection {
    */
   private spliceResponseBody(leg: OriginLeg): void {
     const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || exchange.heldResponse !== undefined || exchange.toClient !== 'length' || leg.waitingForClientDrain) return;
+    if (exchange === undefined || exchange.finished || exchange.responseProgress.state === 'inspecting' || exchange.toClient !== 'length' || leg.waitingForClientDrain) return;
     const burst = spliceBurst(leg.socket, this.socket, leg.passBody);
     if (burst === undefined) return;
     leg.passBody -= burst.taken;
@@ -592,28 +591,35 @@ export class ClientConnection {
 
   private onResponseComplete(leg: OriginLeg): void {
     leg.passBody = 0;
-    if (leg.informational) {
-      leg.informational = false;
-      return;
+    switch (leg.message.kind) {
+      case 'informational':
+        leg.message = { kind: 'final' };
+        return;
+      case 'upgraded':
+        return; // the tunnel follows
+      case 'final':
+        break;
+      default:
+        return unreachable(leg.message);
     }
     const exchange = leg.current;
-    if (exchange === undefined || leg.upgraded !== undefined) return;
+    if (exchange === undefined) return;
     leg.current = undefined;
     if (!exchange.requestDone) {
       // The origin answered before the whole request body was sent: the rest is dropped,
       // and this connection cannot carry another request.
-      leg.usable = false;
+      retire(leg);
       if (!leg.socket.writableEnded) leg.socket.end();
-      exchange.sink = 'discard';
+      exchange.discardRequestBody();
     } else if (!leg.keepAlive) {
       // The origin closes after this response: it closes first, so the TIME_WAIT is its,
       // not a port of ours (with a new connection per request, thousands of them slowed
       // every connect()). Should it not close, the origin timeout ends the connection.
-      leg.usable = false;
-      leg.closingByOrigin = true;
+      leg.reuse = 'closing-by-origin';
     }
-    if (exchange.heldResponse !== undefined) {
-      exchange.heldResponseComplete = true;
+    const progress = exchange.responseProgress;
+    if (progress.state === 'inspecting') {
+      exchange.responseProgress = { state: 'inspecting', chunks: progress.chunks, complete: true };
       return;
     }
     this.completeResponse(exchange);
@@ -621,12 +627,12 @@ export class ClientConnection {
 
   private completeResponse(exchange: Exchange): void {
     if (exchange.toClient === 'chunked') this.socket.write(LAST_CHUNK);
-    exchange.responseDone = true;
+    exchange.responseProgress = { state: 'complete' };
     this.maybeFinish(exchange);
   }
 
   private onOriginEnd(leg: OriginLeg): void {
-    leg.usable = false;
+    retire(leg);
     // Onward sockets allow half-open (a relay passes half-closes on); here the origin's
     // close ends the leg, and ours follows it.
     if (!leg.socket.writableEnded) leg.socket.end();
@@ -634,47 +640,42 @@ export class ClientConnection {
     const error = leg.parser.finish();
     const exchange = leg.current;
     if (exchange === undefined || exchange.finished) return;
-    if (leg.upgraded !== undefined) return;
+    if (leg.message.kind === 'upgraded') return;
     const reason = error ?? new Error('the origin closed the connection before its response was complete');
     this.originBroke(exchange, Object.assign(reason, { code: exchange.response === undefined ? 'ECONNRESET' : ProxyErrorCode.OriginReset }));
   }
 
   private onOriginError(leg: OriginLeg, error: NodeJS.ErrnoException): void {
-    leg.usable = false;
+    retire(leg);
     const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.tunnelled) return;
+    if (exchange === undefined || exchange.finished || this.input.state === 'tunnelled') return;
     this.originBroke(exchange, error);
   }
 
   private originBroke(exchange: Exchange, error: Error): void {
-    if (exchange.response === undefined) {
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
-      this.fail(exchange, code, error, 502);
-    } else {
-      this.fail(exchange, ProxyErrorCode.OriginReset, error, undefined);
-    }
+    this.fail(exchange, originBrokeCode(exchange, error), error, exchange.response === undefined ? 502 : undefined);
   }
 
   private onOriginTimeout(leg: OriginLeg): void {
-    leg.usable = false;
+    retire(leg);
     leg.socket.destroy();
     const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.tunnelled) return;
+    if (exchange === undefined || exchange.finished || this.input.state === 'tunnelled') return;
     const what = exchange.response === undefined ? 'response' : 'byte';
     const error = new Error(`no ${what} from the origin within ${this.hooks.settings.originTimeoutMs} ms`);
     this.fail(exchange, ProxyErrorCode.OriginTimeout, error, exchange.response === undefined ? 504 : undefined);
   }
 
   /** The origin accepted the upgrade: its head goes to the client, then both ways are relayed as bytes. */
-  private openTunnel(leg: OriginLeg, originRest: Buffer): void {
+  private openTunnel(leg: OriginLeg, head: MessageHead, originRest: Buffer): void {
     const exchange = leg.current!;
-    const head = leg.upgraded!;
-    leg.upgraded = undefined;
+    leg.message = { kind: 'final' };
     leg.current = undefined;
-    leg.usable = false;
-    this.tunnelled = true;
+    retire(leg);
+    const held = this.input.state === 'upgrade-pending' ? this.input.held : [];
+    this.input = { state: 'tunnelled' };
     if (this.origin === leg) this.origin = undefined;
-    exchange.response = { status: head.status, headers: headersObject(head.rawHeaders) };
+    const responseHead = upgradeResponseHead(exchange, head);
     // Our listeners go: from here the relay owns both sockets.
     leg.socket.removeAllListeners('data');
     leg.socket.removeAllListeners('end');
@@ -682,18 +683,17 @@ export class ClientConnection {
     this.socket.off('data', this.onData);
     this.socket.off('end', this.onEnd);
     this.socket.setTimeout(0);
-    const clientRest = Buffer.concat(this.tunnelHead ?? []);
-    this.tunnelHead = undefined;
-    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');
-    exchange.headSent = true;
+    const clientRest = Buffer.concat(held);
+    exchange.responseProgress = { state: 'streaming' };
     this.socket.write(responseHead, 'latin1');
     if (originRest.length > 0) this.socket.write(originRest);
     if (clientRest.length > 0) leg.socket.write(clientRest);
     this.socket.resume();
     void relay(this.socket, leg.socket).then((result) => {
       exchange.tunnel = { bytesFromClient: clientRest.length + result.fromClient, bytesToClient: originRest.length + result.toClient };
-      if (result.error !== undefined) exchange.failure = { code: errorCode(result.error, ProxyErrorCode.RelayReset), message: result.error.message };
-      exchange.requestDone = exchange.responseDone = true;
+      if (result.error !== undefined) exchange.failure = { code: errorCodeOf(result.error, ProxyErrorCode.RelayReset), message: result.error.message };
+      exchange.requestBody = { state: 'complete' };
+      exchange.responseProgress = { state: 'complete' };
       this.finish(exchange);
     });
   }
@@ -702,10 +702,8 @@ export class ClientConnection {
   private answer(exchange: Exchange, status: number, text: string, close: boolean): void {
     exchange.response ??= { status, headers: {} };
     exchange.responseBytes = Buffer.byteLength(text) + 1;
-    exchange.sink = 'discard';
-    exchange.held = [];
-    exchange.headSent = true;
-    exchange.responseDone = true;
+    exchange.discardRequestBody();
+    exchange.responseProgress = { state: 'complete' };
     if (!close && exchange.reusable) {
       this.socket.write(localAnswer(status, text, exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined));
       if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
@@ -724,8 +722,7 @@ export class ClientConnection {
     this.origin?.socket.destroy();
     if (status !== undefined && !exchange.headSent && !this.closed) {
       exchange.response = { status, headers: {} }; // replaces an origin's head the client never got
-      // The client learns what went wrong, not just that something did.
-      return this.answer(exchange, status, `${status} ${http.STATUS_CODES[status]}: ${code} (${error.message})`, true);
+      return this.answer(exchange, status, failureText(status, code, error.message), true);
     }
     // The response had started (or the client is gone): the only honest signal left is cutting the connection.
     this.socket.destroy();
@@ -738,7 +735,7 @@ export class ClientConnection {
     this.hooks.logger.warn({ code: rejection.code, status: rejection.status, connection: this.info.id, reason: rejection.message }, 'request refused');
     this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: rejection.code, status: rejection.status });
     exchange.failure = { code: rejection.code, message: rejection.message };
-    this.answer(exchange, rejection.status, `${rejection.status} ${http.STATUS_CODES[rejection.status]}: ${rejection.code} (${rejection.message})`, true);
+    this.answer(exchange, rejection.status, failureText(rejection.status, rejection.code, rejection.message), true);
   }
 
   /**
@@ -750,8 +747,23 @@ export class ClientConnection {
    * origin's answer had already begun, cutting the client's connection is all that is left.
    */
   private refuse(code: string, status: number, message: string): void {
+    const input = this.input;
     if (this.refusal !== undefined || this.closed) return;
-    this.refusal = { code, status };
+    switch (input.state) {
+      case 'requests':
+      case 'upgrade-pending': // the bytes held for a tunnel go: it will not open
+        this.input = { state: 'refused', refusal: { code, status } };
+        break;
+      case 'closing':
+        this.input = { state: 'closing', refusal: { code, status } };
+        break;
+      case 'tunnelled':
+        return; // the relay owns the socket: nothing is parsed that could be refused
+      case 'refused':
+        return;
+      default:
+        return unreachable(input);
+    }
     this.headSince = undefined;
     this.chunkGuard = undefined;
     this.hooks.countError(code);
@@ -761,8 +773,7 @@ export class ClientConnection {
     if (broken !== undefined) {
       this.parsing = undefined;
       broken.failure = { code, message };
-      broken.sink = 'discard';
-      broken.held = [];
+      broken.discardRequestBody();
       const active = this.queue[0] === broken;
       if (!active) this.queue.splice(this.queue.indexOf(broken), 1); // pipelined: it never started
       if (!broken.headSent) broken.response = { status, headers: {} };
@@ -770,7 +781,7 @@ export class ClientConnection {
       if (active) {
         const leg = this.origin;
         if (leg !== undefined) {
-          leg.usable = false;
+          retire(leg);
           leg.socket.destroy();
         }
         if (broken.headSent) {
@@ -796,35 +807,20 @@ export class ClientConnection {
   private maybeFinish(exchange: Exchange): void {
     if (!exchange.requestDone || !exchange.responseDone || exchange.finished) return;
     this.finish(exchange);
-    if (!exchange.reusable || (this.closing && this.refusal === undefined)) return this.endClient();
+    if (!exchange.reusable || (this.input.state === 'closing' && this.input.refusal === undefined)) return this.endClient();
     const next = this.queue[0];
     if (next !== undefined) return this.serve(next);
     if (this.refusal !== undefined) return this.sendRefusal(); // the refused request's turn
     if (this.clientEnded) this.endSocket(); // the client half-closed after its last request: answered, now closed
   }
 
-  /** Records the exchange and takes it off the queue. */
+  /** Takes the exchange off the queue and gives it to the exchange log. */
   private finish(exchange: Exchange): void {
     if (exchange.finished) return;
     exchange.finished = true;
     if (this.queue[0] === exchange) this.queue.shift();
     if (this.queue.length === MAX_QUEUED - 1) this.updateClientFlow();
-    if (!this.hooks.wantsExchanges(exchange.failure !== undefined)) return;
-    const { request } = exchange;
-    this.hooks.record({
-      kind: request.upgrade ? 'upgrade' : 'http',
-      connection: this.info,
-      sequence: exchange.sequence,
-      request: { method: request.method, url: request.url, host: request.host, headers: request.headers, bodyBytes: exchange.requestBytes },
-      ...(exchange.response !== undefined && {
-        response: { status: exchange.response.status, headers: exchange.response.headers, bodyBytes: exchange.responseBytes },
-      }),
-      ...(exchange.decision !== undefined && { decision: exchange.decision }),
-      ...(exchange.tunnel !== undefined && { tunnel: exchange.tunnel }),
-      ...(exchange.failure !== undefined && { error: exchange.failure }),
-      startedAt: exchange.startedAt,
-      durationMs: Date.now() - exchange.startedAt,
-    });
+    if (this.hooks.wantsExchanges(exchange.failure !== undefined)) this.hooks.onExchange(exchangeLogEntry(this.info, exchange));
   }
 
   /**
@@ -833,8 +829,8 @@ export class ClientConnection {
    * client that never closes its side is cut after a grace period.
    */
   private endClient(): void {
-    this.closing = true;
-    this.tunnelHead = undefined;
+    // Held bytes of an upgrade that will not happen go; a tunnel, once open, is the relay's.
+    if (this.input.state !== 'tunnelled') this.input = { state: 'closing', refusal: this.refusal };
     this.releaseOrigin();
     if (this.socket.destroyed) return;
     this.endSocket();
@@ -845,7 +841,7 @@ export class ClientConnection {
   /** The client is done with the origin leg: closed now, unless the origin is about to close it. */
   private releaseOrigin(): void {
     const leg = this.origin;
-    if (leg === undefined || (leg.closingByOrigin && leg.current === undefined)) return;
+    if (leg === undefined || (leg.reuse === 'closing-by-origin' && leg.current === undefined)) return;
     leg.socket.destroy();
   }
 
@@ -872,7 +868,7 @@ export class ClientConnection {
     this.closed = true;
     this.headSince = undefined;
     this.onClosed(this);
-    if (this.tunnelled) return; // the relay reports the upgraded exchange
+    if (this.input.state === 'tunnelled') return; // the relay reports the upgraded exchange
     this.releaseOrigin();
     const active = this.queue[0];
     if (active !== undefined && !active.finished) this.failClientReset(active);
@@ -899,11 +895,6 @@ function statusOfParseError(code: string): number {
   }
 }
 
-export function errorCode(error: unknown, fallback: string): string {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : fallback;
-}
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
+function unreachable(value: never): never {
+  throw new Error(`unreachable: ${JSON.stringify(value)}`);
 }

@@ -2,7 +2,7 @@ import { createAgent } from '@coproxy/core';
 import http from 'node:http';
 import type net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import type { HttpProxyEvent } from './proxy.js';
+import type { HttpProxyEvent } from './events.js';
 import {
   type ProxyUnderTest,
   dial,

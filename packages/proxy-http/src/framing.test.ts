@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import { describe, expect, it } from 'vitest';
-import type { HttpProxyEvent } from './proxy.js';
+import type { HttpProxyEvent } from './events.js';
 import { type HttpOrigin, dial, rawRequest, readAll, readUntil, startHttpOrigin, startProxy, until } from './test-support/harness.js';
 
 /** What the origin's own parser made of each request it was sent, and whether its body arrived whole. */

@@ -3,7 +3,8 @@
  * on @coproxy/core's public API only.
  */
 export { createHttpProxy } from './proxy.js';
-export type { HttpProxy, HttpProxyOptions, HttpExchange, HttpProxyEvent, UnrecognisedPolicy } from './proxy.js';
+export type { HttpProxy, HttpProxyOptions } from './proxy.js';
+export type { HttpExchange, HttpProxyEvent, UnrecognisedPolicy } from './events.js';
 export type { Inspector, Verdict, Decision, RequestInfo, ResponseInfo, ConnectionInfo } from './inspector.js';
 export { parseRules, loadRules, rulesInspector } from './rules.js';
 export type { Rule, RuleFile } from './rules.js';

@@ -81,7 +81,7 @@ export interface CanonicalRequest {
   readonly rawHeaders: string[];
   /** `rawHeaders` as `IncomingHttpHeaders`. */
   readonly headers: IncomingHttpHeaders;
-  /** Set when the head must not be forwarded: the other fields are then a best effort, for the record. */
+  /** Set when the head must not be forwarded: the other fields are then a best effort, for the exchange log. */
   readonly rejection: RequestViewError | undefined;
 }
 
@@ -154,7 +154,7 @@ const ABSOLUTE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s;
 function parseTarget(method: string, url: string): ParsedTarget | RequestViewError {
   const invalid = (why: string): RequestViewError => new RequestViewError(RequestViewCode.TargetInvalid, `${why}: ${JSON.stringify(url.slice(0, 200))}`);
   if (method === 'CONNECT') {
-    // Never forwarded (501): kept for the record as it came.
+    // Never forwarded (501): kept for the exchange log as it came.
     return { form: 'authority', target: url, authority: canonicalAuthority(url), paths: [''], query: undefined };
   }
   if (url === '*') {

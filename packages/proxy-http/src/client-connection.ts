@@ -1,37 +1,36 @@
 import http from 'node:http';
 import type net from 'node:net';
-import { type AcceptedConnection, errorCodeOf, relay, spliceBurst } from '@coproxy/core';
+import { type AcceptedConnection, errorCodeOf, relay } from '@coproxy/core';
 import type { Logger } from 'pino';
-import { type RequestViewError, canonicalRequest } from './canonical-request.js';
+import type { RequestViewError } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
 import type { HttpExchange, HttpProxyEvent } from './events.js';
 import {
-  Exchange,
+  type Exchange,
   asError,
   decideRequest,
-  headFault,
   exchangeLogEntry,
+  exchangeOfHead,
   failureText,
-  inspectResponse,
-  originBrokeCode,
+  headFault,
   planRequest,
-  planResponse,
   upgradeResponseHead,
 } from './exchange.js';
-import { LAST_CHUNK, framingOf, headersObject, localAnswer, writeBody } from './http-head.js';
-import type { ConnectionInfo, Decision, Inspector, RequestInfo } from './inspector.js';
+import { LAST_CHUNK, headersObject, localAnswer, writeBody } from './http-head.js';
+import type { ConnectionInfo, Decision, Inspector } from './inspector.js';
 import type { HttpProxyMetrics } from './metrics.js';
 import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError, isPause } from './node-http-parser.js';
-import { type OriginLeg, newOriginLeg, retire } from './origin-leg.js';
-import { ChunkSizeGuard, checkRequestFraming, dropConnectionOptions } from './request-framing.js';
+import { type LegOwner, OriginLeg } from './origin-leg.js';
+import { ChunkSizeGuard, checkRequestFraming } from './request-framing.js';
 import { MAX_LEADING_EMPTY_BYTES, leadingEmptyBytes } from './sniff.js';
 
 /**
- * The framing concern: one client connection's bytes. The client's requests are parsed
- * (Node's parser, the framing checks of request-framing.ts, the chunk-size bound), their
- * bodies moved to the origin and the origin's responses back, with backpressure both
- * ways; upgrades become relays. What each exchange is and gets — inspection, verdicts,
- * annotations, the origin's answer's framing — is exchange.ts's to decide.
+ * The framing concern, client side: one client connection's bytes. Its requests are
+ * parsed (Node's parser, the framing checks of request-framing.ts, the chunk-size bound),
+ * queued, and their bodies moved to the origin with backpressure; upgrades become relays.
+ * The origin side (responses parsed and moved back) is origin-leg.ts. What each exchange
+ * is and gets — inspection, verdicts, annotations, the response's framing to the client,
+ * the log entry — is exchange.ts's to decide.
  */
 
 /** What a client connection needs from the proxy that owns it. */
@@ -67,10 +66,6 @@ const CLIENT_CLOSE_GRACE_MS = 2000;
 const HOLD_LIMIT = 64 * 1024;
 /** Requests a client may pipeline ahead of the one being served before it is paused. */
 const MAX_QUEUED = 16;
-/** Response heads from origins may be larger than what clients may send. */
-const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
-/** What Node reads from a socket at most at a time: a read this long may have left more waiting. */
-const NODE_READ_BYTES = 64 * 1024;
 
 /**
  * What the connection does with the bytes the client sends. `requests`: parsed as requests.
@@ -96,7 +91,7 @@ interface Refusal {
 /**
  * One client connection that sniffed as HTTP/1.x: its requests are parsed with Node's
  * parser, inspected, forwarded to the origin over a connection from `connectOnward()`
- * (so the flow's records go with them), and the responses relayed back, one exchange at a
+ * (so the flow's redirect records go with them), and the responses relayed back, one exchange at a
  * time in order. Bodies stream both ways with backpressure; nothing is buffered whole.
  */
 export class ClientConnection {
@@ -107,6 +102,8 @@ export class ClientConnection {
   /** The exchange whose request is being parsed (the last in the queue). */
   private parsing: Exchange | undefined;
   private origin: OriginLeg | undefined;
+  /** What the origin leg reports back: its responses' ends, failures, an accepted upgrade, its close. */
+  private readonly legOwner: LegOwner;
   private sequence = 0;
   /** When the request head being received began, for the header timeout. */
   private headSince: number | undefined;
@@ -128,6 +125,25 @@ export class ClientConnection {
     private readonly onClosed: (connection: ClientConnection) => void,
   ) {
     this.socket = conn.socket;
+    this.legOwner = {
+      client: this.conn.socket,
+      connectionId: this.info.id,
+      logger: this.hooks.logger,
+      inspectors: this.hooks.inspectors,
+      inspectsResponses: this.hooks.inspectsResponses,
+      originTimeoutMs: this.hooks.settings.originTimeoutMs,
+      clientClosed: () => this.closed,
+      tunnelled: () => this.input.state === 'tunnelled',
+      fail: (exchange, code, error, status) => this.fail(exchange, code, error, status),
+      responseDone: (exchange) => this.maybeFinish(exchange),
+      openTunnel: (leg, head, rest) => this.openTunnel(leg, head, rest),
+      legClosed: (leg) => {
+        if (this.origin !== leg) return;
+        this.origin = undefined;
+        this.originFull = false; // its 'drain' will never come
+        this.updateClientFlow();
+      },
+    };
     this.parser = createParser('request', hooks.settings.maxHeaderSize, {
       onBegin: () => (this.headSince = Date.now()),
       onHead: (head) => this.onRequestHead(head),
@@ -253,26 +269,9 @@ export class ClientConnection {
       this.refuse(refused.code, refused.status, refused.message);
       return 'pause'; // the parser stops here: no byte of its body is read
     }
-    dropConnectionOptions(headers, head.upgrade);
-    // The one view the inspectors evaluate and the origin is sent (canonical-request.ts).
-    const view = canonicalRequest(head, headers);
-    const request: RequestInfo = {
-      method: head.method,
-      url: head.url,
-      target: view.target,
-      path: view.path,
-      paths: view.paths,
-      host: view.host,
-      port: view.port,
-      authority: view.authority,
-      httpVersion: `${head.versionMajor}.${head.versionMinor}`,
-      headers: view.headers,
-      connection: this.info,
-      upgrade: head.upgrade && head.method !== 'CONNECT',
-    };
-    const exchange = new Exchange(++this.sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
-    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && view.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
-    this.hooks.metrics.requests.inc({ method: request.method });
+    const exchange = exchangeOfHead(++this.sequence, head, headers, this.info);
+    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && exchange.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
+    this.hooks.metrics.requests.inc({ method: exchange.request.method });
     if (head.upgrade && this.input.state === 'requests') this.input = { state: 'upgrade-pending', held: [], bytes: 0 };
     this.parsing = exchange;
     this.queue.push(exchange);
@@ -434,236 +433,9 @@ export class ClientConnection {
       socket.destroy();
       throw Object.assign(new Error('the client closed the connection while the origin was being reached'), { code: ProxyErrorCode.ClientReset });
     }
-    const leg: OriginLeg = newOriginLeg(
-      socket,
-      createParser('response', ORIGIN_MAX_HEADER_SIZE, {
-        onHead: (head) => this.onResponseHead(leg, head),
-        onBody: (chunk) => this.onResponseBody(leg, chunk),
-        onComplete: () => this.onResponseComplete(leg),
-      }),
-    );
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
-    socket.on('end', () => this.onOriginEnd(leg));
-    socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(leg, error));
-    socket.once('close', () => {
-      retire(leg);
-      if (this.origin !== leg) return;
-      this.origin = undefined;
-      this.originFull = false; // its 'drain' will never come
-      this.updateClientFlow();
-    });
-    // No byte from the origin for this long: 504 before its response head, a cut after it;
-    // an idle kept-alive origin connection is just closed.
-    socket.setTimeout(this.hooks.settings.originTimeoutMs, () => this.onOriginTimeout(leg));
+    const leg = new OriginLeg(socket, this.legOwner);
     this.origin = leg;
     return leg;
-  }
-
-  private onOriginData(leg: OriginLeg, data: Buffer): void {
-    let chunk = data;
-    if (leg.passBody > 0) {
-      const length = Math.min(chunk.length, leg.passBody);
-      leg.passBody -= length;
-      this.relayResponseBody(leg, length === chunk.length ? chunk : chunk.subarray(0, length));
-      // A read that filled Node's buffer says more is waiting: that part goes in the kernel.
-      if (leg.passBody > 0 && length === chunk.length && data.length >= NODE_READ_BYTES) this.spliceResponseBody(leg);
-      if (leg.passBody > 0 || leg.socket.destroyed || this.socket.destroyed) return;
-      // The body is complete; the parser, which saw only its start, starts afresh.
-      leg.parser.reset();
-      this.onResponseComplete(leg);
-      if (length === chunk.length) return;
-      chunk = chunk.subarray(length);
-    }
-    // What one read yields (a response head and its body, often) leaves in one write.
-    this.socket.cork();
-    const consumed = leg.parser.execute(chunk);
-    this.socket.uncork();
-    if (isParserError(consumed)) {
-      retire(leg);
-      leg.socket.destroy();
-      const exchange = leg.current;
-      if (exchange !== undefined) this.fail(exchange, ProxyErrorCode.OriginMalformed, consumed, 502);
-      return;
-    }
-    if (leg.message.kind === 'upgraded') this.openTunnel(leg, leg.message.head, chunk.subarray(consumed));
-  }
-
-  private onResponseHead(leg: OriginLeg, head: MessageHead): boolean {
-    const exchange = leg.current;
-    if (exchange === undefined) {
-      // A response nobody asked for: the origin does not speak HTTP as it should.
-      this.hooks.logger.warn({ connection: this.info.id, status: head.status }, 'unsolicited response from the origin');
-      retire(leg);
-      leg.socket.destroy();
-      return true;
-    }
-    const plan = planResponse(exchange, head);
-    switch (plan.kind) {
-      case 'informational':
-        leg.message = { kind: 'informational' };
-        if (plan.head !== undefined) this.socket.write(plan.head, 'latin1');
-        return false;
-      case 'upgrade':
-        leg.message = { kind: 'upgraded', head };
-        return true;
-      case 'unasked-upgrade':
-        this.fail(exchange, ProxyErrorCode.OriginMalformed, new Error('the origin switched protocols without being asked to'), 502);
-        retire(leg);
-        leg.socket.destroy();
-        return true;
-      case 'final':
-        break;
-      default:
-        return unreachable(plan);
-    }
-    leg.keepAlive = plan.keepAlive;
-    if (!this.hooks.inspectsResponses) {
-      this.sendResponseHead(exchange, plan.head);
-      if (plan.contentLength !== undefined) leg.passBody = plan.contentLength;
-      return plan.noBody;
-    }
-    // Response inspectors see the head before the client does; the body waits meanwhile.
-    exchange.responseProgress = { state: 'inspecting', chunks: [], complete: false };
-    leg.socket.pause();
-    void inspectResponse(this.hooks.inspectors, exchange).then(
-      () => {
-        if (this.closed || exchange.finished) return;
-        const held = exchange.responseProgress;
-        this.sendResponseHead(exchange, plan.head);
-        if (held.state === 'inspecting') {
-          for (const chunk of held.chunks) writeBody(this.socket, chunk, exchange.toClient);
-          if (held.complete) this.completeResponse(exchange);
-        }
-        leg.socket.resume();
-      },
-      (error: unknown) => {
-        retire(leg);
-        leg.socket.destroy();
-        this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
-      },
-    );
-    return plan.noBody;
-  }
-
-  private sendResponseHead(exchange: Exchange, head: string): void {
-    exchange.responseProgress = { state: 'streaming' };
-    this.socket.write(head, 'latin1'); // latin1 as parsed: see begin()
-  }
-
-  private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
-    leg.passBody -= Math.min(leg.passBody, chunk.length); // the part that came with the head
-    this.relayResponseBody(leg, chunk);
-  }
-
-  private relayResponseBody(leg: OriginLeg, chunk: Buffer): void {
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished) return;
-    exchange.responseBytes += chunk.length;
-    if (exchange.responseProgress.state === 'inspecting') return void exchange.responseProgress.chunks.push(chunk);
-    if (!writeBody(this.socket, chunk, exchange.toClient) && !leg.waitingForClientDrain) {
-      leg.waitingForClientDrain = true;
-      leg.socket.pause();
-      this.socket.once('drain', () => {
-        leg.waitingForClientDrain = false;
-        leg.socket.resume();
-      });
-    }
-  }
-
-  /**
-   * The rest of a Content-Length body that is already waiting in the origin socket goes to
-   * the client inside the kernel (core's `spliceBurst`), never more than the body: the next
-   * response stays for the parser. Only when the body is passed on as it is, and nothing
-   * is queued towards the client.
-   */
-  private spliceResponseBody(leg: OriginLeg): void {
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || exchange.responseProgress.state === 'inspecting' || exchange.toClient !== 'length' || leg.waitingForClientDrain) return;
-    const burst = spliceBurst(leg.socket, this.socket, leg.passBody);
-    if (burst === undefined) return;
-    leg.passBody -= burst.taken;
-    exchange.responseBytes += burst.sent;
-    if (burst.failed?.side === 'source') leg.socket.destroy(burst.failed.error);
-    else if (burst.failed !== undefined) this.socket.destroy(burst.failed.error);
-    else if (burst.rest !== undefined) this.relayResponseBody(leg, burst.rest);
-  }
-
-  private onResponseComplete(leg: OriginLeg): void {
-    leg.passBody = 0;
-    switch (leg.message.kind) {
-      case 'informational':
-        leg.message = { kind: 'final' };
-        return;
-      case 'upgraded':
-        return; // the tunnel follows
-      case 'final':
-        break;
-      default:
-        return unreachable(leg.message);
-    }
-    const exchange = leg.current;
-    if (exchange === undefined) return;
-    leg.current = undefined;
-    if (!exchange.requestDone) {
-      // The origin answered before the whole request body was sent: the rest is dropped,
-      // and this connection cannot carry another request.
-      retire(leg);
-      if (!leg.socket.writableEnded) leg.socket.end();
-      exchange.discardRequestBody();
-    } else if (!leg.keepAlive) {
-      // The origin closes after this response: it closes first, so the TIME_WAIT is its,
-      // not a port of ours (with a new connection per request, thousands of them slowed
-      // every connect()). Should it not close, the origin timeout ends the connection.
-      leg.reuse = 'closing-by-origin';
-    }
-    const progress = exchange.responseProgress;
-    if (progress.state === 'inspecting') {
-      exchange.responseProgress = { state: 'inspecting', chunks: progress.chunks, complete: true };
-      return;
-    }
-    this.completeResponse(exchange);
-  }
-
-  private completeResponse(exchange: Exchange): void {
-    if (exchange.toClient === 'chunked') this.socket.write(LAST_CHUNK);
-    exchange.responseProgress = { state: 'complete' };
-    this.maybeFinish(exchange);
-  }
-
-  private onOriginEnd(leg: OriginLeg): void {
-    retire(leg);
-    // Onward sockets allow half-open (a relay passes half-closes on); here the origin's
-    // close ends the leg, and ours follows it.
-    if (!leg.socket.writableEnded) leg.socket.end();
-    // A body delimited by the close completes here; anything else unfinished is an error.
-    const error = leg.parser.finish();
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished) return;
-    if (leg.message.kind === 'upgraded') return;
-    const reason = error ?? new Error('the origin closed the connection before its response was complete');
-    this.originBroke(exchange, Object.assign(reason, { code: exchange.response === undefined ? 'ECONNRESET' : ProxyErrorCode.OriginReset }));
-  }
-
-  private onOriginError(leg: OriginLeg, error: NodeJS.ErrnoException): void {
-    retire(leg);
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.input.state === 'tunnelled') return;
-    this.originBroke(exchange, error);
-  }
-
-  private originBroke(exchange: Exchange, error: Error): void {
-    this.fail(exchange, originBrokeCode(exchange, error), error, exchange.response === undefined ? 502 : undefined);
-  }
-
-  private onOriginTimeout(leg: OriginLeg): void {
-    retire(leg);
-    leg.socket.destroy();
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.input.state === 'tunnelled') return;
-    const what = exchange.response === undefined ? 'response' : 'byte';
-    const error = new Error(`no ${what} from the origin within ${this.hooks.settings.originTimeoutMs} ms`);
-    this.fail(exchange, ProxyErrorCode.OriginTimeout, error, exchange.response === undefined ? 504 : undefined);
   }
 
   /** The origin accepted the upgrade: its head goes to the client, then both ways are relayed as bytes. */
@@ -671,15 +443,13 @@ export class ClientConnection {
     const exchange = leg.current!;
     leg.message = { kind: 'final' };
     leg.current = undefined;
-    retire(leg);
+    leg.retire();
     const held = this.input.state === 'upgrade-pending' ? this.input.held : [];
     this.input = { state: 'tunnelled' };
     if (this.origin === leg) this.origin = undefined;
     const responseHead = upgradeResponseHead(exchange, head);
     // Our listeners go: from here the relay owns both sockets.
-    leg.socket.removeAllListeners('data');
-    leg.socket.removeAllListeners('end');
-    leg.socket.setTimeout(0);
+    leg.detach();
     this.socket.off('data', this.onData);
     this.socket.off('end', this.onEnd);
     this.socket.setTimeout(0);
@@ -781,7 +551,7 @@ export class ClientConnection {
       if (active) {
         const leg = this.origin;
         if (leg !== undefined) {
-          retire(leg);
+          leg.retire();
           leg.socket.destroy();
         }
         if (broken.headSent) {

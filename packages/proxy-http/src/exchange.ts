@@ -1,11 +1,12 @@
-import http from 'node:http';
+import http, { type IncomingHttpHeaders } from 'node:http';
 import { errorCodeOf } from '@coproxy/core';
-import type { RequestViewError } from './canonical-request.js';
+import { type RequestViewError, canonicalRequest } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
 import type { HttpExchange } from './events.js';
 import { type Framing, endToEndHeaders, framingOf, headersObject, serializeHead } from './http-head.js';
 import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
 import type { MessageHead } from './node-http-parser.js';
+import { dropConnectionOptions } from './request-framing.js';
 
 /**
  * The exchange concern: one request and its response as the proxy judges them — the
@@ -132,6 +133,31 @@ export class Exchange {
   }
 }
 
+/**
+ * The exchange of a request head that passed the framing checks: the one view the
+ * inspectors evaluate and the origin is sent (canonical-request.ts), without the
+ * connection options the client's Connection header named.
+ */
+export function exchangeOfHead(sequence: number, head: MessageHead, headers: IncomingHttpHeaders, connection: ConnectionInfo): Exchange {
+  dropConnectionOptions(headers, head.upgrade);
+  const view = canonicalRequest(head, headers);
+  const request: RequestInfo = {
+    method: head.method,
+    url: head.url,
+    target: view.target,
+    path: view.path,
+    paths: view.paths,
+    host: view.host,
+    port: view.port,
+    authority: view.authority,
+    httpVersion: `${head.versionMajor}.${head.versionMinor}`,
+    headers: view.headers,
+    connection,
+    upgrade: head.upgrade && head.method !== 'CONNECT',
+  };
+  return new Exchange(sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
+}
+
 /** What is wrong with a request head whatever the inspectors say: it is answered here, in its turn. */
 export type HeadFault = { readonly kind: 'refuse-head'; readonly rejection: RequestViewError } | { readonly kind: 'connect-method' };
 
@@ -191,7 +217,7 @@ export type ResponsePlan =
    */
   | { readonly kind: 'final'; readonly head: string; readonly noBody: boolean; readonly contentLength: number | undefined; readonly keepAlive: boolean };
 
-/** Records the origin's head on the exchange and decides how its response goes to the client. */
+/** Notes the origin's head on the exchange and decides how its response goes to the client. */
 export function planResponse(exchange: Exchange, head: MessageHead): ResponsePlan {
   const { request } = exchange;
   if (head.status >= 100 && head.status < 200 && head.status !== 101) {
@@ -221,7 +247,7 @@ export function planResponse(exchange: Exchange, head: MessageHead): ResponsePla
   };
 }
 
-/** The head of the response to an accepted upgrade, as the client gets it; records it on the exchange. */
+/** The head of the response to an accepted upgrade, as the client gets it; notes it on the exchange. */
 export function upgradeResponseHead(exchange: Exchange, head: MessageHead): string {
   exchange.response = { status: head.status, headers: headersObject(head.rawHeaders) };
   return serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');

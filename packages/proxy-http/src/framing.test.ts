@@ -11,7 +11,7 @@ interface Seen {
   complete: boolean;
 }
 
-async function startRecordingOrigin(): Promise<HttpOrigin & { readonly seen: Seen[] }> {
+async function startObservedOrigin(): Promise<HttpOrigin & { readonly seen: Seen[] }> {
   const seen: Seen[] = [];
   const origin = await startHttpOrigin((req, res) => {
     const entry: Seen = { line: `${req.method} ${req.url}`, headers: req.headers, body: '', complete: false };
@@ -40,7 +40,7 @@ describe('framing is never altered in flight', () => {
   ];
 
   it.each(CASES)('refuses %s with 400 before anything reaches the origin', async (_name, request) => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, request);
@@ -54,7 +54,7 @@ describe('framing is never altered in flight', () => {
   });
 
   it('still honours Connection options that name hop-by-hop fields (keep-alive, TE, Upgrade)', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, 'POST /ok HTTP/1.1\r\nHost: origin.test\r\nConnection: close, TE\r\nTE: trailers\r\nContent-Length: 4\r\n\r\nbody');
@@ -65,7 +65,7 @@ describe('framing is never altered in flight', () => {
   });
 
   it('lets rules see a request without the fields its Connection header names, as the origin will', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], {
       rules: { rules: [{ name: 'auth-required', when: { header: { name: 'authorization', present: false } }, verdict: 'block', status: 401 }] },
     });
@@ -81,7 +81,7 @@ describe('framing is never altered in flight', () => {
   it.each(['Content-Length', 'transfer-encoding', 'Connection', 'Host'])(
     'fails an exchange whose inspector annotates %s (502), rather than reframe or reroute what it inspected',
     async (name) => {
-      await using origin = await startRecordingOrigin();
+      await using origin = await startObservedOrigin();
       await using under = await startProxy([origin.port], {
         inspectors: [{ name: 'reframer', inspectRequest: () => ({ action: 'annotate', headers: { [name]: '0' } }) }],
       });
@@ -131,7 +131,7 @@ describe('malformed requests get a status response', () => {
   ];
 
   it.each(CASES)('answers %s with %s, and the origin gets no request', async (_name, status, request, code) => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, request);
@@ -147,7 +147,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers a chunked body that grows past maxBodySize with 413, and tears down the origin leg it had started', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { maxBodySize: 10 });
     const client = await dial(under.registry, origin.port);
     try {
@@ -165,7 +165,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers a bad chunk size after part of the body was forwarded with 400, and cuts the origin leg', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
     const client = await dial(under.registry, origin.port);
     try {
@@ -182,7 +182,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers the requests before a malformed pipelined one, then the malformed one, then closes', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(

@@ -74,15 +74,15 @@ describe('HTTP/1.1 semantics through the proxy', () => {
   it('tells the origin when the client closes after its request, and lets the origin close first', async () => {
     const seen: { head: string; finFromProxyBeforeOwnClose: boolean }[] = [];
     await using origin = await startTcpOrigin((socket) => {
-      const record = { head: '', finFromProxyBeforeOwnClose: false };
-      seen.push(record);
+      const observed = { head: '', finFromProxyBeforeOwnClose: false };
+      seen.push(observed);
       socket.once('data', (chunk: Buffer) => {
-        record.head = chunk.toString('latin1');
+        observed.head = chunk.toString('latin1');
         socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
         // The origin closes a moment after its answer; the proxy must not close before it.
         setTimeout(() => socket.end(), 300);
       });
-      socket.once('end', () => (record.finFromProxyBeforeOwnClose = !socket.writableEnded));
+      socket.once('end', () => (observed.finFromProxyBeforeOwnClose = !socket.writableEnded));
     });
     await using under = await startProxy([origin.port]);
     const reply = await rawRequest(under.registry, origin.port, 'GET /bye HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n');

@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import net from 'node:net';
+import { HttpProxyError, ProxyErrorCode } from './errors.js';
 
 /**
  * One canonical view of a request head, for the rules and for forwarding alike (issue
@@ -24,26 +25,20 @@ import net from 'node:net';
 /** Why a request head was refused (always 400). Stable literals: events and metrics carry them. */
 export const RequestViewCode = {
   /** An HTTP/1.1 request without a Host header. */
-  HostMissing: 'COPROXY_HTTP_HOST_MISSING',
+  HostMissing: ProxyErrorCode.HostMissing,
   /** More than one Host header line: which one would the origin use? */
-  HostDuplicate: 'COPROXY_HTTP_HOST_DUPLICATE',
+  HostDuplicate: ProxyErrorCode.HostDuplicate,
   /** A Host that is no `host[:port]` (a path, user information, a bad port, an escape…). */
-  HostInvalid: 'COPROXY_HTTP_HOST_INVALID',
+  HostInvalid: ProxyErrorCode.HostInvalid,
   /** A request target that is not origin-form, `http://` absolute-form, `*` with OPTIONS, or that has a fragment, a broken or NUL escape. */
-  TargetInvalid: 'COPROXY_HTTP_TARGET_INVALID',
+  TargetInvalid: ProxyErrorCode.TargetInvalid,
 } as const;
 export type RequestViewCode = (typeof RequestViewCode)[keyof typeof RequestViewCode];
 
 /** A request head the proxy refuses to forward because origins could read it otherwise than the rules would. */
-export class RequestViewError extends Error {
+export class RequestViewError extends HttpProxyError<RequestViewCode> {
   override readonly name = 'RequestViewError';
   readonly status = 400;
-  constructor(
-    readonly code: RequestViewCode,
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 /** Which of RFC 9112's four request-target forms the client used. */
@@ -86,7 +81,7 @@ export interface CanonicalRequest {
   readonly rawHeaders: string[];
   /** `rawHeaders` as `IncomingHttpHeaders`. */
   readonly headers: IncomingHttpHeaders;
-  /** Set when the head must not be forwarded: the other fields are then a best effort, for the record. */
+  /** Set when the head must not be forwarded: the other fields are then a best effort, for the exchange log. */
   readonly rejection: RequestViewError | undefined;
 }
 
@@ -159,7 +154,7 @@ const ABSOLUTE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s;
 function parseTarget(method: string, url: string): ParsedTarget | RequestViewError {
   const invalid = (why: string): RequestViewError => new RequestViewError(RequestViewCode.TargetInvalid, `${why}: ${JSON.stringify(url.slice(0, 200))}`);
   if (method === 'CONNECT') {
-    // Never forwarded (501): kept for the record as it came.
+    // Never forwarded (501): kept for the exchange log as it came.
     return { form: 'authority', target: url, authority: canonicalAuthority(url), paths: [''], query: undefined };
   }
   if (url === '*') {

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { HttpExchange } from './proxy.js';
+import type { HttpExchange } from './events.js';
 import { sha256, sleep, tempDir, until, within } from './test-support/harness.js';
 import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
 
@@ -12,14 +12,14 @@ import { NETNS_V4, NETNS_V6, assertKernelTestsCanRun, createNetns, skipKernelTes
 // network namespace of the test's own (unique name, removed with `await using` even when
 // the test fails, every process in it killed), with an origin there too, and unmodified
 // curl as the client. The CLI runs the built package (dist/).
-const fixtures = fileURLToPath(new URL('../test-fixtures/', import.meta.url));
+const fixtures = fileURLToPath(new URL('./test-support/', import.meta.url));
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const ID = 'acme-web';
 const ORIGIN_PORT = 8080;
 /** Not an inspected port, so scraping the metrics is not itself an exchange. */
 const METRICS_PORT = 9464;
 
-/** What the origin reports of each request it received (test-fixtures/echo-origin.mjs). */
+/** What the origin reports of each request it received (test-support/echo-origin.mjs). */
 interface OriginRequest {
   readonly method: string;
   readonly url: string;

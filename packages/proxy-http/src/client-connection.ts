@@ -1,16 +1,37 @@
 import http from 'node:http';
 import type net from 'node:net';
-import { type AcceptedConnection, relay, spliceBurst } from '@coproxy/core';
+import { type AcceptedConnection, errorCodeOf, relay } from '@coproxy/core';
 import type { Logger } from 'pino';
-import { type RequestViewError, canonicalRequest } from './canonical-request.js';
+import type { RequestViewError } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
-import { type Framing, LAST_CHUNK, endToEndHeaders, framingOf, headersObject, localAnswer, serializeHead, writeBody } from './http-head.js';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
+import type { HttpExchange, HttpProxyEvent } from './events.js';
+import {
+  type Exchange,
+  asError,
+  decideRequest,
+  exchangeLogEntry,
+  exchangeOfHead,
+  failureText,
+  headFault,
+  planRequest,
+  upgradeResponseHead,
+} from './exchange.js';
+import { LAST_CHUNK, headersObject, localAnswer, writeBody } from './http-head.js';
+import type { ConnectionInfo, Decision, Inspector } from './inspector.js';
 import type { HttpProxyMetrics } from './metrics.js';
 import { type HttpParser, type MessageHead, type ParserError, createParser, isParserError, isPause } from './node-http-parser.js';
-import type { HttpExchange, HttpProxyEvent } from './proxy.js';
-import { ChunkSizeGuard, checkRequestFraming, dropConnectionOptions } from './request-framing.js';
+import { type LegOwner, OriginLeg } from './origin-leg.js';
+import { ChunkSizeGuard, checkRequestFraming } from './request-framing.js';
 import { MAX_LEADING_EMPTY_BYTES, leadingEmptyBytes } from './sniff.js';
+
+/**
+ * The framing concern, client side: one client connection's bytes. Its requests are
+ * parsed (Node's parser, the framing checks of request-framing.ts, the chunk-size bound),
+ * queued, and their bodies moved to the origin with backpressure; upgrades become relays.
+ * The origin side (responses parsed and moved back) is origin-leg.ts. What each exchange
+ * is and gets — inspection, verdicts, annotations, the response's framing to the client,
+ * the log entry — is exchange.ts's to decide.
+ */
 
 /** What a client connection needs from the proxy that owns it. */
 export interface ConnectionHooks {
@@ -22,9 +43,10 @@ export interface ConnectionHooks {
   readonly metrics: HttpProxyMetrics;
   readonly logger: Logger;
   emitEvent(event: HttpProxyEvent): void;
-  /** Whether anyone wants exchange records (a subscriber, or a log level that prints them). */
+  /** Whether anyone wants the exchange log (a subscriber, or a log level that prints it). */
   wantsExchanges(failed: boolean): boolean;
-  record(exchange: HttpExchange): void;
+  /** A finished exchange, for the exchange log. */
+  onExchange(exchange: HttpExchange): void;
   countError(code: string): void;
 }
 
@@ -38,87 +60,38 @@ export interface ConnectionSettings {
   readonly maxBodySize: number;
 }
 
-const ALLOW: Decision = Object.freeze({ action: 'allow', by: Object.freeze([]) });
-
 /** How a client that sent a malformed request or got a closing answer may take to close its side. */
 const CLIENT_CLOSE_GRACE_MS = 2000;
 /** Body bytes of a pipelined request held while the request before it is served; the client is paused beyond. */
 const HOLD_LIMIT = 64 * 1024;
 /** Requests a client may pipeline ahead of the one being served before it is paused. */
 const MAX_QUEUED = 16;
-/** Response heads from origins may be larger than what clients may send. */
-const ORIGIN_MAX_HEADER_SIZE = 64 * 1024;
-/** What Node reads from a socket at most at a time: a read this long may have left more waiting. */
-const NODE_READ_BYTES = 64 * 1024;
 
-/** One request and its response, from the request head to the end of both. */
-class Exchange {
-  readonly startedAt = Date.now();
-  /** Where request body bytes go: held until the origin leg is ready, then the origin, or nowhere after a local answer. */
-  sink: 'hold' | 'origin' | 'discard' = 'hold';
-  held: Buffer[] = [];
-  heldBytes = 0;
-  requestBytes = 0;
-  responseBytes = 0;
-  requestDone = false;
-  responseDone = false;
-  finished = false;
-  decision: Decision | undefined;
-  response: ResponseInfo | undefined;
-  /** The response head went to the client: a failure from here on can only cut the connection. */
-  headSent = false;
-  /** How the response body goes to the client. */
-  toClient: Framing = 'none';
-  /** The client may send another request after this one. */
-  reusable: boolean;
-  /** Response body chunks held while response inspectors run. */
-  heldResponse: Buffer[] | undefined;
-  heldResponseComplete = false;
-  failure: { code: string; message: string } | undefined;
-  tunnel: { bytesFromClient: number; bytesToClient: number } | undefined;
+/**
+ * What the connection does with the bytes the client sends. `requests`: parsed as requests.
+ * `upgrade-pending`: an upgrade request's head was parsed; what follows is the upgraded
+ * protocol's, held until the origin accepts (or declines). `tunnelled`: the relay owns the
+ * socket. `refused`: a request was refused; nothing after it is parsed, and its answer
+ * goes out once the exchanges before it are answered. `closing`: no more requests are
+ * taken, the connection ends once the current exchange is done (`refused` is kept for the
+ * turn a refused request still gets).
+ */
+type ClientInput =
+  | { readonly state: 'requests' }
+  | { readonly state: 'upgrade-pending'; readonly held: Buffer[]; bytes: number }
+  | { readonly state: 'tunnelled' }
+  | { readonly state: 'refused'; readonly refusal: Refusal }
+  | { readonly state: 'closing'; readonly refusal: Refusal | undefined };
 
-  constructor(
-    readonly sequence: number,
-    readonly request: RequestInfo,
-    readonly rawHeaders: string[],
-    /** The request body's framing towards the origin (the same as the client's). */
-    readonly framing: Framing,
-    keepAlive: boolean,
-    /** Why the head is answered 400 instead of forwarded (canonical-request.ts), in its turn. */
-    readonly rejection: RequestViewError | undefined,
-  ) {
-    this.reusable = keepAlive && !request.upgrade;
-  }
-}
-
-/** The connection to the origin that one client connection's requests share, one at a time. */
-interface OriginLeg {
-  readonly socket: net.Socket;
-  readonly parser: HttpParser;
-  /** The exchange whose response is being read. */
-  current: Exchange | undefined;
-  /** A 1xx response is being read: its end is not the exchange's. */
-  informational: boolean;
-  /** The origin answered 101: what follows its head is the upgraded protocol. */
-  upgraded: MessageHead | undefined;
-  /** The origin keeps the connection open after the current response. */
-  keepAlive: boolean;
-  /** False once the origin closed or must not be reused. */
-  usable: boolean;
-  waitingForClientDrain: boolean;
-  /**
-   * Bytes of a Content-Length body still to come, passed to the client straight from the
-   * socket's reads: the parser would only count them and copy each chunk.
-   */
-  passBody: number;
-  /** The origin said it closes after its response: left for it to close first. */
-  closingByOrigin: boolean;
+interface Refusal {
+  readonly code: string;
+  readonly status: number;
 }
 
 /**
  * One client connection that sniffed as HTTP/1.x: its requests are parsed with Node's
  * parser, inspected, forwarded to the origin over a connection from `connectOnward()`
- * (so the flow's records go with them), and the responses relayed back, one exchange at a
+ * (so the flow's redirect records go with them), and the responses relayed back, one exchange at a
  * time in order. Bodies stream both ways with backpressure; nothing is buffered whole.
  */
 export class ClientConnection {
@@ -129,28 +102,21 @@ export class ClientConnection {
   /** The exchange whose request is being parsed (the last in the queue). */
   private parsing: Exchange | undefined;
   private origin: OriginLeg | undefined;
+  /** What the origin leg reports back: its responses' ends, failures, an accepted upgrade, its close. */
+  private readonly legOwner: LegOwner;
   private sequence = 0;
   /** When the request head being received began, for the header timeout. */
   private headSince: number | undefined;
-  /** Bytes after an upgrade request's head: the upgraded protocol's, held until the tunnel opens. */
-  private tunnelHead: Buffer[] | undefined;
-  private tunnelHeadBytes = 0;
-  private tunnelled = false;
-  /** No more requests are taken: the connection ends once the current exchange is done. */
-  private closing = false;
-  /** The origin's socket buffer is full: the client is not read until it drains. */
+  private input: ClientInput = { state: 'requests' };
+  /** The origin's socket buffer is full: the client is not read until it drains (flow control, not a state). */
   private originFull = false;
+  /** The client half-closed its side: facts of the socket, whatever the state. */
   private clientEnded = false;
   private closed = false;
   /** CR and LF bytes seen before the first request line; undefined once it started. */
   private preamble: number | undefined = 0;
   /** Follows the size lines of the chunked request body being parsed. */
   private chunkGuard: ChunkSizeGuard | undefined;
-  /**
-   * A request was refused: nothing after it is parsed; the answer goes out once the
-   * exchanges before it are answered, then the connection ends.
-   */
-  private refusal: { readonly code: string; readonly status: number } | undefined;
 
   constructor(
     private readonly conn: AcceptedConnection,
@@ -159,6 +125,25 @@ export class ClientConnection {
     private readonly onClosed: (connection: ClientConnection) => void,
   ) {
     this.socket = conn.socket;
+    this.legOwner = {
+      client: this.conn.socket,
+      connectionId: this.info.id,
+      logger: this.hooks.logger,
+      inspectors: this.hooks.inspectors,
+      inspectsResponses: this.hooks.inspectsResponses,
+      originTimeoutMs: this.hooks.settings.originTimeoutMs,
+      clientClosed: () => this.closed,
+      tunnelled: () => this.input.state === 'tunnelled',
+      fail: (exchange, code, error, status) => this.fail(exchange, code, error, status),
+      responseDone: (exchange) => this.maybeFinish(exchange),
+      openTunnel: (leg, head, rest) => this.openTunnel(leg, head, rest),
+      legClosed: (leg) => {
+        if (this.origin !== leg) return;
+        this.origin = undefined;
+        this.originFull = false; // its 'drain' will never come
+        this.updateClientFlow();
+      },
+    };
     this.parser = createParser('request', hooks.settings.maxHeaderSize, {
       onBegin: () => (this.headSince = Date.now()),
       onHead: (head) => this.onRequestHead(head),
@@ -189,13 +174,42 @@ export class ClientConnection {
     if (this.headSince === undefined || now - this.headSince < this.hooks.settings.headersTimeoutMs) return;
     this.headSince = undefined;
     // A pipelined head is answered after the responses before it.
-    this.refuse('ERR_HTTP_REQUEST_TIMEOUT', 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
+    this.refuse(ProxyErrorCode.RequestTimeout, 408, `no request head within ${this.hooks.settings.headersTimeoutMs} ms`);
+  }
+
+  /** A request was refused: nothing after it is parsed; its answer waits for its turn. */
+  private get refusal(): Refusal | undefined {
+    const input = this.input;
+    switch (input.state) {
+      case 'refused':
+      case 'closing':
+        return input.refusal;
+      case 'requests':
+      case 'upgrade-pending':
+      case 'tunnelled':
+        return undefined;
+      default:
+        return unreachable(input);
+    }
   }
 
   private readonly onData = (chunk: Buffer): void => {
-    if (this.refusal !== undefined) return; // a request was refused: nothing after it is parsed
-    if (this.closing && this.queue.length === 0) return; // answered with a close: what follows is dropped
-    if (this.tunnelHead !== undefined) return this.holdForTunnel(chunk);
+    const input = this.input;
+    switch (input.state) {
+      case 'refused':
+        return; // a request was refused: nothing after it is parsed
+      case 'closing':
+        if (input.refusal !== undefined || this.queue.length === 0) return; // answered with a close: what follows is dropped
+        break;
+      case 'upgrade-pending':
+        return this.holdForTunnel(input, chunk);
+      case 'requests':
+        break;
+      case 'tunnelled':
+        return; // the relay reads from here on
+      default:
+        return unreachable(input);
+    }
     if (this.preamble !== undefined && !this.countPreamble(chunk)) return;
     const origin = this.origin?.socket;
     origin?.cork();
@@ -223,7 +237,7 @@ export class ClientConnection {
       }
       if (isParserError(consumed)) return this.onParseError(consumed);
       // Only an upgrade head stops the parser short: the rest is the upgraded protocol's.
-      if (consumed < data.length && this.tunnelHead !== undefined) this.holdForTunnel(data.subarray(consumed));
+      if (consumed < data.length && this.input.state === 'upgrade-pending') this.holdForTunnel(this.input, data.subarray(consumed));
       return;
     }
   }
@@ -241,9 +255,9 @@ export class ClientConnection {
   }
 
   /** Bytes of the upgraded protocol that arrive before the origin accepted the upgrade. */
-  private holdForTunnel(chunk: Buffer): void {
-    this.tunnelHead!.push(chunk);
-    this.tunnelHeadBytes += chunk.length;
+  private holdForTunnel(input: ClientInput & { state: 'upgrade-pending' }, chunk: Buffer): void {
+    input.held.push(chunk);
+    input.bytes += chunk.length;
     this.updateClientFlow();
   }
 
@@ -255,27 +269,10 @@ export class ClientConnection {
       this.refuse(refused.code, refused.status, refused.message);
       return 'pause'; // the parser stops here: no byte of its body is read
     }
-    dropConnectionOptions(headers, head.upgrade);
-    // The one view the inspectors evaluate and the origin is sent (canonical-request.ts).
-    const view = canonicalRequest(head, headers);
-    const request: RequestInfo = {
-      method: head.method,
-      url: head.url,
-      target: view.target,
-      path: view.path,
-      paths: view.paths,
-      host: view.host,
-      port: view.port,
-      authority: view.authority,
-      httpVersion: `${head.versionMajor}.${head.versionMinor}`,
-      headers: view.headers,
-      connection: this.info,
-      upgrade: head.upgrade && head.method !== 'CONNECT',
-    };
-    const exchange = new Exchange(++this.sequence, request, view.rawHeaders, framingOf(view.headers, 'none'), head.keepAlive, view.rejection);
-    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && view.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
-    this.hooks.metrics.requests.inc({ method: request.method });
-    if (head.upgrade) this.tunnelHead = [];
+    const exchange = exchangeOfHead(++this.sequence, head, headers, this.info);
+    this.chunkGuard = exchange.framing === 'chunked' && !head.upgrade && exchange.rejection === undefined ? new ChunkSizeGuard(this.hooks.settings.maxBodySize) : undefined;
+    this.hooks.metrics.requests.inc({ method: exchange.request.method });
+    if (head.upgrade && this.input.state === 'requests') this.input = { state: 'upgrade-pending', held: [], bytes: 0 };
     this.parsing = exchange;
     this.queue.push(exchange);
     if (this.queue.length === 1) this.serve(exchange);
@@ -287,13 +284,23 @@ export class ClientConnection {
     const exchange = this.parsing;
     if (exchange === undefined) return;
     exchange.requestBytes += chunk.length;
-    if (exchange.sink === 'origin') {
-      const leg = this.origin;
-      if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.waitForOriginDrain(leg.socket);
-    } else if (exchange.sink === 'hold') {
-      exchange.held.push(chunk);
-      exchange.heldBytes += chunk.length;
-      if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
+    const body = exchange.requestBody;
+    switch (body.state) {
+      case 'forwarding': {
+        const leg = this.origin;
+        if (leg !== undefined && !writeBody(leg.socket, chunk, exchange.framing)) this.waitForOriginDrain(leg.socket);
+        return;
+      }
+      case 'holding':
+        body.chunks.push(chunk);
+        exchange.heldBytes += chunk.length;
+        if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
+        return;
+      case 'discarding':
+      case 'complete':
+        return;
+      default:
+        return unreachable(body);
     }
   }
 
@@ -302,8 +309,8 @@ export class ClientConnection {
     if (exchange === undefined) return;
     this.parsing = undefined;
     this.chunkGuard = undefined;
-    exchange.requestDone = true;
-    if (exchange.sink === 'origin' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
+    if (exchange.requestBody.state === 'forwarding' && exchange.framing === 'chunked') this.origin?.socket.write(LAST_CHUNK);
+    exchange.completeRequestBody();
     this.maybeFinish(exchange);
   }
 
@@ -323,14 +330,15 @@ export class ClientConnection {
    * tunnel reached their bound, or too many requests wait their turn.
    */
   private updateClientFlow(): void {
-    if (this.tunnelled || this.closed) return; // the relay, or nobody, reads from here on
+    const input = this.input;
+    if (input.state === 'tunnelled' || this.closed) return; // the relay, or nobody, reads from here on
     const parsing = this.parsing;
     const full =
-      !this.closing &&
+      input.state !== 'closing' &&
       (this.originFull ||
         this.queue.length >= MAX_QUEUED ||
-        (parsing !== undefined && parsing.sink === 'hold' && parsing.heldBytes >= HOLD_LIMIT) ||
-        (this.tunnelHead !== undefined && this.tunnelHeadBytes >= HOLD_LIMIT));
+        (parsing !== undefined && parsing.requestBody.state === 'holding' && parsing.heldBytes >= HOLD_LIMIT) ||
+        (input.state === 'upgrade-pending' && input.bytes >= HOLD_LIMIT));
     if (full && !this.socket.isPaused()) this.socket.pause();
     else if (!full && this.socket.isPaused()) this.socket.resume();
   }
@@ -346,42 +354,45 @@ export class ClientConnection {
   /** Inspects the exchange at the head of the queue and sends it on, or answers it here. */
   private async begin(exchange: Exchange): Promise<void> {
     const { request } = exchange;
-    if (exchange.rejection !== undefined) return this.rejectHead(exchange, exchange.rejection);
-    if (request.method === 'CONNECT') {
-      // A transparent proxy sees what clients send their origins; CONNECT is for explicit proxies.
-      this.hooks.countError('CONNECT_METHOD');
-      this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: 'CONNECT_METHOD', status: 501 });
-      return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
+    const fault = headFault(exchange);
+    if (fault !== undefined) {
+      switch (fault.kind) {
+        case 'refuse-head':
+          return this.rejectHead(exchange, fault.rejection);
+        case 'connect-method':
+          this.hooks.countError(ProxyErrorCode.ConnectMethod);
+          this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.ConnectMethod, status: 501 });
+          return this.answer(exchange, 501, 'CONNECT is not served by a transparent proxy', true);
+        default:
+          return unreachable(fault);
+      }
     }
     let decision: Decision;
     try {
-      // Without inspectors nothing can say otherwise: allow, without a turn of the event loop.
-      decision = this.hooks.inspectors.length === 0 ? ALLOW : await decide(this.hooks.inspectors, request);
+      const pending = decideRequest(this.hooks.inspectors, request);
+      decision = pending instanceof Promise ? await pending : pending;
     } catch (error) {
       return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
     }
     if (this.closed || exchange.finished) return; // the client went, or its request was refused meanwhile
     exchange.decision = decision;
     this.hooks.metrics.verdicts.inc({ verdict: decision.action });
-    if (decision.action === 'block') {
-      const status = decision.status >= 400 && decision.status <= 599 ? decision.status : 403;
-      return this.answer(exchange, status, decision.reason, request.upgrade);
-    }
-
-    let head: string;
-    try {
-      const headers = endToEndHeaders(exchange.rawHeaders, decision.action === 'annotate' ? decision.headers : undefined, request.upgrade);
-      // A client that closes after this exchange: the origin is told too, and closes first.
-      const connection = exchange.reusable || request.upgrade ? undefined : 'close';
-      head = serializeHead(`${request.method} ${request.target} HTTP/1.1`, headers, exchange.framing, connection, request.headers['transfer-encoding']);
-    } catch (error) {
-      return this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502); // an annotation that is no valid header
+    const plan = planRequest(exchange, decision);
+    switch (plan.kind) {
+      case 'block':
+        return this.answer(exchange, plan.status, plan.reason, plan.close);
+      case 'inspector-failed':
+        return this.fail(exchange, ProxyErrorCode.InspectorFailed, plan.error, 502);
+      case 'forward':
+        break;
+      default:
+        return unreachable(plan);
     }
     let leg: OriginLeg;
     try {
-      leg = this.origin?.usable === true ? this.origin : await this.connectOrigin();
+      leg = this.origin?.reuse === 'reusable' ? this.origin : await this.connectOrigin();
     } catch (error) {
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      const code = errorCodeOf(error, ProxyErrorCode.OriginUnreachable);
       return this.fail(exchange, code, asError(error), code === 'COPROXY_CONNECT_TIMEOUT' ? 504 : 502);
     }
     if (this.closed) return;
@@ -395,12 +406,22 @@ export class ClientConnection {
     // Node's parser gives the head's bytes as latin1 strings: written back as latin1, a header
     // byte above 0x7f (obs-text) reaches the origin as it came, not re-encoded as two UTF-8
     // bytes the inspectors never saw.
-    leg.socket.write(head, 'latin1');
-    for (const chunk of exchange.held) writeBody(leg.socket, chunk, exchange.framing);
-    if (exchange.requestDone && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
+    leg.socket.write(plan.head, 'latin1');
+    const body = exchange.requestBody;
+    switch (body.state) {
+      case 'holding':
+        for (const chunk of body.chunks) writeBody(leg.socket, chunk, exchange.framing);
+        if (body.complete && exchange.framing === 'chunked') leg.socket.write(LAST_CHUNK);
+        exchange.requestBody = body.complete ? { state: 'complete' } : { state: 'forwarding' };
+        break;
+      case 'forwarding':
+      case 'discarding':
+      case 'complete':
+        break; // not held: nothing was kept to send
+      default:
+        unreachable(body);
+    }
     leg.socket.uncork();
-    exchange.held = [];
-    exchange.sink = 'origin';
     if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
   }
 
@@ -412,288 +433,37 @@ export class ClientConnection {
       socket.destroy();
       throw Object.assign(new Error('the client closed the connection while the origin was being reached'), { code: ProxyErrorCode.ClientReset });
     }
-    const leg: OriginLeg = {
-      socket,
-      parser: createParser('response', ORIGIN_MAX_HEADER_SIZE, {
-        onHead: (head) => this.onResponseHead(leg, head),
-        onBody: (chunk) => this.onResponseBody(leg, chunk),
-        onComplete: () => this.onResponseComplete(leg),
-      }),
-      current: undefined,
-      informational: false,
-      upgraded: undefined,
-      keepAlive: true,
-      usable: true,
-      waitingForClientDrain: false,
-      passBody: 0,
-      closingByOrigin: false,
-    };
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onOriginData(leg, chunk));
-    socket.on('end', () => this.onOriginEnd(leg));
-    socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(leg, error));
-    socket.once('close', () => {
-      leg.usable = false;
-      if (this.origin !== leg) return;
-      this.origin = undefined;
-      this.originFull = false; // its 'drain' will never come
-      this.updateClientFlow();
-    });
-    // No byte from the origin for this long: 504 before its response head, a cut after it;
-    // an idle kept-alive origin connection is just closed.
-    socket.setTimeout(this.hooks.settings.originTimeoutMs, () => this.onOriginTimeout(leg));
+    const leg = new OriginLeg(socket, this.legOwner);
     this.origin = leg;
     return leg;
   }
 
-  private onOriginData(leg: OriginLeg, data: Buffer): void {
-    let chunk = data;
-    if (leg.passBody > 0) {
-      const length = Math.min(chunk.length, leg.passBody);
-      leg.passBody -= length;
-      this.relayResponseBody(leg, length === chunk.length ? chunk : chunk.subarray(0, length));
-      // A read that filled Node's buffer says more is waiting: that part goes in the kernel.
-      if (leg.passBody > 0 && length === chunk.length && data.length >= NODE_READ_BYTES) this.spliceResponseBody(leg);
-      if (leg.passBody > 0 || leg.socket.destroyed || this.socket.destroyed) return;
-      // The body is complete; the parser, which saw only its start, starts afresh.
-      leg.parser.reset();
-      this.onResponseComplete(leg);
-      if (length === chunk.length) return;
-      chunk = chunk.subarray(length);
-    }
-    // What one read yields (a response head and its body, often) leaves in one write.
-    this.socket.cork();
-    const consumed = leg.parser.execute(chunk);
-    this.socket.uncork();
-    if (isParserError(consumed)) {
-      leg.usable = false;
-      leg.socket.destroy();
-      const exchange = leg.current;
-      if (exchange !== undefined) this.fail(exchange, ProxyErrorCode.OriginMalformed, consumed, 502);
-      return;
-    }
-    if (leg.upgraded !== undefined) this.openTunnel(leg, chunk.subarray(consumed));
-  }
-
-  private onResponseHead(leg: OriginLeg, head: MessageHead): boolean {
-    const exchange = leg.current;
-    if (exchange === undefined) {
-      // A response nobody asked for: the origin does not speak HTTP as it should.
-      this.hooks.logger.warn({ connection: this.info.id, status: head.status }, 'unsolicited response from the origin');
-      leg.usable = false;
-      leg.socket.destroy();
-      return true;
-    }
-    if (head.status >= 100 && head.status < 200 && head.status !== 101) {
-      leg.informational = true; // 100 Continue, 103 Early Hints: passed on, the final answer follows
-      if (exchange.request.httpVersion === '1.1' && !exchange.headSent) {
-        this.socket.write(serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), 'none'), 'latin1');
-      }
-      return false;
-    }
-    if (head.status === 101) {
-      if (exchange.request.upgrade) {
-        leg.upgraded = head;
-        return true;
-      }
-      this.fail(exchange, ProxyErrorCode.OriginMalformed, new Error('the origin switched protocols without being asked to'), 502);
-      leg.usable = false;
-      leg.socket.destroy();
-      return true;
-    }
-    const headers = headersObject(head.rawHeaders);
-    exchange.response = { status: head.status, headers };
-    leg.keepAlive = head.keepAlive;
-    const noBody = exchange.request.method === 'HEAD' || head.status === 204 || head.status === 304;
-    const fromOrigin = noBody ? 'none' : framingOf(headers, 'close');
-    // A body of unknown length goes chunked to an HTTP/1.1 client (which can then keep its
-    // connection even when the origin delimited the body by closing), and delimited by the
-    // close to an HTTP/1.0 one, which knows no chunks.
-    const unknownLength = fromOrigin === 'chunked' || fromOrigin === 'close';
-    exchange.toClient = unknownLength ? (exchange.request.httpVersion === '1.1' ? 'chunked' : 'close') : fromOrigin;
-    // An upgrade the origin declined: its answer is passed on, then the connection closes.
-    if (exchange.toClient === 'close' || exchange.request.upgrade) exchange.reusable = false;
-    const connection = !exchange.reusable ? 'close' : exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined;
-    const codings = noBody ? undefined : headers['transfer-encoding'];
-    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders), exchange.toClient, connection, codings);
-    if (!this.hooks.inspectsResponses) {
-      this.sendResponseHead(exchange, responseHead);
-      if (fromOrigin === 'length') leg.passBody = Number(headers['content-length']);
-      return noBody;
-    }
-    // Response inspectors see the head before the client does; the body waits meanwhile.
-    exchange.heldResponse = [];
-    leg.socket.pause();
-    void this.inspectResponse(exchange).then(
-      () => {
-        if (this.closed || exchange.finished) return;
-        this.sendResponseHead(exchange, responseHead);
-        const held = exchange.heldResponse ?? [];
-        exchange.heldResponse = undefined;
-        for (const chunk of held) writeBody(this.socket, chunk, exchange.toClient);
-        if (exchange.heldResponseComplete) this.completeResponse(exchange);
-        leg.socket.resume();
-      },
-      (error: unknown) => {
-        leg.usable = false;
-        leg.socket.destroy();
-        this.fail(exchange, ProxyErrorCode.InspectorFailed, asError(error), 502);
-      },
-    );
-    return noBody;
-  }
-
-  private async inspectResponse(exchange: Exchange): Promise<void> {
-    for (const inspector of this.hooks.inspectors) await inspector.inspectResponse?.(exchange.request, exchange.response!);
-  }
-
-  private sendResponseHead(exchange: Exchange, head: string): void {
-    exchange.headSent = true;
-    this.socket.write(head, 'latin1'); // latin1 as parsed: see begin()
-  }
-
-  private onResponseBody(leg: OriginLeg, chunk: Buffer): void {
-    leg.passBody -= Math.min(leg.passBody, chunk.length); // the part that came with the head
-    this.relayResponseBody(leg, chunk);
-  }
-
-  private relayResponseBody(leg: OriginLeg, chunk: Buffer): void {
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished) return;
-    exchange.responseBytes += chunk.length;
-    if (exchange.heldResponse !== undefined) return void exchange.heldResponse.push(chunk);
-    if (!writeBody(this.socket, chunk, exchange.toClient) && !leg.waitingForClientDrain) {
-      leg.waitingForClientDrain = true;
-      leg.socket.pause();
-      this.socket.once('drain', () => {
-        leg.waitingForClientDrain = false;
-        leg.socket.resume();
-      });
-    }
-  }
-
-  /**
-   * The rest of a Content-Length body that is already waiting in the origin socket goes to
-   * the client inside the kernel (core's `spliceBurst`), never more than the body: the next
-   * response stays for the parser. Only when the body is passed on as it is, and nothing
-   * is queued towards the client.
-   */
-  private spliceResponseBody(leg: OriginLeg): void {
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || exchange.heldResponse !== undefined || exchange.toClient !== 'length' || leg.waitingForClientDrain) return;
-    const burst = spliceBurst(leg.socket, this.socket, leg.passBody);
-    if (burst === undefined) return;
-    leg.passBody -= burst.taken;
-    exchange.responseBytes += burst.sent;
-    if (burst.failed?.side === 'source') leg.socket.destroy(burst.failed.error);
-    else if (burst.failed !== undefined) this.socket.destroy(burst.failed.error);
-    else if (burst.rest !== undefined) this.relayResponseBody(leg, burst.rest);
-  }
-
-  private onResponseComplete(leg: OriginLeg): void {
-    leg.passBody = 0;
-    if (leg.informational) {
-      leg.informational = false;
-      return;
-    }
-    const exchange = leg.current;
-    if (exchange === undefined || leg.upgraded !== undefined) return;
-    leg.current = undefined;
-    if (!exchange.requestDone) {
-      // The origin answered before the whole request body was sent: the rest is dropped,
-      // and this connection cannot carry another request.
-      leg.usable = false;
-      if (!leg.socket.writableEnded) leg.socket.end();
-      exchange.sink = 'discard';
-    } else if (!leg.keepAlive) {
-      // The origin closes after this response: it closes first, so the TIME_WAIT is its,
-      // not a port of ours (with a new connection per request, thousands of them slowed
-      // every connect()). Should it not close, the origin timeout ends the connection.
-      leg.usable = false;
-      leg.closingByOrigin = true;
-    }
-    if (exchange.heldResponse !== undefined) {
-      exchange.heldResponseComplete = true;
-      return;
-    }
-    this.completeResponse(exchange);
-  }
-
-  private completeResponse(exchange: Exchange): void {
-    if (exchange.toClient === 'chunked') this.socket.write(LAST_CHUNK);
-    exchange.responseDone = true;
-    this.maybeFinish(exchange);
-  }
-
-  private onOriginEnd(leg: OriginLeg): void {
-    leg.usable = false;
-    // Onward sockets allow half-open (a relay passes half-closes on); here the origin's
-    // close ends the leg, and ours follows it.
-    if (!leg.socket.writableEnded) leg.socket.end();
-    // A body delimited by the close completes here; anything else unfinished is an error.
-    const error = leg.parser.finish();
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished) return;
-    if (leg.upgraded !== undefined) return;
-    const reason = error ?? new Error('the origin closed the connection before its response was complete');
-    this.originBroke(exchange, Object.assign(reason, { code: exchange.response === undefined ? 'ECONNRESET' : ProxyErrorCode.OriginReset }));
-  }
-
-  private onOriginError(leg: OriginLeg, error: NodeJS.ErrnoException): void {
-    leg.usable = false;
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.tunnelled) return;
-    this.originBroke(exchange, error);
-  }
-
-  private originBroke(exchange: Exchange, error: Error): void {
-    if (exchange.response === undefined) {
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
-      this.fail(exchange, code, error, 502);
-    } else {
-      this.fail(exchange, ProxyErrorCode.OriginReset, error, undefined);
-    }
-  }
-
-  private onOriginTimeout(leg: OriginLeg): void {
-    leg.usable = false;
-    leg.socket.destroy();
-    const exchange = leg.current;
-    if (exchange === undefined || exchange.finished || this.tunnelled) return;
-    const what = exchange.response === undefined ? 'response' : 'byte';
-    const error = new Error(`no ${what} from the origin within ${this.hooks.settings.originTimeoutMs} ms`);
-    this.fail(exchange, ProxyErrorCode.OriginTimeout, error, exchange.response === undefined ? 504 : undefined);
-  }
-
   /** The origin accepted the upgrade: its head goes to the client, then both ways are relayed as bytes. */
-  private openTunnel(leg: OriginLeg, originRest: Buffer): void {
+  private openTunnel(leg: OriginLeg, head: MessageHead, originRest: Buffer): void {
     const exchange = leg.current!;
-    const head = leg.upgraded!;
-    leg.upgraded = undefined;
+    leg.message = { kind: 'final' };
     leg.current = undefined;
-    leg.usable = false;
-    this.tunnelled = true;
+    leg.retire();
+    const held = this.input.state === 'upgrade-pending' ? this.input.held : [];
+    this.input = { state: 'tunnelled' };
     if (this.origin === leg) this.origin = undefined;
-    exchange.response = { status: head.status, headers: headersObject(head.rawHeaders) };
+    const responseHead = upgradeResponseHead(exchange, head);
     // Our listeners go: from here the relay owns both sockets.
-    leg.socket.removeAllListeners('data');
-    leg.socket.removeAllListeners('end');
-    leg.socket.setTimeout(0);
+    leg.detach();
     this.socket.off('data', this.onData);
     this.socket.off('end', this.onEnd);
     this.socket.setTimeout(0);
-    const clientRest = Buffer.concat(this.tunnelHead ?? []);
-    this.tunnelHead = undefined;
-    const responseHead = serializeHead(`HTTP/1.1 ${head.status} ${head.statusMessage}`, endToEndHeaders(head.rawHeaders, undefined, true), 'none');
-    exchange.headSent = true;
+    const clientRest = Buffer.concat(held);
+    exchange.responseProgress = { state: 'streaming' };
     this.socket.write(responseHead, 'latin1');
     if (originRest.length > 0) this.socket.write(originRest);
     if (clientRest.length > 0) leg.socket.write(clientRest);
     this.socket.resume();
     void relay(this.socket, leg.socket).then((result) => {
       exchange.tunnel = { bytesFromClient: clientRest.length + result.fromClient, bytesToClient: originRest.length + result.toClient };
-      if (result.error !== undefined) exchange.failure = { code: errorCode(result.error, 'RESET'), message: result.error.message };
-      exchange.requestDone = exchange.responseDone = true;
+      if (result.error !== undefined) exchange.failure = { code: errorCodeOf(result.error, ProxyErrorCode.RelayReset), message: result.error.message };
+      exchange.requestBody = { state: 'complete' };
+      exchange.responseProgress = { state: 'complete' };
       this.finish(exchange);
     });
   }
@@ -702,10 +472,8 @@ export class ClientConnection {
   private answer(exchange: Exchange, status: number, text: string, close: boolean): void {
     exchange.response ??= { status, headers: {} };
     exchange.responseBytes = Buffer.byteLength(text) + 1;
-    exchange.sink = 'discard';
-    exchange.held = [];
-    exchange.headSent = true;
-    exchange.responseDone = true;
+    exchange.discardRequestBody();
+    exchange.responseProgress = { state: 'complete' };
     if (!close && exchange.reusable) {
       this.socket.write(localAnswer(status, text, exchange.request.httpVersion === '1.0' ? 'keep-alive' : undefined));
       if (exchange.heldBytes >= HOLD_LIMIT) this.updateClientFlow();
@@ -724,8 +492,7 @@ export class ClientConnection {
     this.origin?.socket.destroy();
     if (status !== undefined && !exchange.headSent && !this.closed) {
       exchange.response = { status, headers: {} }; // replaces an origin's head the client never got
-      // The client learns what went wrong, not just that something did.
-      return this.answer(exchange, status, `${status} ${http.STATUS_CODES[status]}: ${code} (${error.message})`, true);
+      return this.answer(exchange, status, failureText(status, code, error.message), true);
     }
     // The response had started (or the client is gone): the only honest signal left is cutting the connection.
     this.socket.destroy();
@@ -738,7 +505,7 @@ export class ClientConnection {
     this.hooks.logger.warn({ code: rejection.code, status: rejection.status, connection: this.info.id, reason: rejection.message }, 'request refused');
     this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: rejection.code, status: rejection.status });
     exchange.failure = { code: rejection.code, message: rejection.message };
-    this.answer(exchange, rejection.status, `${rejection.status} ${http.STATUS_CODES[rejection.status]}: ${rejection.code} (${rejection.message})`, true);
+    this.answer(exchange, rejection.status, failureText(rejection.status, rejection.code, rejection.message), true);
   }
 
   /**
@@ -750,8 +517,23 @@ export class ClientConnection {
    * origin's answer had already begun, cutting the client's connection is all that is left.
    */
   private refuse(code: string, status: number, message: string): void {
+    const input = this.input;
     if (this.refusal !== undefined || this.closed) return;
-    this.refusal = { code, status };
+    switch (input.state) {
+      case 'requests':
+      case 'upgrade-pending': // the bytes held for a tunnel go: it will not open
+        this.input = { state: 'refused', refusal: { code, status } };
+        break;
+      case 'closing':
+        this.input = { state: 'closing', refusal: { code, status } };
+        break;
+      case 'tunnelled':
+        return; // the relay owns the socket: nothing is parsed that could be refused
+      case 'refused':
+        return;
+      default:
+        return unreachable(input);
+    }
     this.headSince = undefined;
     this.chunkGuard = undefined;
     this.hooks.countError(code);
@@ -761,8 +543,7 @@ export class ClientConnection {
     if (broken !== undefined) {
       this.parsing = undefined;
       broken.failure = { code, message };
-      broken.sink = 'discard';
-      broken.held = [];
+      broken.discardRequestBody();
       const active = this.queue[0] === broken;
       if (!active) this.queue.splice(this.queue.indexOf(broken), 1); // pipelined: it never started
       if (!broken.headSent) broken.response = { status, headers: {} };
@@ -770,7 +551,7 @@ export class ClientConnection {
       if (active) {
         const leg = this.origin;
         if (leg !== undefined) {
-          leg.usable = false;
+          leg.retire();
           leg.socket.destroy();
         }
         if (broken.headSent) {
@@ -796,35 +577,20 @@ export class ClientConnection {
   private maybeFinish(exchange: Exchange): void {
     if (!exchange.requestDone || !exchange.responseDone || exchange.finished) return;
     this.finish(exchange);
-    if (!exchange.reusable || (this.closing && this.refusal === undefined)) return this.endClient();
+    if (!exchange.reusable || (this.input.state === 'closing' && this.input.refusal === undefined)) return this.endClient();
     const next = this.queue[0];
     if (next !== undefined) return this.serve(next);
     if (this.refusal !== undefined) return this.sendRefusal(); // the refused request's turn
     if (this.clientEnded) this.endSocket(); // the client half-closed after its last request: answered, now closed
   }
 
-  /** Records the exchange and takes it off the queue. */
+  /** Takes the exchange off the queue and gives it to the exchange log. */
   private finish(exchange: Exchange): void {
     if (exchange.finished) return;
     exchange.finished = true;
     if (this.queue[0] === exchange) this.queue.shift();
     if (this.queue.length === MAX_QUEUED - 1) this.updateClientFlow();
-    if (!this.hooks.wantsExchanges(exchange.failure !== undefined)) return;
-    const { request } = exchange;
-    this.hooks.record({
-      kind: request.upgrade ? 'upgrade' : 'http',
-      connection: this.info,
-      sequence: exchange.sequence,
-      request: { method: request.method, url: request.url, host: request.host, headers: request.headers, bodyBytes: exchange.requestBytes },
-      ...(exchange.response !== undefined && {
-        response: { status: exchange.response.status, headers: exchange.response.headers, bodyBytes: exchange.responseBytes },
-      }),
-      ...(exchange.decision !== undefined && { decision: exchange.decision }),
-      ...(exchange.tunnel !== undefined && { tunnel: exchange.tunnel }),
-      ...(exchange.failure !== undefined && { error: exchange.failure }),
-      startedAt: exchange.startedAt,
-      durationMs: Date.now() - exchange.startedAt,
-    });
+    if (this.hooks.wantsExchanges(exchange.failure !== undefined)) this.hooks.onExchange(exchangeLogEntry(this.info, exchange));
   }
 
   /**
@@ -833,8 +599,8 @@ export class ClientConnection {
    * client that never closes its side is cut after a grace period.
    */
   private endClient(): void {
-    this.closing = true;
-    this.tunnelHead = undefined;
+    // Held bytes of an upgrade that will not happen go; a tunnel, once open, is the relay's.
+    if (this.input.state !== 'tunnelled') this.input = { state: 'closing', refusal: this.refusal };
     this.releaseOrigin();
     if (this.socket.destroyed) return;
     this.endSocket();
@@ -845,7 +611,7 @@ export class ClientConnection {
   /** The client is done with the origin leg: closed now, unless the origin is about to close it. */
   private releaseOrigin(): void {
     const leg = this.origin;
-    if (leg === undefined || (leg.closingByOrigin && leg.current === undefined)) return;
+    if (leg === undefined || (leg.reuse === 'closing-by-origin' && leg.current === undefined)) return;
     leg.socket.destroy();
   }
 
@@ -872,7 +638,7 @@ export class ClientConnection {
     this.closed = true;
     this.headSince = undefined;
     this.onClosed(this);
-    if (this.tunnelled) return; // the relay reports the upgraded exchange
+    if (this.input.state === 'tunnelled') return; // the relay reports the upgraded exchange
     this.releaseOrigin();
     const active = this.queue[0];
     if (active !== undefined && !active.finished) this.failClientReset(active);
@@ -899,11 +665,6 @@ function statusOfParseError(code: string): number {
   }
 }
 
-export function errorCode(error: unknown, fallback: string): string {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : fallback;
-}
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
+function unreachable(value: never): never {
+  throw new Error(`unreachable: ${JSON.stringify(value)}`);
 }

@@ -1,46 +1,13 @@
-/** The rule file is unreadable, not JSON, or does not follow the schema; `problems` lists each with its path. */
-export class RulesError extends Error {
-  override readonly name = 'RulesError';
-  readonly code = 'COPROXY_HTTP_RULES_INVALID';
-  constructor(
-    readonly source: string,
-    readonly problems: readonly string[],
-  ) {
-    super(`invalid rules in ${source}:\n  ${problems.join('\n  ')}`);
-  }
-}
-
-/** An option of `createHttpProxy` is out of range. */
-export class HttpProxyOptionsError extends Error {
-  override readonly name = 'HttpProxyOptionsError';
-  readonly code = 'COPROXY_HTTP_INVALID_OPTIONS';
-  constructor(
-    readonly option: string,
-    message: string,
-  ) {
-    super(`${option}: ${message}`);
-  }
-}
+import { VendorError, defineErrorCodes } from '@coproxy/core';
 
 /**
- * An annotation may add end-to-end headers only: one that set a framing, routing or
- * hop-by-hop field would have the origin frame or route the request other than the
- * proxy parsed and its rules saw.
+ * Why an exchange or a connection failed, as events, metrics and answers name it: every
+ * code of this package's own carries the `COPROXY_HTTP_` prefix (core's vendor kit), so
+ * another vendor's `ORIGIN_TIMEOUT` on the same host is never taken for this one's.
+ * Node's parser codes (`HPE_*`) and system errors (`ECONNREFUSED`, `ECONNRESET`) are kept
+ * as they are, as are core's (`COPROXY_CONNECT_TIMEOUT`).
  */
-export class AnnotationRefusedError extends Error {
-  override readonly name = 'AnnotationRefusedError';
-  readonly code = 'COPROXY_HTTP_ANNOTATION_REFUSED';
-  constructor(readonly header: string) {
-    super(`an annotation may not set ${header}: it frames, routes or belongs to one hop`);
-  }
-}
-
-/**
- * Why an exchange or a connection failed, as events and metrics name it. Node's parser
- * codes (`HPE_*`) and system errors (`ECONNREFUSED`, `ECONNRESET`) are kept as they are;
- * these are the proxy's own.
- */
-export const ProxyErrorCode = {
+export const ProxyErrorCode = defineErrorCodes('COPROXY_HTTP', {
   /** The origin sent no response head within `originTimeoutMs` (504). */
   OriginTimeout: 'ORIGIN_TIMEOUT',
   /** The origin could not be reached (502), or no connection within the connect timeout (504: COPROXY_CONNECT_TIMEOUT). */
@@ -54,7 +21,7 @@ export const ProxyErrorCode = {
   /** An inspector threw (502). */
   InspectorFailed: 'INSPECTOR_FAILED',
   /** A fault in the proxy's own code while serving an exchange (502, logged at error level): a bug to report. */
-  Internal: 'PROXY_INTERNAL',
+  Internal: 'INTERNAL',
   /** More CR and LF bytes before the first request line than the proxy skips (400). */
   LeadingEmptyLines: 'LEADING_EMPTY_LINES',
   /** A Connection header names Content-Length, Transfer-Encoding or Host (400): stripping it would reframe the request. */
@@ -69,4 +36,64 @@ export const ProxyErrorCode = {
   BodyTooLarge: 'BODY_TOO_LARGE',
   /** A request line of a version other than HTTP/1.0 and 1.1, or HTTP/2's prior-knowledge preface (505). */
   HttpVersion: 'HTTP_VERSION',
-} as const;
+  /** No complete request head within `headersTimeoutMs` from its first byte (408). */
+  RequestTimeout: 'REQUEST_TIMEOUT',
+  /** A CONNECT request: a transparent proxy sees what clients send their origins; CONNECT is for explicit proxies (501). */
+  ConnectMethod: 'CONNECT_METHOD',
+  /** A relayed (opaque or upgraded) connection broke with an error that named no code of its own. */
+  RelayReset: 'RELAY_RESET',
+  /** An HTTP/1.1 request without a Host header (400). */
+  HostMissing: 'HOST_MISSING',
+  /** More than one Host header line (400): which one would the origin use? */
+  HostDuplicate: 'HOST_DUPLICATE',
+  /** A Host that is no `host[:port]` (400). */
+  HostInvalid: 'HOST_INVALID',
+  /** A request target origins could read otherwise than the rules would (400; canonical-request.ts). */
+  TargetInvalid: 'TARGET_INVALID',
+  /** The rule file is unreadable, not JSON, or does not follow the schema. */
+  RulesInvalid: 'RULES_INVALID',
+  /** An option of `createHttpProxy` is out of range. */
+  InvalidOptions: 'INVALID_OPTIONS',
+  /** An annotation tried to set a framing, routing or hop-by-hop header. */
+  AnnotationRefused: 'ANNOTATION_REFUSED',
+} as const);
+export type ProxyErrorCode = (typeof ProxyErrorCode)[keyof typeof ProxyErrorCode];
+
+/** The one error base of this package: every error it throws has a `COPROXY_HTTP_*` code. */
+export class HttpProxyError<Code extends ProxyErrorCode = ProxyErrorCode> extends VendorError<Code> {
+  override readonly name: string = 'HttpProxyError';
+}
+
+/** The rule file is unreadable, not JSON, or does not follow the schema; `problems` lists each with its path. */
+export class RulesError extends HttpProxyError<typeof ProxyErrorCode.RulesInvalid> {
+  override readonly name = 'RulesError';
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(ProxyErrorCode.RulesInvalid, `invalid rules in ${source}:\n  ${problems.join('\n  ')}`);
+  }
+}
+
+/** An option of `createHttpProxy` is out of range. */
+export class HttpProxyOptionsError extends HttpProxyError<typeof ProxyErrorCode.InvalidOptions> {
+  override readonly name = 'HttpProxyOptionsError';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(ProxyErrorCode.InvalidOptions, `${option}: ${message}`);
+  }
+}
+
+/**
+ * An annotation may add end-to-end headers only: one that set a framing, routing or
+ * hop-by-hop field would have the origin frame or route the request other than the
+ * proxy parsed and its rules saw.
+ */
+export class AnnotationRefusedError extends HttpProxyError<typeof ProxyErrorCode.AnnotationRefused> {
+  override readonly name = 'AnnotationRefusedError';
+  constructor(readonly header: string) {
+    super(ProxyErrorCode.AnnotationRefused, `an annotation may not set ${header}: it frames, routes or belongs to one hop`);
+  }
+}

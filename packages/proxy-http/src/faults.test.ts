@@ -2,7 +2,7 @@ import { createAgent } from '@coproxy/core';
 import http from 'node:http';
 import type net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import type { HttpProxyEvent } from './proxy.js';
+import type { HttpProxyEvent } from './events.js';
 import {
   type ProxyUnderTest,
   dial,
@@ -70,7 +70,7 @@ describe('malformed requests', () => {
       const reply = (await readAll(client, 5000)).toString();
 
       expect(reply).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/);
-      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'client-error', code: 'ERR_HTTP_REQUEST_TIMEOUT', status: 408 })]);
+      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'client-error', code: 'COPROXY_HTTP_REQUEST_TIMEOUT', status: 408 })]);
       expect(origin.connections).toHaveLength(0);
       await expectStillServing(under, origin.port);
     } finally {
@@ -86,7 +86,7 @@ describe('malformed requests', () => {
 
     expect(reply).toMatch(/^HTTP\/1\.1 501 Not Implemented\r\n/);
     await until(() => failures(under.events).length === 1, 5000, 'the client-error event');
-    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'client-error', code: 'CONNECT_METHOD', status: 501 })]);
+    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'client-error', code: 'COPROXY_HTTP_CONNECT_METHOD', status: 501 })]);
     await expectStillServing(under, origin.port);
   });
 });
@@ -120,13 +120,13 @@ describe('origin failures', () => {
       const response = await request({ agent, port: silent.port, path: '/slow' });
 
       expect(response.status).toBe(504);
-      expect(response.body.toString()).toContain('ORIGIN_TIMEOUT');
-      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'ORIGIN_TIMEOUT', status: 504 })]);
+      expect(response.body.toString()).toContain('COPROXY_HTTP_ORIGIN_TIMEOUT');
+      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_ORIGIN_TIMEOUT', status: 504 })]);
       // The silent origin's connection is given up, not left open.
       await until(() => silent.sockets.length === 1 && silent.sockets[0]!.destroyed, 5000, 'the onward connection to close');
       expect((await request({ agent, port: origin.port, path: '/next' })).body.toString()).toBe('next');
       await until(() => under.exchanges.length === 2, 5000, 'both exchanges');
-      expect(under.exchanges[0]).toMatchObject({ request: { url: '/slow' }, response: { status: 504 }, error: { code: 'ORIGIN_TIMEOUT' } });
+      expect(under.exchanges[0]).toMatchObject({ request: { url: '/slow' }, response: { status: 504 }, error: { code: 'COPROXY_HTTP_ORIGIN_TIMEOUT' } });
     } finally {
       agent.destroy();
     }
@@ -134,7 +134,7 @@ describe('origin failures', () => {
 });
 
 describe('origins that do not speak HTTP', () => {
-  it('answers 502 ORIGIN_MALFORMED when the origin answers with something that is not an HTTP response', async () => {
+  it('answers 502 COPROXY_HTTP_ORIGIN_MALFORMED when the origin answers with something that is not an HTTP response', async () => {
     await using echo = await startTcpOrigin((socket) => socket.pipe(socket));
     await using origin = await startHttpOrigin((req, res) => res.end(req.url?.slice(1)));
     await using under = await startProxy([echo.port, origin.port]);
@@ -142,8 +142,8 @@ describe('origins that do not speak HTTP', () => {
     // The echo origin sends the request line back, which is no status line.
     const reply = await rawRequest(under.registry, echo.port, 'GET /echo HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n');
 
-    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*ORIGIN_MALFORMED/);
-    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'ORIGIN_MALFORMED', status: 502 })]);
+    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*COPROXY_HTTP_ORIGIN_MALFORMED/);
+    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_ORIGIN_MALFORMED', status: 502 })]);
     await expectStillServing(under, origin.port);
   });
 });
@@ -172,9 +172,9 @@ describe('resets mid-body', () => {
       await until(() => origin.connections[0]?.destroyed === true, 5000, 'the onward connection to close');
       expect(uploads).toEqual([{ received: expect.any(Number) as number, complete: false }]);
       await until(() => failures(under.events).length > 0, 5000, 'the exchange-failed event');
-      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'CLIENT_RESET' })]);
+      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_CLIENT_RESET' })]);
       await until(() => under.exchanges.length === 1, 5000, 'the failed exchange');
-      expect(under.exchanges[0]).toMatchObject({ request: { url: '/upload' }, error: { code: 'CLIENT_RESET' } });
+      expect(under.exchanges[0]).toMatchObject({ request: { url: '/upload' }, error: { code: 'COPROXY_HTTP_CLIENT_RESET' } });
       expect(under.exchanges[0]?.request?.bodyBytes).toBeGreaterThanOrEqual(1024 * 1024);
       await expectStillServing(under, origin.port);
     } finally {
@@ -212,8 +212,8 @@ describe('resets mid-body', () => {
       await until(() => origin.connections[0]?.destroyed === true, 5000, 'the onward connection to close');
       expect(uploads).toEqual([{ received: 50_000, complete: false }]);
       await until(() => under.exchanges.length === 1, 5000, 'the failed exchange');
-      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'CLIENT_RESET' })]);
-      expect(under.exchanges[0]).toMatchObject({ request: { url: '/upload', bodyBytes: 50_000 }, response: { status: 200 }, error: { code: 'CLIENT_RESET' } });
+      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_CLIENT_RESET' })]);
+      expect(under.exchanges[0]).toMatchObject({ request: { url: '/upload', bodyBytes: 50_000 }, response: { status: 200 }, error: { code: 'COPROXY_HTTP_CLIENT_RESET' } });
       await expectStillServing(under, origin.port);
     } finally {
       client.destroy();
@@ -248,8 +248,8 @@ describe('resets mid-body', () => {
       expect(outcome.received).toBeLessThanOrEqual(2 * 1024 * 1024);
       expect(outcome.socket.destroyed).toBe(true);
       await until(() => under.exchanges.length === 1, 5000, 'the failed exchange');
-      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'ORIGIN_RESET' })]);
-      expect(under.exchanges[0]).toMatchObject({ request: { url: '/big' }, response: { status: 200 }, error: { code: 'ORIGIN_RESET' } });
+      expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_ORIGIN_RESET' })]);
+      expect(under.exchanges[0]).toMatchObject({ request: { url: '/big' }, response: { status: 200 }, error: { code: 'COPROXY_HTTP_ORIGIN_RESET' } });
       await expectStillServing(under, origin.port);
     } finally {
       agent.destroy();
@@ -258,7 +258,7 @@ describe('resets mid-body', () => {
 });
 
 describe('a client gone in the middle of a download', () => {
-  it('reports CLIENT_RESET with the bytes it was sent, however the body was moving, and goes on serving', async () => {
+  it('reports COPROXY_HTTP_CLIENT_RESET with the bytes it was sent, however the body was moving, and goes on serving', async () => {
     const total = 64 * 1024 * 1024;
     await using origin = await startHttpOrigin((req, res) => {
       if (req.url !== '/big') return void res.end(req.url?.slice(1));
@@ -287,7 +287,7 @@ describe('a client gone in the middle of a download', () => {
 
     await until(() => under.exchanges.length === 1, 5000, 'the failed exchange');
     const exchange = under.exchanges[0]!;
-    expect(exchange).toMatchObject({ request: { url: '/big' }, response: { status: 200 }, error: { code: 'CLIENT_RESET' } });
+    expect(exchange).toMatchObject({ request: { url: '/big' }, response: { status: 200 }, error: { code: 'COPROXY_HTTP_CLIENT_RESET' } });
     expect(exchange.response?.bodyBytes).toBeGreaterThan(8 * 1024 * 1024 - 1024);
     expect(exchange.response?.bodyBytes).toBeLessThan(total);
     await expectStillServing(under, origin.port);

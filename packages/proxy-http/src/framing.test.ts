@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import { describe, expect, it } from 'vitest';
-import type { HttpProxyEvent } from './proxy.js';
+import type { HttpProxyEvent } from './events.js';
 import { type HttpOrigin, dial, rawRequest, readAll, readUntil, startHttpOrigin, startProxy, until } from './test-support/harness.js';
 
 /** What the origin's own parser made of each request it was sent, and whether its body arrived whole. */
@@ -11,7 +11,7 @@ interface Seen {
   complete: boolean;
 }
 
-async function startRecordingOrigin(): Promise<HttpOrigin & { readonly seen: Seen[] }> {
+async function startObservedOrigin(): Promise<HttpOrigin & { readonly seen: Seen[] }> {
   const seen: Seen[] = [];
   const origin = await startHttpOrigin((req, res) => {
     const entry: Seen = { line: `${req.method} ${req.url}`, headers: req.headers, body: '', complete: false };
@@ -40,7 +40,7 @@ describe('framing is never altered in flight', () => {
   ];
 
   it.each(CASES)('refuses %s with 400 before anything reaches the origin', async (_name, request) => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, request);
@@ -50,11 +50,11 @@ describe('framing is never altered in flight', () => {
     expect(origin.connections).toHaveLength(0);
     expect(origin.seen).toEqual([]);
     await until(() => clientErrors(under.events).length === 1, 5000, 'the client-error event');
-    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code: 'CONNECTION_NAMES_FRAMING', status: 400 })]);
+    expect(clientErrors(under.events)).toEqual([expect.objectContaining({ code: 'COPROXY_HTTP_CONNECTION_NAMES_FRAMING', status: 400 })]);
   });
 
   it('still honours Connection options that name hop-by-hop fields (keep-alive, TE, Upgrade)', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, 'POST /ok HTTP/1.1\r\nHost: origin.test\r\nConnection: close, TE\r\nTE: trailers\r\nContent-Length: 4\r\n\r\nbody');
@@ -65,7 +65,7 @@ describe('framing is never altered in flight', () => {
   });
 
   it('lets rules see a request without the fields its Connection header names, as the origin will', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], {
       rules: { rules: [{ name: 'auth-required', when: { header: { name: 'authorization', present: false } }, verdict: 'block', status: 401 }] },
     });
@@ -81,14 +81,14 @@ describe('framing is never altered in flight', () => {
   it.each(['Content-Length', 'transfer-encoding', 'Connection', 'Host'])(
     'fails an exchange whose inspector annotates %s (502), rather than reframe or reroute what it inspected',
     async (name) => {
-      await using origin = await startRecordingOrigin();
+      await using origin = await startObservedOrigin();
       await using under = await startProxy([origin.port], {
         inspectors: [{ name: 'reframer', inspectRequest: () => ({ action: 'annotate', headers: { [name]: '0' } }) }],
       });
 
       const reply = await rawRequest(under.registry, origin.port, 'POST /x HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody');
 
-      expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*INSPECTOR_FAILED/);
+      expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*COPROXY_HTTP_INSPECTOR_FAILED/);
       expect(origin.seen).toEqual([]);
     },
   );
@@ -118,20 +118,20 @@ describe('malformed requests get a status response', () => {
     ['a bad chunk size', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a bad chunk size after a good chunk', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5x\r\nhello\r\n0\r\n\r\n', 'HPE_INVALID_CHUNK_SIZE'],
     ['a control character in a chunk extension', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5;a\u0001b\r\nhello\r\n0\r\n\r\n', 'HPE_STRICT'],
-    ['Transfer-Encoding: xchunked', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
-    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', /^(?:TRANSFER_ENCODING_INVALID|HPE_INVALID_TRANSFER_ENCODING)$/],
-    ['Transfer-Encoding in an HTTP/1.0 request', '400 Bad Request', 'POST /x HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_ENCODING_INVALID'],
-    ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'TRANSFER_CODING_UNKNOWN'],
-    ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'BODY_TOO_LARGE'],
-    ['a chunk size past the bound after a good chunk', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10000000001\r\nhello', 'BODY_TOO_LARGE'],
-    ['a chunked body on an Upgrade request, whatever its chunk sizes', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'UPGRADE_WITH_CHUNKED_BODY'],
-    ['a Content-Length past the bound', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 1099511627777\r\n\r\nhello', 'BODY_TOO_LARGE'],
-    ['an HTTP/0.9 request line', '505 HTTP Version Not Supported', 'GET /x\r\n\r\n', 'HTTP_VERSION'],
-    ['an HTTP/2.0 request line', '505 HTTP Version Not Supported', 'GET /x HTTP/2.0\r\nHost: o\r\n\r\n', 'HTTP_VERSION'],
+    ['Transfer-Encoding: xchunked', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_ENCODING_INVALID'],
+    ['an empty Transfer-Encoding', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: \r\n\r\n5\r\nhello\r\n0\r\n\r\n', /^(?:COPROXY_HTTP_TRANSFER_ENCODING_INVALID|HPE_INVALID_TRANSFER_ENCODING)$/],
+    ['Transfer-Encoding in an HTTP/1.0 request', '400 Bad Request', 'POST /x HTTP/1.0\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_ENCODING_INVALID'],
+    ['an unknown transfer coding before chunked', '501 Not Implemented', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: rot13, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n', 'COPROXY_HTTP_TRANSFER_CODING_UNKNOWN'],
+    ['a chunk size of 7FFFFFFFFFFFFFFF', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['a chunk size past the bound after a good chunk', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10000000001\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['a chunked body on an Upgrade request, whatever its chunk sizes', '400 Bad Request', 'POST /x HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n7FFFFFFFFFFFFFFF\r\nhello', 'COPROXY_HTTP_UPGRADE_WITH_CHUNKED_BODY'],
+    ['a Content-Length past the bound', '413 Payload Too Large', 'POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 1099511627777\r\n\r\nhello', 'COPROXY_HTTP_BODY_TOO_LARGE'],
+    ['an HTTP/0.9 request line', '505 HTTP Version Not Supported', 'GET /x\r\n\r\n', 'COPROXY_HTTP_HTTP_VERSION'],
+    ['an HTTP/2.0 request line', '505 HTTP Version Not Supported', 'GET /x HTTP/2.0\r\nHost: o\r\n\r\n', 'COPROXY_HTTP_HTTP_VERSION'],
   ];
 
   it.each(CASES)('answers %s with %s, and the origin gets no request', async (_name, status, request, code) => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(under.registry, origin.port, request);
@@ -147,7 +147,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers a chunked body that grows past maxBodySize with 413, and tears down the origin leg it had started', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { maxBodySize: 10 });
     const client = await dial(under.registry, origin.port);
     try {
@@ -165,7 +165,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers a bad chunk size after part of the body was forwarded with 400, and cuts the origin leg', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
     const client = await dial(under.registry, origin.port);
     try {
@@ -182,7 +182,7 @@ describe('malformed requests get a status response', () => {
   });
 
   it('answers the requests before a malformed pipelined one, then the malformed one, then closes', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port]);
 
     const reply = await rawRequest(

@@ -74,15 +74,15 @@ describe('HTTP/1.1 semantics through the proxy', () => {
   it('tells the origin when the client closes after its request, and lets the origin close first', async () => {
     const seen: { head: string; finFromProxyBeforeOwnClose: boolean }[] = [];
     await using origin = await startTcpOrigin((socket) => {
-      const record = { head: '', finFromProxyBeforeOwnClose: false };
-      seen.push(record);
+      const observed = { head: '', finFromProxyBeforeOwnClose: false };
+      seen.push(observed);
       socket.once('data', (chunk: Buffer) => {
-        record.head = chunk.toString('latin1');
+        observed.head = chunk.toString('latin1');
         socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
         // The origin closes a moment after its answer; the proxy must not close before it.
         setTimeout(() => socket.end(), 300);
       });
-      socket.once('end', () => (record.finFromProxyBeforeOwnClose = !socket.writableEnded));
+      socket.once('end', () => (observed.finFromProxyBeforeOwnClose = !socket.writableEnded));
     });
     await using under = await startProxy([origin.port]);
     const reply = await rawRequest(under.registry, origin.port, 'GET /bye HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n');
@@ -222,9 +222,9 @@ describe('HTTP/1.1 semantics through the proxy', () => {
     });
     const reply = await rawRequest(under.registry, origin.port, 'GET /s HTTP/1.1\r\nHost: o\r\n\r\n');
 
-    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*INSPECTOR_FAILED/);
+    expect(reply).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n[^]*COPROXY_HTTP_INSPECTOR_FAILED/);
     expect(origin.connections).toHaveLength(0);
-    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'INSPECTOR_FAILED', status: 502 })]);
+    expect(failures(under.events)).toEqual([expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_INSPECTOR_FAILED', status: 502 })]);
   });
 
   it('answers a chunked request body that turns malformed mid-way with 400, cuts the origin leg, and goes on serving', async () => {

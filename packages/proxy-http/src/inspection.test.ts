@@ -111,7 +111,7 @@ describe('inspection', () => {
     }
   });
 
-  it('fails only the exchange whose inspector throws, with 502 and an INSPECTOR_FAILED event', async () => {
+  it('fails only the exchange whose inspector throws, with 502 and an COPROXY_HTTP_INSPECTOR_FAILED event', async () => {
     const moody: Inspector = {
       name: 'moody',
       inspectRequest: (req) => {
@@ -127,11 +127,11 @@ describe('inspection', () => {
       const next = await request({ agent, port: origin.port, path: '/fine' });
 
       expect(failed.status).toBe(502);
-      expect(failed.body.toString()).toContain('INSPECTOR_FAILED');
+      expect(failed.body.toString()).toContain('COPROXY_HTTP_INSPECTOR_FAILED');
       expect(next.status).toBe(200);
-      expect(under.events).toContainEqual(expect.objectContaining({ type: 'exchange-failed', code: 'INSPECTOR_FAILED', message: 'inspector bug', status: 502 }));
+      expect(under.events).toContainEqual(expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_INSPECTOR_FAILED', message: 'inspector bug', status: 502 }));
       await until(() => under.exchanges.length === 2, 5000, 'two exchanges');
-      expect(under.exchanges[0]).toMatchObject({ request: { url: '/throw' }, response: { status: 502 }, error: { code: 'INSPECTOR_FAILED' } });
+      expect(under.exchanges[0]).toMatchObject({ request: { url: '/throw' }, response: { status: 502 }, error: { code: 'COPROXY_HTTP_INSPECTOR_FAILED' } });
     } finally {
       agent.destroy();
     }

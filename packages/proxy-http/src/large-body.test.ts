@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { type GeneratedBody, digestOf, generatedBody, startHttpOrigin, tempDir, uniqueId, within } from './test-support/harness.js';
 
 // The child runs the built package (dist/): vitest's global setup rebuilds it when stale.
-const fixture = fileURLToPath(new URL('../test-fixtures/proxy-process.mjs', import.meta.url));
+const fixture = fileURLToPath(new URL('./test-support/proxy-process.mjs', import.meta.url));
 
 const MiB = 1024 * 1024;
 const BIG = 200 * MiB;

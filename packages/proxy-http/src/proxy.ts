@@ -1,4 +1,3 @@
-import type { IncomingHttpHeaders } from 'node:http';
 import type net from 'node:net';
 import {
   type AcceptedConnection,
@@ -6,15 +5,16 @@ import {
   type Endpoint,
   type FailMode,
   type MatchRule,
-  type RedirectorEvent,
   createRedirector,
+  errorCodeOf,
   relay,
 } from '@coproxy/core';
 import pino, { type Logger } from 'pino';
 import { Observable, Subject, type Subscription } from 'rxjs';
-import { ClientConnection, type ConnectionHooks, errorCode } from './client-connection.js';
+import { ClientConnection, type ConnectionHooks } from './client-connection.js';
 import { HttpProxyOptionsError, ProxyErrorCode } from './errors.js';
-import type { ConnectionInfo, Decision, Inspector } from './inspector.js';
+import type { HttpExchange, HttpProxyEvent, UnrecognisedPolicy } from './events.js';
+import type { ConnectionInfo, Inspector } from './inspector.js';
 import { HttpProxyMetrics } from './metrics.js';
 import { type RuleFile, loadRules, parseRules, rulesInspector } from './rules.js';
 import { sniff } from './sniff.js';
@@ -70,64 +70,6 @@ export interface HttpProxyOptions {
   readonly propagateRecords?: boolean;
 }
 
-/** What to do with a connection that is neither HTTP nor TLS (see `HttpProxyOptions.unrecognised`). */
-export type UnrecognisedPolicy = 'block' | 'relay';
-
-export interface HttpExchange {
-  readonly kind: 'http' | 'upgrade' | 'opaque';
-  readonly connection: ConnectionInfo;
-  /** 1 for the first exchange on a connection, then 2, 3… (keep-alive). */
-  readonly sequence: number;
-  readonly request?: {
-    readonly method: string;
-    readonly url: string;
-    readonly host: string | undefined;
-    readonly headers: IncomingHttpHeaders;
-    /** Body bytes received from the client. */
-    readonly bodyBytes: number;
-  };
-  readonly response?: {
-    readonly status: number;
-    readonly headers?: IncomingHttpHeaders;
-    /** Body bytes sent to the client. */
-    readonly bodyBytes: number;
-  };
-  readonly decision?: Decision;
-  /** Opaque and upgraded connections: bytes relayed each way. */
-  readonly tunnel?: { readonly bytesFromClient: number; readonly bytesToClient: number };
-  readonly error?: { readonly code: string; readonly message: string };
-  readonly startedAt: number;
-  readonly durationMs: number;
-}
-
-export type HttpProxyEvent =
-  | RedirectorEvent
-  /**
-   * How a connection was sorted: `http` is parsed and inspected; `opaque` is relayed byte
-   * for byte (`protocol` says why: a TLS record, or unrecognised bytes under the `relay`
-   * policy); `blocked` was closed unread (unrecognised, under `block`).
-   */
-  | {
-      readonly type: 'connection-kind';
-      readonly connectionId: string;
-      readonly kind: 'http' | 'opaque' | 'blocked';
-      readonly protocol: 'http' | 'tls' | 'unrecognised';
-    }
-  /**
-   * A connection neither HTTP nor TLS (`reason: 'bytes'`, the first up to 16 in hex in
-   * `firstBytes`), or a client silent for the sniff timeout (`'silent'`), and what the
-   * policy did with it.
-   */
-  | {
-      readonly type: 'unrecognised';
-      readonly connectionId: string;
-      readonly action: UnrecognisedPolicy;
-      readonly reason: 'bytes' | 'silent';
-      readonly firstBytes: string;
-    }
-  | { readonly type: 'client-error'; readonly connectionId: string; readonly code: string; readonly status?: number }
-  | { readonly type: 'exchange-failed'; readonly connectionId: string; readonly code: string; readonly message: string; readonly status?: number };
-
 export interface HttpProxy extends AsyncDisposable {
   readonly id: string;
   readonly exchanges$: Observable<HttpExchange>;
@@ -171,7 +113,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
   const emitEvent = (event: HttpProxyEvent): void => {
     if (proxyEvents.observed) proxyEvents.next(event);
   };
-  const record = (exchange: HttpExchange): void => {
+  /** The exchange log: every finished exchange, logged and given to `exchanges$`. */
+  const logExchange = (exchange: HttpExchange): void => {
     if (exchange.error !== undefined) logger.warn({ exchange }, 'exchange failed');
     else logger.info({ exchange }, 'exchange');
     if (exchanges.observed) exchanges.next(exchange);
@@ -187,7 +130,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     emitEvent,
     // Built only for someone: a subscriber, or a log level that prints it.
     wantsExchanges: (failed) => exchanges.observed || logger.isLevelEnabled(failed ? 'warn' : 'info'),
-    record,
+    onExchange: logExchange,
     countError,
   };
   // Request heads that take longer than headersTimeoutMs get a 408: one sweep for all
@@ -268,22 +211,22 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
       upstream = await conn.connectOnward({ timeoutMs: settings.connectTimeoutMs, propagateRecords });
     } catch (error) {
       conn.socket.destroy();
-      const code = errorCode(error, ProxyErrorCode.OriginUnreachable);
+      const code = errorCodeOf(error, ProxyErrorCode.OriginUnreachable);
       countError(code);
       emitEvent({ type: 'exchange-failed', connectionId: conn.id, code, message: (error as Error).message });
-      record({ kind: 'opaque', connection: info, sequence: 1, error: { code, message: (error as Error).message }, startedAt, durationMs: Date.now() - startedAt });
+      logExchange({ kind: 'opaque', connection: info, sequence: 1, error: { code, message: (error as Error).message }, startedAt, durationMs: Date.now() - startedAt });
       return;
     }
     if (head.length > 0) upstream.write(head);
     conn.socket.resume();
     const result = await relay(conn.socket, upstream);
-    record({
+    logExchange({
       kind: 'opaque',
       connection: info,
       sequence: 1,
       // From the relay, not the socket: the socket's bytesRead also counts the redirect layer's framing.
       tunnel: { bytesFromClient: head.length + result.fromClient, bytesToClient: result.toClient },
-      ...(result.error !== undefined && { error: { code: errorCode(result.error, 'RESET'), message: result.error.message } }),
+      ...(result.error !== undefined && { error: { code: errorCodeOf(result.error, ProxyErrorCode.RelayReset), message: result.error.message } }),
       startedAt,
       durationMs: Date.now() - startedAt,
     });

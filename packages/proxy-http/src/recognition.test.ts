@@ -18,8 +18,8 @@ import {
 /** A path prefix that is blocked when sent plainly: what every trick below tries to reach. */
 const RULES: RuleFile = { rules: [{ name: 'no-secret', when: { path: '/secret*' }, verdict: 'block', status: 403, reason: 'secret' }] };
 
-/** An origin that records the request lines it parsed. */
-async function startRecordingOrigin(): Promise<HttpOrigin & { readonly seen: string[] }> {
+/** An origin that keeps the request lines it parsed. */
+async function startObservedOrigin(): Promise<HttpOrigin & { readonly seen: string[] }> {
   const seen: string[] = [];
   const origin = await startHttpOrigin((req, res) => {
     seen.push(`${req.method} ${req.url}`);
@@ -46,7 +46,7 @@ async function metric(under: ProxyUnderTest, name: string): Promise<number | und
 
 describe('recognising HTTP', () => {
   it('inspects a request preceded by empty lines, and every later request on that connection', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { rules: RULES });
     const client = await dial(under.registry, origin.port);
     try {
@@ -65,7 +65,7 @@ describe('recognising HTTP', () => {
   });
 
   it('refuses more empty lines before the request line than its bound with 400', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { rules: RULES });
 
     const reply = await rawRequest(under.registry, origin.port, `${'\r\n'.repeat(5)}GET /open HTTP/1.1\r\nHost: origin.test\r\n\r\n`);
@@ -73,14 +73,14 @@ describe('recognising HTTP', () => {
     expect(reply).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     expect(reply).toContain('Connection: close\r\n');
     expect(origin.seen).toEqual([]);
-    expect(under.events).toContainEqual(expect.objectContaining({ type: 'client-error', code: 'LEADING_EMPTY_LINES', status: 400 }));
+    expect(under.events).toContainEqual(expect.objectContaining({ type: 'client-error', code: 'COPROXY_HTTP_LEADING_EMPTY_LINES', status: 400 }));
     // Four empty lines are within the bound.
     const fits = await rawRequest(under.registry, origin.port, `${'\r\n'.repeat(4)}GET /open HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`);
     expect(fits).toMatch(/^HTTP\/1\.1 200 OK\r\n[^]*served \/open$/);
   });
 
   it('takes any method token as a method: M-SEARCH is parsed and inspected, not relayed', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { rules: RULES });
 
     const blocked = await rawRequest(under.registry, origin.port, 'M-SEARCH /secret HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n');
@@ -93,7 +93,7 @@ describe('recognising HTTP', () => {
   });
 
   it('inspects a request whose first bytes come slower than the sniff timeout', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { rules: RULES, sniffTimeoutMs: 100 });
     const client = await dial(under.registry, origin.port);
     try {
@@ -111,7 +111,7 @@ describe('recognising HTTP', () => {
   });
 
   it('answers 408 to a client that starts a request and stalls, never relaying it', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { sniffTimeoutMs: 100, headersTimeoutMs: 400 });
     for (const start of ['G', '\r\n']) {
       const client = await dial(under.registry, origin.port);
@@ -125,13 +125,13 @@ describe('recognising HTTP', () => {
     }
     expect(origin.connections).toHaveLength(0);
     expect(under.events.filter((e) => e.type === 'client-error')).toEqual([
-      expect.objectContaining({ code: 'ERR_HTTP_REQUEST_TIMEOUT', status: 408 }),
-      expect.objectContaining({ code: 'ERR_HTTP_REQUEST_TIMEOUT', status: 408 }),
+      expect.objectContaining({ code: 'COPROXY_HTTP_REQUEST_TIMEOUT', status: 408 }),
+      expect.objectContaining({ code: 'COPROXY_HTTP_REQUEST_TIMEOUT', status: 408 }),
     ]);
   });
 
   it('parses, and refuses, a request line after whitespace that a lenient origin might skip, even under the relay policy', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { rules: RULES, unrecognised: 'relay' });
 
     for (const start of [' ', '\t']) {
@@ -143,7 +143,7 @@ describe('recognising HTTP', () => {
   });
 
   it('refuses an HTTP/2 prior-knowledge preface, which it cannot inspect, rather than relaying it', async () => {
-    await using origin = await startRecordingOrigin();
+    await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { unrecognised: 'relay' });
 
     const reply = await rawRequest(under.registry, origin.port, 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');

@@ -209,7 +209,7 @@ describe('WebSocket through the proxy', () => {
     }
   });
 
-  it('answers a handshake the origin never answers with 504 ORIGIN_TIMEOUT after originTimeoutMs', async () => {
+  it('answers a handshake the origin never answers with 504 COPROXY_HTTP_ORIGIN_TIMEOUT after originTimeoutMs', async () => {
     await using silent = await startTcpOrigin((socket) => socket.resume());
     await using under = await startProxy([silent.port], { originTimeoutMs: 300 });
     const agent = createAgent({ registry: under.registry });
@@ -219,9 +219,9 @@ describe('WebSocket through the proxy', () => {
 
       expect(refusal.status).toBe(504);
       expect(refusal.body).toContain('no response from the origin within 300 ms');
-      expect(under.events).toContainEqual(expect.objectContaining({ type: 'exchange-failed', code: 'ORIGIN_TIMEOUT', status: 504 }));
+      expect(under.events).toContainEqual(expect.objectContaining({ type: 'exchange-failed', code: 'COPROXY_HTTP_ORIGIN_TIMEOUT', status: 504 }));
       await until(() => under.exchanges.length === 1, 5000, 'the failed upgrade exchange');
-      expect(under.exchanges[0]).toMatchObject({ kind: 'upgrade', response: { status: 504 }, error: { code: 'ORIGIN_TIMEOUT' } });
+      expect(under.exchanges[0]).toMatchObject({ kind: 'upgrade', response: { status: 504 }, error: { code: 'COPROXY_HTTP_ORIGIN_TIMEOUT' } });
       await until(() => silent.sockets[0]?.destroyed === true, 5000, 'the onward connection to close');
     } finally {
       terminate(socket);

@@ -11,10 +11,11 @@ export interface RealOrigin extends AsyncDisposable {
   readonly port: number;
 }
 
-const FIXTURES = fileURLToPath(new URL('../../test-fixtures/', import.meta.url));
+// From src/differential (the tests) and dist/differential (`pnpm fuzz`) alike: the aids are not built.
+const FIXTURES = fileURLToPath(new URL('../../src/test-support/', import.meta.url));
 const START_TIMEOUT_MS = 10_000;
 
-/** Node's http.Server (test-fixtures/reading-origin.mjs): echoes what it parsed in `X-Echo`. */
+/** Node's http.Server (src/test-support/reading-origin.mjs): echoes what it parsed in `X-Echo`. */
 export async function startNodeOrigin(): Promise<RealOrigin> {
   const child = fork(path.join(FIXTURES, 'reading-origin.mjs'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   const port = await new Promise<number>((resolve, reject) => {

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { connect } from '@coproxy/core';
 import type { Subscription } from 'rxjs';
-import { type HttpExchange, type HttpProxy, type HttpProxyEvent, type HttpProxyOptions, createHttpProxy } from '../proxy.js';
+import type { HttpExchange, HttpProxyEvent } from '../events.js';
+import { type HttpProxy, type HttpProxyOptions, createHttpProxy } from '../proxy.js';
 
 let nextId = 0;
 /** A redirector id no other test (or test process) uses at the same time. */

@@ -1,7 +1,7 @@
 // The proxy in its own OS process, so a test can watch its memory alone: options as JSON
 // in argv[2]; reports { ready: port } over IPC once listening, and answers 'rss' with
 // { rss } (bytes). Runs the built package.
-import { createHttpProxy } from '../dist/index.js';
+import { createHttpProxy } from '../../dist/index.js';
 
 const proxy = createHttpProxy(JSON.parse(process.argv[2]));
 const listening = await proxy.listening();

@@ -1,0 +1,67 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { RedirectorEvent } from '@coproxy/core';
+import type { ConnectionInfo, Decision } from './inspector.js';
+
+/**
+ * What the proxy reports: the exchange log (`exchanges$`, one entry per finished exchange)
+ * and the events (`events$`). Types only, in a module of their own, so the connection code
+ * that produces them need not import the proxy that owns it.
+ */
+
+/** What to do with a connection that is neither HTTP nor TLS (see `HttpProxyOptions.unrecognised`). */
+export type UnrecognisedPolicy = 'block' | 'relay';
+
+export interface HttpExchange {
+  readonly kind: 'http' | 'upgrade' | 'opaque';
+  readonly connection: ConnectionInfo;
+  /** 1 for the first exchange on a connection, then 2, 3… (keep-alive). */
+  readonly sequence: number;
+  readonly request?: {
+    readonly method: string;
+    readonly url: string;
+    readonly host: string | undefined;
+    readonly headers: IncomingHttpHeaders;
+    /** Body bytes received from the client. */
+    readonly bodyBytes: number;
+  };
+  readonly response?: {
+    readonly status: number;
+    readonly headers?: IncomingHttpHeaders;
+    /** Body bytes sent to the client. */
+    readonly bodyBytes: number;
+  };
+  readonly decision?: Decision;
+  /** Opaque and upgraded connections: bytes relayed each way. */
+  readonly tunnel?: { readonly bytesFromClient: number; readonly bytesToClient: number };
+  readonly error?: { readonly code: string; readonly message: string };
+  readonly startedAt: number;
+  readonly durationMs: number;
+}
+
+export type HttpProxyEvent =
+  | RedirectorEvent
+  /**
+   * How a connection was sorted: `http` is parsed and inspected; `opaque` is relayed byte
+   * for byte (`protocol` says why: a TLS record, or unrecognised bytes under the `relay`
+   * policy); `blocked` was closed unread (unrecognised, under `block`).
+   */
+  | {
+      readonly type: 'connection-kind';
+      readonly connectionId: string;
+      readonly kind: 'http' | 'opaque' | 'blocked';
+      readonly protocol: 'http' | 'tls' | 'unrecognised';
+    }
+  /**
+   * A connection neither HTTP nor TLS (`reason: 'bytes'`, the first up to 16 in hex in
+   * `firstBytes`), or a client silent for the sniff timeout (`'silent'`), and what the
+   * policy did with it.
+   */
+  | {
+      readonly type: 'unrecognised';
+      readonly connectionId: string;
+      readonly action: UnrecognisedPolicy;
+      readonly reason: 'bytes' | 'silent';
+      readonly firstBytes: string;
+    }
+  | { readonly type: 'client-error'; readonly connectionId: string; readonly code: string; readonly status?: number }
+  | { readonly type: 'exchange-failed'; readonly connectionId: string; readonly code: string; readonly message: string; readonly status?: number };

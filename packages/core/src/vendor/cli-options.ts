@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { PortSpec } from '../redirector/match-rule.js';
 import type { BackendName, FailMode } from '../redirector/redirector-options.js';
 import { VendorError } from './vendor-error.js';

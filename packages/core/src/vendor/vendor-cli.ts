@@ -38,27 +38,28 @@ export interface VendorService {
   readonly failures$?: Observable<unknown>;
 }
 
-export interface VendorCliContext<TOptions extends RedirectorCliOptions> {
+export interface VendorCliContext<TOptions extends RedirectorCliOptions, TLogger extends VendorLogger = VendorLogger> {
   /** commander's `opts()`, the vendor's own options included. */
   readonly options: TOptions;
   /** `options` parsed: redirector options to spread into the vendor's, where to serve metrics. */
   readonly settings: RedirectorCliSettings;
-  readonly logger: VendorLogger;
+  /** The vendor's own logger, as `logger` made it. */
+  readonly logger: TLogger;
 }
 
-export interface VendorCliSpec<TOptions extends RedirectorCliOptions> {
+export interface VendorCliSpec<TOptions extends RedirectorCliOptions, TLogger extends VendorLogger = VendorLogger> {
   /** The command's name, prefixed to what it writes to stderr: `coproxy-http: …`. */
   readonly name: string;
   /** The command, with `addRedirectorOptions` and `addServiceOptions`; the kit adds `exitOverride()`. */
   readonly program: Command;
   /** The logger, from the parsed options (its level, the id). */
-  readonly logger: (options: TOptions) => VendorLogger;
+  readonly logger: (options: TOptions) => TLogger;
   /** Creates the proxy. A throw is printed; exit 2 when it is a usage error, else 1. */
-  readonly start: (context: VendorCliContext<TOptions>) => VendorService | Promise<VendorService>;
+  readonly start: (context: VendorCliContext<TOptions, TLogger>) => VendorService | Promise<VendorService>;
   /** Errors of the vendor's own that mean "the operator typed or wrote something wrong" (exit 2). */
   readonly isUsageError?: (error: unknown) => boolean;
   /** More fields of the `ready` log line. */
-  readonly readyFields?: (context: VendorCliContext<TOptions>) => Record<string, unknown>;
+  readonly readyFields?: (context: VendorCliContext<TOptions, TLogger>) => Record<string, unknown>;
   /** The user's arguments; default `process.argv` (node and script first). */
   readonly argv?: readonly string[];
 }
@@ -83,7 +84,7 @@ function isUsage(error: unknown, vendor: ((error: unknown) => boolean) | undefin
  * @example
  * ```ts
  * const program = addServiceOptions(addRedirectorOptions(new Command('acme'), { ports: '80' }).option('--word <w>', '…'));
- * exitWith('acme', runVendorCli<AcmeCliOptions>({
+ * exitWith('acme', runVendorCli<AcmeCliOptions, pino.Logger>({
  *   name: 'acme',
  *   program,
  *   logger: (o) => pino({ level: o.logLevel, base: { service: 'acme', id: o.id } }),
@@ -94,7 +95,9 @@ function isUsage(error: unknown, vendor: ((error: unknown) => boolean) | undefin
  * }));
  * ```
  */
-export async function runVendorCli<TOptions extends RedirectorCliOptions>(spec: VendorCliSpec<TOptions>): Promise<ExitCode> {
+export async function runVendorCli<TOptions extends RedirectorCliOptions, TLogger extends VendorLogger = VendorLogger>(
+  spec: VendorCliSpec<TOptions, TLogger>,
+): Promise<ExitCode> {
   const program = spec.program.exitOverride();
   try {
     if (spec.argv === undefined) program.parse();
@@ -109,7 +112,7 @@ export async function runVendorCli<TOptions extends RedirectorCliOptions>(spec: 
     process.stderr.write(`${spec.name}: ${error instanceof Error ? error.message : String(error)}\n`);
     return isUsage(error, spec.isUsageError) ? ExitCode.Usage : ExitCode.Failure;
   };
-  let context: VendorCliContext<TOptions>;
+  let context: VendorCliContext<TOptions, TLogger>;
   let service: VendorService;
   try {
     context = { options, settings: redirectorOptionsFromCli(options), logger };

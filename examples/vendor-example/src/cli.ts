@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, runVendorCli } from '@coproxy/core';
+import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, runVendorCli } from '@coproxy/core/vendor';
 import { Command } from 'commander';
 import pino from 'pino';
 import { WordFilterError, createWordFilter } from './word-filter.js';

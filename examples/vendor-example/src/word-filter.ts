@@ -1,14 +1,13 @@
 import type net from 'node:net';
+import { type AcceptedConnection, relay } from '@coproxy/core';
 import {
-  type AcceptedConnection,
   RedirectorMetrics,
   VendorError,
   type VendorLogger,
   type VendorRedirectorOptions,
   createVendorRedirector,
   defineErrorCodes,
-  relay,
-} from '@coproxy/core';
+} from '@coproxy/core/vendor';
 import { Counter } from 'prom-client';
 
 // Errors: a stable code under the vendor's own prefix, never shared with another vendor.

@@ -88,22 +88,3 @@ export {
 export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './errors.js';
 
 export { VendorError, defineErrorCodes, errorCodeOf, ERROR_PREFIX_PATTERN } from './vendor/vendor-error.js';
-export {
-  addRedirectorOptions,
-  addServiceOptions,
-  integerOption,
-  parsePorts,
-  parseEndpoint,
-  redirectorOptionsFromCli,
-  CliUsageError,
-  CLI_BACKENDS,
-  LOG_LEVELS,
-} from './vendor/cli-options.js';
-export type { RedirectorCliOptions, RedirectorCliDefaults, RedirectorCliSettings, LogLevel } from './vendor/cli-options.js';
-export { RedirectorMetrics, serveMetrics } from './vendor/redirector-metrics.js';
-export type { RedirectorMetricsOptions } from './vendor/redirector-metrics.js';
-export { onShutdownSignal, SHUTDOWN_SIGNALS } from './vendor/shutdown.js';
-export { runVendorCli, exitWith, ExitCode } from './vendor/vendor-cli.js';
-export type { VendorCliSpec, VendorCliContext, VendorService, VendorLogger } from './vendor/vendor-cli.js';
-export { createVendorRedirector, redirectorOptionsOf } from './vendor/vendor-redirector.js';
-export type { VendorRedirector, VendorRedirectorOptions, VendorRedirectorSpec } from './vendor/vendor-redirector.js';

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, integerOption, runVendorCli } from '@coproxy/core';
+import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, integerOption, runVendorCli } from '@coproxy/core/vendor';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { RulesError } from './errors.js';

@@ -1,5 +1,5 @@
 import type http from 'node:http';
-import { RedirectorMetrics, serveMetrics as serveRegistry } from '@coproxy/core';
+import { RedirectorMetrics, serveMetrics as serveRegistry } from '@coproxy/core/vendor';
 import { Counter } from 'prom-client';
 
 /**

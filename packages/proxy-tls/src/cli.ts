@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, runVendorCli } from '@coproxy/core';
+import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, runVendorCli } from '@coproxy/core/vendor';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { PolicyError } from './policy.js';

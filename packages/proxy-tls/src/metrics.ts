@@ -1,9 +1,14 @@
-import http from 'node:http';
-import { Counter, Gauge, Registry } from 'prom-client';
+import type http from 'node:http';
+import { RedirectorMetrics, serveMetrics as serveRegistry } from '@coproxy/core/vendor';
+import { Counter } from 'prom-client';
 
-/** The TLS proxy's Prometheus metrics, in a registry of its own. */
-export class TlsProxyMetrics {
-  readonly registry = new Registry();
+/**
+ * The TLS proxy's Prometheus metrics, in a registry of its own. The metrics of the
+ * redirector's events (open connections, bytes, records depth, accepted, rejected, onward
+ * failures) come from core's vendor kit under the `coproxy_tls` prefix; the TLS ones are
+ * this vendor's.
+ */
+export class TlsProxyMetrics extends RedirectorMetrics {
   readonly connections = new Counter({
     name: 'coproxy_tls_connections_total',
     help: 'Connections accepted, by kind: tls (a ClientHello was read), http1 or h2 (recognised, relayed), opaque (neither: see coproxy_tls_unrecognised_total)',
@@ -16,7 +21,6 @@ export class TlsProxyMetrics {
     labelNames: ['action'] as const,
     registers: [this.registry],
   });
-  readonly openConnections = new Gauge({ name: 'coproxy_tls_open_connections', help: 'Connections accepted and not yet closed', registers: [this.registry] });
   readonly handshakes = new Counter({
     name: 'coproxy_tls_handshakes_total',
     help: 'ClientHellos inspected, by the action taken: splice, block, bump',
@@ -24,12 +28,6 @@ export class TlsProxyMetrics {
     registers: [this.registry],
   });
   readonly exchanges = new Counter({ name: 'coproxy_tls_bumped_exchanges_total', help: 'Decrypted HTTP/1.1 exchanges in bump mode', registers: [this.registry] });
-  readonly bytes = new Counter({
-    name: 'coproxy_tls_bytes_total',
-    help: 'Bytes on the client socket: from_client (received) or to_client (sent)',
-    labelNames: ['direction'] as const,
-    registers: [this.registry],
-  });
   readonly errors = new Counter({
     name: 'coproxy_tls_errors_total',
     help: 'Failures by code: ClientHello parser codes, certificate errors, errno names',
@@ -37,29 +35,12 @@ export class TlsProxyMetrics {
     registers: [this.registry],
   });
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  constructor() {
+    super({ prefix: 'coproxy_tls' });
   }
 }
 
 /** Serves `GET /metrics` in Prometheus text format. */
-export async function serveMetrics(metrics: TlsProxyMetrics, host: string, port: number): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
-    if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('try GET /metrics\n');
-      return;
-    }
-    metrics.text().then(
-      (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
-      (error: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${String(error)}\n`),
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  return server;
+export function serveMetrics(metrics: TlsProxyMetrics, host: string, port: number): Promise<http.Server> {
+  return serveRegistry(metrics.registry, host, port);
 }

@@ -1,0 +1,72 @@
+import { Command } from 'commander';
+import { describe, expect, it } from 'vitest';
+import {
+  CliUsageError,
+  addRedirectorOptions,
+  addServiceOptions,
+  parseEndpoint,
+  parsePorts,
+  redirectorOptionsFromCli,
+  type RedirectorCliOptions,
+} from './cli-options.js';
+
+/** A vendor's command as the kit builds it, parsed from `args` without exiting the test. */
+function parse(args: string[], defaults: Parameters<typeof addRedirectorOptions>[1] = { ports: '80,8080' }): { options: RedirectorCliOptions; errors: string } {
+  let errors = '';
+  const program = addServiceOptions(addRedirectorOptions(new Command('acme'), defaults))
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => (errors += text), writeOut: () => undefined });
+  program.parse(args, { from: 'user' });
+  return { options: program.opts<RedirectorCliOptions>(), errors };
+}
+
+describe('standard redirector CLI options', () => {
+  it('gives the defaults a vendor chose, and the kit’s own', () => {
+    const { options } = parse(['--id', 'acme', '--priority', '-5']);
+
+    expect(options).toEqual({ id: 'acme', priority: -5, ports: '80,8080', backend: 'embedded', failMode: 'open', logLevel: 'info' });
+  });
+
+  it('turns the parsed options into redirector options, ports and metrics endpoint parsed', () => {
+    const { options } = parse(['--id', 'acme', '--priority', '7', '--ports', '443, 8000-8099', '--backend', 'nftables', '--fail-mode', 'closed', '--metrics', '[::1]:9464']);
+
+    expect(redirectorOptionsFromCli(options)).toEqual({
+      redirector: { id: 'acme', priority: 7, match: { ports: [443, [8000, 8099]] }, backend: 'nftables', failMode: 'closed' },
+      ports: [443, [8000, 8099]],
+      metrics: { host: '::1', port: 9464 },
+    });
+  });
+
+  it('refuses a priority that is not a 32-bit integer, naming the option', () => {
+    expect(() => parse(['--id', 'acme', '--priority', 'high'])).toThrow(expect.objectContaining({ code: 'commander.invalidArgument' }));
+    expect(() => parse(['--id', 'acme', '--priority', String(2 ** 31)])).toThrow(/--priority/);
+  });
+
+  it('offers only the backends a vendor CLI can run on, unless the vendor says otherwise', () => {
+    expect(() => parse(['--id', 'acme', '--priority', '1', '--backend', 'wfp'])).toThrow(/--backend/);
+    expect(parse(['--id', 'acme', '--priority', '1', '--backend', 'wfp'], { ports: '80', backends: ['embedded', 'wfp'] }).options.backend).toBe('wfp');
+  });
+
+  it('adds --mark-mask only when the vendor asks for it, and parses hex or decimal', () => {
+    expect(() => parse(['--id', 'acme', '--priority', '1', '--mark-mask', '0xff000000'])).toThrow(/unknown option/);
+    const { options } = parse(['--id', 'acme', '--priority', '1', '--mark-mask', '0xff000000'], { ports: '80', markMask: true });
+    expect(redirectorOptionsFromCli(options).redirector.markMask).toBe(0xff000000);
+    expect(() => parse(['--id', 'a', '--priority', '1', '--mark-mask', '0'], { ports: '80', markMask: true })).toThrow(/--mark-mask/);
+  });
+
+  it('reports a bad port list or endpoint as a usage error that names the option and the part at fault', () => {
+    for (const text of ['0', '65536', '90-80', 'http', '80,,81']) {
+      expect(() => parsePorts(text)).toThrow(CliUsageError);
+    }
+    const error = (() => {
+      try {
+        parsePorts('80,9x');
+      } catch (caught) {
+        return caught;
+      }
+    })();
+    expect(error).toMatchObject({ name: 'CliUsageError', code: 'COPROXY_CLI_USAGE', option: '--ports', message: "'9x' is not a port or a range" });
+    expect(() => parseEndpoint('localhost')).toThrow(expect.objectContaining({ option: '--metrics', message: "'localhost' is not host:port" }));
+    expect(parseEndpoint('127.0.0.1:1')).toEqual({ host: '127.0.0.1', port: 1 });
+  });
+});

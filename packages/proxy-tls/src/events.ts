@@ -63,8 +63,8 @@ export interface TlsExchange {
 /** The failures that end a connection, each an event of its own type. */
 export type FailureEventType = 'hello-rejected' | 'origin-rejected' | 'connection-failed';
 
-export type TlsProxyEvent =
-  | RedirectorEvent
+/** The events this proxy adds to its redirector's: what reporter.ts emits. */
+export type TlsOwnEvent =
   /** Relayed without inspection: another protocol recognised, or unrecognised bytes under `relay`. */
   | { readonly type: 'opaque'; readonly connectionId: string; readonly protocol: RelayedProtocol }
   /** First bytes neither TLS nor a recognised protocol, and what the `unrecognised` policy did. */
@@ -79,3 +79,6 @@ export type TlsProxyEvent =
   | { readonly type: 'hello-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'origin-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'connection-failed'; readonly connectionId: string; readonly code: string; readonly message: string };
+
+/** Everything `events$` carries: the redirector's events, then the proxy's own. */
+export type TlsProxyEvent = RedirectorEvent | TlsOwnEvent;

@@ -82,6 +82,13 @@ describe('metrics', () => {
     );
     expect(await values(metrics.openConnections)).toEqual([{ labels: {}, value: 0 }]);
     expect(await values(metrics.exchanges)).toEqual([{ labels: {}, value: 0 }]);
+    // The redirector's events, counted by core's vendor kit: four direct connections, each
+    // with this proxy's redirect alone in its records.
+    expect(await values(metrics.accepted)).toEqual([{ labels: { state: 'NotRedirected' }, value: 4 }]);
+    const depth = (await metrics.recordsDepth.get()).values;
+    expect(depth.find((v) => v.metricName === 'coproxy_tls_records_depth_count')?.value).toBe(4);
+    expect(depth.find((v) => v.metricName === 'coproxy_tls_records_depth_sum')?.value).toBe(4);
+    expect(await values(metrics.rejected)).toEqual([]);
   });
 
   it('are served as Prometheus text at /metrics, and nothing else is', async () => {

@@ -1,19 +1,12 @@
-import type { BackendName, FailMode, MatchRule } from '@coproxy/core';
+import type { VendorRedirectorOptions } from '@coproxy/core/vendor';
 import type { Logger } from 'pino';
 import type { CertificateAuthority } from './ca.js';
 import type { UnbumpableAction, UnrecognisedAction } from './events.js';
 import type { PeekSettings } from './hello-peek.js';
 import type { PolicyFile } from './policy.js';
 
-export interface TlsProxyOptions {
-  readonly id: string;
-  readonly priority: number;
-  /** Default every TCP connection to port 443. */
-  readonly match?: MatchRule;
-  readonly backend?: BackendName;
-  readonly failMode?: FailMode;
-  readonly registry?: string;
-  readonly markMask?: number;
+/** The redirector's options (`match` default: every TCP connection to port 443), then the proxy's. */
+export interface TlsProxyOptions extends VendorRedirectorOptions {
   /** A policy file's content or path; without one every handshake is spliced. */
   readonly policy?: PolicyFile | string;
   /** Bump mode: the CA directory (created on first use) or an opened CA. Required for `bump`. */

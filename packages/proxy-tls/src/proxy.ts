@@ -1,10 +1,11 @@
-import { type AcceptedConnection, type Endpoint, createRedirector } from '@coproxy/core';
+import type { AcceptedConnection, Endpoint } from '@coproxy/core';
+import { createVendorRedirector } from '@coproxy/core/vendor';
 import pino from 'pino';
-import { Observable, type Subscription } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { createBumper } from './bump.js';
 import { CertificateAuthority } from './ca.js';
 import { type Peeked, type Route, createDecision } from './decision.js';
-import type { Handshake, TlsExchange, TlsProxyEvent } from './events.js';
+import type { Handshake, TlsExchange, TlsOwnEvent, TlsProxyEvent } from './events.js';
 import { peekFirstBytes } from './hello-peek.js';
 import { TlsProxyMetrics } from './metrics.js';
 import { type TlsProxyOptions, resolveSettings } from './options.js';
@@ -34,13 +35,15 @@ export interface TlsProxy extends AsyncDisposable {
  * `unrecognised` policy (block by default, or relay).
  *
  * This module only wires the concerns: hello-peek.ts reads the first bytes, decision.ts
- * turns them into a `Route` under the policy, splice.ts and bump.ts carry it out.
+ * turns them into a `Route` under the policy, splice.ts and bump.ts carry it out; the
+ * redirector, its metrics and its lifecycle are core's vendor kit's.
  */
 export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   const settings = resolveSettings(options);
   const logger = options.logger ?? pino({ level: 'silent' });
   const metrics = new TlsProxyMetrics();
-  const reporter = new Reporter(metrics, logger);
+  // The kit's emit once the vendor exists below: events come from connections, none before.
+  const reporter = new Reporter(metrics, logger, (event) => vendor.emit(event));
   const policyFile = options.policy === undefined ? {} : typeof options.policy === 'string' ? loadPolicy(options.policy) : parsePolicy(options.policy);
   const needsCa = policyFile.default === 'bump' || (policyFile.rules ?? []).some((r) => r.action === 'bump');
   if (needsCa && options.ca === undefined) throw new TypeError("the policy bumps some handshakes: give the 'ca' option (a CA directory)");
@@ -51,18 +54,21 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   const decide = createDecision({ policy: compilePolicy(policyFile), unrecognised: settings.unrecognised, unbumpable: settings.unbumpable, reporter });
   const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter });
 
-  const redirector = createRedirector({
-    id: options.id,
-    priority: options.priority,
-    match: options.match ?? { ports: [443] },
-    ...(options.backend !== undefined && { backend: options.backend }),
-    ...(options.failMode !== undefined && { failMode: options.failMode }),
-    ...(options.registry !== undefined && { registry: options.registry }),
-    ...(options.markMask !== undefined && { markMask: options.markMask }),
+  const vendor = createVendorRedirector<TlsOwnEvent>({
+    options,
+    defaultMatch: { ports: [443] },
+    // Counts open connections, bytes, records depth, accepted, rejected, onward failures.
+    metrics,
+    onAccepted: (conn) => void onAccepted(conn),
+    onFailed: (error) => {
+      logger.error({ err: error }, 'redirector failed');
+      reporter.handshakes.error(error);
+    },
+    // Ready once the CA, when there is one, is usable too: its files exist from then on.
+    ...(caReady !== undefined && { ready: caReady }),
   });
 
   async function onAccepted(conn: AcceptedConnection): Promise<void> {
-    metrics.openConnections.inc();
     const peeked: Peeked = await peekFirstBytes(conn.socket, settings.peek).catch((error: unknown) => ({ kind: 'failed', error }) as const);
     return follow(conn, decide(conn, peeked));
   }
@@ -85,49 +91,20 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
     }
   }
 
-  let subscription: Subscription | undefined;
-  const bytesSubscription = redirector.events$.subscribe((event) => {
-    if (event.type === 'closed') {
-      metrics.openConnections.dec();
-      metrics.bytes.inc({ direction: 'from_client' }, event.bytesFromClient);
-      metrics.bytes.inc({ direction: 'to_client' }, event.bytesToClient);
-    }
-  });
-  const installed = new Promise<Endpoint>((resolve, reject) => {
-    subscription = redirector.accepted$.subscribe({
-      next: (conn) => void onAccepted(conn),
-      error: (error: unknown) => {
-        logger.error({ err: error }, 'redirector failed');
-        reject(error instanceof Error ? error : new Error(String(error)));
-        reporter.handshakes.error(error);
-      },
-    });
-    // Ready once the CA, when there is one, is usable too: its files exist from then on.
-    Promise.all([redirector.installed(), caReady]).then(([listening]) => resolve(listening), reject);
-  });
-  installed.catch((error: unknown) => logger.debug({ err: error }, 'install failed'));
+  vendor.listening().catch((error: unknown) => logger.debug({ err: error }, 'install failed'));
   let closed = false;
 
   return {
     id: options.id,
     handshakes$: reporter.handshakes.asObservable(),
     exchanges$: reporter.exchanges.asObservable(),
-    events$: new Observable<TlsProxyEvent>((subscriber) => {
-      const a = redirector.events$.subscribe(subscriber);
-      const b = reporter.events.subscribe(subscriber);
-      return () => {
-        a.unsubscribe();
-        b.unsubscribe();
-      };
-    }),
+    events$: vendor.events$,
     metrics,
-    listening: () => installed,
+    listening: () => vendor.listening(),
     async close() {
       if (closed) return;
       closed = true;
-      subscription?.unsubscribe();
-      await redirector.close();
-      bytesSubscription.unsubscribe();
+      await vendor.close();
       bumper.close();
       reporter.complete();
     },

@@ -1,26 +1,23 @@
 import type { Logger } from 'pino';
 import { Subject } from 'rxjs';
-import type { FailureEventType, Handshake, TlsExchange, TlsProxyEvent } from './events.js';
+import type { FailureEventType, Handshake, TlsExchange, TlsOwnEvent } from './events.js';
 import type { TlsProxyMetrics } from './metrics.js';
 
 /**
  * Where every concern of the proxy says what happened: one metric, one log line, one event
  * per fact, the same way from the hello peek, the policy decision, the splice and the bump.
- * An event nobody subscribes to is not built into a stream (`observed`).
+ * An event nobody subscribes to is not built into a stream (`observed`). The events go to
+ * `emit`, the vendor kit's, which merges them after the redirector's into `events$`.
  */
 export class Reporter {
   readonly handshakes = new Subject<Handshake>();
   readonly exchanges = new Subject<TlsExchange>();
-  readonly events = new Subject<TlsProxyEvent>();
 
   constructor(
     readonly metrics: TlsProxyMetrics,
     readonly logger: Logger,
+    readonly emit: (event: TlsOwnEvent) => void,
   ) {}
-
-  emit(event: TlsProxyEvent): void {
-    if (this.events.observed) this.events.next(event);
-  }
 
   /** A failure that ends a connection: counted by code, logged as a warning, an event. */
   fail(type: FailureEventType, connectionId: string, code: string, message: string): void {
@@ -40,9 +37,9 @@ export class Reporter {
     if (this.exchanges.observed) this.exchanges.next(exchange);
   }
 
+  /** Ends the handshake and exchange streams; the events stream ends with the vendor kit's `close()`. */
   complete(): void {
     this.handshakes.complete();
     this.exchanges.complete();
-    this.events.complete();
   }
 }

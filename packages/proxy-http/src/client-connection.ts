@@ -4,7 +4,7 @@ import { type AcceptedConnection, errorCodeOf, relay } from '@coproxy/core';
 import type { Logger } from 'pino';
 import type { RequestViewError } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
-import type { HttpExchange, HttpProxyEvent } from './events.js';
+import type { HttpExchange, HttpProxyOwnEvent } from './events.js';
 import {
   type Exchange,
   asError,
@@ -42,7 +42,7 @@ export interface ConnectionHooks {
   readonly propagateRecords: boolean;
   readonly metrics: HttpProxyMetrics;
   readonly logger: Logger;
-  emitEvent(event: HttpProxyEvent): void;
+  emitEvent(event: HttpProxyOwnEvent): void;
   /** Whether anyone wants the exchange log (a subscriber, or a log level that prints it). */
   wantsExchanges(failed: boolean): boolean;
   /** A finished exchange, for the exchange log. */

@@ -65,3 +65,6 @@ export type HttpProxyEvent =
     }
   | { readonly type: 'client-error'; readonly connectionId: string; readonly code: string; readonly status?: number }
   | { readonly type: 'exchange-failed'; readonly connectionId: string; readonly code: string; readonly message: string; readonly status?: number };
+
+/** The events this proxy emits itself; the rest of `events$` is the redirector's. */
+export type HttpProxyOwnEvent = Exclude<HttpProxyEvent, RedirectorEvent>;

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type net from 'node:net';
+import net from 'node:net';
 import { createAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
 import { serveMetrics } from './metrics.js';
@@ -117,6 +117,30 @@ describe('metrics', () => {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+
+  it('count a connection the redirector refused in errors_total and rejected_total, by its code, and open nothing', async () => {
+    await using origin = await startHttpOrigin((_req, res) => res.end('ok'));
+    await using under = await startProxy([origin.port]);
+    const listener = await under.proxy.listening();
+    // Straight to the listener, without the redirect layer's header: refused before inspection.
+    const client = net.connect({ host: listener.address, port: listener.port });
+    client.on('error', () => undefined); // the refusal may reach the client as a reset
+    client.end('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await until(() => under.events.some((e) => e.type === 'rejected'), 5000, 'the connection to be refused');
+    client.destroy();
+    const rejected = under.events.find((e) => e.type === 'rejected');
+    const code = rejected?.type === 'rejected' ? rejected.error.code : 'none';
+
+    const s = samples(await under.proxy.metrics.text());
+    expect(code).toMatch(/^COPROXY_/);
+    expect({
+      errors: s.get(`coproxy_http_errors_total{code="${code}"}`),
+      rejected: s.get(`coproxy_http_rejected_total{code="${code}"}`),
+      accepted: [...s.keys()].filter((k) => k.startsWith('coproxy_http_accepted_total')),
+      open: s.get('coproxy_http_open_connections'),
+      exchanges: under.exchanges.length,
+    }).toEqual({ errors: 1, rejected: 1, accepted: [], open: 0, exchanges: 0 });
   });
 
   it('keep the counts of two proxies in one process apart', async () => {

@@ -35,7 +35,7 @@ export class HttpProxyMetrics extends RedirectorMetrics {
   });
   readonly errors = new Counter({
     name: 'coproxy_http_errors_total',
-    help: 'Failed exchanges and connections, by code (HPE_* parser codes, errno names, ORIGIN_TIMEOUT, ...)',
+    help: 'Failed exchanges and connections, by code (HPE_* parser codes, errno names, COPROXY_HTTP_ORIGIN_TIMEOUT, ...)',
     labelNames: ['code'] as const,
     registers: [this.registry],
   });

@@ -1,37 +1,21 @@
 import type net from 'node:net';
-import {
-  type AcceptedConnection,
-  type BackendName,
-  type Endpoint,
-  type FailMode,
-  type MatchRule,
-  createRedirector,
-  errorCodeOf,
-  relay,
-} from '@coproxy/core';
+import { type AcceptedConnection, type Endpoint, errorCodeOf, relay } from '@coproxy/core';
+import { type VendorRedirectorOptions, createVendorRedirector } from '@coproxy/core/vendor';
 import pino, { type Logger } from 'pino';
-import { Observable, Subject, type Subscription } from 'rxjs';
+import { type Observable, Subject } from 'rxjs';
 import { ClientConnection, type ConnectionHooks } from './client-connection.js';
 import { HttpProxyOptionsError, ProxyErrorCode } from './errors.js';
-import type { HttpExchange, HttpProxyEvent, UnrecognisedPolicy } from './events.js';
+import type { HttpExchange, HttpProxyEvent, HttpProxyOwnEvent, UnrecognisedPolicy } from './events.js';
 import type { ConnectionInfo, Inspector } from './inspector.js';
 import { HttpProxyMetrics } from './metrics.js';
 import { type RuleFile, loadRules, parseRules, rulesInspector } from './rules.js';
 import { sniff } from './sniff.js';
 
-export interface HttpProxyOptions {
-  /** The redirector id, `[a-z0-9-]{1,32}`. */
-  readonly id: string;
-  readonly priority: number;
-  /** Which connections to take; default every TCP connection to ports 80 and 8080. */
-  readonly match?: MatchRule;
-  /** Default `embedded`. */
-  readonly backend?: BackendName;
-  readonly failMode?: FailMode;
-  /** Embedded backend: the registry directory. */
-  readonly registry?: string;
-  /** nftables backend: the mark mask shared by every vendor on the host. */
-  readonly markMask?: number;
+/**
+ * The redirector's options from core's vendor kit (`match` default here: every TCP
+ * connection to ports 80 and 8080), then the proxy's own.
+ */
+export interface HttpProxyOptions extends VendorRedirectorOptions {
   /** A rule file's content or its path; evaluated before `inspectors`. */
   readonly rules?: RuleFile | string;
   readonly inspectors?: readonly Inspector[];
@@ -96,23 +80,24 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
   const propagateRecords = options.propagateRecords ?? true;
   const metrics = new HttpProxyMetrics();
   const exchanges = new Subject<HttpExchange>();
-  const proxyEvents = new Subject<HttpProxyEvent>();
   const inspectors: Inspector[] = [
     ...(options.rules === undefined ? [] : [rulesInspector(typeof options.rules === 'string' ? loadRules(options.rules) : parseRules(options.rules))]),
     ...(options.inspectors ?? []),
   ];
-  const redirector = createRedirector({
-    id: options.id,
-    priority: options.priority,
-    match: options.match ?? { ports: [80, 8080] },
-    ...(options.backend !== undefined && { backend: options.backend }),
-    ...(options.failMode !== undefined && { failMode: options.failMode }),
-    ...(options.registry !== undefined && { registry: options.registry }),
-    ...(options.markMask !== undefined && { markMask: options.markMask }),
+  // The kit wires the redirector: accepted connections to onAccepted, its events and ours in
+  // one events$, the redirector's metrics (accepted, open, records depth, bytes, rejected,
+  // onward failures) counted from its events, listening() and close().
+  const vendor = createVendorRedirector<HttpProxyOwnEvent>({
+    options,
+    defaultMatch: { ports: [80, 8080] },
+    metrics,
+    onAccepted: (conn) => void onAccepted(conn),
+    onFailed: (error) => {
+      logger.error({ err: error }, 'redirector failed');
+      exchanges.error(error);
+    },
   });
-  const emitEvent = (event: HttpProxyEvent): void => {
-    if (proxyEvents.observed) proxyEvents.next(event);
-  };
+  const emitEvent = (event: HttpProxyOwnEvent): void => vendor.emit(event);
   /** The exchange log: every finished exchange, logged and given to `exchanges$`. */
   const logExchange = (exchange: HttpExchange): void => {
     if (exchange.error !== undefined) logger.warn({ exchange }, 'exchange failed');
@@ -154,8 +139,6 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
   }
 
   async function onAccepted(conn: AcceptedConnection): Promise<void> {
-    metrics.openConnections.inc();
-    metrics.recordsDepth.observe(conn.records.hops);
     const info = connectionInfo(conn);
     const sniffed = await sniff(conn.socket, settings.sniffTimeoutMs);
     switch (sniffed.kind) {
@@ -232,56 +215,29 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
   }
 
-  let subscription: Subscription | undefined;
   let closed = false;
-  const events$ = new Observable<HttpProxyEvent>((subscriber) => {
-    const a = redirector.events$.subscribe(subscriber);
-    const b = proxyEvents.subscribe(subscriber);
-    return () => {
-      a.unsubscribe();
-      b.unsubscribe();
-    };
-  });
-  // Connection-level byte counts come from core's 'closed' event: what crossed the client socket.
-  const bytesSubscription = redirector.events$.subscribe((event) => {
-    if (event.type === 'closed') {
-      metrics.openConnections.dec();
-      metrics.bytes.inc({ direction: 'from_client' }, event.bytesFromClient);
-      metrics.bytes.inc({ direction: 'to_client' }, event.bytesToClient);
-    } else if (event.type === 'rejected') {
-      countError(event.error.code);
-    }
-  });
-  const installed = new Promise<Endpoint>((resolve, reject) => {
-    subscription = redirector.accepted$.subscribe({
-      next: (conn) => void onAccepted(conn),
-      error: (error: unknown) => {
-        logger.error({ err: error }, 'redirector failed');
-        reject(error instanceof Error ? error : new Error(String(error)));
-        exchanges.error(error);
-      },
-    });
-    redirector.installed().then(resolve, reject);
+  // The kit counts refusals in coproxy_http_rejected_total; this vendor's errors_total has
+  // always counted them too, by the same code, and still does.
+  const rejectedSubscription = vendor.redirector.events$.subscribe((event) => {
+    if (event.type === 'rejected') countError(event.error.code);
   });
   // Reported through exchanges$ (an error) and listening() (a rejection); logged here so
   // that a caller who awaits neither does not meet an unhandled rejection.
-  installed.catch((error: unknown) => logger.debug({ err: error }, 'install failed'));
+  vendor.listening().catch((error: unknown) => logger.debug({ err: error }, 'install failed'));
 
   return {
     id: options.id,
     exchanges$: exchanges.asObservable(),
-    events$,
+    events$: vendor.events$,
     metrics,
-    listening: () => installed,
+    listening: () => vendor.listening(),
     async close() {
       if (closed) return;
       closed = true;
-      subscription?.unsubscribe();
-      await redirector.close();
-      bytesSubscription.unsubscribe();
+      await vendor.close();
+      rejectedSubscription.unsubscribe();
       if (live.size === 0) clearInterval(sweep); // else once the last open connection ends
       exchanges.complete();
-      proxyEvents.complete();
     },
     [Symbol.asyncDispose]() {
       return this.close();

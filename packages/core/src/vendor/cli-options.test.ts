@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { BACKEND_NAMES } from '../backends/backend-registry.js';
 import { describe, expect, it } from 'vitest';
 import {
   CliUsageError,
@@ -42,9 +43,11 @@ describe('standard redirector CLI options', () => {
     expect(() => parse(['--id', 'acme', '--priority', String(2 ** 31)])).toThrow(/--priority/);
   });
 
-  it('offers only the backends a vendor CLI can run on, unless the vendor says otherwise', () => {
-    expect(() => parse(['--id', 'acme', '--priority', '1', '--backend', 'wfp'])).toThrow(/--backend/);
-    expect(parse(['--id', 'acme', '--priority', '1', '--backend', 'wfp'], { ports: '80', backends: ['embedded', 'wfp'] }).options.backend).toBe('wfp');
+  it('offers the backends of core\'s registry, or the subset a vendor names', () => {
+    for (const name of BACKEND_NAMES) expect(parse(['--id', 'acme', '--priority', '1', '--backend', name]).options.backend).toBe(name);
+    expect(() => parse(['--id', 'acme', '--priority', '1', '--backend', 'ebpf'])).toThrow(/--backend/);
+    expect(() => parse(['--id', 'acme', '--priority', '1', '--backend', 'nftables'], { ports: '80', backends: ['embedded'] })).toThrow(/--backend/);
+    expect(parse(['--id', 'acme', '--priority', '1'], { ports: '80', backends: ['embedded'] }).options.backend).toBe('embedded');
   });
 
   it('adds --mark-mask only when the vendor asks for it, and parses hex or decimal', () => {

@@ -1,0 +1,10 @@
+/**
+ * @coproxy/bench-kit: shared by the benches of every coproxy package and never published.
+ * It depends on Node alone, so a vendor's bench can use it without a vendor importing
+ * another vendor, and core's bench without core depending on anything of ours.
+ */
+export { exited, stopProcess, waitUntil, readMemory } from './process.js';
+export type { Memory } from './process.js';
+export { serveForked, ForkedChildren } from './forked.js';
+export type { ForkedService, Forked } from './forked.js';
+export { describeError, positiveFromEnv, printRows } from './report.js';

@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { type Namespace, exited } from './namespace.js';
+import { exited } from '@coproxy/bench-kit';
+import type { Namespace } from './namespace.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -249,18 +250,6 @@ class CpuWindow {
     if (total <= 0) return 0;
     return Math.max(0, (end.busy - this.startMachine.busy - ours) / total);
   }
-}
-
-export interface Memory {
-  /** Peak resident set since the process started, KiB. */
-  readonly hwmKiB: number;
-  readonly rssKiB: number;
-}
-
-export function readMemory(pid: number): Memory {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'latin1');
-  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  return { hwmKiB: field('VmHWM'), rssKiB: field('VmRSS') };
 }
 
 export interface IdleSpec {

@@ -8,3 +8,5 @@ export type { Memory } from './process.js';
 export { serveForked, ForkedChildren } from './forked.js';
 export type { ForkedService, Forked } from './forked.js';
 export { describeError, positiveFromEnv, printRows } from './report.js';
+export { printProfileSummary } from './cpu-profile.js';
+export type { ProfilePrintOptions } from './cpu-profile.js';

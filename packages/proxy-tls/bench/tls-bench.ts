@@ -40,7 +40,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@coproxy/core';
 // The package by its own name: the bench measures the built package, as a user gets it.
 import { CertificateAuthority, createTlsProxy, type Action } from '@coproxy/proxy-tls';
-import { ForkedChildren, describeError, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
+import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The name the client asks for (SNI) and the origin's certificate is for. */
@@ -515,63 +515,6 @@ function printTable(results: readonly ConfigurationResult[]): void {
 }
 
 // ---------------------------------------------------------------------------------------
-// The profile: where the proxy's time went
-
-interface CpuProfile {
-  readonly nodes: readonly { readonly id: number; readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number } }[];
-  readonly samples: readonly number[];
-  readonly timeDeltas: readonly number[];
-}
-
-/** Self time by function, and by where the code lives (node internals, a package, this repo). */
-function summariseProfile(file: string, top = 15): void {
-  const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as CpuProfile;
-  const byNode = new Map(profile.nodes.map((node) => [node.id, node.callFrame]));
-  const byFunction = new Map<string, number>();
-  const byPlace = new Map<string, number>();
-  let total = 0;
-  let idle = 0;
-  profile.samples.forEach((id, index) => {
-    const micros = profile.timeDeltas[index] ?? 0;
-    const frame = byNode.get(id);
-    total += micros;
-    if (frame === undefined || frame.functionName === '(idle)') {
-      idle += micros;
-      return;
-    }
-    const where = frame.url === '' ? '' : ` ${shortUrl(frame.url)}:${frame.lineNumber + 1}`;
-    const key = `${frame.functionName === '' ? '(anonymous)' : frame.functionName}${where}`;
-    byFunction.set(key, (byFunction.get(key) ?? 0) + micros);
-    const place = placeOf(frame.url, frame.functionName);
-    byPlace.set(place, (byPlace.get(place) ?? 0) + micros);
-  });
-  const busy = total - idle;
-  const percent = (micros: number): string => `${((100 * micros) / busy).toFixed(1).padStart(5)}%`;
-  console.log(`${path.basename(file)}: ${(total / 1e6).toFixed(2)} s sampled, ${(busy / 1e6).toFixed(2)} s busy (percentages of busy time)`);
-  console.log('  self time by place:');
-  for (const [place, micros] of [...byPlace].sort((a, b) => b[1] - a[1])) console.log(`    ${percent(micros)}  ${place}`);
-  console.log(`  top ${top} functions by self time:`);
-  for (const [key, micros] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${percent(micros)}  ${key}`);
-}
-
-function shortUrl(url: string): string {
-  const local = url.replace(/^file:\/\//, '');
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(local);
-  if (pkg !== null) return `${pkg[1]}/${pkg[2]}`;
-  const repo = /packages\/([^/]+)\/(.*)$/.exec(local);
-  return repo === null ? local : `@coproxy/${repo[1]}/${repo[2]}`;
-}
-
-function placeOf(url: string, functionName: string): string {
-  if (url === '') return functionName.startsWith('(') ? functionName : 'native (V8 builtins, C++: TLS, syscalls)';
-  if (url.startsWith('node:')) return 'node internals (net, tls, http, streams)';
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\//.exec(url);
-  if (pkg?.[1] !== undefined) return pkg[1];
-  const repo = /packages\/([^/]+)\//.exec(url);
-  return repo?.[1] === undefined ? url : `@coproxy/${repo[1]}`;
-}
-
-// ---------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
   const settings = readSettings();
@@ -628,7 +571,13 @@ async function main(): Promise<void> {
       for (const configuration of CONFIGURATIONS) {
         if (configuration.mode === undefined) continue;
         console.log('');
-        summariseProfile(path.join(settings.cpuProf, `proxy-${configuration.name}.cpuprofile`));
+        const file = path.join(settings.cpuProf, `proxy-${configuration.name}.cpuprofile`);
+        printProfileSummary(file, {
+          title: path.basename(file),
+          top: 15,
+          nativeLabel: 'native (V8 builtins, C++: TLS, syscalls)',
+          nodeLabel: 'node internals (net, tls, http, streams)',
+        });
       }
     }
   } finally {

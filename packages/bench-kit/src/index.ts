@@ -3,8 +3,8 @@
  * It depends on Node alone, so a vendor's bench can use it without a vendor importing
  * another vendor, and core's bench without core depending on anything of ours.
  */
-export { exited, stopProcess, waitUntil, readMemory } from './process.js';
-export type { Memory } from './process.js';
+export { captureOutput, exited, exitedWithin, firstLine, readMemory, stopProcess, waitUntil } from './process.js';
+export type { CapturedOutput, Memory } from './process.js';
 export { serveForked, ForkedChildren } from './forked.js';
 export type { ForkedService, Forked } from './forked.js';
 export { describeError, positiveFromEnv, printRows } from './report.js';

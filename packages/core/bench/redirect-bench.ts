@@ -29,7 +29,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 // The package by its own name: the bench measures the built package, as a user gets it.
 import { connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '@coproxy/core';
-import { ForkedChildren, describeError, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
+import { ForkedChildren, describeError, exited, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The origin's modes, chosen by the first byte of a connection. */
@@ -469,7 +469,7 @@ async function inNamespace(): Promise<number> {
     const forward = (signal: NodeJS.Signals): void => void child.kill(signal);
     process.on('SIGINT', forward);
     process.on('SIGTERM', forward);
-    const code = await new Promise<number>((resolve) => child.once('exit', (exitCode) => resolve(exitCode ?? 1)));
+    const code = (await exited(child)).code ?? 1;
     process.off('SIGINT', forward);
     process.off('SIGTERM', forward);
     return code;

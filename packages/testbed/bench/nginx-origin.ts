@@ -2,7 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Namespace, ORIGIN_ADDRESS, stopProcess, waitUntil } from './namespace.js';
+import { stopProcess, waitUntil } from '@coproxy/bench-kit';
+import { type Namespace, ORIGIN_ADDRESS } from './namespace.js';
 
 export const SMALL_PATH = '/1k';
 export const LARGE_PATH = '/64m';

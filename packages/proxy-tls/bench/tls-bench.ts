@@ -19,8 +19,8 @@
  *
  * ```sh
  * pnpm --filter @coproxy/proxy-tls bench
- * BENCH_SECONDS=5 BENCH_CONCURRENCY=16 node dist/bench/tls-bench.js --json bench.json
- * node dist/bench/tls-bench.js --cpu-prof /tmp/prof   # also profiles the proxy processes
+ * BENCH_SECONDS=5 BENCH_CONCURRENCY=16 node bench/dist/tls-bench.js --json bench.json
+ * node bench/dist/tls-bench.js --cpu-prof /tmp/prof   # also profiles the proxy processes
  * ```
  *
  * Environment: `BENCH_SECONDS` (3) of handshakes per configuration, `BENCH_CONCURRENCY`
@@ -29,7 +29,6 @@
  * proxy with `node --cpu-prof`, writes the profiles there and prints the functions with
  * the most self time (the figures of that run include the profiler's overhead).
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
@@ -39,9 +38,9 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect } from '@coproxy/core';
-import { CertificateAuthority } from '../ca.js';
-import type { Action } from '../policy.js';
-import { createTlsProxy } from '../proxy.js';
+// The package by its own name: the bench measures the built package, as a user gets it.
+import { CertificateAuthority, createTlsProxy, type Action } from '@coproxy/proxy-tls';
+import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The name the client asks for (SNI) and the origin's certificate is for. */
@@ -72,7 +71,7 @@ const CONFIGURATIONS = [
 type Configuration = (typeof CONFIGURATIONS)[number];
 
 // ---------------------------------------------------------------------------------------
-// IPC between the bench and its children
+// What a child counts, asked for over IPC
 
 interface ChildStats {
   /** Origin: requests answered. Proxy: decrypted exchanges (bump only). */
@@ -85,68 +84,8 @@ interface ChildStats {
   readonly cpuMicros: number;
 }
 
-type ChildMessage = { readonly ready: true; readonly port: number } | { readonly stats: ChildStats };
-type ParentMessage = { readonly query: 'stats' };
-
-function isChildMessage(value: unknown): value is ChildMessage {
-  if (typeof value !== 'object' || value === null) return false;
-  if ('ready' in value) return value.ready === true && 'port' in value && typeof value.port === 'number';
-  return 'stats' in value && typeof value.stats === 'object' && value.stats !== null;
-}
-
-function isParentMessage(value: unknown): value is ParentMessage {
-  return typeof value === 'object' && value !== null && 'query' in value && value.query === 'stats';
-}
-
 // ---------------------------------------------------------------------------------------
 // Children: the origin and the proxy
-
-interface ChildService {
-  readonly port: number;
-  stats(): ChildStats;
-  close(): Promise<void>;
-}
-
-/** Starts a service, reports it ready, answers stats queries, and stops with the bench. */
-function runChild(name: string, start: () => Promise<ChildService>): void {
-  const send = process.send?.bind(process);
-  if (send === undefined) {
-    console.error(`tls-bench ${name}: runs as a child of the bench, with an IPC channel`);
-    process.exit(2);
-  }
-  let service: ChildService | undefined;
-  let stopping = false;
-  // A normal exit, so that `--cpu-prof` writes its profile.
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    (service?.close() ?? Promise.resolve()).then(
-      () => process.exit(0),
-      (error: unknown) => {
-        console.error(`tls-bench ${name}: close failed:`, error);
-        process.exit(1);
-      },
-    );
-  };
-  // The bench going away disconnects the channel; a terminal's Ctrl-C reaches us too.
-  process.on('disconnect', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.on('message', (message: unknown) => {
-    if (isParentMessage(message) && service !== undefined) send({ stats: service.stats() } satisfies ChildMessage);
-  });
-  start().then(
-    (started) => {
-      service = started;
-      if (stopping) return void started.close().finally(() => process.exit(0));
-      send({ ready: true, port: started.port } satisfies ChildMessage);
-    },
-    (error: unknown) => {
-      console.error(`tls-bench ${name}: failed to start:`, error);
-      process.exit(1);
-    },
-  );
-}
 
 function cpuMicros(): number {
   const { user, system } = process.cpuUsage();
@@ -158,7 +97,7 @@ function count(record: Record<string, number>, key: string): void {
 }
 
 /** HTTPS with a leaf from the CA in `caDir`. `GET /tiny`: 2 bytes. `GET /large?bytes=N`: N bytes, streamed with backpressure. */
-async function startOrigin(caDir: string): Promise<ChildService> {
+async function startOrigin(caDir: string): Promise<ForkedService<ChildStats>> {
   const context = await (await CertificateAuthority.open({ dir: caDir })).contextFor(SERVER_NAME);
   const chunk = Buffer.alloc(CHUNK_BYTES, 0x5a);
   let requests = 0;
@@ -205,7 +144,7 @@ async function startOrigin(caDir: string): Promise<ChildService> {
 }
 
 /** The proxy with its defaults and a one-line policy: every handshake gets `mode`. */
-async function startProxy(mode: Action, registry: string, originPort: number, caDir: string, originCa: string): Promise<ChildService> {
+async function startProxy(mode: Action, registry: string, originPort: number, caDir: string, originCa: string): Promise<ForkedService<ChildStats>> {
   const proxy = createTlsProxy({
     id: PROXY_ID,
     priority: 0,
@@ -244,80 +183,10 @@ async function startProxy(mode: Action, registry: string, originPort: number, ca
 // ---------------------------------------------------------------------------------------
 // The bench: managing children
 
-interface Child {
-  readonly name: string;
-  readonly process: ChildProcess;
-  readonly port: number;
-}
-
 /** Live children, so a signal or a failure can stop them all. */
-const children = new Set<ChildProcess>();
+const children = new ForkedChildren(fileURLToPath(import.meta.url), CHILD_TIMEOUT_MS);
 
-function spawnChild(name: string, args: readonly string[], execArgv: readonly string[] = []): Promise<Child> {
-  const child = fork(fileURLToPath(import.meta.url), args, {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    execArgv: [...process.execArgv, ...execArgv],
-  });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, port?: number): void => {
-      clearTimeout(timer);
-      child.off('message', onMessage);
-      child.off('exit', onExit);
-      child.off('error', onError);
-      if (error !== undefined) {
-        child.kill('SIGKILL');
-        reject(error);
-      } else {
-        resolve({ name, process: child, port: port ?? 0 });
-      }
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'ready' in message) finish(undefined, message.port);
-    };
-    const onExit = (code: number | null, signal: NodeJS.Signals | null): void =>
-      finish(new Error(`${name} exited before it was ready (code ${String(code)}, signal ${String(signal)})`));
-    const onError = (error: Error): void => finish(error);
-    const timer = setTimeout(() => finish(new Error(`${name} not ready within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.on('message', onMessage);
-    child.once('exit', onExit);
-    child.once('error', onError);
-  });
-}
-
-function askStats(child: Child): Promise<ChildStats> {
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, stats?: ChildStats): void => {
-      clearTimeout(timer);
-      child.process.off('message', onMessage);
-      child.process.off('exit', onExit);
-      if (stats !== undefined) resolve(stats);
-      else reject(error ?? new Error(`${child.name}: no stats`));
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'stats' in message) finish(undefined, message.stats);
-    };
-    const onExit = (): void => finish(new Error(`${child.name} exited before reporting its stats`));
-    const timer = setTimeout(() => finish(new Error(`${child.name}: no stats within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.process.on('message', onMessage);
-    child.process.once('exit', onExit);
-    child.process.send({ query: 'stats' } satisfies ParentMessage);
-  });
-}
-
-/** SIGTERM (the child closes and exits), then SIGKILL if it lingers. */
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
+const askStats = (child: Forked): Promise<ChildStats> => children.askStats<ChildStats>(child);
 
 // ---------------------------------------------------------------------------------------
 // The bench: measuring
@@ -332,7 +201,7 @@ interface Target {
    */
   readonly context: tls.SecureContext;
   /** The origin and, through the proxy, the proxy: their CPU time is sampled around each measurement. */
-  readonly children: readonly Child[];
+  readonly children: readonly Forked[];
   /** TLS connections the client completed a request on, so the children's counts can be checked against it. */
   completed: number;
 }
@@ -461,7 +330,7 @@ interface Settings {
 interface Lane {
   readonly configuration: Configuration;
   readonly target: Target;
-  readonly proxy: Child | undefined;
+  readonly proxy: Forked | undefined;
   handshakes: number;
   handshakeSeconds: number;
   readonly handshakeCpu: Record<string, number>;
@@ -491,13 +360,13 @@ interface ConfigurationResult {
  * through `connect()`), holding its proxy otherwise. So all three stay up at once and the
  * measurements can take turns.
  */
-async function openLane(configuration: Configuration, origin: Child, temp: string, originCa: string, settings: Settings): Promise<Lane> {
+async function openLane(configuration: Configuration, origin: Forked, temp: string, originCa: string, settings: Settings): Promise<Lane> {
   const { mode, name } = configuration;
   const registry = path.join(temp, `registry-${name}`);
   fs.mkdirSync(registry, { mode: 0o700 });
   const proxyCaDir = path.join(temp, `proxy-ca-${name}`);
   const execArgv = settings.cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${settings.cpuProf}`, `--cpu-prof-name=proxy-${name}.cpuprofile`];
-  const proxy = mode === undefined ? undefined : await spawnChild('proxy', ['proxy', mode, registry, String(origin.port), proxyCaDir, originCa], execArgv);
+  const proxy = mode === undefined ? undefined : await children.start('proxy', ['proxy', mode, registry, String(origin.port), proxyCaDir, originCa], execArgv);
   // The proxy's CA exists once the proxy is ready (it creates it on first use).
   const ca = fs.readFileSync(mode === 'bump' ? path.join(proxyCaDir, 'ca.crt') : originCa);
   const target: Target = {
@@ -545,7 +414,7 @@ async function measure(lanes: readonly Lane[], settings: Settings): Promise<void
  * no child may have counted a failure. Retried briefly: a child may count a connection a
  * moment after the client has read its end.
  */
-async function verify(lanes: readonly Lane[], origin: Child): Promise<Map<Lane, Record<string, number>>> {
+async function verify(lanes: readonly Lane[], origin: Forked): Promise<Map<Lane, Record<string, number>>> {
   let problems: string[] = [];
   const counted = new Map<Lane, Record<string, number>>();
   for (let attempt = 0; attempt < 20; attempt++) {
@@ -598,10 +467,6 @@ function resultOf(lane: Lane, counted: Readonly<Record<string, number>>): Config
   };
 }
 
-function describeError(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-}
-
 function readSettings(): Settings {
   const args = process.argv.slice(2);
   const { values } = parseArgs({
@@ -611,18 +476,9 @@ function readSettings(): Settings {
     strict: true,
     allowPositionals: false,
   });
-  const number = (name: string, fallback: number, integer: boolean): number => {
-    const text = process.env[name];
-    if (text === undefined || text === '') return fallback;
-    const value = Number(text);
-    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-      throw new Error(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${JSON.stringify(text)}`);
-    }
-    return value;
-  };
   return {
-    seconds: number('BENCH_SECONDS', 3, false),
-    concurrency: number('BENCH_CONCURRENCY', 32, true),
+    seconds: positiveFromEnv('BENCH_SECONDS', 3, false),
+    concurrency: positiveFromEnv('BENCH_CONCURRENCY', 32, true),
     json: values.json,
     cpuProf: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
   };
@@ -658,77 +514,13 @@ function printTable(results: readonly ConfigurationResult[]): void {
   ]);
 }
 
-function printRows(rows: readonly (readonly string[])[]): void {
-  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
-  for (const row of rows) {
-    console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  '));
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// The profile: where the proxy's time went
-
-interface CpuProfile {
-  readonly nodes: readonly { readonly id: number; readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number } }[];
-  readonly samples: readonly number[];
-  readonly timeDeltas: readonly number[];
-}
-
-/** Self time by function, and by where the code lives (node internals, a package, this repo). */
-function summariseProfile(file: string, top = 15): void {
-  const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as CpuProfile;
-  const byNode = new Map(profile.nodes.map((node) => [node.id, node.callFrame]));
-  const byFunction = new Map<string, number>();
-  const byPlace = new Map<string, number>();
-  let total = 0;
-  let idle = 0;
-  profile.samples.forEach((id, index) => {
-    const micros = profile.timeDeltas[index] ?? 0;
-    const frame = byNode.get(id);
-    total += micros;
-    if (frame === undefined || frame.functionName === '(idle)') {
-      idle += micros;
-      return;
-    }
-    const where = frame.url === '' ? '' : ` ${shortUrl(frame.url)}:${frame.lineNumber + 1}`;
-    const key = `${frame.functionName === '' ? '(anonymous)' : frame.functionName}${where}`;
-    byFunction.set(key, (byFunction.get(key) ?? 0) + micros);
-    const place = placeOf(frame.url, frame.functionName);
-    byPlace.set(place, (byPlace.get(place) ?? 0) + micros);
-  });
-  const busy = total - idle;
-  const percent = (micros: number): string => `${((100 * micros) / busy).toFixed(1).padStart(5)}%`;
-  console.log(`${path.basename(file)}: ${(total / 1e6).toFixed(2)} s sampled, ${(busy / 1e6).toFixed(2)} s busy (percentages of busy time)`);
-  console.log('  self time by place:');
-  for (const [place, micros] of [...byPlace].sort((a, b) => b[1] - a[1])) console.log(`    ${percent(micros)}  ${place}`);
-  console.log(`  top ${top} functions by self time:`);
-  for (const [key, micros] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${percent(micros)}  ${key}`);
-}
-
-function shortUrl(url: string): string {
-  const local = url.replace(/^file:\/\//, '');
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(local);
-  if (pkg !== null) return `${pkg[1]}/${pkg[2]}`;
-  const repo = /packages\/([^/]+)\/(.*)$/.exec(local);
-  return repo === null ? local : `@coproxy/${repo[1]}/${repo[2]}`;
-}
-
-function placeOf(url: string, functionName: string): string {
-  if (url === '') return functionName.startsWith('(') ? functionName : 'native (V8 builtins, C++: TLS, syscalls)';
-  if (url.startsWith('node:')) return 'node internals (net, tls, http, streams)';
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\//.exec(url);
-  if (pkg?.[1] !== undefined) return pkg[1];
-  const repo = /packages\/([^/]+)\//.exec(url);
-  return repo?.[1] === undefined ? url : `@coproxy/${repo[1]}`;
-}
-
 // ---------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
   const settings = readSettings();
   const temp = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-tls-bench-'));
   const cleanUp = (): void => {
-    for (const child of children) child.kill('SIGTERM');
+    children.signalAll('SIGTERM');
     fs.rmSync(temp, { recursive: true, force: true });
   };
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -748,7 +540,7 @@ async function main(): Promise<void> {
         `${settings.concurrency} connections in flight, ${TINY_BODY.length}-byte responses; ${TRANSFER_RUNS} × 64 MiB responses per configuration` +
         `${settings.cpuProf === undefined ? '' : '; the proxies run under --cpu-prof'}`,
     );
-    const origin = await spawnChild('origin', ['origin', originCaDir]);
+    const origin = await children.start('origin', ['origin', originCaDir]);
     const lanes: Lane[] = [];
     for (const configuration of CONFIGURATIONS) lanes.push(await openLane(configuration, origin, temp, originCa, settings));
     await measure(lanes, settings);
@@ -760,7 +552,7 @@ async function main(): Promise<void> {
     }
     console.log(`  origin: answered ${lanes.reduce((sum, lane) => sum + lane.target.completed, 0)}, as the client completed; no failures anywhere`);
     // Stopped before the report: a proxy under --cpu-prof writes its profile as it exits.
-    await Promise.all([...children].map(stopChild));
+    await children.stopAll();
     console.log('');
     printTable(results);
     console.log('');
@@ -779,11 +571,17 @@ async function main(): Promise<void> {
       for (const configuration of CONFIGURATIONS) {
         if (configuration.mode === undefined) continue;
         console.log('');
-        summariseProfile(path.join(settings.cpuProf, `proxy-${configuration.name}.cpuprofile`));
+        const file = path.join(settings.cpuProf, `proxy-${configuration.name}.cpuprofile`);
+        printProfileSummary(file, {
+          title: path.basename(file),
+          top: 15,
+          nativeLabel: 'native (V8 builtins, C++: TLS, syscalls)',
+          nodeLabel: 'node internals (net, tls, http, streams)',
+        });
       }
     }
   } finally {
-    await Promise.all([...children].map(stopChild));
+    await children.stopAll();
     fs.rmSync(temp, { recursive: true, force: true });
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -799,7 +597,7 @@ switch (process.argv[2] ?? '') {
   case 'origin': {
     const [caDir = ''] = process.argv.slice(3);
     if (caDir === '') usage('tls-bench origin CA_DIR');
-    runChild('origin', () => startOrigin(caDir));
+    serveForked('tls-bench origin', () => startOrigin(caDir));
     break;
   }
   case 'proxy': {
@@ -807,7 +605,7 @@ switch (process.argv[2] ?? '') {
     if ((mode !== 'splice' && mode !== 'bump') || registry === '' || !Number.isInteger(Number(originPort)) || caDir === '' || originCa === '') {
       usage('tls-bench proxy splice|bump REGISTRY ORIGIN_PORT CA_DIR ORIGIN_CA');
     }
-    runChild(`proxy ${mode}`, () => startProxy(mode, registry, Number(originPort), caDir, originCa));
+    serveForked(`tls-bench proxy ${mode}`, () => startProxy(mode, registry, Number(originPort), caDir, originCa));
     break;
   }
   default:

@@ -197,7 +197,7 @@ export function renderMarkdown(report: Report, command: string): string {
   const out = [
     '# Benchmarks: coproxy beside the proxies people use today',
     '',
-    `Written by \`${command}\` (\`packages/testbed/src/bench/compare.ts\`) on ${m.date.slice(0, 10)} (${m.date}), in ${Math.round(report.durationSeconds)} s.`,
+    `Written by \`${command}\` (\`packages/testbed/bench/compare.ts\`) on ${m.date.slice(0, 10)} (${m.date}), in ${Math.round(report.durationSeconds)} s.`,
     '',
     `**Machine**: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB.toFixed(1)} GiB; ${m.os}; ${m.kernel}; Node ${m.node}. ` +
       `Debian packages: ${Object.entries(m.packages).map(([name, version]) => `${name} ${version}`).join(', ')}.`,

@@ -15,8 +15,8 @@
  *
  * ```sh
  * pnpm bench:http                           # from the repo root (builds first)
- * BENCH_SECONDS=5 BENCH_CONCURRENCY=64 node dist/bench/http-bench.js --json bench.json
- * node dist/bench/http-bench.js --cpu-prof /tmp/prof   # also profiles the proxy process
+ * BENCH_SECONDS=5 BENCH_CONCURRENCY=64 node bench/dist/http-bench.js --json bench.json
+ * node bench/dist/http-bench.js --cpu-prof /tmp/prof   # also profiles the proxy process
  * ```
  *
  * Environment: `BENCH_SECONDS` (3) per request-rate measurement, `BENCH_CONCURRENCY` (32)
@@ -24,7 +24,6 @@
  * the proxy with `node --cpu-prof`, writes the profile there and prints the functions with
  * the most self time (the figures of that run include the profiler's overhead).
  */
-import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type net from 'node:net';
@@ -35,7 +34,9 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createAgent } from '@coproxy/core';
 import type { Counter } from 'prom-client';
-import { createHttpProxy } from '../index.js';
+// The package by its own name: the bench measures the built package, as a user gets it.
+import { createHttpProxy } from '@coproxy/proxy-http';
+import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 const SMALL_BYTES = 1024;
@@ -52,7 +53,7 @@ const CHILD_TIMEOUT_MS = 10_000;
 const CHUNK_BYTES = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
-// IPC between the bench and its children
+// What a child counts, asked for over IPC
 
 interface ChildStats {
   /** Requests the origin answered, or the proxy parsed. */
@@ -65,77 +66,11 @@ interface ChildStats {
   readonly cpuMicros: number;
 }
 
-type ChildMessage = { readonly ready: true; readonly port: number } | { readonly stats: ChildStats };
-type ParentMessage = { readonly query: 'stats' };
-
-function isChildMessage(value: unknown): value is ChildMessage {
-  if (typeof value !== 'object' || value === null) return false;
-  if ('ready' in value) return value.ready === true && 'port' in value && typeof value.port === 'number';
-  return 'stats' in value && typeof value.stats === 'object' && value.stats !== null;
-}
-
-function isParentMessage(value: unknown): value is ParentMessage {
-  return typeof value === 'object' && value !== null && 'query' in value && value.query === 'stats';
-}
-
 // ---------------------------------------------------------------------------------------
 // Children: the origin and the proxy
 
-interface ChildService {
-  readonly port: number;
-  stats(): Promise<ChildStats>;
-  close(): Promise<void>;
-}
-
-/** Starts a service, reports it ready, answers stats queries, and stops with the bench. */
-function runChild(name: string, start: () => Promise<ChildService>): void {
-  const send = process.send?.bind(process);
-  if (send === undefined) {
-    console.error(`http-bench ${name}: runs as a child of the bench, with an IPC channel`);
-    process.exit(2);
-  }
-  let service: ChildService | undefined;
-  let stopping = false;
-  // A normal exit, so that `--cpu-prof` writes its profile.
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    (service?.close() ?? Promise.resolve()).then(
-      () => process.exit(0),
-      (error: unknown) => {
-        console.error(`http-bench ${name}: close failed:`, error);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('disconnect', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.on('message', (message: unknown) => {
-    if (!isParentMessage(message) || service === undefined) return;
-    service.stats().then(
-      (stats) => send({ stats } satisfies ChildMessage),
-      (error: unknown) => {
-        console.error(`http-bench ${name}: stats failed:`, error);
-        process.exit(1);
-      },
-    );
-  });
-  start().then(
-    (started) => {
-      service = started;
-      if (stopping) return void started.close().finally(() => process.exit(0));
-      send({ ready: true, port: started.port } satisfies ChildMessage);
-    },
-    (error: unknown) => {
-      console.error(`http-bench ${name}: failed to start:`, error);
-      process.exit(1);
-    },
-  );
-}
-
 /** `GET /small`: 1 KiB. `GET /large?bytes=N`: N bytes, streamed with backpressure. */
-async function startOrigin(): Promise<ChildService> {
+async function startOrigin(): Promise<ForkedService<ChildStats>> {
   const small = Buffer.alloc(SMALL_BYTES, 'x');
   const chunk = Buffer.alloc(CHUNK_BYTES);
   for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 131) & 0xff;
@@ -189,7 +124,7 @@ async function startOrigin(): Promise<ChildService> {
 }
 
 /** The proxy as a library user gets it: defaults, taking connections to the origin's port. */
-async function startProxy(registry: string, originPort: number): Promise<ChildService> {
+async function startProxy(registry: string, originPort: number): Promise<ForkedService<ChildStats>> {
   const proxy = createHttpProxy({ id: PROXY_ID, priority: 10, match: { ports: [originPort] }, registry, backend: 'embedded' });
   const listening = await proxy.listening();
   const total = async (counter: Counter): Promise<number> => (await counter.get()).values.reduce((sum, value) => sum + value.value, 0);
@@ -214,80 +149,10 @@ function cpuMicros(): number {
 // ---------------------------------------------------------------------------------------
 // The bench: managing children
 
-interface Child {
-  readonly name: string;
-  readonly process: ChildProcess;
-  readonly port: number;
-}
-
 /** Live children, so a signal or a failure can stop them all. */
-const children = new Set<ChildProcess>();
+const children = new ForkedChildren(fileURLToPath(import.meta.url), CHILD_TIMEOUT_MS);
 
-function spawnChild(name: string, args: readonly string[], execArgv: readonly string[] = []): Promise<Child> {
-  const child = fork(fileURLToPath(import.meta.url), args, {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    execArgv: [...process.execArgv, ...execArgv],
-  });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, port?: number): void => {
-      clearTimeout(timer);
-      child.off('message', onMessage);
-      child.off('exit', onExit);
-      child.off('error', onError);
-      if (error !== undefined) {
-        child.kill('SIGKILL');
-        reject(error);
-      } else {
-        resolve({ name, process: child, port: port ?? 0 });
-      }
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'ready' in message) finish(undefined, message.port);
-    };
-    const onExit = (code: number | null, signal: NodeJS.Signals | null): void =>
-      finish(new Error(`${name} exited before it was ready (code ${String(code)}, signal ${String(signal)})`));
-    const onError = (error: Error): void => finish(error);
-    const timer = setTimeout(() => finish(new Error(`${name} not ready within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.on('message', onMessage);
-    child.once('exit', onExit);
-    child.once('error', onError);
-  });
-}
-
-function askStats(child: Child): Promise<ChildStats> {
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, stats?: ChildStats): void => {
-      clearTimeout(timer);
-      child.process.off('message', onMessage);
-      child.process.off('exit', onExit);
-      if (stats !== undefined) resolve(stats);
-      else reject(error ?? new Error(`${child.name}: no stats`));
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'stats' in message) finish(undefined, message.stats);
-    };
-    const onExit = (): void => finish(new Error(`${child.name} exited before reporting its stats`));
-    const timer = setTimeout(() => finish(new Error(`${child.name}: no stats within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.process.on('message', onMessage);
-    child.process.once('exit', onExit);
-    child.process.send({ query: 'stats' } satisfies ParentMessage);
-  });
-}
-
-/** SIGTERM (the child closes and exits), then SIGKILL if it lingers. */
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
+const askStats = (child: Forked): Promise<ChildStats> => children.askStats<ChildStats>(child);
 
 // ---------------------------------------------------------------------------------------
 // The bench: measuring
@@ -354,7 +219,7 @@ interface Target {
   /** Requests the client completed, warm-ups included, to check the children's counts against. */
   completed: number;
   /** The processes serving it (the origin, the proxy), whose CPU time is measured. */
-  readonly children: readonly Child[];
+  readonly children: readonly Forked[];
 }
 
 interface RateResult {
@@ -485,7 +350,7 @@ function check(name: string, before: ChildStats, after: ChildStats, expected: nu
   return requests;
 }
 
-async function runDirect(origin: Child, settings: Settings): Promise<ConfigurationResult> {
+async function runDirect(origin: Forked, settings: Settings): Promise<ConfigurationResult> {
   const target: Target = {
     name: 'direct',
     port: origin.port,
@@ -501,9 +366,9 @@ async function runDirect(origin: Child, settings: Settings): Promise<Configurati
   return { name: 'direct', ...result, counted };
 }
 
-async function runThroughProxy(origin: Child, registry: string, settings: Settings): Promise<ConfigurationResult> {
+async function runThroughProxy(origin: Forked, registry: string, settings: Settings): Promise<ConfigurationResult> {
   const execArgv = settings.cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${settings.cpuProf}`];
-  const proxy = await spawnChild('proxy', ['proxy', registry, String(origin.port)], execArgv);
+  const proxy = await children.start('proxy', ['proxy', registry, String(origin.port)], execArgv);
   try {
     const target: Target = {
       name: 'through proxy',
@@ -522,12 +387,8 @@ async function runThroughProxy(origin: Child, registry: string, settings: Settin
     if (problems.length > 0) throw new Error(`through proxy: ${problems.join('; ')}`);
     return { name: 'through proxy', ...result, counted };
   } finally {
-    await stopChild(proxy.process);
+    await children.stop(proxy);
   }
-}
-
-function describeError(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
 function readSettings(): Settings {
@@ -536,19 +397,10 @@ function readSettings(): Settings {
     strict: true,
     allowPositionals: false,
   });
-  const number = (name: string, fallback: number, integer: boolean): number => {
-    const text = process.env[name];
-    if (text === undefined || text === '') return fallback;
-    const value = Number(text);
-    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-      throw new Error(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${JSON.stringify(text)}`);
-    }
-    return value;
-  };
   return {
-    seconds: number('BENCH_SECONDS', 3, false),
-    concurrency: number('BENCH_CONCURRENCY', 32, true),
-    mib: number('BENCH_MIB', 256, true),
+    seconds: positiveFromEnv('BENCH_SECONDS', 3, false),
+    concurrency: positiveFromEnv('BENCH_CONCURRENCY', 32, true),
+    mib: positiveFromEnv('BENCH_MIB', 256, true),
     json: values.json,
     cpuProf: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
   };
@@ -584,81 +436,13 @@ function printTable(results: readonly ConfigurationResult[]): void {
   ]);
 }
 
-function printRows(rows: readonly (readonly string[])[]): void {
-  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
-  for (const row of rows) {
-    console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  '));
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// The profile: where the proxy's time went
-
-interface CpuProfile {
-  readonly nodes: readonly { readonly id: number; readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number } }[];
-  readonly samples: readonly number[];
-  readonly timeDeltas: readonly number[];
-}
-
-/** Self time by function, and by where the code lives (node internals, a package, this repo). */
-function summariseProfile(file: string, top = 20): void {
-  const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as CpuProfile;
-  const byNode = new Map(profile.nodes.map((node) => [node.id, node.callFrame]));
-  const byFunction = new Map<string, number>();
-  const byPlace = new Map<string, number>();
-  let total = 0;
-  let idle = 0;
-  profile.samples.forEach((id, index) => {
-    const micros = profile.timeDeltas[index] ?? 0;
-    const frame = byNode.get(id);
-    total += micros;
-    if (frame === undefined || frame.functionName === '(idle)') {
-      idle += micros;
-      return;
-    }
-    const where = frame.url === '' ? '' : ` ${shortUrl(frame.url)}:${frame.lineNumber + 1}`;
-    const key = `${frame.functionName === '' ? '(anonymous)' : frame.functionName}${where}`;
-    byFunction.set(key, (byFunction.get(key) ?? 0) + micros);
-    const place = placeOf(frame.url, frame.functionName);
-    byPlace.set(place, (byPlace.get(place) ?? 0) + micros);
-  });
-  const busy = total - idle;
-  const percent = (micros: number): string => `${((100 * micros) / busy).toFixed(1).padStart(5)}%`;
-  console.log(`proxy profile ${file}: ${(total / 1e6).toFixed(2)} s sampled, ${(busy / 1e6).toFixed(2)} s busy (percentages of busy time)`);
-  // V8 samples on wall-clock ticks: a process preempted inside a write (which wakes its
-  // peer) is charged to that write, so with more busy processes than cores the socket
-  // writes look costlier than the CPU they take. `perf` measures on-CPU time.
-  console.log('  (wall-clock samples: time spent preempted inside a syscall counts as that syscall)');
-  console.log('  self time by place:');
-  for (const [place, micros] of [...byPlace].sort((a, b) => b[1] - a[1])) console.log(`    ${percent(micros)}  ${place}`);
-  console.log(`  top ${top} functions by self time:`);
-  for (const [key, micros] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${percent(micros)}  ${key}`);
-}
-
-function shortUrl(url: string): string {
-  const local = url.replace(/^file:\/\//, '');
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(local);
-  if (pkg !== null) return `${pkg[1]}/${pkg[2]}`;
-  const repo = /packages\/([^/]+)\/(.*)$/.exec(local);
-  return repo === null ? local : `@coproxy/${repo[1]}/${repo[2]}`;
-}
-
-function placeOf(url: string, functionName: string): string {
-  if (url === '') return functionName.startsWith('(') ? functionName : 'native (V8 builtins, C++)';
-  if (url.startsWith('node:')) return 'node internals (net, http, streams, timers)';
-  const pkg = /node_modules\/(?:\.pnpm\/[^/]+\/node_modules\/)?((?:@[^/]+\/)?[^/]+)\//.exec(url);
-  if (pkg?.[1] !== undefined) return pkg[1];
-  const repo = /packages\/([^/]+)\//.exec(url);
-  return repo?.[1] === undefined ? url : `@coproxy/${repo[1]}`;
-}
-
 // ---------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
   const settings = readSettings();
   const registry = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-http-bench-'));
   const cleanUp = (): void => {
-    for (const child of children) child.kill('SIGTERM');
+    children.signalAll('SIGTERM');
     fs.rmSync(registry, { recursive: true, force: true });
   };
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -676,7 +460,7 @@ async function main(): Promise<void> {
       `HTTP/1.1 on ${HOST}, embedded backend: ${settings.seconds} s per request-rate measurement, ${settings.concurrency} requests in flight, ` +
         `${SMALL_BYTES}-byte responses; ${settings.mib} MiB in one response${settings.cpuProf === undefined ? '' : '; the proxy runs under --cpu-prof'}`,
     );
-    const origin = await spawnChild('origin', ['origin']);
+    const origin = await children.start('origin', ['origin']);
     const results = [await runDirect(origin, settings), await runThroughProxy(origin, registry, settings)];
     for (const result of results) console.log(`  ${result.name}: counted ${Object.entries(result.counted).map(([who, n]) => `${who} ${n}`).join(', ')} requests, as the client completed`);
     console.log('');
@@ -691,7 +475,7 @@ async function main(): Promise<void> {
     const cpuRatio = cpuTotal(direct) / cpuTotal(proxied);
     console.log(`target (issue #4): through the proxy >= 0.50 of direct keep-alive req/s with 1 KiB responses: ${ratio >= 0.5 ? 'met' : 'NOT met'} (${ratio.toFixed(3)}; from CPU time per request: ${cpuRatio.toFixed(3)})`);
     console.log(`Node ${machine.node}, ${machine.cpu}, ${machine.cores} cores, ${machine.date} (MB = 10^6 bytes)`);
-    await stopChild(origin.process);
+    await children.stop(origin);
     if (settings.json !== undefined) {
       const report = { ...machine, settings: { ...settings, json: undefined }, results, keepAliveRatio: ratio, keepAliveCpuRatio: cpuRatio };
       fs.writeFileSync(settings.json, JSON.stringify(report, (_key, value: unknown) => (value instanceof Error ? describeError(value) : value), 2) + '\n');
@@ -701,10 +485,20 @@ async function main(): Promise<void> {
       const written = fs.readdirSync(settings.cpuProf).filter((name) => name.endsWith('.cpuprofile') && !profilesBefore.has(name));
       if (written.length !== 1) throw new Error(`expected one new profile in ${settings.cpuProf}, found ${JSON.stringify(written)}`);
       console.log('');
-      summariseProfile(path.join(settings.cpuProf, written[0]!));
+      const file = path.join(settings.cpuProf, written[0]!);
+      printProfileSummary(file, {
+        title: `proxy profile ${file}`,
+        // V8 samples on wall-clock ticks: a process preempted inside a write (which wakes its
+        // peer) is charged to that write, so with more busy processes than cores the socket
+        // writes look costlier than the CPU they take. `perf` measures on-CPU time.
+        notes: ['  (wall-clock samples: time spent preempted inside a syscall counts as that syscall)'],
+        top: 20,
+        nativeLabel: 'native (V8 builtins, C++)',
+        nodeLabel: 'node internals (net, http, streams, timers)',
+      });
     }
   } finally {
-    await Promise.all([...children].map(stopChild));
+    await children.stopAll();
     fs.rmSync(registry, { recursive: true, force: true });
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -713,7 +507,7 @@ async function main(): Promise<void> {
 
 switch (process.argv[2] ?? '') {
   case 'origin':
-    runChild('origin', startOrigin);
+    serveForked('http-bench origin', startOrigin);
     break;
   case 'proxy': {
     const [registry = '', originPort = ''] = process.argv.slice(3);
@@ -721,7 +515,7 @@ switch (process.argv[2] ?? '') {
       console.error(`usage: http-bench proxy REGISTRY ORIGIN_PORT, got ${process.argv.slice(3).join(' ')}`);
       process.exit(2);
     }
-    runChild('proxy', () => startProxy(registry, Number(originPort)));
+    serveForked('http-bench proxy', () => startProxy(registry, Number(originPort)));
     break;
   }
   default:

@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
-import { type Namespace, stopProcess, waitUntil } from './namespace.js';
+import { stopProcess, waitUntil } from '@coproxy/bench-kit';
+import type { Namespace } from './namespace.js';
 
 /** What the bench hands every configuration. */
 export interface BenchContext {

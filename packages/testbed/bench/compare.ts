@@ -15,8 +15,8 @@
  *
  * ```sh
  * npx --yes pnpm@10.34.8 bench                                # from the repo root: builds, then runs this
- * node packages/testbed/dist/bench/compare.js --json bench.json
- * node packages/testbed/dist/bench/compare.js --only direct,coproxy-http --cpu-prof /tmp/prof
+ * node packages/testbed/bench/dist/compare.js --json bench.json
+ * node packages/testbed/bench/dist/compare.js --only direct,coproxy-http --cpu-prof /tmp/prof
  * ```
  *
  * Options: `--json FILE` (the full report), `--markdown FILE` (default: BENCHMARKS.md at
@@ -33,10 +33,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { readMemory } from '@coproxy/bench-kit';
 import { type BenchContext, type Configuration, type ProxyCounts, type RowSpec, type Started, configurations, rowTarget } from './configurations.js';
 import { summarizeProfiles } from './cpu-profile.js';
 import { installMissing } from './install.js';
-import { CLOCK_TICKS, type IdleSpec, type LoadResult, type LoadSpec, foreignLoad, openIdle, processTicks, readMemory, runNodeLoad, runWrk, writeWrkScript } from './measure.js';
+import { CLOCK_TICKS, type IdleSpec, type LoadResult, type LoadSpec, foreignLoad, openIdle, processTicks, runNodeLoad, runWrk, writeWrkScript } from './measure.js';
 import { Namespace, ORIGIN_ADDRESS } from './namespace.js';
 import { LARGE_PATH, type Origin, type OriginCounts, SMALL_BYTES, SMALL_PATH, startOrigin } from './nginx-origin.js';
 import { describeMachine, perConnection, renderMarkdown, targets } from './report.js';

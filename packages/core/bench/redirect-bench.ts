@@ -12,14 +12,14 @@
  *
  * ```sh
  * pnpm bench                                   # from the repo root: both backends
- * BENCH_SECONDS=2 BENCH_MIB=64 node dist/bench/redirect-bench.js --backend nftables --json bench.json
+ * BENCH_SECONDS=2 BENCH_MIB=64 node bench/dist/redirect-bench.js --backend nftables --json bench.json
  * ```
  *
  * Environment: `BENCH_SECONDS` (3) per configuration for the connection rate,
  * `BENCH_CONCURRENCY` (32) concurrent connection loops, `BENCH_MIB` (256) sent through one
  * connection for the byte rate.
  */
-import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,7 +27,9 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '../index.js';
+// The package by its own name: the bench measures the built package, as a user gets it.
+import { connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '@coproxy/core';
+import { ForkedChildren, describeError, exited, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The origin's modes, chosen by the first byte of a connection. */
@@ -51,7 +53,7 @@ const CHILD_TIMEOUT_MS = 10_000;
 const CHUNK_BYTES = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
-// IPC between the bench and its children
+// What a child counts, asked for over IPC
 
 interface ChildStats {
   /** Connections the origin or vendor accepted. */
@@ -62,70 +64,11 @@ interface ChildStats {
   readonly failures: number;
 }
 
-type ChildMessage = { readonly ready: true; readonly port: number } | { readonly stats: ChildStats };
-type ParentMessage = { readonly query: 'stats' };
-
-function isChildMessage(value: unknown): value is ChildMessage {
-  if (typeof value !== 'object' || value === null) return false;
-  if ('ready' in value) return value.ready === true && 'port' in value && typeof value.port === 'number';
-  return 'stats' in value && typeof value.stats === 'object' && value.stats !== null;
-}
-
-function isParentMessage(value: unknown): value is ParentMessage {
-  return typeof value === 'object' && value !== null && 'query' in value && value.query === 'stats';
-}
-
 // ---------------------------------------------------------------------------------------
 // Children: the origin and the vendors
 
-interface ChildService {
-  readonly port: number;
-  stats(): ChildStats;
-  close(): Promise<void>;
-}
-
-/** Starts a service, reports it ready, answers stats queries, and stops with the bench. */
-function runChild(name: string, start: () => Promise<ChildService>): void {
-  const send = process.send?.bind(process);
-  if (send === undefined) {
-    console.error(`redirect-bench ${name}: runs as a child of the bench, with an IPC channel`);
-    process.exit(2);
-  }
-  let service: ChildService | undefined;
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    (service?.close() ?? Promise.resolve()).then(
-      () => process.exit(0),
-      (error: unknown) => {
-        console.error(`redirect-bench ${name}: close failed:`, error);
-        process.exit(1);
-      },
-    );
-  };
-  // The bench going away disconnects the channel; a terminal's Ctrl-C reaches us too.
-  process.on('disconnect', stop);
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.on('message', (message: unknown) => {
-    if (isParentMessage(message) && service !== undefined) send({ stats: service.stats() } satisfies ChildMessage);
-  });
-  start().then(
-    (started) => {
-      service = started;
-      if (stopping) return void started.close().finally(() => process.exit(0));
-      send({ ready: true, port: started.port } satisfies ChildMessage);
-    },
-    (error: unknown) => {
-      console.error(`redirect-bench ${name}: failed to start:`, error);
-      process.exit(1);
-    },
-  );
-}
-
 /** An echo/sink server: see {@link ECHO} and {@link SINK}. */
-async function startOrigin(): Promise<ChildService> {
+async function startOrigin(): Promise<ForkedService<ChildStats>> {
   let accepted = 0;
   let failures = 0;
   // Half-open, so a sink can still reply after the client has finished sending.
@@ -170,7 +113,7 @@ async function startOrigin(): Promise<ChildService> {
 }
 
 /** A pass-through vendor: every accepted connection is relayed to its destination unchanged. */
-async function startVendor(id: string, priority: number, registry: string, originPort: number, backend: BackendName): Promise<ChildService> {
+async function startVendor(id: string, priority: number, registry: string, originPort: number, backend: BackendName): Promise<ForkedService<ChildStats>> {
   const redirector = createRedirector({ id, priority, registry, backend, match: { ports: [originPort] } });
   let accepted = 0;
   let failures = 0;
@@ -217,77 +160,10 @@ async function passThrough(connection: AcceptedConnection, onFailure: (error: un
 // ---------------------------------------------------------------------------------------
 // The bench: managing children
 
-interface Child {
-  readonly name: string;
-  readonly process: ChildProcess;
-  readonly port: number;
-}
-
 /** Live children, so a signal or a failure can stop them all. */
-const children = new Set<ChildProcess>();
+const children = new ForkedChildren(fileURLToPath(import.meta.url), CHILD_TIMEOUT_MS);
 
-function spawnChild(name: string, args: readonly string[]): Promise<Child> {
-  const child = fork(fileURLToPath(import.meta.url), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, port?: number): void => {
-      clearTimeout(timer);
-      child.off('message', onMessage);
-      child.off('exit', onExit);
-      child.off('error', onError);
-      if (error !== undefined) {
-        child.kill('SIGKILL');
-        reject(error);
-      } else {
-        resolve({ name, process: child, port: port ?? 0 });
-      }
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'ready' in message) finish(undefined, message.port);
-    };
-    const onExit = (code: number | null, signal: NodeJS.Signals | null): void =>
-      finish(new Error(`${name} exited before it was ready (code ${String(code)}, signal ${String(signal)})`));
-    const onError = (error: Error): void => finish(error);
-    const timer = setTimeout(() => finish(new Error(`${name} not ready within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.on('message', onMessage);
-    child.once('exit', onExit);
-    child.once('error', onError);
-  });
-}
-
-function askStats(child: Child): Promise<ChildStats> {
-  return new Promise((resolve, reject) => {
-    const finish = (error: Error | undefined, stats?: ChildStats): void => {
-      clearTimeout(timer);
-      child.process.off('message', onMessage);
-      child.process.off('exit', onExit);
-      if (stats !== undefined) resolve(stats);
-      else reject(error ?? new Error(`${child.name}: no stats`));
-    };
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && 'stats' in message) finish(undefined, message.stats);
-    };
-    const onExit = (): void => finish(new Error(`${child.name} exited before reporting its stats`));
-    const timer = setTimeout(() => finish(new Error(`${child.name}: no stats within ${CHILD_TIMEOUT_MS} ms`)), CHILD_TIMEOUT_MS);
-    child.process.on('message', onMessage);
-    child.process.once('exit', onExit);
-    child.process.send({ query: 'stats' } satisfies ParentMessage);
-  });
-}
-
-/** SIGTERM (the child closes its redirector and exits), then SIGKILL if it lingers. */
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
+const askStats = (child: Forked): Promise<ChildStats> => children.askStats<ChildStats>(child);
 
 // ---------------------------------------------------------------------------------------
 // The bench: measuring
@@ -477,15 +353,15 @@ interface ConfigurationResult {
 
 async function runConfiguration(
   configuration: (typeof CONFIGURATIONS)[number],
-  origin: Child,
+  origin: Forked,
   registry: string,
   settings: Settings,
 ): Promise<ConfigurationResult> {
-  const vendors: Child[] = [];
+  const vendors: Forked[] = [];
   try {
     for (const vendor of VENDORS.slice(0, configuration.vendors)) {
       const args = ['vendor', vendor.id, String(vendor.priority), registry, String(origin.port), settings.backend];
-      vendors.push(await spawnChild(vendor.id, args));
+      vendors.push(await children.start(vendor.id, args));
     }
     const originBefore = await askStats(origin);
     const target: Target = { port: origin.port, registry, backend: settings.backend, opened: 0 };
@@ -533,12 +409,8 @@ async function runConfiguration(
       accepted,
     };
   } finally {
-    await Promise.all(vendors.map((vendor) => stopChild(vendor.process)));
+    await Promise.all(vendors.map((vendor) => children.stop(vendor)));
   }
-}
-
-function describeError(error: unknown): string {
-  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
 function readSettings(): Settings {
@@ -550,20 +422,11 @@ function readSettings(): Settings {
   if (values.backend !== 'embedded' && values.backend !== 'nftables') {
     throw new Error(`--backend is embedded or nftables, got ${JSON.stringify(values.backend)}`);
   }
-  const number = (name: string, fallback: number, integer: boolean): number => {
-    const text = process.env[name];
-    if (text === undefined || text === '') return fallback;
-    const value = Number(text);
-    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-      throw new Error(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${JSON.stringify(text)}`);
-    }
-    return value;
-  };
   return {
     backend: values.backend,
-    seconds: number('BENCH_SECONDS', 3, false),
-    concurrency: number('BENCH_CONCURRENCY', 32, true),
-    mib: number('BENCH_MIB', 256, true),
+    seconds: positiveFromEnv('BENCH_SECONDS', 3, false),
+    concurrency: positiveFromEnv('BENCH_CONCURRENCY', 32, true),
+    mib: positiveFromEnv('BENCH_MIB', 256, true),
     json: values.json,
   };
 }
@@ -582,10 +445,7 @@ function printTable(results: readonly ConfigurationResult[]): void {
       ratio(result.megabytesPerSecond, direct?.megabytesPerSecond),
     ]),
   ];
-  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length)));
-  for (const row of rows) {
-    console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join('  '));
-  }
+  printRows(rows);
 }
 
 /**
@@ -609,7 +469,7 @@ async function inNamespace(): Promise<number> {
     const forward = (signal: NodeJS.Signals): void => void child.kill(signal);
     process.on('SIGINT', forward);
     process.on('SIGTERM', forward);
-    const code = await new Promise<number>((resolve) => child.once('exit', (exitCode) => resolve(exitCode ?? 1)));
+    const code = (await exited(child)).code ?? 1;
     process.off('SIGINT', forward);
     process.off('SIGTERM', forward);
     return code;
@@ -628,7 +488,7 @@ async function main(): Promise<void> {
   }
   const registry = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-bench-'));
   const cleanUp = (): void => {
-    for (const child of children) child.kill('SIGTERM');
+    children.signalAll('SIGTERM');
     fs.rmSync(registry, { recursive: true, force: true });
   };
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -650,7 +510,7 @@ async function main(): Promise<void> {
       `${settings.backend} backend on ${HOST}${settings.backend === 'nftables' ? ` in network namespace ${process.env.COPROXY_BENCH_NETNS}` : ''}: ${settings.seconds} s per configuration, ${settings.concurrency} concurrent ` +
         `connections, ${settings.mib} MiB through one connection`,
     );
-    const origin = await spawnChild('origin', ['origin']);
+    const origin = await children.start('origin', ['origin']);
     const results: ConfigurationResult[] = [];
     for (const configuration of CONFIGURATIONS) {
       results.push(await runConfiguration(configuration, origin, registry, settings));
@@ -664,9 +524,9 @@ async function main(): Promise<void> {
       fs.writeFileSync(settings.json, JSON.stringify(report, null, 2) + '\n');
       console.log(`wrote ${path.resolve(settings.json)}`);
     }
-    await stopChild(origin.process);
+    await children.stop(origin);
   } finally {
-    await Promise.all([...children].map(stopChild));
+    await children.stopAll();
     fs.rmSync(registry, { recursive: true, force: true });
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -684,11 +544,11 @@ function childArgs(): { id: string; priority: number; registry: string; originPo
 
 switch (process.argv[2] ?? '') {
   case 'origin':
-    runChild('origin', startOrigin);
+    serveForked('redirect-bench origin', startOrigin);
     break;
   case 'vendor': {
     const { id, priority, registry, originPort, backend } = childArgs();
-    runChild(`vendor ${id}`, () => startVendor(id, priority, registry, originPort, backend));
+    serveForked(`redirect-bench vendor ${id}`, () => startVendor(id, priority, registry, originPort, backend));
     break;
   }
   default:

@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { type Namespace, exited } from './namespace.js';
+import { captureOutput, exitedWithin, firstLine } from '@coproxy/bench-kit';
+import type { Namespace } from './namespace.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -132,19 +132,14 @@ async function runMeasured(ns: Namespace, command: string, args: readonly string
   const cpu = new CpuWindow(ns);
   const child = ns.spawn(command, args, { output: 'pipe' });
   child.stdin?.end();
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const output = captureOutput(child);
   // A sample while the client still runs: its own CPU time until then is the bench's.
   const sampler = setInterval(() => cpu.sample(), 200);
-  const timer = setTimeout(() => child.kill('SIGKILL'), seconds * 1000 + OVERRUN_MS);
-  const { code, signal } = await exited(child);
-  clearTimeout(timer);
+  const { code, signal } = await exitedWithin(child, seconds * 1000 + OVERRUN_MS);
   clearInterval(sampler);
   cpu.end();
-  if (code !== 0) throw new Error(`${path.basename(command)} ${args.slice(0, 3).join(' ')}… exited with ${String(code ?? signal)}: ${stderr.trim() || stdout.trim()}`);
-  return { stdout, cpu };
+  if (code !== 0) throw new Error(`${path.basename(command)} ${args.slice(0, 3).join(' ')}… exited with ${String(code ?? signal)}: ${output.stderr.trim() || output.stdout.trim()}`);
+  return { stdout: output.stdout, cpu };
 }
 
 /** Share of the machine's CPU that processes outside the bench used over the next `ms` (nothing of the bench's runs meanwhile but its proxies' leftovers). */
@@ -251,18 +246,6 @@ class CpuWindow {
   }
 }
 
-export interface Memory {
-  /** Peak resident set since the process started, KiB. */
-  readonly hwmKiB: number;
-  readonly rssKiB: number;
-}
-
-export function readMemory(pid: number): Memory {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'latin1');
-  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  return { hwmKiB: field('VmHWM'), rssKiB: field('VmRSS') };
-}
-
 export interface IdleSpec {
   readonly host: string;
   readonly port: number;
@@ -285,31 +268,16 @@ export interface IdleConnections {
 /** Opens `count` connections with one request each and holds them idle until `close()`. */
 export async function openIdle(ns: Namespace, spec: IdleSpec): Promise<IdleConnections> {
   const child = ns.spawn(process.execPath, [path.join(here, 'idle-client.js'), JSON.stringify(spec)], { output: 'pipe' });
-  let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const close = async (): Promise<void> => {
     child.stdin?.end();
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited(child);
-    clearTimeout(timer);
+    await exitedWithin(child, 10_000);
   };
-  const report = await new Promise<{ open: number; failed: number; firstError?: string }>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`idle client: not done within ${spec.timeoutMs + 10_000} ms`));
-    }, spec.timeoutMs + 10_000);
-    readline.createInterface({ input: child.stdout! }).once('line', (line) => {
-      clearTimeout(timer);
-      try {
-        resolve(JSON.parse(line) as { open: number; failed: number; firstError?: string });
-      } catch (error) {
-        reject(new Error(`idle client: unexpected output ${JSON.stringify(line)}`, { cause: error }));
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`idle client exited with ${String(code)}: ${stderr.trim()}`));
-    });
-  });
+  const line = await firstLine(child, 'idle client', spec.timeoutMs + 10_000);
+  let report: { open: number; failed: number; firstError?: string };
+  try {
+    report = JSON.parse(line) as typeof report;
+  } catch (error) {
+    throw new Error(`idle client: unexpected output ${JSON.stringify(line)}`, { cause: error });
+  }
   return { open: report.open, failed: report.failed, firstError: report.firstError, close };
 }

@@ -28,7 +28,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 // The package by its own name: the bench measures the built package, as a user gets it.
-import { connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '@coproxy/core';
+import { BACKEND_NAMES, connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '@coproxy/core';
 import { ForkedChildren, describeError, exited, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
@@ -536,7 +536,7 @@ async function main(): Promise<void> {
 function childArgs(): { id: string; priority: number; registry: string; originPort: number; backend: BackendName } {
   const [id = '', priority = '', registry = '', originPort = '', backend = ''] = process.argv.slice(3);
   const result = { id, priority: Number(priority), registry, originPort: Number(originPort), backend: backend as BackendName };
-  if (id === '' || registry === '' || !Number.isInteger(result.priority) || !Number.isInteger(result.originPort) || !['embedded', 'nftables'].includes(backend)) {
+  if (id === '' || registry === '' || !Number.isInteger(result.priority) || !Number.isInteger(result.originPort) || !(BACKEND_NAMES as readonly string[]).includes(backend)) {
     throw new Error(`usage: redirect-bench vendor ID PRIORITY REGISTRY ORIGIN_PORT BACKEND, got ${process.argv.slice(3).join(' ')}`);
   }
   return result;

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { stopProcess, waitUntil } from '@coproxy/bench-kit';
+import type { BackendName } from '@coproxy/core';
 import type { Namespace } from './namespace.js';
 
 /** What the bench hands every configuration. */
@@ -339,7 +340,7 @@ interface VendorSpec {
   readonly id: string;
   readonly priority: number;
   readonly ports: string;
-  readonly backend: 'embedded' | 'nftables';
+  readonly backend: BackendName;
 }
 
 /** A vendor through its published CLI, as an operator starts it; per-request logs off, metrics on. */
@@ -436,7 +437,7 @@ const vendors = (key: string, label: string, specs: readonly VendorSpec[], rows:
   },
 });
 
-const chain = (backend: 'embedded' | 'nftables'): VendorSpec[] => [
+const chain = (backend: BackendName): VendorSpec[] => [
   // TLS first, as a TLS inspector usually sits closest to the app: it passes plain HTTP
   // on as opaque, and the HTTP vendor, reached through the records, inspects it.
   { kind: 'tls', id: 'compare-tls', priority: 10, ports: '80,443', backend },

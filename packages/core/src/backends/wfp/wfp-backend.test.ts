@@ -4,17 +4,7 @@ import type { Subscription } from 'rxjs';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
-import {
-  type CalloutFlow,
-  type Origin,
-  type VendorOptions,
-  type WfpVendor,
-  exchange,
-  recordsBlob,
-  redirectedClient as redirectedClientOf,
-  startOrigin,
-  wfpVendor,
-} from '../../testing/wfp-callout.js';
+import { type CalloutFlow, type Origin, type VendorOptions, type WfpVendor, exchange, recordsBlob, redirectedClient as redirectedClientOf, startOrigin, wfpVendor } from '../../testing/wfp-callout.js';
 import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
 import { Win32Error } from './ioctl-codes.js';
 import { UNKNOWN_CONTEXT_OWNER } from './wfp-backend.js';

@@ -10,17 +10,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import type { Subscription } from 'rxjs';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
-import {
-  type CalloutFlow,
-  type Origin,
-  type VendorOptions,
-  type WfpVendor,
-  exchange,
-  recordsBlob,
-  redirectedClient as redirectedClientOf,
-  startOrigin,
-  wfpVendor,
-} from '../../testing/wfp-callout.js';
+import { type CalloutFlow, type Origin, type VendorOptions, type WfpVendor, exchange, recordsBlob, redirectedClient as redirectedClientOf, startOrigin, wfpVendor } from '../../testing/wfp-callout.js';
 import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
 import { assertWindowsBuild, standInLibrary } from '../../testing/wine.js';
 import { Win32Error } from './ioctl-codes.js';

@@ -7,8 +7,12 @@ import { createRequire } from 'node:module';
 import type net from 'node:net';
 import type KoffiModule from 'koffi';
 import { Win32Error, Ws } from '../backends/wfp/ioctl-codes.js';
-import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from '../backends/wfp/sockaddr.js';
+import { encodeSockaddr } from '../backends/wfp/sockaddr.js';
 import { type SocketHandle, type Winsock, handleValue } from '../backends/wfp/winsock.js';
+import { localPort, newSocket } from './wfp-callout.js';
+
+// Written with the callout scene both WFP lanes share; the lane's other tests take them from here.
+export { localPort, newSocket };
 
 type Koffi = typeof KoffiModule;
 
@@ -23,22 +27,6 @@ export function standInLibrary(): string {
   const library = process.env.COPROXY_WINE_STAND_IN;
   assert.ok(library !== undefined && library !== '', 'COPROXY_WINE_STAND_IN names the stand-in DLL (scripts/wine-lane.sh sets it)');
   return library;
-}
-
-/** A new overlapped TCP socket, as the backend makes them. */
-export function newSocket(ws: Winsock, family: number = Ws.AF_INET): SocketHandle {
-  const socket = handleValue(ws.WSASocketW(family, Ws.SOCK_STREAM, Ws.IPPROTO_TCP, null, 0, Ws.WSA_FLAG_OVERLAPPED));
-  assert.ok(socket !== undefined, `WSASocketW failed: ${ws.WSAGetLastError()}`);
-  return socket;
-}
-
-export function localPort(ws: Winsock, socket: SocketHandle): number {
-  const name = Buffer.alloc(SOCKADDR_BYTES);
-  const length: [number] = [SOCKADDR_BYTES];
-  assert.equal(ws.getsockname(socket, name, length), 0, `getsockname: ${ws.WSAGetLastError()}`);
-  const decoded = decodeSockaddr(name, length[0]);
-  assert.ok(decoded !== undefined);
-  return decoded.port;
 }
 
 export interface WinsockListener {

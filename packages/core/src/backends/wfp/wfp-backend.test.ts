@@ -2,30 +2,13 @@ import { once } from 'node:events';
 import net from 'node:net';
 import type { Subscription } from 'rxjs';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { relay } from '../../net/relay.js';
-import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
+import { type CalloutFlow, type Origin, type VendorOptions, type WfpVendor, exchange, recordsBlob, redirectedClient as redirectedClientOf, startOrigin, wfpVendor } from '../../testing/wfp-callout.js';
 import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
-import { adoptSocket } from './adopt-socket.js';
-import { Win32Error, Ws } from './ioctl-codes.js';
-import { SOCKADDR_BYTES, decodeSockaddr, encodeSockaddr } from './sockaddr.js';
+import { Win32Error } from './ioctl-codes.js';
 import { UNKNOWN_CONTEXT_OWNER } from './wfp-backend.js';
-import { type Winsock, handleValue } from './winsock.js';
-
-/** An opaque blob, as a callout would attach: bigger than the first query buffer, to make the query negotiate. */
-function recordsBlob(seed: number, length = 5000): Buffer {
-  const out = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) out[i] = (i * 13 + seed) & 0xff;
-  return out;
-}
-
-interface Origin {
-  readonly port: number;
-  /** Per connection: what it received and the records the stand-in saw SET on the socket that reached it. */
-  readonly seen: { bytes: string; records: Buffer | undefined }[];
-  close(): Promise<void>;
-}
+import type { Winsock } from './winsock.js';
 
 describe('the WFP backend (Winsock stand-in in place of ws2_32.dll, the test playing the callout)', () => {
   let standIn: StandIn;
@@ -33,96 +16,17 @@ describe('the WFP backend (Winsock stand-in in place of ws2_32.dll, the test pla
   let origin: Origin;
   const subscriptions: Subscription[] = [];
 
-  const startOrigin = async (): Promise<Origin> => {
-    const seen: Origin['seen'] = [];
-    const server = net.createServer((socket) => {
-      // Looked up at once, while the onward socket (the one the records were set on) is open.
-      const records = standIn.recordsSetOnPort(socket.remotePort ?? 0);
-      const chunks: Buffer[] = [];
-      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-      socket.on('end', () => {
-        const bytes = Buffer.concat(chunks).toString();
-        seen.push({ bytes, records });
-        socket.end(`origin:${bytes}`);
-      });
-      socket.on('error', () => socket.destroy());
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    return {
-      port: (server.address() as net.AddressInfo).port,
-      seen,
-      close: () => new Promise((resolve) => server.close(() => resolve())),
-    };
-  };
-
-  /**
-   * A client whose connection the "callout" redirected to the listener: its socket is
-   * bound first, so the stand-in can attach the flow's destination, records and context
-   * to its port, then adopted and connected (the adoption path, once more).
-   */
-  const redirectedClient = async (
-    listenerPort: number,
-    flow: { records: Buffer | undefined; context?: Buffer; contextError?: number },
-  ): Promise<net.Socket> => {
-    const fresh = handleValue(ws.WSASocketW(Ws.AF_INET, Ws.SOCK_STREAM, Ws.IPPROTO_TCP, null, 0, Ws.WSA_FLAG_OVERLAPPED));
-    if (fresh === undefined) throw new Error('WSASocketW failed');
-    const name = encodeSockaddr('127.0.0.1', 0);
-    expect(ws.bind(fresh, name, name.length)).toBe(0);
-    const bound = Buffer.alloc(SOCKADDR_BYTES);
-    const length: [number] = [SOCKADDR_BYTES];
-    expect(ws.getsockname(fresh, bound, length)).toBe(0);
-    standIn.redirect({
-      clientPort: decodeSockaddr(bound, length[0])!.port,
-      originalDestination: encodeSockaddr('127.0.0.1', origin.port),
-      records: flow.records,
-      context: flow.context,
-      ...(flow.contextError !== undefined && { contextError: flow.contextError }),
-    });
-    const socket = adoptSocket(fresh, { connected: false, allowHalfOpen: true });
-    socket.connect({ host: '127.0.0.1', port: listenerPort });
-    await once(socket, 'connect');
-    return socket;
-  };
-
-  const exchange = async (socket: net.Socket, payload: string): Promise<string> => {
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    const ended = once(socket, 'end');
-    socket.end(payload);
-    await ended;
-    return Buffer.concat(chunks).toString();
-  };
-
-  /** A vendor: takes every flow, opens the onward leg, relays. */
-  const vendor = (
-    options: { id?: string; propagateRecords?: boolean; context?: Buffer } = {},
-  ): { redirector: ReturnType<typeof createRedirector>; accepted: AcceptedConnection[]; events: RedirectorEvent[] } => {
-    const redirector = createRedirector({
-      id: options.id ?? 'acme-av',
-      priority: 10,
-      backend: 'wfp',
-      ...(options.context !== undefined && { context: options.context }),
-    });
-    const accepted: AcceptedConnection[] = [];
-    const events: RedirectorEvent[] = [];
-    subscriptions.push(redirector.events$.subscribe((event) => events.push(event)));
-    subscriptions.push(
-      redirector.accepted$.subscribe((connection) => {
-        accepted.push(connection);
-        connection.connectOnward({ propagateRecords: options.propagateRecords ?? true }).then(
-          (upstream) => void relay(connection.socket, upstream),
-          () => connection.socket.destroy(),
-        );
-      }),
-    );
-    return { redirector, accepted, events };
-  };
+  const scene = { subscriptions };
+  /** A client whose connection "the callout" redirected to the listener, from the origin. */
+  const redirectedClient = (listenerPort: number, flow: Omit<CalloutFlow, 'to'>): Promise<net.Socket> =>
+    redirectedClientOf({ ws, standIn }, listenerPort, { ...flow, to: origin });
+  const vendor = (options?: VendorOptions): WfpVendor => wfpVendor(scene, options);
 
   beforeAll(() => ({ standIn, ws } = installStandIn()));
   afterAll(() => uninstallStandIn(standIn));
   beforeEach(async () => {
     standIn.reset();
-    origin = await startOrigin();
+    origin = await startOrigin(standIn);
   });
   afterEach(async () => {
     for (const subscription of subscriptions.splice(0)) subscription.unsubscribe();

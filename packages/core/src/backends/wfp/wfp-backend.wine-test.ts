@@ -8,31 +8,14 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import type { Subscription } from 'rxjs';
-import { relay } from '../../net/relay.js';
-import type { AcceptedConnection } from '../../redirector/accepted-connection.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import type { RedirectorEvent } from '../../redirector/redirector-events.js';
+import { type CalloutFlow, type Origin, type VendorOptions, type WfpVendor, exchange, recordsBlob, redirectedClient as redirectedClientOf, startOrigin, wfpVendor } from '../../testing/wfp-callout.js';
 import { type StandIn, installStandIn, uninstallStandIn } from '../../testing/wfp-stand-in.js';
-import { assertWindowsBuild, localPort, newSocket, standInLibrary } from '../../testing/wine.js';
-import { adoptSocket } from './adopt-socket.js';
-import { Win32Error, Ws } from './ioctl-codes.js';
-import { encodeSockaddr } from './sockaddr.js';
+import { assertWindowsBuild, standInLibrary } from '../../testing/wine.js';
+import { Win32Error } from './ioctl-codes.js';
 import { UNKNOWN_CONTEXT_OWNER } from './wfp-backend.js';
 import type { Winsock } from './winsock.js';
-
-/** An opaque blob, as a callout would attach: bigger than the first query buffer, so the query negotiates. */
-function recordsBlob(seed: number, length = 5000): Buffer {
-  const out = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) out[i] = (i * 13 + seed) & 0xff;
-  return out;
-}
-
-interface Origin {
-  readonly port: number;
-  /** Per connection: what it received, and the records the stand-in saw SET on the socket that reached it. */
-  readonly seen: { bytes: string; records: Buffer | undefined }[];
-  close(): Promise<void>;
-}
 
 describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in for the callout)', () => {
   let standIn: StandIn;
@@ -41,83 +24,11 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   const subscriptions: Subscription[] = [];
   const redirectors: AsyncDisposable[] = [];
 
-  const startOrigin = async (host = '127.0.0.1'): Promise<Origin> => {
-    const seen: Origin['seen'] = [];
-    const server = net.createServer((socket) => {
-      // Looked up at once, while the onward socket (the one the records were set on) is open.
-      const records = standIn.recordsSetOnPort(socket.remotePort ?? 0);
-      const chunks: Buffer[] = [];
-      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-      socket.on('end', () => {
-        const bytes = Buffer.concat(chunks).toString();
-        seen.push({ bytes, records });
-        socket.end(`origin:${bytes}`);
-      });
-      socket.on('error', () => socket.destroy());
-    });
-    await new Promise<void>((resolve) => server.listen(0, host, resolve));
-    return {
-      port: (server.address() as net.AddressInfo).port,
-      seen,
-      close: () => new Promise((resolve) => server.close(() => resolve())),
-    };
-  };
-
-  /** A client whose connection "the callout" redirected: bound first, so the stand-in can key the flow on its port. */
-  const redirectedClient = async (
-    listenerPort: number,
-    flow: { records: Buffer | undefined; context?: Buffer; contextError?: number; to?: Origin },
-    host = '127.0.0.1',
-  ): Promise<net.Socket> => {
-    const fresh = newSocket(ws, net.isIPv6(host) ? Ws.AF_INET6 : Ws.AF_INET);
-    const name = encodeSockaddr(host, 0);
-    assert.equal(ws.bind(fresh, name, name.length), 0);
-    standIn.redirect({
-      clientPort: localPort(ws, fresh),
-      originalDestination: encodeSockaddr(host, (flow.to ?? origin).port),
-      records: flow.records,
-      context: flow.context,
-      ...(flow.contextError !== undefined && { contextError: flow.contextError }),
-    });
-    const socket = adoptSocket(fresh, { connected: false, allowHalfOpen: true });
-    socket.connect({ host, port: listenerPort });
-    await once(socket, 'connect');
-    return socket;
-  };
-
-  const exchange = async (socket: net.Socket, payload: string): Promise<string> => {
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    const ended = once(socket, 'end');
-    socket.end(payload);
-    await ended;
-    return Buffer.concat(chunks).toString();
-  };
-
-  /** A vendor: takes every flow, opens the onward leg, relays. */
-  const vendor = (options: { id?: string; propagateRecords?: boolean; context?: Buffer; host?: string } = {}) => {
-    const redirector = createRedirector({
-      id: options.id ?? 'acme-av',
-      priority: 10,
-      backend: 'wfp',
-      ...(options.host !== undefined && { listen: { host: options.host } }),
-      ...(options.context !== undefined && { context: options.context }),
-    });
-    redirectors.push(redirector);
-    const accepted: AcceptedConnection[] = [];
-    const events: RedirectorEvent[] = [];
-    subscriptions.push(redirector.events$.subscribe((event) => events.push(event)));
-    subscriptions.push(
-      redirector.accepted$.subscribe((connection) => {
-        accepted.push(connection);
-        connection.connectOnward({ propagateRecords: options.propagateRecords ?? true }).then(
-          (upstream) => void relay(connection.socket, upstream),
-          () => connection.socket.destroy(),
-        );
-      }),
-    );
-    return { redirector, accepted, events };
-  };
+  const scene = { subscriptions, redirectors };
+  /** A client whose connection "the callout" redirected to the listener, from `flow.to` (default: the origin). */
+  const redirectedClient = (listenerPort: number, flow: Omit<CalloutFlow, 'to'> & { to?: Origin }, host?: string): Promise<net.Socket> =>
+    redirectedClientOf({ ws, standIn }, listenerPort, { ...flow, to: flow.to ?? origin }, host);
+  const vendor = (options?: VendorOptions): WfpVendor => wfpVendor(scene, options);
 
   before(() => {
     assertWindowsBuild();
@@ -126,7 +37,7 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   after(() => uninstallStandIn(standIn));
   beforeEach(async () => {
     standIn.reset();
-    origin = await startOrigin();
+    origin = await startOrigin(standIn);
   });
   afterEach(async () => {
     for (const subscription of subscriptions.splice(0)) subscription.unsubscribe();
@@ -156,7 +67,7 @@ describe('the WFP backend on the Windows builds of Node and koffi (PE stand-in f
   });
 
   it('does all of it over IPv6 (AF_INET6 is 23 on Windows): listener, client, original destination, onward socket', async () => {
-    const v6 = await startOrigin('::1');
+    const v6 = await startOrigin(standIn, '::1');
     try {
       const { redirector, accepted } = vendor({ host: '::1' });
       const listening = await redirector.installed();

@@ -1,9 +1,4 @@
-import { defineConfig } from 'vitest/config';
+// The shared configuration and dist-rebuilding global setup: ../../vitest.shared.ts.
+import { packageTestConfig } from '../../vitest.shared.js';
 
-export default defineConfig({
-  test: {
-    include: ['src/**/*.test.ts'],
-    testTimeout: 30_000,
-    hookTimeout: 30_000,
-  },
-});
+export default packageTestConfig();

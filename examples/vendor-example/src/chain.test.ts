@@ -40,7 +40,7 @@ afterEach(() => {
 let nextId = 0;
 const uniqueId = (name: string): string => `${name}-${process.pid % 10000}-${++nextId}`;
 
-async function until(predicate: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+async function until(predicate: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
   for (const deadline = Date.now() + timeoutMs; !predicate(); await new Promise((resolve) => setTimeout(resolve, 20))) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
   }

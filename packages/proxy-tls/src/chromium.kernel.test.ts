@@ -31,6 +31,9 @@ const PORT = 8443;
 const NAME = 'page.test';
 const PAGE_URL = `https://${NAME}:${PORT}/`;
 const FETCH_URL = '/api/answer?from=script';
+/** The real-ECH test: the name visited, and the ECH config's public name (the outer SNI). */
+const SECRET_NAME = 'secret.test';
+const PUBLIC_NAME = 'public.test';
 
 const skipBrowserTests = process.env.COPROXY_SKIP_BROWSER_TESTS === '1' && process.env.CI !== 'true';
 
@@ -61,20 +64,40 @@ interface OriginRequest {
   readonly alpn: string | false;
 }
 
-async function startPageOrigin(netns: Netns, caDir: string): Promise<OriginRequest[]> {
-  const received: OriginRequest[] = [];
-  const child = netns.spawn(process.execPath, [path.join(testSupport, 'page-origin.mjs'), caDir, NETNS_V4, String(PORT)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  });
+/** What the DNS server reports of each query (test-support/ech-dns.mjs). */
+interface DnsQuery {
+  readonly name: string;
+  readonly type: number;
+}
+
+/** Starts a test-support script in the namespace; returns what it reports under `key` over IPC, as it arrives. */
+async function startReporter<TReport>(netns: Netns, script: string, args: readonly string[], key: 'request' | 'query'): Promise<TReport[]> {
+  const received: TReport[] = [];
+  const child = netns.spawn(process.execPath, [path.join(testSupport, script), ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const ready = new Promise<void>((resolve, reject) => {
-    child.on('message', (message: { ready?: boolean; request?: OriginRequest }) => {
-      if (message.request !== undefined) received.push(message.request);
+    child.on('message', (message: { ready?: boolean } & Partial<Record<typeof key, TReport>>) => {
+      const report = message[key];
+      if (report !== undefined) received.push(report);
       if (message.ready === true) resolve();
     });
-    child.once('exit', (code) => reject(new Error(`the page origin exited early with ${String(code)}`)));
+    child.once('exit', (code) => reject(new Error(`${script} exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, 'the page origin to listen');
+  await within(ready, 10_000, `${script} to listen`);
   return received;
+}
+
+const startPageOrigin = (netns: Netns, caDir: string): Promise<OriginRequest[]> =>
+  startReporter<OriginRequest>(netns, 'page-origin.mjs', [caDir, NETNS_V4, String(PORT)], 'request');
+
+/**
+ * Files that `ip netns exec` bind-mounts over /etc for what it starts in `netns`
+ * (ip-netns(8)): how the namespace gets a resolver of its own. Removed on dispose.
+ */
+function netnsEtc(netns: Netns, files: Readonly<Record<string, string>>): Disposable {
+  const dir = path.join('/etc/netns', netns.name);
+  fs.mkdirSync(dir, { recursive: true });
+  for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), content);
+  return { [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
 /** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers, or nothing. */
@@ -94,16 +117,16 @@ interface ChromiumResult {
 /**
  * Headless Chromium loads `url` in the namespace and prints the DOM once the page is
  * settled: --virtual-time-budget lets the script's fetch complete first. The name resolves
- * to the origin's address by a host-resolver rule; the connection itself is redirected by
- * the kernel like any program's. --no-sandbox because the test runs as root.
+ * to the origin's address by a host-resolver rule, or (`dns`) through the namespace's
+ * resolv.conf; the connection itself is redirected by the kernel like any program's. --no-sandbox because the test runs as root.
  */
-async function chromium(netns: Netns, home: string, userDataDir: string, url: string): Promise<ChromiumResult> {
+async function chromium(netns: Netns, home: string, userDataDir: string, url: string, resolve: 'rule' | 'dns' = 'rule'): Promise<ChromiumResult> {
   const child = netns.spawn(
     'chromium',
     [
       ...['--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
       `--user-data-dir=${userDataDir}`,
-      `--host-resolver-rules=MAP ${NAME} ${NETNS_V4}`,
+      ...(resolve === 'rule' ? [`--host-resolver-rules=MAP ${NAME} ${NETNS_V4}`] : []),
       '--virtual-time-budget=10000',
       '--dump-dom',
       url,
@@ -182,5 +205,64 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-t
     expect(proxy.garbage).toEqual([]);
     proxy.child.kill('SIGTERM');
     expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+  }, 120_000);
+
+  it('makes a Chromium that really uses ECH fall back to its real name: bump on the public name is an ECH rejection, and nothing is sent under it', async () => {
+    await using netns = await createNetns('chromium-ech');
+    // Chromium's own DNS client (it asks for HTTPS records, where ECH configs come from)
+    // reads these; nsswitch.conf without mdns, or it would leave DNS to the system.
+    using _etc = netnsEtc(netns, { 'resolv.conf': `nameserver ${NETNS_V4}\n`, 'nsswitch.conf': 'passwd: files\ngroup: files\nhosts: files dns\n' });
+    using dir = tempDir();
+    const originCaDir = path.join(dir.path, 'origin-ca');
+    const proxyCaDir = path.join(dir.path, 'proxy-ca');
+    const { CertificateAuthority } = (await import(built)) as typeof BuiltPackage;
+    const originCa = (await CertificateAuthority.open({ dir: originCaDir, subject: 'CN=coproxy-tls chromium origin CA' })).certPath;
+    const policy = path.join(dir.path, 'policy.json');
+    fs.writeFileSync(
+      policy,
+      JSON.stringify({
+        default: 'splice',
+        rules: [
+          { name: 'inspect-public', when: { sni: PUBLIC_NAME }, action: 'bump' },
+          { name: 'inspect-secret', when: { sni: SECRET_NAME }, action: 'bump' },
+        ],
+      }),
+    );
+    const queries = await startReporter<DnsQuery>(netns, 'ech-dns.mjs', [NETNS_V4, NETNS_V4, SECRET_NAME, PUBLIC_NAME], 'query');
+    const originReceived = await startPageOrigin(netns, originCaDir);
+    const proxy = startCli(netns, [
+      ...['--id', ID, '--priority', '0', '--ports', String(PORT), '--backend', 'nftables', '--policy', policy],
+      ...['--ca-dir', proxyCaDir, '--origin-ca', originCa],
+    ]);
+    await proxy.ready;
+    const home = await browserHome(path.join(dir.path, 'home'), path.join(proxyCaDir, 'ca.crt'));
+
+    const result = await chromium(netns, home, path.join(dir.path, 'profile'), `https://${SECRET_NAME}:${PORT}/`, 'dns');
+
+    // Chromium got the ECH config (RFC 9460's port-prefixed name for port 8443)…
+    expect(queries).toContainEqual({ name: `_${PORT}._https.${SECRET_NAME}`, type: 65 });
+    // …and sent ECH: the outer hello named only the public name. Bump answered for that
+    // name; Chromium took it as ECH rejected (ERR_ECH_NOT_NEGOTIATED, net error -183) and
+    // retried without ECH, its real name in the clear, and that was bumped and inspected.
+    expect(result.stderr).toContain('net_error -183');
+    expect(result.dom, result.stderr).toContain('<p id="result">fetched: forty-two</p>');
+    await until(() => proxy.exchanges().some((x) => x.request.url === FETCH_URL), 5000, 'the fetch’s exchange in the log');
+    const handshakes = proxy.handshakes();
+    const outer = handshakes.filter((h) => h.sni === PUBLIC_NAME);
+    expect(outer.length).toBeGreaterThan(0);
+    for (const handshake of outer) expect(handshake).toMatchObject({ ech: true, action: 'bump', rule: 'inspect-public' });
+    expect(handshakes.filter((h) => h.sni === SECRET_NAME)).toContainEqual(expect.objectContaining({ action: 'bump', rule: 'inspect-secret' }));
+    expect(handshakes.every((h) => h.sni === PUBLIC_NAME || h.sni === SECRET_NAME)).toBe(true);
+    // Nothing was sent on the rejected connections: every exchange is the real name's.
+    const rejected = new Set(outer.map((h) => h.connectionId));
+    const exchanges = proxy.exchanges();
+    expect(exchanges.map((x) => x.request.url)).toEqual(expect.arrayContaining(['/', FETCH_URL]));
+    for (const exchange of exchanges) {
+      expect(exchange.sni).toBe(SECRET_NAME);
+      expect(rejected).not.toContain(exchange.connectionId);
+    }
+    expect(originReceived.length).toBeGreaterThan(0);
+    for (const request of originReceived) expect(request.sni).toBe(SECRET_NAME);
+    expect(proxy.garbage).toEqual([]);
   }, 120_000);
 });

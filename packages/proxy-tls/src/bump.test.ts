@@ -7,11 +7,7 @@ import type tls from 'node:tls';
 import { createHttpsAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
 import type { CertificateAuthority } from './ca.js';
-import { alertBytes, closed, dial, readToEnd, startEchoOrigin, startProxy, startTlsOrigin, tempDir, testCa, tlsClient, tlsClientError, until, within } from './test-support/harness.js';
-import { clientHello, ext } from './test-support/hello-builder.js';
-
-/** TLS alert access_denied (RFC 8446 §6.2). */
-const ACCESS_DENIED = 49;
+import { closed, startProxy, startTlsOrigin, tempDir, testCa, tlsClient, tlsClientError, until, within } from './test-support/harness.js';
 
 /**
  * The code Node gives a TLS alert the peer sent: OpenSSL 3.0 (Node 20) names it
@@ -191,21 +187,6 @@ describe('bump', () => {
     expect(origin.taps).toEqual([]);
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
     expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'block', note: 'bump needs ALPN http/1.1, the client offered only h2: blocked (unbumpable: block)' });
-  });
-
-  it('blocks a hello with an encrypted_client_hello extension under a bump policy by default, rather than splice it uninspected', async () => {
-    await using origin = await startEchoOrigin();
-    using caDir = tempDir('coproxy-tls-proxy-ca-');
-    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path } });
-    const ech = ext.echOuter({ kdf: 1, aead: 1, configId: 7, enc: Buffer.alloc(32, 1), payload: Buffer.alloc(64, 2) });
-
-    const client = await dial(proxy.registry, origin.port);
-    client.write(clientHello({ extensions: [ext.serverName('ech.example'), ech] }));
-    const { bytes } = await readToEnd(client);
-
-    expect(bytes).toEqual(alertBytes(ACCESS_DENIED));
-    expect(origin.sockets).toEqual([]);
-    expect(proxy.handshakes).toEqual([expect.objectContaining({ sni: 'ech.example', ech: true, action: 'block' })]);
   });
 
   it('splices a client that offers only h2 when the operator says unbumpable: splice, saying why in a note', async () => {

@@ -5,6 +5,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import * as x509 from '@peculiar/x509';
 import { TlsErrorCode, TlsProxyError } from './errors.js';
+import { BUMP_SERVER_PROFILE } from './tls-profile.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -102,7 +103,8 @@ export class CertificateAuthority {
       this.cache.set(key, cached);
       return cached;
     }
-    const minted = this.mint(key).then((certPem) => tls.createSecureContext({ key: this.leafKeyPem, cert: certPem + this.certPem }));
+    // The leaf's context is bump's server side: it follows the TLS profile (tls-profile.ts).
+    const minted = this.mint(key).then((certPem) => tls.createSecureContext({ ...BUMP_SERVER_PROFILE, key: this.leafKeyPem, cert: certPem + this.certPem }));
     minted.catch(() => this.cache.delete(key)); // a failed mint is not cached; the caller sees the rejection
     this.cache.set(key, minted);
     while (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value!);

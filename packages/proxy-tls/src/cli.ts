@@ -26,7 +26,7 @@ const program = addRedirectorOptions(
       .default('block'),
   )
   .addOption(
-    new Option('--unbumpable <action>', 'a bump the client makes impossible (only ALPN protocols bump does not speak, or ECH): block answers access_denied, splice relays it uninspected')
+    new Option('--unbumpable <action>', 'a bump the client makes impossible (it offers only ALPN protocols bump does not speak): block answers access_denied, splice relays it uninspected')
       .choices(['block', 'splice'])
       .default('block'),
   )

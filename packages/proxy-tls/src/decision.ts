@@ -68,7 +68,8 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
     const sniAnomaly = hello.serverNameAnomaly;
     const sni = hello.serverName;
     const fingerprint = { ja3: ja3(hello), ja4: ja4(hello) };
-    const decision = policy({ sni, sniAnomaly, alpn: hello.alpn, ja3: fingerprint.ja3.hash, ja4: fingerprint.ja4 });
+    const ech = hello.ech !== undefined;
+    const decision = policy({ sni, sniAnomaly, alpn: hello.alpn, ja3: fingerprint.ja3.hash, ja4: fingerprint.ja4, ech });
     const { action, note } = feasible(decision.action, hello, unbumpable);
     metrics.handshakes.inc({ action });
     const handshake: Handshake = {
@@ -83,7 +84,7 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
       ja3: fingerprint.ja3.hash,
       ja3Text: fingerprint.ja3.text,
       ja4: fingerprint.ja4,
-      ech: hello.ech !== undefined,
+      ech,
       tlsRecordCount: hello.tlsRecordCount,
       action,
       rule: decision.rule,
@@ -126,13 +127,20 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
 /**
  * The action the policy chose, or what `unbumpable` makes of a bump that cannot be done.
  * Never silently a splice: that would let any client opt out of inspection by its ALPN
- * list or an ECH extension. The note says what happened and why.
+ * list. The note says what happened and why.
+ *
+ * An encrypted_client_hello extension is no reason not to bump: it is GREASE in every
+ * Chromium hello for a name without an ECH config, and GREASE is built to look like real
+ * ECH. Bump answers on the outer name (`sni`). For a client that did encrypt its inner
+ * hello, a completed handshake with a certificate for the outer (public) name and no
+ * retry configs is an authenticated ECH rejection (draft-ietf-tls-esni, "Handling ECH
+ * rejection"): the client must not send its inner request on it, and may retry without
+ * ECH, its real name then in the clear for the policy. Operators who want ECH hellos left
+ * alone say so in the policy (`"ech": true`).
  */
 function feasible(action: Action, hello: ClientHello, unbumpable: UnbumpableAction): { action: Action; note: string | undefined } {
   if (action !== 'bump') return { action, note: undefined };
   const outcome = `${unbumpable === 'block' ? 'blocked' : 'spliced'} (unbumpable: ${unbumpable})`;
-  // With ECH the real name is encrypted: the policy matched the outer name, not the one visited.
-  if (hello.ech !== undefined) return { action: unbumpable, note: `bump cannot see the inner name of an encrypted ClientHello (ECH): ${outcome}` };
   if (hello.alpn.length > 0 && !hello.alpn.includes(BUMP_ALPN)) {
     return { action: unbumpable, note: `bump needs ALPN ${BUMP_ALPN}, the client offered only ${hello.alpn.join(', ')}: ${outcome}` };
   }

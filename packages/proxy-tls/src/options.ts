@@ -23,8 +23,8 @@ export interface TlsProxyOptions extends VendorRedirectorOptions {
   readonly unrecognised?: UnrecognisedAction;
   /**
    * What a `bump` decision becomes when bump cannot be done: the client offers only ALPN
-   * protocols bump does not speak (`h2` alone, `grpc-exp`…), or its hello carries
-   * `encrypted_client_hello` (the name the policy matched may not be the one visited).
+   * protocols bump does not speak (`h2` alone, `grpc-exp`…). (An `encrypted_client_hello`
+   * extension is not one: bump answers on the outer name; a policy rule on `ech` can splice.)
    * `block` (the default) answers access_denied; `splice` relays the handshake uninspected,
    * the operator's explicit choice. Either way the handshake event's `note` says why.
    */

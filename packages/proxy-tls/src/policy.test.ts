@@ -6,6 +6,7 @@ const facts = (overrides: Partial<HandshakeFacts> = {}): HandshakeFacts => ({
   alpn: ['h2', 'http/1.1'],
   ja3: 'e7d705a3286e19ea42f587b344ee6865',
   ja4: 't13d1516h2_8daaf6152771_e5627efa2ab1',
+  ech: false,
   ...overrides,
 });
 
@@ -36,6 +37,25 @@ describe('policy', () => {
     expect(decide(facts({ sni: undefined }))).toEqual({ action: 'block', rule: 'no-name' });
     expect(decide(facts())).toEqual({ action: 'block', rule: 'old-curl' });
     expect(decide(facts({ ja3: '0'.repeat(32) }))).toEqual({ action: 'splice', rule: 'by-ja4' });
+  });
+
+  it('matches hellos with or without an encrypted_client_hello extension when a rule names ech', () => {
+    const decide = compilePolicy(
+      parsePolicy({
+        default: 'bump',
+        rules: [
+          { name: 'ech-bank', when: { sni: '*.bank.example', ech: true }, action: 'block' },
+          { name: 'leave-ech-alone', when: { ech: true }, action: 'splice' },
+          { name: 'plain-bank', when: { sni: '*.bank.example', ech: false }, action: 'splice' },
+        ],
+      }),
+    );
+
+    expect(decide(facts({ ech: true }))).toEqual({ action: 'splice', rule: 'leave-ech-alone' });
+    expect(decide(facts({ ech: false }))).toEqual({ action: 'bump', rule: undefined });
+    expect(decide(facts({ sni: 'www.bank.example', ech: true }))).toEqual({ action: 'block', rule: 'ech-bank' });
+    expect(decide(facts({ sni: 'www.bank.example', ech: false }))).toEqual({ action: 'splice', rule: 'plain-bank' });
+    expect(() => parsePolicy({ rules: [{ name: 'x', when: { ech: 'yes' }, action: 'splice' }] }, 'p.json')).toThrow(/p\.json\.rules\[0\]\.when\.ech/);
   });
 
   it('names every problem by its path in the file', () => {

@@ -22,7 +22,10 @@ import { TlsErrorCode, TlsProxyError } from './errors.js';
  * without a trailing dot; `nosni` matches hellos without a usable name (no server_name, or
  * one whose name is undefined because of an anomaly). `sniAnomaly`: `true` for any unusual
  * server_name, or a list of the `SniAnomaly` kinds to match. `alpn`: the hello offers at
- * least one of these. `ja3`: the MD5; `ja4`: the JA4 string.
+ * least one of these. `ja3`: the MD5; `ja4`: the JA4 string. `ech`: `true` for a hello that
+ * carries an `encrypted_client_hello` extension (real ECH or GREASE: the two look the same
+ * on purpose), `false` for one without: an operator who would rather not bump ECH hellos
+ * says `{ "when": { "ech": true }, "action": "splice" }`, and the handshake log shows it.
  */
 export type Action = 'splice' | 'block' | 'bump';
 
@@ -39,6 +42,7 @@ const rule = z
         alpn: z.array(z.string().min(1).max(255)).min(1).optional(),
         ja3: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lower-case hex digits (an MD5)').optional(),
         ja4: z.string().regex(/^[tqd]\d{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$/, 'must be a JA4 fingerprint').optional(),
+        ech: z.boolean().optional(),
       })
       .strict()
       .optional(),
@@ -86,6 +90,8 @@ export interface HandshakeFacts {
   readonly alpn: readonly string[];
   readonly ja3: string;
   readonly ja4: string;
+  /** The hello carries an encrypted_client_hello extension (ECH or its GREASE); `sni` is then the outer name. */
+  readonly ech: boolean;
 }
 
 export interface PolicyDecision {
@@ -123,5 +129,6 @@ function compileWhen(when: z.infer<typeof rule>['when']): (facts: HandshakeFacts
   }
   if (when.ja3 !== undefined) tests.push((f) => f.ja3 === when.ja3);
   if (when.ja4 !== undefined) tests.push((f) => f.ja4 === when.ja4);
+  if (when.ech !== undefined) tests.push((f) => f.ech === when.ech);
   return (facts) => tests.every((t) => t(facts));
 }

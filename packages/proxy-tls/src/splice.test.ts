@@ -147,7 +147,7 @@ describe('splice', () => {
     expect(proxy.handshakes[0]).toMatchObject({ sni: 'public.example', ech: true, action: 'splice' });
   });
 
-  it('splices an encrypted ClientHello under a bump policy when the operator says unbumpable: splice, and says why', async () => {
+  it('splices an encrypted ClientHello under a bump default when a policy rule on ech says so, and names the rule', async () => {
     const hello = clientHello({
       extensions: [
         ext.serverName('public.example'),
@@ -158,7 +158,10 @@ describe('splice', () => {
     });
     await using origin = await startEchoOrigin();
     using caDir = tempDir('coproxy-tls-ech-ca-');
-    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, unbumpable: 'splice', ca: { dir: caDir.path } });
+    await using proxy = await startProxy([origin.port], {
+      policy: { default: 'bump', rules: [{ name: 'leave-ech-alone', when: { ech: true }, action: 'splice' }] },
+      ca: { dir: caDir.path },
+    });
 
     const client = await dial(proxy.registry, origin.port);
     client.write(hello);
@@ -166,7 +169,9 @@ describe('splice', () => {
     expect(await readExactly(client, hello.length)).toEqual(hello);
     client.destroy();
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
-    expect(proxy.handshakes[0]).toMatchObject({ ech: true, action: 'splice', note: expect.stringContaining('ECH') as unknown });
+    expect(proxy.handshakes[0]).toMatchObject({ sni: 'public.example', ech: true, action: 'splice', rule: 'leave-ech-alone' });
+    // The policy's own decision: nothing to note.
+    expect(proxy.handshakes[0]).not.toHaveProperty('note');
   });
 
   it('passes traffic that is not TLS through byte for byte, reported as opaque, when told to relay the unrecognised', async () => {

@@ -1,0 +1,60 @@
+// An HTTPS origin serving a web page with a script, for the Chromium kernel test, inside
+// the test's network namespace. Its certificates come from a CA the test created (argv[2],
+// a CertificateAuthority directory, opened with the built package).
+//
+// GET / is an HTML page whose script fetches /api/answer?from=script and writes what came
+// back into the DOM (#result), so that Chromium's --dump-dom shows whether the fetch
+// succeeded. Every request is reported over IPC ({ request }: method, url, SNI, ALPN, and
+// the fingerprint of the certificate the origin presented).
+//
+// argv[2]: CA dir; argv[3]: address; argv[4]: port. Sends { ready: true } over IPC once
+// listening; exits when the test goes away.
+import https from 'node:https';
+import { CertificateAuthority } from '../../dist/index.js';
+
+const [dir, host, port] = process.argv.slice(2);
+const ca = await CertificateAuthority.open({ dir });
+
+const ANSWER = 'forty-two';
+
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>coproxy page</title></head>
+<body><p id="result">script pending</p>
+<script>
+fetch('/api/answer?from=script', { headers: { 'x-from': 'page-script' } })
+  .then((response) => response.json())
+  .then((body) => { document.getElementById('result').textContent = 'fetched: ' + body.answer; })
+  .catch((error) => { document.getElementById('result').textContent = 'fetch failed: ' + error; });
+</script></body></html>
+`;
+
+function answer(req, res) {
+  req.resume();
+  req.on('end', () => {
+    process.send({
+      request: {
+        method: req.method,
+        url: req.url,
+        host: req.headers.host,
+        from: req.headers['x-from'],
+        sni: req.socket.servername,
+        alpn: req.socket.alpnProtocol,
+        certificate: req.socket.getCertificate()?.fingerprint256,
+      },
+    });
+    if (req.url === '/') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(PAGE);
+    } else if (req.url.startsWith('/api/answer')) {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify({ answer: ANSWER }));
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found\n');
+    }
+  });
+}
+
+const SNICallback = (name, callback) => ca.contextFor(name).then((context) => callback(null, context), callback);
+https.createServer({ SNICallback }, answer).listen({ host, port: Number(port) }, () => process.send({ ready: true }));
+process.on('disconnect', () => process.exit(0));

@@ -89,6 +89,8 @@ class H2cConnection {
   /** Per-second counts of what Node does not bound itself. */
   private window = { since: 0, resets: 0, control: 0 };
   private closed = false;
+  /** The client's open streams, cut when the connection is closed for a flood. */
+  private readonly streams = new Set<http2.ServerHttp2Stream>();
 
   constructor(
     private readonly conn: AcceptedConnection,
@@ -136,10 +138,13 @@ class H2cConnection {
     this.hooks.countError(ProxyErrorCode.H2Flood);
     this.hooks.logger.warn({ connection: this.info.id, code: ProxyErrorCode.H2Flood, reason: message }, 'h2c client cut off');
     this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.H2Flood });
+    // The GOAWAY carries the reason, then the connection closes: a well-meaning client learns why.
     const session = this.session!;
     session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    // GOAWAY first, then the close: a well-meaning client learns why.
-    setImmediate(() => session.destroy());
+    // Streams still open are cut: what the client reads after the GOAWAY is the close.
+    session.close();
+    setTimeout(() => session.destroy(), SOCKET_LINGER_MS).unref();
+    for (const stream of this.streams) stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
   }
 
   private onClose(): void {
@@ -147,7 +152,11 @@ class H2cConnection {
     const origin = this.origin;
     this.origin = undefined;
     origin?.then((session) => session.close()).catch(() => undefined);
-    this.conn.socket.destroy();
+    const socket = this.conn.socket;
+    if (socket.destroyed) return;
+    // The session's last frames (a GOAWAY) are written before the FIN; a client that does not read is cut after a bounded wait.
+    socket.end();
+    setTimeout(() => socket.destroy(), SOCKET_LINGER_MS).unref();
   }
 
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, endStream: boolean, rawHeaders: string[]): void {
@@ -168,10 +177,12 @@ class H2cConnection {
       resetByProxy: false,
     };
     this.hooks.metrics.requests.inc({ method });
+    this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
     stream.once('close', () => {
       // A stream the client reset before its answer was complete: rapid reset counts these.
-      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !stream.writableFinished && !exchange.resetByProxy) {
+      // (Node reports such a stream `aborted`, or it closes before the proxy's answer began.)
+      if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !exchange.resetByProxy && (stream.aborted || !stream.headersSent)) {
         this.count('resets');
         if (exchange.failure === undefined && !exchange.finished) {
           exchange.failure = { code: ProxyErrorCode.ClientReset, message: `the client reset the stream (${stream.rstCode})` };
@@ -387,6 +398,9 @@ class H2cConnection {
   }
 }
 
+/** How long a closing connection's last writes (a GOAWAY) may take to reach a client before it is cut. */
+const SOCKET_LINGER_MS = 1000;
+
 /** Reads and drops what is left of a request body, counting it (a listener of its own: 'data' starts the flow). */
 function drain(stream: http2.ServerHttp2Stream, exchange: StreamExchange): void {
   if (stream.listenerCount('data') === 0) stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
@@ -410,7 +424,11 @@ function withHead(socket: net.Socket, head: Buffer): Duplex {
       socket.end(() => callback());
     },
     destroy(error, callback) {
-      socket.destroy();
+      // What the session wrote last (a GOAWAY) goes out before the close; a peer that does not read gets a bounded wait.
+      if (!socket.destroyed) {
+        socket.end();
+        setTimeout(() => socket.destroy(), SOCKET_LINGER_MS).unref();
+      }
       callback(error);
     },
   });

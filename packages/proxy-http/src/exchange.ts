@@ -276,6 +276,7 @@ export function exchangeLogEntry(connection: ConnectionInfo, exchange: Exchange)
   const { request } = exchange;
   return {
     kind: request.upgrade ? 'upgrade' : 'http',
+    protocol: 'h1',
     connection,
     sequence: exchange.sequence,
     request: { method: request.method, url: request.url, host: request.host, headers: request.headers, bodyBytes: exchange.requestBytes },

@@ -286,7 +286,7 @@ class H2cConnection {
   ): Promise<void> {
     const status = headers[':status'] ?? 502;
     const plain: IncomingHttpHeaders = {};
-    for (const [name, value] of Object.entries(headers)) if (!name.startsWith(':')) plain[name] = value as string;
+    for (const [name, value] of Object.entries(headers)) if (!name.startsWith(':')) plain[name] = value;
     exchange.response = { status, headers: plain };
     if (this.hooks.inspectsResponses) {
       upstream.pause();
@@ -301,7 +301,14 @@ class H2cConnection {
     }
     if (stream.destroyed) return;
     const noBody = request.method === 'HEAD' || status === 204 || status === 304;
-    stream.respond({ ...plain, ':status': status }, { endStream: false });
+    // Trailers (gRPC's grpc-status) are passed on: the answer ends with the origin's, or an empty end without any.
+    let trailers: http2.OutgoingHttpHeaders = {};
+    upstream.once('trailers', (received: http2.IncomingHttpHeaders) => {
+      trailers = {};
+      for (const [name, value] of Object.entries(received)) if (!name.startsWith(':') && value !== undefined) trailers[name] = value;
+    });
+    stream.once('wantTrailers', () => stream.sendTrailers(trailers));
+    stream.respond({ ...plain, ':status': status }, { endStream: false, waitForTrailers: true });
     upstream.on('data', (chunk: Buffer) => (exchange.responseBytes += chunk.length));
     if (noBody) {
       upstream.resume();

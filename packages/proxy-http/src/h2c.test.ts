@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Inspector } from './inspector.js';
-import { startProxy, until } from './test-support/harness.js';
+import { startProxy, until, within } from './test-support/harness.js';
 import { h2Client, startH2cOrigin } from './test-support/h2.js';
 
 const json = (body: Buffer): { headers: Record<string, string>; bodyBytes: number } => JSON.parse(body.toString()) as { headers: Record<string, string>; bodyBytes: number };
@@ -95,6 +95,25 @@ describe('h2c with prior knowledge', () => {
     expect(framing.status).toBe(502);
     expect([fine.status, json(fine.body).headers['x-inspected']]).toEqual([200, 'yes']);
     expect(origin.requests).toHaveLength(1);
+  });
+
+  it("passes on the origin's trailers (gRPC's grpc-status)", async () => {
+    await using origin = await startH2cOrigin((stream) => {
+      stream.resume();
+      stream.once('end', () => {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'grpc-message': 'ok' }));
+        stream.end(Buffer.from([0, 0, 0, 0, 0]));
+      });
+      return true;
+    });
+    await using under = await startProxy([origin.port]);
+    await using client = await h2Client(under.registry, origin.port);
+    const stream = client.session.request({ ':method': 'POST', ':path': '/pkg.Service/Call', ':authority': 'grpc.test', 'content-type': 'application/grpc', te: 'trailers' });
+    const trailers = new Promise<Record<string, unknown>>((resolve) => stream.once('trailers', (t: Record<string, unknown>) => resolve(t)));
+    stream.end(Buffer.from([0, 0, 0, 0, 0]));
+    stream.resume();
+    expect(await within(trailers, 5000, 'the trailers')).toMatchObject({ 'grpc-status': '0', 'grpc-message': 'ok' });
   });
 
   it('answers 502 on the stream when the origin cannot be reached', async () => {

@@ -88,9 +88,10 @@ export async function h2Client(registry: string, port: number): Promise<H2Client
       if (body !== undefined) stream.end(body);
       return within(done, 10_000, `${String(headers[':method'] ?? 'GET')} ${String(headers[':path'] ?? '/')}`);
     },
-    async [Symbol.asyncDispose]() {
+    [Symbol.asyncDispose]() {
       session.destroy();
       socket.destroy();
+      return Promise.resolve();
     },
   };
 }

@@ -173,6 +173,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
     live.add(connection);
     connection.start(preface.head);
+    // A client that half-closed while its first bytes were read for the preface: its 'end' was spent there.
+    if (preface.ended) conn.socket.emit('end');
   }
 
   /** The `unrecognised` policy: logged, counted, reported, then relayed or closed unread. */

@@ -164,6 +164,20 @@ describe('recognising HTTP', () => {
     expect(broken).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     expect(origin.connections).toHaveLength(0);
   });
+
+  it('closes promptly a client that half-closes after the start of the preface (its end is not lost to the preface sniff)', async () => {
+    await using origin = await startObservedOrigin();
+    await using under = await startProxy([origin.port]);
+    const socket = await dial(under.registry, origin.port);
+    try {
+      socket.end('PRI * HT');
+      const reply = (await readAll(socket, 5000)).toString('latin1');
+      expect(reply).not.toMatch(/^HTTP\/1\.1 408/);
+    } finally {
+      socket.destroy();
+    }
+    expect(origin.connections).toHaveLength(0);
+  });
 });
 
 describe('bytes that are not HTTP', () => {

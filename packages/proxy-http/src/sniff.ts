@@ -130,27 +130,31 @@ export function h2Preface(head: Buffer): 'yes' | 'no' | 'undecided' {
  * HTTP/2's preface. A `P` decides `http` at once (a method could start with it), so the
  * rest of the 24 bytes may still be on their way. Resolves with all the bytes read (the
  * socket left paused, nothing consumed) and `h2` when the preface came whole; a client
- * that stops or stalls part-way is left to the HTTP/1.1 parser (`h2` false), which answers
- * a lone `PRI` 505 or the header timeout.
+ * that stops or stalls part-way is left to the HTTP/1.1 parser (`h2` false; `ended` when the
+ * client half-closed meanwhile, an 'end' the parser's reader must be told of).
  */
-export function sniffPreface(socket: net.Socket, head: Buffer, timeoutMs: number): Promise<{ readonly h2: boolean; readonly head: Buffer }> {
+export function sniffPreface(socket: net.Socket, head: Buffer, timeoutMs: number): Promise<{ readonly h2: boolean; readonly head: Buffer; readonly ended: boolean }> {
   const verdict = h2Preface(head);
-  if (verdict !== 'undecided') return Promise.resolve({ h2: verdict === 'yes', head });
+  if (verdict !== 'undecided') return Promise.resolve({ h2: verdict === 'yes', head, ended: false });
   return new Promise((resolve) => {
     let bytes = head;
+    let ended = false;
     const finish = (h2: boolean): void => {
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('end', onEnd);
       socket.pause();
-      resolve({ h2, head: bytes });
+      resolve({ h2, head: bytes, ended });
     };
     const onData = (chunk: Buffer): void => {
       bytes = Buffer.concat([bytes, chunk]);
       const next = h2Preface(bytes);
       if (next !== 'undecided') finish(next === 'yes');
     };
-    const onEnd = (): void => finish(false);
+    const onEnd = (): void => {
+      ended = true; // the socket's 'end' is spent: the caller passes it on to whoever reads next
+      finish(false);
+    };
     const timer = setTimeout(() => finish(false), timeoutMs);
     socket.on('data', onData);
     socket.once('end', onEnd);

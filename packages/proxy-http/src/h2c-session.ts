@@ -196,7 +196,7 @@ class H2cConnection {
       return;
     }
     exchange.request = view;
-    void this.judge(stream, exchange, view);
+    this.judge(stream, exchange, view).catch((error: unknown) => this.internal(stream, exchange, error));
   }
 
   private async judge(stream: http2.ServerHttp2Stream, exchange: StreamExchange, request: RequestInfo): Promise<void> {
@@ -268,7 +268,9 @@ class H2cConnection {
         this.fail(stream, exchange, exchange.response === undefined ? ProxyErrorCode.OriginUnreachable : ProxyErrorCode.OriginReset, error, 502);
       }
     });
-    upstream.on('response', (headers) => void this.onResponse(stream, upstream, exchange, request, headers));
+    upstream.on('response', (headers) => {
+      this.onResponse(stream, upstream, exchange, request, headers).catch((error: unknown) => this.internal(stream, exchange, error));
+    });
     // The body streams with HTTP/2's flow control on both legs: the client's window opens as the origin's does.
     if (exchange.endStream) drain(stream, exchange);
     else {
@@ -344,6 +346,17 @@ class H2cConnection {
       if (this.origin === pending) this.origin = undefined;
     });
     return pending;
+  }
+
+  /** A fault in the proxy's own code while serving a stream: that stream fails (502), never the connection. */
+  private internal(stream: http2.ServerHttp2Stream, exchange: StreamExchange, error: unknown): void {
+    this.hooks.logger.error({ err: error, connection: this.info.id, stream: stream.id }, 'internal error while serving an h2c stream');
+    try {
+      this.fail(stream, exchange, ProxyErrorCode.Internal, asError(error), 502);
+    } catch (again) {
+      this.hooks.logger.error({ err: again, connection: this.info.id }, 'could not answer the failed stream');
+      if (!stream.destroyed) stream.destroy();
+    }
   }
 
   /** A request the proxy refuses to forward, answered on its own stream. */

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { Inspector } from './inspector.js';
-import { startProxy, until, within } from './test-support/harness.js';
+import type { HttpExchange } from './events.js';
+import { createHttpProxy } from './proxy.js';
+import { startProxy, tempDir, uniqueId, until, within } from './test-support/harness.js';
 import { h2Client, startH2cOrigin } from './test-support/h2.js';
 
 const json = (body: Buffer): { headers: Record<string, string>; bodyBytes: number } => JSON.parse(body.toString()) as { headers: Record<string, string>; bodyBytes: number };
@@ -95,6 +97,34 @@ describe('h2c with prior knowledge', () => {
     expect(framing.status).toBe(502);
     expect([fine.status, json(fine.body).headers['x-inspected']]).toEqual([200, 'yes']);
     expect(origin.requests).toHaveLength(1);
+  });
+
+  it('dials the origin through connectOnward: a second proxy in the chain inspects the same streams and sees both redirects', async () => {
+    await using origin = await startH2cOrigin();
+    using registry = tempDir('coproxy-http-registry-');
+    const first = createHttpProxy({ id: uniqueId('h2c-a'), priority: 1, match: { ports: [origin.port] }, registry: registry.path });
+    const second = createHttpProxy({
+      id: uniqueId('h2c-b'),
+      priority: 2,
+      match: { ports: [origin.port] },
+      registry: registry.path,
+      rules: { rules: [{ name: 'second-blocks', when: { path: '/second/*' }, verdict: 'block', status: 451 }] },
+    });
+    const seen: HttpExchange[] = [];
+    const subscription = second.exchanges$.subscribe((x) => seen.push(x));
+    try {
+      await Promise.all([first.listening(), second.listening()]);
+      await using client = await h2Client(registry.path, origin.port);
+      const [ok, blocked] = await Promise.all([client.request({ ':path': '/fine' }), client.request({ ':path': '/second/x' })]);
+      expect([ok.status, blocked.status]).toEqual([200, 451]);
+      await until(() => seen.length === 2, 5000, "the second proxy's exchanges");
+      for (const x of seen) expect(x).toMatchObject({ protocol: 'h2c', connection: { redirectedBy: [first.id, second.id] } });
+      expect(origin.requests.map((r) => r.headers[':path'])).toEqual(['/fine']);
+    } finally {
+      subscription.unsubscribe();
+      await second.close();
+      await first.close();
+    }
   });
 
   it("passes on the origin's trailers (gRPC's grpc-status)", async () => {

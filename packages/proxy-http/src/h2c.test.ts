@@ -82,8 +82,10 @@ describe('h2c with prior knowledge', () => {
 
   it('adds an annotation upstream, and fails only the stream whose inspector throws or annotates a framing field', async () => {
     await using origin = await startH2cOrigin();
+    const responses: [string, number, string | string[] | undefined][] = [];
     const inspector: Inspector = {
       name: 'picky',
+      inspectResponse: (req, res) => void responses.push([req.path, res.status, res.headers['x-origin']]),
       inspectRequest: (req) => {
         if (req.path === '/throw') throw new Error('inspector bug');
         if (req.path === '/frame') return { action: 'annotate', headers: { 'content-length': '5' } };
@@ -97,6 +99,8 @@ describe('h2c with prior knowledge', () => {
     expect(framing.status).toBe(502);
     expect([fine.status, json(fine.body).headers['x-inspected']]).toEqual([200, 'yes']);
     expect(origin.requests).toHaveLength(1);
+    // Response inspectors see the origin's answer before the client does.
+    expect(responses).toEqual([['/fine', 200, 'h2c']]);
   });
 
   it('dials the origin through connectOnward: a second proxy in the chain inspects the same streams and sees both redirects', async () => {

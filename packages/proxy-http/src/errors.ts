@@ -50,6 +50,10 @@ export const ProxyErrorCode = defineErrorCodes('COPROXY_HTTP', {
   HostInvalid: 'HOST_INVALID',
   /** A request target origins could read otherwise than the rules would (400; canonical-request.ts). */
   TargetInvalid: 'TARGET_INVALID',
+  /** An HTTP/2 request whose `:authority` and `Host` name different authorities (400): which one would the origin use? */
+  AuthorityMismatch: 'AUTHORITY_MISMATCH',
+  /** An HTTP/2 client over a per-second bound of stream resets, PINGs or SETTINGS (rapid reset, control-frame floods): GOAWAY, then the close. */
+  H2Flood: 'H2_FLOOD',
   /** The rule file is unreadable, not JSON, or does not follow the schema. */
   RulesInvalid: 'RULES_INVALID',
   /** An option of `createHttpProxy` is out of range. */

@@ -14,6 +14,10 @@ export type UnrecognisedPolicy = 'block' | 'relay';
 export interface HttpExchange {
   readonly kind: 'http' | 'upgrade' | 'opaque';
   readonly connection: ConnectionInfo;
+  /** How the request came: HTTP/1.x (`h1`) or a stream of an HTTP/2 prior-knowledge connection (`h2c`). Absent on opaque relays. */
+  readonly protocol?: 'h1' | 'h2c';
+  /** The HTTP/2 stream id of an `h2c` request. */
+  readonly stream?: number;
   /** 1 for the first exchange on a connection, then 2, 3… (keep-alive). */
   readonly sequence: number;
   readonly request?: {
@@ -49,7 +53,8 @@ export type HttpProxyEvent =
       readonly type: 'connection-kind';
       readonly connectionId: string;
       readonly kind: 'http' | 'opaque' | 'blocked';
-      readonly protocol: 'http' | 'tls' | 'unrecognised';
+      /** `h2c`: HTTP/2 with prior knowledge (its preface), each stream inspected as a request. */
+      readonly protocol: 'http' | 'h2c' | 'tls' | 'unrecognised';
     }
   /**
    * A connection neither HTTP nor TLS (`reason: 'bytes'`, the first up to 16 in hex in

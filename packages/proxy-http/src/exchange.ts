@@ -3,6 +3,7 @@ import { errorCodeOf } from '@coproxy/core';
 import { type RequestViewError, canonicalRequest } from './canonical-request.js';
 import { ProxyErrorCode } from './errors.js';
 import type { HttpExchange } from './events.js';
+import { offersH2c, withoutH2cUpgrade } from './h2c-upgrade.js';
 import { type Framing, endToEndHeaders, framingOf, headersObject, serializeHead } from './http-head.js';
 import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, type ResponseInfo, decide } from './inspector.js';
 import type { MessageHead } from './node-http-parser.js';
@@ -138,7 +139,9 @@ export class Exchange {
  * inspectors evaluate and the origin is sent (canonical-request.ts), without the
  * connection options the client's Connection header named.
  */
-export function exchangeOfHead(sequence: number, head: MessageHead, headers: IncomingHttpHeaders, connection: ConnectionInfo): Exchange {
+export function exchangeOfHead(sequence: number, parsed: MessageHead, headers: IncomingHttpHeaders, connection: ConnectionInfo): Exchange {
+  // `Upgrade: h2c` is not carried out: the request goes on as HTTP/1.1 (h2c-upgrade.ts).
+  const head = parsed.upgrade && parsed.method !== 'CONNECT' && offersH2c(headers) ? withoutH2cUpgrade(parsed, headers) : parsed;
   dropConnectionOptions(headers, head.upgrade);
   const view = canonicalRequest(head, headers);
   const request: RequestInfo = {
@@ -273,6 +276,7 @@ export function exchangeLogEntry(connection: ConnectionInfo, exchange: Exchange)
   const { request } = exchange;
   return {
     kind: request.upgrade ? 'upgrade' : 'http',
+    protocol: 'h1',
     connection,
     sequence: exchange.sequence,
     request: { method: request.method, url: request.url, host: request.host, headers: request.headers, bodyBytes: exchange.requestBytes },

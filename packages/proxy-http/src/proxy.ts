@@ -9,7 +9,8 @@ import type { HttpExchange, HttpProxyEvent, HttpProxyOwnEvent, UnrecognisedPolic
 import type { ConnectionInfo, Inspector } from './inspector.js';
 import { HttpProxyMetrics } from './metrics.js';
 import { type RuleFile, loadRules, parseRules, rulesInspector } from './rules.js';
-import { sniff } from './sniff.js';
+import { serveH2c } from './h2c-session.js';
+import { sniff, sniffPreface } from './sniff.js';
 
 /**
  * The redirector's options from core's vendor kit (`match` default here: every TCP
@@ -158,13 +159,22 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
         return unreachable(sniffed);
     }
     metrics.connections.inc({ kind: 'http' });
+    // HTTP/2 with prior knowledge: its preface starts like a request (`PRI`), so it is told apart here.
+    const preface = await sniffPreface(conn.socket, sniffed.head, settings.sniffTimeoutMs);
+    if (preface.h2) {
+      emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: 'http', protocol: 'h2c' });
+      serveH2c(conn, info, preface.head, hooks);
+      return;
+    }
     emitEvent({ type: 'connection-kind', connectionId: conn.id, kind: 'http', protocol: 'http' });
     const connection = new ClientConnection(conn, info, hooks, (ended) => {
       live.delete(ended);
       if (closed && live.size === 0) clearInterval(sweep);
     });
     live.add(connection);
-    connection.start(sniffed.head);
+    connection.start(preface.head);
+    // A client that half-closed while its first bytes were read for the preface: its 'end' was spent there.
+    if (preface.ended) conn.socket.emit('end');
   }
 
   /** The `unrecognised` policy: logged, counted, reported, then relayed or closed unread. */

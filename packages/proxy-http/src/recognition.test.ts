@@ -142,13 +142,40 @@ describe('recognising HTTP', () => {
     expect(under.events.filter((e) => e.type === 'unrecognised')).toEqual([]);
   });
 
-  it('refuses an HTTP/2 prior-knowledge preface, which it cannot inspect, rather than relaying it', async () => {
+  it('serves an HTTP/2 prior-knowledge preface as h2c (inspected per stream, never relayed); a preface that differs is refused', async () => {
     await using origin = await startObservedOrigin();
     await using under = await startProxy([origin.port], { unrecognised: 'relay' });
 
-    const reply = await rawRequest(under.registry, origin.port, 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    // The preface, then bytes that are no HTTP/2 frame: the session answers in HTTP/2 (SETTINGS, GOAWAY) and closes.
+    const socket = await dial(under.registry, origin.port);
+    let reply: Buffer;
+    try {
+      socket.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      reply = await readAll(socket);
+    } finally {
+      socket.destroy();
+    }
+    expect(reply[3]).toBe(0x4); // a SETTINGS frame first
+    expect(reply.toString('latin1')).not.toMatch(/^HTTP\/1/);
+    expect(under.events).toContainEqual(expect.objectContaining({ type: 'connection-kind', kind: 'http', protocol: 'h2c' }));
 
-    expect(reply).toMatch(/^HTTP\/1\.1 505 HTTP Version Not Supported\r\n/);
+    // A preface that differs is left to the HTTP/1.1 parser, which refuses it: never relayed either.
+    const broken = await rawRequest(under.registry, origin.port, 'PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n');
+    expect(broken).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(origin.connections).toHaveLength(0);
+  });
+
+  it('closes promptly a client that half-closes after the start of the preface (its end is not lost to the preface sniff)', async () => {
+    await using origin = await startObservedOrigin();
+    await using under = await startProxy([origin.port]);
+    const socket = await dial(under.registry, origin.port);
+    try {
+      socket.end('PRI * HT');
+      const reply = (await readAll(socket, 5000)).toString('latin1');
+      expect(reply).not.toMatch(/^HTTP\/1\.1 408/);
+    } finally {
+      socket.destroy();
+    }
     expect(origin.connections).toHaveLength(0);
   });
 });

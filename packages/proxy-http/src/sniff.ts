@@ -111,3 +111,53 @@ export function leadingEmptyBytes(chunk: Buffer): { readonly count: number; read
   while (i < chunk.length && (chunk[i] === 0x0d || chunk[i] === 0x0a)) i++;
   return { count: i, ended: i < chunk.length };
 }
+
+/** HTTP/2's connection preface with prior knowledge (RFC 9113 §3.4), which a cleartext h2 client sends first. */
+export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+/**
+ * Whether `head` is HTTP/2's preface: `yes` once all 24 bytes are there, `no` at the first
+ * byte that differs, `undecided` while what came is a prefix of it.
+ */
+export function h2Preface(head: Buffer): 'yes' | 'no' | 'undecided' {
+  const n = Math.min(head.length, H2_PREFACE.length);
+  if (head.compare(H2_PREFACE, 0, n, 0, n) !== 0) return 'no';
+  return n === H2_PREFACE.length ? 'yes' : 'undecided';
+}
+
+/**
+ * Reads on from an `http` sniff until it is known whether the connection opens with
+ * HTTP/2's preface. A `P` decides `http` at once (a method could start with it), so the
+ * rest of the 24 bytes may still be on their way. Resolves with all the bytes read (the
+ * socket left paused, nothing consumed) and `h2` when the preface came whole; a client
+ * that stops or stalls part-way is left to the HTTP/1.1 parser (`h2` false; `ended` when the
+ * client half-closed meanwhile, an 'end' the parser's reader must be told of).
+ */
+export function sniffPreface(socket: net.Socket, head: Buffer, timeoutMs: number): Promise<{ readonly h2: boolean; readonly head: Buffer; readonly ended: boolean }> {
+  const verdict = h2Preface(head);
+  if (verdict !== 'undecided') return Promise.resolve({ h2: verdict === 'yes', head, ended: false });
+  return new Promise((resolve) => {
+    let bytes = head;
+    let ended = false;
+    const finish = (h2: boolean): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.pause();
+      resolve({ h2, head: bytes, ended });
+    };
+    const onData = (chunk: Buffer): void => {
+      bytes = Buffer.concat([bytes, chunk]);
+      const next = h2Preface(bytes);
+      if (next !== 'undecided') finish(next === 'yes');
+    };
+    const onEnd = (): void => {
+      ended = true; // the socket's 'end' is spent: the caller passes it on to whoever reads next
+      finish(false);
+    };
+    const timer = setTimeout(() => finish(false), timeoutMs);
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.resume();
+  });
+}

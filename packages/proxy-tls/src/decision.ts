@@ -1,5 +1,5 @@
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { BUMP_ALPN } from './bump.js';
+import { BUMP_PROTOCOLS } from './bump.js';
 import type { ClientHello } from './client-hello.js';
 import { TlsErrorCode } from './errors.js';
 import type { Handshake, UnbumpableAction, UnrecognisedAction } from './events.js';
@@ -133,8 +133,8 @@ function feasible(action: Action, hello: ClientHello, unbumpable: UnbumpableActi
   const outcome = `${unbumpable === 'block' ? 'blocked' : 'spliced'} (unbumpable: ${unbumpable})`;
   // With ECH the real name is encrypted: the policy matched the outer name, not the one visited.
   if (hello.ech !== undefined) return { action: unbumpable, note: `bump cannot see the inner name of an encrypted ClientHello (ECH): ${outcome}` };
-  if (hello.alpn.length > 0 && !hello.alpn.includes(BUMP_ALPN)) {
-    return { action: unbumpable, note: `bump needs ALPN ${BUMP_ALPN}, the client offered only ${hello.alpn.join(', ')}: ${outcome}` };
+  if (hello.alpn.length > 0 && !hello.alpn.some((protocol) => (BUMP_PROTOCOLS as readonly string[]).includes(protocol))) {
+    return { action: unbumpable, note: `bump speaks ALPN ${BUMP_PROTOCOLS.join(' or ')}, the client offered only ${hello.alpn.join(', ')}: ${outcome}` };
   }
   return { action, note: undefined };
 }

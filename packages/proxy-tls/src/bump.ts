@@ -191,6 +191,10 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
 
   /** One HTTP/2 session on the bumped TLS socket, under `H2_LIMITS`; each stream is an exchange. */
   function serveH2(client: tls.TLSSocket, state: BumpedConnection): void {
+    // Node internal relied on: a server TLSSocket made without a tls.Server keeps
+    // `secureConnecting` true after its handshake (tls.Server's own listener clears it), and
+    // node:http2 then waits for a 'secureConnect' that never comes. The handshake is done.
+    (client as tls.TLSSocket & { secureConnecting: boolean }).secureConnecting = false;
     const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
     const { id } = state.conn;
     const resets = new ResetRate(H2_LIMITS.maxResetsPerSecond, () => {

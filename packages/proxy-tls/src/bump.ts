@@ -8,7 +8,7 @@ import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, d
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
-import { H2_LIMITS, H2_SERVER_OPTIONS, ResetRate } from './h2-limits.js';
+import { H2_LIMITS, H2_SERVER_OPTIONS, PerSecondLimit } from './h2-limits.js';
 import type { Reporter } from './reporter.js';
 import type { OnwardSettings } from './splice.js';
 import { ALERT, tlsAlertRecord } from './tls-alert.js';
@@ -197,12 +197,19 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     (client as tls.TLSSocket & { secureConnecting: boolean }).secureConnecting = false;
     const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
     const { id } = state.conn;
-    const resets = new ResetRate(H2_LIMITS.maxResetsPerSecond, () => {
-      reporter.fail('connection-failed', id, TlsErrorCode.H2RapidReset, `the client reset more than ${H2_LIMITS.maxResetsPerSecond} streams in a second`);
-      // destroy() with a code sends it in the final GOAWAY.
+    const calm = (code: TlsErrorCode, message: string): void => {
+      reporter.fail('connection-failed', id, code, message);
+      // The GOAWAY says why; destroy() then ends the session without waiting for its streams.
+      session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       session.destroy(undefined, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    });
-    session.on('stream', (stream, headers) => void exchange(state, h2ClientSide(stream, headers, () => resets.reset())));
+    };
+    const resets = new PerSecondLimit(H2_LIMITS.maxResetsPerSecond, () => calm(TlsErrorCode.H2RapidReset, `the client reset more than ${H2_LIMITS.maxResetsPerSecond} streams in a second`));
+    const control = new PerSecondLimit(H2_LIMITS.maxControlFramesPerSecond, () =>
+      calm(TlsErrorCode.H2ControlFlood, `the client sent more than ${H2_LIMITS.maxControlFramesPerSecond} PING and SETTINGS frames in a second`),
+    );
+    session.on('ping', () => control.count1());
+    session.on('remoteSettings', () => control.count1());
+    session.on('stream', (stream, headers) => void exchange(state, h2ClientSide(stream, headers, () => resets.count1())));
     session.on('error', (error: Error) => reporter.fail('connection-failed', id, errorCodeOf(error, TlsErrorCode.H2SessionFailed), error.message));
     // A session that nghttp2 ended itself (a flood, a protocol error) says so in its GOAWAY.
     session.on('frameError', (type: number, code: number) => metrics.errors.inc({ code: `${TlsErrorCode.H2SessionFailed}:frame-${type}-${code}` }));

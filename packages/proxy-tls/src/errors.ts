@@ -40,6 +40,8 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   InspectorFailed: 'INSPECTOR_FAILED',
   /** Bump: an HTTP/2 client reset more streams per second than the bound (CVE-2023-44487): GOAWAY, then close. */
   H2RapidReset: 'H2_RAPID_RESET',
+  /** Bump: an HTTP/2 client sent more PING and SETTINGS frames per second than the bound: GOAWAY, then close. */
+  H2ControlFlood: 'H2_CONTROL_FLOOD',
   /** Bump: an HTTP/2 session failed (a protocol error, a flood node:http2 refused) without a code of its own. */
   H2SessionFailed: 'H2_SESSION_FAILED',
   // Configuration.

@@ -24,6 +24,8 @@ export const H2_LIMITS = {
   maxSessionMemory: 10,
   /** Streams the peer may reset (or abandon) in one second before the session gets GOAWAY (CVE-2023-44487, rapid reset). */
   maxResetsPerSecond: 100,
+  /** PING and SETTINGS frames the peer may send in one second before the session gets GOAWAY (CVE-2019-9512, -9515): each costs us an ACK. */
+  maxControlFramesPerSecond: 200,
 } as const;
 
 /** node:http2 server-session options carrying `H2_LIMITS`. */
@@ -38,12 +40,13 @@ export const H2_SERVER_OPTIONS: http2.ServerSessionOptions = {
 };
 
 /**
- * Counts the streams a peer resets before we answered them, in one-second windows; the
- * first window over `limit` calls `onExceeded` once. A rapid-reset attacker makes the proxy
- * start work (inspection, an origin request) per stream and cancels it at once, never
- * holding a stream open, so the concurrency limit does not bound it: this does.
+ * Counts events in one-second windows; the first window over `limit` calls `onExceeded`
+ * once. Used for what node:http2 has no option for: streams the peer resets before we
+ * answered them (a rapid-reset attacker makes the proxy start work, inspection and an
+ * origin request, per stream and cancels it at once, never holding a stream open, so the
+ * concurrency limit does not bound it), and PING/SETTINGS floods.
  */
-export class ResetRate {
+export class PerSecondLimit {
   private windowStart = 0;
   private count = 0;
   private tripped = false;
@@ -54,7 +57,7 @@ export class ResetRate {
     private readonly now: () => number = Date.now,
   ) {}
 
-  reset(): void {
+  count1(): void {
     const now = this.now();
     if (now - this.windowStart >= 1000) {
       this.windowStart = now;

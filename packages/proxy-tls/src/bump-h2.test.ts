@@ -50,6 +50,25 @@ describe('bump over HTTP/2', () => {
     expect(proxy.exchanges.map((x) => x.request.url).sort()).toEqual(['/a', '/b', '/cart?id=7']);
     for (const x of proxy.exchanges) expect(x).toMatchObject({ sni: 'shop.example', protocols: { client: 'h2', origin: 'h2' }, response: { status: 200 } });
     expect(proxy.exchanges.find((x) => x.request.method === 'POST')?.request.bodyBytes).toBe(1000);
+    // The client's session closed: the bumped connection and the origin's close with it.
+    await client[Symbol.asyncDispose]();
+    await until(() => proxy.eventsOf('closed').length === 1, 5000, 'the bumped connection to close');
+    await until(() => origin.taps[0]!.destroyed, 5000, 'the origin connection to close');
+  });
+
+  it('closes a bumped h2 connection whose client hangs up without GOAWAY (a bare FIN, as curl does), and the origin’s with it', async () => {
+    using originCa = await testCa('CN=h2 origin CA');
+    await using origin = await startHttpsOrigin(originCa, ['h2']);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    await using client = await h2Client(proxy.registry, origin.port, 'shop.example', proxyCa);
+    expect((await h2Request(client.session, get('/once'))).status).toBe(200);
+
+    client.socket.end();
+
+    await until(() => proxy.eventsOf('closed').length === 1, 5000, 'the bumped connection to close');
+    await until(() => origin.taps[0]!.destroyed, 5000, 'the origin connection to close');
   });
 
   it('converts an h2 client’s streams into HTTP/1.1 requests for an origin that speaks only HTTP/1.1', async () => {

@@ -195,6 +195,10 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     // `secureConnecting` true after its handshake (tls.Server's own listener clears it), and
     // node:http2 then waits for a 'secureConnect' that never comes. The handshake is done.
     (client as tls.TLSSocket & { secureConnecting: boolean }).secureConnecting = false;
+    // The redirector's sockets allow half-open TCP (a splice relays a FIN as a FIN); HTTP/2
+    // gives a half-close no meaning, and node:http2 never ends a session on a FIN: without
+    // this a client that hangs up without GOAWAY (curl does) leaves the connection open.
+    client.allowHalfOpen = false;
     const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
     const { id } = state.conn;
     const calm = (code: TlsErrorCode, message: string): void => {
@@ -313,7 +317,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     if (out === undefined) return void response.body.destroy();
     response.body.on('data', (chunk: Buffer) => (responseBytes += chunk.length));
     pipeline(response.body, out, (error) => {
-      if (error !== undefined && error !== null && !cancel.signal.aborted) {
+      // A client that closes as soon as it has the last byte makes a "premature close" of a
+      // response already ended: that exchange is complete.
+      if (error !== undefined && error !== null && !cancel.signal.aborted && !out.writableEnded) {
         failure = { code: errorCodeOf(error, TlsErrorCode.OriginFailed), message: error.message };
         metrics.errors.inc({ code: failure.code });
         side.abort();
@@ -393,8 +399,9 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     },
     abort: () => void res.destroy(),
     onGone(callback) {
+      // Ended, not finished: a client may hang up as soon as it has the last byte.
       res.once('close', () => {
-        if (!res.writableFinished) callback();
+        if (!res.writableEnded) callback();
       });
     },
   };
@@ -430,8 +437,9 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
       stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
     },
     onGone(callback) {
+      // Ended, not finished: a client may close the session as soon as it has END_STREAM.
       stream.once('close', () => {
-        if (!stream.writableFinished) callback();
+        if (!stream.writableEnded || stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR) callback();
       });
     },
   };

@@ -169,6 +169,8 @@ const WRITE_OUT = '\n--curl-write-out--\n';
 interface HttpsResult extends CurlResult {
   /** The HTTP status; 0 when there was none. */
   readonly status: number;
+  /** The HTTP version curl spoke (`1.1`, `2`); `0` when there was none. */
+  readonly httpVersion: string;
   readonly body: string;
   /** The certificate the server presented to curl, when the handshake got that far. */
   readonly leaf: X509Certificate | undefined;
@@ -178,12 +180,12 @@ interface HttpsResult extends CurlResult {
 async function https(netns: Netns, name: string, urlPath: string, cacert: string, extra: readonly string[] = []): Promise<HttpsResult> {
   const result = await curl(netns, [
     ...['--resolve', `${name}:${ORIGIN_PORT}:${NETNS_V4}`, '--cacert', cacert],
-    ...['--write-out', `${WRITE_OUT}%{http_code}\n%{certs}`, ...extra, `https://${name}:${ORIGIN_PORT}${urlPath}`],
+    ...['--write-out', `${WRITE_OUT}%{http_code}\n%{http_version}\n%{certs}`, ...extra, `https://${name}:${ORIGIN_PORT}${urlPath}`],
   ]);
   const cut = result.stdout.lastIndexOf(WRITE_OUT);
-  const [status = '', ...certs] = result.stdout.slice(cut + WRITE_OUT.length).split('\n');
+  const [status = '', httpVersion = '', ...certs] = result.stdout.slice(cut + WRITE_OUT.length).split('\n');
   const pem = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/.exec(certs.join('\n'))?.[0];
-  return { ...result, status: Number(status), body: result.stdout.slice(0, Math.max(cut, 0)), leaf: pem === undefined ? undefined : new X509Certificate(pem) };
+  return { ...result, status: Number(status), httpVersion, body: result.stdout.slice(0, Math.max(cut, 0)), leaf: pem === undefined ? undefined : new X509Certificate(pem) };
 }
 
 /** The samples of a Prometheus text exposition, by `name{labels}`. */
@@ -257,9 +259,10 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
 
     // (2) Bumped: curl trusts the proxy's CA and gets the origin's answer through a leaf
     // the proxy minted; the origin saw the request over the proxy's own, verified session.
+    // curl speaks h2 to the proxy, which speaks HTTP/1.1 to this origin (it offers no h2).
     const secret = 'card=4111111111111111';
-    const bumped = await https(netns, 'bump.test', '/inspect/me?q=1', proxyCa, ['--data-binary', secret]);
-    expect(bumped).toMatchObject({ exitCode: 0, status: 200 });
+    const bumped = await https(netns, 'bump.test', '/inspect/me?q=1', proxyCa, ['--http2', '--data-binary', secret]);
+    expect(bumped).toMatchObject({ exitCode: 0, status: 200, httpVersion: '2' });
     const bumpedSeen = JSON.parse(bumped.body) as OriginRequest;
     expect(bumpedSeen).toMatchObject({ method: 'POST', url: '/inspect/me?q=1', host: `bump.test:${ORIGIN_PORT}`, bytes: secret.length, sni: 'bump.test' });
     expect(bumped.leaf?.subject).toBe('CN=bump.test');
@@ -274,6 +277,8 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
         connectionId: expect.any(String) as string,
         sni: 'bump.test',
         sequence: 1,
+        protocols: { client: 'h2', origin: 'http/1.1' },
+        decision: { action: 'allow', by: [] },
         request: { method: 'POST', url: '/inspect/me?q=1', host: `bump.test:${ORIGIN_PORT}`, bodyBytes: secret.length },
         response: { status: 200, bodyBytes: Buffer.byteLength(bumped.body) },
       },

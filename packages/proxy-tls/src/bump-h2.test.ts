@@ -71,6 +71,25 @@ describe('bump over HTTP/2', () => {
     await until(() => origin.taps[0]!.destroyed, 5000, 'the origin connection to close');
   });
 
+  it('dials a new origin session when the origin ends its own, and forwards the next request’s whole body over it', async () => {
+    using originCa = await testCa('CN=h2 origin CA');
+    await using origin = await startHttpsOrigin(originCa, ['h2']);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    await using client = await h2Client(proxy.registry, origin.port, 'shop.example', proxyCa);
+
+    const last = await h2Request(client.session, get('/last'));
+    await until(() => origin.taps[0]!.destroyed, 5000, 'the origin to close its session');
+    const after = await h2Request(client.session, { ...get('/after'), ':method': 'POST' }, Buffer.alloc(50_000, 3));
+
+    expect([last.status, after.status]).toEqual([200, 200]);
+    expect(JSON.parse(after.body)).toMatchObject({ protocol: 'h2', path: '/after', bytes: 50_000 });
+    expect(origin.taps.length).toBe(2);
+    await until(() => proxy.exchanges.length === 2, 5000, 'two exchanges');
+    expect(proxy.exchanges[1]?.request.bodyBytes).toBe(50_000);
+  });
+
   it('converts an h2 client’s streams into HTTP/1.1 requests for an origin that speaks only HTTP/1.1', async () => {
     using originCa = await testCa('CN=h1 origin CA');
     await using origin = await startHttpsOrigin(originCa, ['http/1.1']);

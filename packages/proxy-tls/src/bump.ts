@@ -298,6 +298,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
       default:
         return unreachable(decision);
     }
+    // Paused first, so that counting does not start the flow: the h2 leg may await a new
+    // origin session before it pipes, and bytes that flowed meanwhile would be lost.
+    side.body.pause();
     side.body.on('data', (chunk: Buffer) => (requestBytes += chunk.length));
     let response: OriginResponse;
     try {

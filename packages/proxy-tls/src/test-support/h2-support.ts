@@ -24,7 +24,8 @@ export interface HttpsOrigin extends TlsOrigin {
 /**
  * An HTTPS origin speaking what `protocols` offer by ALPN (h2 through node:http2, HTTP/1.1
  * through node:http), answering every request with what it saw, as JSON. A request to
- * `/hold…` is answered only when the test calls `release()`.
+ * `/hold…` is answered only when the test calls `release()`; after answering `/last…` an
+ * h2 origin closes that session.
  */
 export async function startHttpsOrigin(ca: CertificateAuthority, protocols: readonly ('h2' | 'http/1.1')[]): Promise<HttpsOrigin> {
   const requests: SeenRequest[] = [];
@@ -53,6 +54,8 @@ export async function startHttpsOrigin(ca: CertificateAuthority, protocols: read
         if (stream.closed) return;
         stream.respond({ ':status': 200, 'content-type': 'application/json', 'x-origin': 'h2' });
         stream.end(JSON.stringify(seen));
+        // `/last…`: the origin ends its session after this answer (GOAWAY), as servers do on a restart.
+        if (seen.path.startsWith('/last')) stream.session?.close();
       });
     });
   };

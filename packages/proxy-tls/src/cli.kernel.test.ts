@@ -335,4 +335,42 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
     expect(proxy.handshakes()).toHaveLength(4);
     expect(proxy.garbage).toEqual([]);
   }, 60_000);
+  it('bumps nghttp2’s h2load over h2 (20 requests, 4 streams at a time on 2 connections), each stream reported and converted to HTTP/1.1 for the origin', async () => {
+    await using netns = await createNetns('h2load');
+    using dir = tempDir();
+    const originCaDir = path.join(dir.path, 'origin-ca');
+    const { CertificateAuthority } = (await import(built)) as typeof BuiltPackage;
+    const originCa = (await CertificateAuthority.open({ dir: originCaDir, subject: ORIGIN_CA_SUBJECT })).certPath;
+    const policy = path.join(dir.path, 'policy.json');
+    fs.writeFileSync(policy, JSON.stringify({ default: 'bump' }));
+    const originReceived = await startOrigin(netns, originCaDir);
+    const proxy = startCli(netns, [
+      ...['--id', ID, '--priority', '0', '--ports', String(ORIGIN_PORT), '--backend', 'nftables', '--policy', policy],
+      ...['--ca-dir', path.join(dir.path, 'proxy-ca'), '--origin-ca', originCa],
+    ]);
+    await proxy.ready;
+
+    // h2load sends the URI's host as SNI and :authority, and dials --connect-to instead.
+    const child = netns.spawn('h2load', ['-n', '20', '-c', '2', '-m', '4', `--connect-to=${NETNS_V4}:${ORIGIN_PORT}`, `https://h2.test:${ORIGIN_PORT}/load`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000, 'h2load');
+
+    expect(exitCode).toBe(0);
+    expect(stdout).toMatch(/Application protocol: h2/);
+    expect(stdout).toMatch(/requests: 20 total, 20 started, 20 done, 20 succeeded, 0 failed, 0 errored/);
+    expect(stdout).toMatch(/status codes: 20 2xx/);
+    await until(() => proxy.exchanges().length === 20, 5000, 'twenty exchange log lines');
+    for (const exchange of proxy.exchanges()) {
+      expect(exchange).toMatchObject({ sni: 'h2.test', protocols: { client: 'h2', origin: 'http/1.1' }, request: { method: 'GET', url: '/load' }, response: { status: 200 } });
+    }
+    expect(proxy.handshakes().map((h) => [h.sni, h.action])).toEqual([
+      ['h2.test', 'bump'],
+      ['h2.test', 'bump'],
+    ]);
+    expect(originReceived.length).toBe(20);
+    expect(originReceived.every((r) => r.sni === 'h2.test' && r.url === '/load')).toBe(true);
+    proxy.child.kill('SIGTERM');
+    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+  }, 60_000);
 });

@@ -161,10 +161,9 @@ describe('bump over HTTP/2', () => {
     expect((await h2Request(client.session, get('/c'))).status).toBe(200);
     await until(() => proxy.exchanges.length === 5, 5000, 'five exchanges');
     const blocked = proxy.exchanges.filter((x) => x.decision?.action === 'block');
-    expect(blocked).toEqual([
-      expect.objectContaining({ request: expect.objectContaining({ url: '/admin/users' }), response: { status: 403, bodyBytes: 0 }, decision: { action: 'block', status: 403, reason: 'no admin here', by: ['no-admin'] } }),
-      expect.objectContaining({ request: expect.objectContaining({ url: '/admin' }), protocols: { client: 'http/1.1', origin: 'h2' } }),
-    ]);
+    expect(blocked.length).toBe(2);
+    expect(blocked[0]).toMatchObject({ request: { url: '/admin/users' }, response: { status: 403, bodyBytes: 0 }, decision: { action: 'block', status: 403, reason: 'no admin here', by: ['no-admin'] } });
+    expect(blocked[1]).toMatchObject({ request: { url: '/admin' }, protocols: { client: 'http/1.1', origin: 'h2' } });
   });
 
   it('answers 502 on the one stream whose inspector throws, and serves the next', async () => {

@@ -1,4 +1,4 @@
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 
 /**
  * The bounds a bumped HTTP/2 client connection lives under: each one names the attack it

@@ -215,8 +215,6 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     session.on('remoteSettings', () => control.count1());
     session.on('stream', (stream, headers) => void exchange(state, h2ClientSide(stream, headers, () => resets.count1())));
     session.on('error', (error: Error) => reporter.fail('connection-failed', id, errorCodeOf(error, TlsErrorCode.H2SessionFailed), error.message));
-    // A session that nghttp2 ended itself (a flood, a protocol error) says so in its GOAWAY.
-    session.on('frameError', (type: number, code: number) => metrics.errors.inc({ code: `${TlsErrorCode.H2SessionFailed}:frame-${type}-${code}` }));
     session.once('close', () => {
       client.destroy();
       state.origin.destroy();

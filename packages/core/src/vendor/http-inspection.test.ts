@@ -19,7 +19,7 @@ const request: RequestInfo = {
 describe('the shared inspection contract', () => {
   it('lets a request through when no inspector objects, annotations accumulating with the later one winning', async () => {
     const a: Inspector = { name: 'a', inspectRequest: () => ({ action: 'annotate', headers: { 'X-Seen': 'a', 'x-a': '1' } }) };
-    const b: Inspector = { name: 'b', inspectRequest: async () => ({ action: 'annotate', headers: { 'x-seen': 'b' } }) };
+    const b: Inspector = { name: 'b', inspectRequest: () => Promise.resolve({ action: 'annotate', headers: { 'x-seen': 'b' } }) };
     const silent: Inspector = { name: 'silent' };
 
     expect(await decide([silent], request)).toEqual({ action: 'allow', by: [] });

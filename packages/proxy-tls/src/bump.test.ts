@@ -92,6 +92,8 @@ describe('bump', () => {
           connectionId,
           sni: 'shop.example',
           sequence: 1,
+          protocols: { client: 'http/1.1', origin: 'http/1.1' },
+          decision: { action: 'allow', by: [] },
           request: { method: 'POST', url: '/cart?id=7', host: 'shop.example', bodyBytes: 1000 },
           response: { status: 200, bodyBytes: Buffer.byteLength(first.body) },
         },
@@ -99,6 +101,8 @@ describe('bump', () => {
           connectionId,
           sni: 'shop.example',
           sequence: 2,
+          protocols: { client: 'http/1.1', origin: 'http/1.1' },
+          decision: { action: 'allow', by: [] },
           request: { method: 'GET', url: '/cart', host: 'shop.example', bodyBytes: 0 },
           response: { status: 200, bodyBytes: Buffer.byteLength(second.body) },
         },
@@ -177,37 +181,37 @@ describe('bump', () => {
 
   it('blocks a client that offers only protocols bump cannot speak, by default under a bump policy, and the origin never hears of it', async () => {
     using originCa = await testCa('CN=unbumpable origin CA');
-    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['h2', 'http/1.1'], onSession: (session) => session.end('h2 bytes') });
+    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['grpc-exp', 'h2'], onSession: (session) => session.end('grpc bytes') });
     using caDir = tempDir('coproxy-tls-proxy-ca-');
     await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem });
 
-    const error = await tlsClientError(proxy.registry, origin.port, { servername: 'h2.example', ca: originCa.certPem, ALPNProtocols: ['h2'] });
+    const error = await tlsClientError(proxy.registry, origin.port, { servername: 'grpc.example', ca: originCa.certPem, ALPNProtocols: ['grpc-exp'] });
 
     expect(error.code).toMatch(/^ERR_SSL_(?:TLSV1|SSL\/TLS)_ALERT_ACCESS_DENIED$/);
     expect(origin.taps).toEqual([]);
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
-    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'block', note: 'bump needs ALPN http/1.1, the client offered only h2: blocked (unbumpable: block)' });
+    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['grpc-exp'], action: 'block', note: 'bump speaks ALPN h2 or http/1.1, the client offered only grpc-exp: blocked (unbumpable: block)' });
   });
 
-  it('splices a client that offers only h2 when the operator says unbumpable: splice, saying why in a note', async () => {
-    using originCa = await testCa('CN=h2 origin CA');
-    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['h2', 'http/1.1'], onSession: (session) => session.end('h2 bytes') });
+  it('splices a client that offers only grpc-exp when the operator says unbumpable: splice, saying why in a note', async () => {
+    using originCa = await testCa('CN=grpc origin CA');
+    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['grpc-exp', 'h2'], onSession: (session) => session.end('grpc bytes') });
     using caDir = tempDir('coproxy-tls-proxy-ca-');
     await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, unbumpable: 'splice', ca: { dir: caDir.path }, originCa: originCa.certPem });
 
     // The client trusts only the origin's CA: the handshake succeeds only if it reaches the origin.
-    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'h2.example', ca: originCa.certPem, ALPNProtocols: ['h2'] });
+    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'grpc.example', ca: originCa.certPem, ALPNProtocols: ['grpc-exp'] });
     const body = await within(new Promise<string>((resolve) => {
       let text = '';
       socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
       socket.once('end', () => resolve(text));
     }), 5000, 'the origin’s bytes');
 
-    expect(socket.alpnProtocol).toBe('h2');
-    expect(socket.getPeerCertificate().issuer.CN).toBe('h2 origin CA');
-    expect(body).toBe('h2 bytes');
+    expect(socket.alpnProtocol).toBe('grpc-exp');
+    expect(socket.getPeerCertificate().issuer.CN).toBe('grpc origin CA');
+    expect(body).toBe('grpc bytes');
     await until(() => proxy.handshakes.length === 1, 5000, 'the handshake event');
-    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['h2'], action: 'splice', note: 'bump needs ALPN http/1.1, the client offered only h2: spliced (unbumpable: splice)' });
+    expect(proxy.handshakes[0]).toMatchObject({ alpn: ['grpc-exp'], action: 'splice', note: 'bump speaks ALPN h2 or http/1.1, the client offered only grpc-exp: spliced (unbumpable: splice)' });
   });
 
   it('mints one leaf per name and keeps at most cacheSize of them', async () => {

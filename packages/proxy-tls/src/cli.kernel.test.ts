@@ -169,6 +169,8 @@ const WRITE_OUT = '\n--curl-write-out--\n';
 interface HttpsResult extends CurlResult {
   /** The HTTP status; 0 when there was none. */
   readonly status: number;
+  /** The HTTP version curl spoke (`1.1`, `2`); `0` when there was none. */
+  readonly httpVersion: string;
   readonly body: string;
   /** The certificate the server presented to curl, when the handshake got that far. */
   readonly leaf: X509Certificate | undefined;
@@ -178,12 +180,12 @@ interface HttpsResult extends CurlResult {
 async function https(netns: Netns, name: string, urlPath: string, cacert: string, extra: readonly string[] = []): Promise<HttpsResult> {
   const result = await curl(netns, [
     ...['--resolve', `${name}:${ORIGIN_PORT}:${NETNS_V4}`, '--cacert', cacert],
-    ...['--write-out', `${WRITE_OUT}%{http_code}\n%{certs}`, ...extra, `https://${name}:${ORIGIN_PORT}${urlPath}`],
+    ...['--write-out', `${WRITE_OUT}%{http_code}\n%{http_version}\n%{certs}`, ...extra, `https://${name}:${ORIGIN_PORT}${urlPath}`],
   ]);
   const cut = result.stdout.lastIndexOf(WRITE_OUT);
-  const [status = '', ...certs] = result.stdout.slice(cut + WRITE_OUT.length).split('\n');
+  const [status = '', httpVersion = '', ...certs] = result.stdout.slice(cut + WRITE_OUT.length).split('\n');
   const pem = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/.exec(certs.join('\n'))?.[0];
-  return { ...result, status: Number(status), body: result.stdout.slice(0, Math.max(cut, 0)), leaf: pem === undefined ? undefined : new X509Certificate(pem) };
+  return { ...result, status: Number(status), httpVersion, body: result.stdout.slice(0, Math.max(cut, 0)), leaf: pem === undefined ? undefined : new X509Certificate(pem) };
 }
 
 /** The samples of a Prometheus text exposition, by `name{labels}`. */
@@ -257,9 +259,10 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
 
     // (2) Bumped: curl trusts the proxy's CA and gets the origin's answer through a leaf
     // the proxy minted; the origin saw the request over the proxy's own, verified session.
+    // curl speaks h2 to the proxy, which speaks HTTP/1.1 to this origin (it offers no h2).
     const secret = 'card=4111111111111111';
-    const bumped = await https(netns, 'bump.test', '/inspect/me?q=1', proxyCa, ['--data-binary', secret]);
-    expect(bumped).toMatchObject({ exitCode: 0, status: 200 });
+    const bumped = await https(netns, 'bump.test', '/inspect/me?q=1', proxyCa, ['--http2', '--data-binary', secret]);
+    expect(bumped).toMatchObject({ exitCode: 0, status: 200, httpVersion: '2' });
     const bumpedSeen = JSON.parse(bumped.body) as OriginRequest;
     expect(bumpedSeen).toMatchObject({ method: 'POST', url: '/inspect/me?q=1', host: `bump.test:${ORIGIN_PORT}`, bytes: secret.length, sni: 'bump.test' });
     expect(bumped.leaf?.subject).toBe('CN=bump.test');
@@ -274,6 +277,8 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
         connectionId: expect.any(String) as string,
         sni: 'bump.test',
         sequence: 1,
+        protocols: { client: 'h2', origin: 'http/1.1' },
+        decision: { action: 'allow', by: [] },
         request: { method: 'POST', url: '/inspect/me?q=1', host: `bump.test:${ORIGIN_PORT}`, bodyBytes: secret.length },
         response: { status: 200, bodyBytes: Buffer.byteLength(bumped.body) },
       },
@@ -329,5 +334,43 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
     expect(direct.leaf?.fingerprint256).toBe((JSON.parse(direct.body) as OriginRequest).certificate);
     expect(proxy.handshakes()).toHaveLength(4);
     expect(proxy.garbage).toEqual([]);
+  }, 60_000);
+  it('bumps nghttp2’s h2load over h2 (20 requests, 4 streams at a time on 2 connections), each stream reported and converted to HTTP/1.1 for the origin', async () => {
+    await using netns = await createNetns('h2load');
+    using dir = tempDir();
+    const originCaDir = path.join(dir.path, 'origin-ca');
+    const { CertificateAuthority } = (await import(built)) as typeof BuiltPackage;
+    const originCa = (await CertificateAuthority.open({ dir: originCaDir, subject: ORIGIN_CA_SUBJECT })).certPath;
+    const policy = path.join(dir.path, 'policy.json');
+    fs.writeFileSync(policy, JSON.stringify({ default: 'bump' }));
+    const originReceived = await startOrigin(netns, originCaDir);
+    const proxy = startCli(netns, [
+      ...['--id', ID, '--priority', '0', '--ports', String(ORIGIN_PORT), '--backend', 'nftables', '--policy', policy],
+      ...['--ca-dir', path.join(dir.path, 'proxy-ca'), '--origin-ca', originCa],
+    ]);
+    await proxy.ready;
+
+    // h2load sends the URI's host as SNI and :authority, and dials --connect-to instead.
+    const child = netns.spawn('h2load', ['-n', '20', '-c', '2', '-m', '4', `--connect-to=${NETNS_V4}:${ORIGIN_PORT}`, `https://h2.test:${ORIGIN_PORT}/load`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000, 'h2load');
+
+    expect(exitCode).toBe(0);
+    expect(stdout).toMatch(/Application protocol: h2/);
+    expect(stdout).toMatch(/requests: 20 total, 20 started, 20 done, 20 succeeded, 0 failed, 0 errored/);
+    expect(stdout).toMatch(/status codes: 20 2xx/);
+    await until(() => proxy.exchanges().length === 20, 5000, 'twenty exchange log lines');
+    for (const exchange of proxy.exchanges()) {
+      expect(exchange).toMatchObject({ sni: 'h2.test', protocols: { client: 'h2', origin: 'http/1.1' }, request: { method: 'GET', url: '/load' }, response: { status: 200 } });
+    }
+    expect(proxy.handshakes().map((h) => [h.sni, h.action])).toEqual([
+      ['h2.test', 'bump'],
+      ['h2.test', 'bump'],
+    ]);
+    expect(originReceived.length).toBe(20);
+    expect(originReceived.every((r) => r.sni === 'h2.test' && r.url === '/load')).toBe(true);
+    proxy.child.kill('SIGTERM');
+    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
   }, 60_000);
 });

@@ -1,5 +1,5 @@
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { BUMP_ALPN } from './bump.js';
+import { BUMP_PROTOCOLS } from './bump.js';
 import type { ClientHello } from './client-hello.js';
 import { TlsErrorCode } from './errors.js';
 import type { Handshake, UnbumpableAction, UnrecognisedAction } from './events.js';
@@ -141,8 +141,8 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
 function feasible(action: Action, hello: ClientHello, unbumpable: UnbumpableAction): { action: Action; note: string | undefined } {
   if (action !== 'bump') return { action, note: undefined };
   const outcome = `${unbumpable === 'block' ? 'blocked' : 'spliced'} (unbumpable: ${unbumpable})`;
-  if (hello.alpn.length > 0 && !hello.alpn.includes(BUMP_ALPN)) {
-    return { action: unbumpable, note: `bump needs ALPN ${BUMP_ALPN}, the client offered only ${hello.alpn.join(', ')}: ${outcome}` };
+  if (hello.alpn.length > 0 && !hello.alpn.some((protocol) => (BUMP_PROTOCOLS as readonly string[]).includes(protocol))) {
+    return { action: unbumpable, note: `bump speaks ALPN ${BUMP_PROTOCOLS.join(' or ')}, the client offered only ${hello.alpn.join(', ')}: ${outcome}` };
   }
   return { action, note: undefined };
 }

@@ -36,6 +36,14 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   ClientTlsFailed: 'CLIENT_TLS_FAILED',
   /** Bump: the decrypted bytes are no HTTP/1.1 request. */
   HttpParse: 'HTTP_PARSE',
+  /** Bump: an inspector threw (or its promise rejected) on one exchange: that exchange got a 502. */
+  InspectorFailed: 'INSPECTOR_FAILED',
+  /** Bump: an HTTP/2 client reset more streams per second than the bound (CVE-2023-44487): GOAWAY, then close. */
+  H2RapidReset: 'H2_RAPID_RESET',
+  /** Bump: an HTTP/2 client sent more PING and SETTINGS frames per second than the bound: GOAWAY, then close. */
+  H2ControlFlood: 'H2_CONTROL_FLOOD',
+  /** Bump: an HTTP/2 session failed (a protocol error, a flood node:http2 refused) without a code of its own. */
+  H2SessionFailed: 'H2_SESSION_FAILED',
   // Configuration.
   /** The CA files could not be created, read or used (`CaError`). */
   CaError: 'CA_ERROR',

@@ -1,4 +1,5 @@
 import type { Destination, RedirectorEvent } from '@coproxy/core';
+import type { Decision } from '@coproxy/core/vendor';
 import type { SniAnomaly } from './client-hello.js';
 import type { Action } from './policy.js';
 
@@ -50,11 +51,19 @@ export interface Handshake {
   readonly note?: string;
 }
 
-/** A decrypted HTTP/1.1 exchange in bump mode. */
+/** What bump speaks on one leg, as ALPN names it. */
+export type BumpProtocol = 'h2' | 'http/1.1';
+
+/** A decrypted exchange in bump mode: one HTTP/1.1 request, or one HTTP/2 stream. */
 export interface TlsExchange {
   readonly connectionId: string;
   readonly sni: string | undefined;
+  /** The exchange's number on its connection, from 1, in the order the requests arrived. */
   readonly sequence: number;
+  /** What each leg spoke: bump converts when the client's and the origin's ALPN differ. */
+  readonly protocols: { readonly client: BumpProtocol; readonly origin: BumpProtocol };
+  /** The inspectors' decision (a blocked request never reaches the origin); absent when an inspector failed. */
+  readonly decision?: Decision;
   readonly request: { readonly method: string; readonly url: string; readonly host: string | undefined; readonly bodyBytes: number };
   readonly response?: { readonly status: number; readonly bodyBytes: number };
   readonly error?: { readonly code: string; readonly message: string };

@@ -5,7 +5,7 @@
 export { createTlsProxy } from './proxy.js';
 export type { TlsProxy } from './proxy.js';
 export type { TlsProxyOptions } from './options.js';
-export type { Handshake, TlsExchange, TlsProxyEvent, UnrecognisedAction, UnbumpableAction, UnrecognisedReason, RelayedProtocol } from './events.js';
+export type { Handshake, TlsExchange, BumpProtocol, TlsProxyEvent, UnrecognisedAction, UnbumpableAction, UnrecognisedReason, RelayedProtocol } from './events.js';
 export { tlsAlertRecord, alertRecord } from './tls-alert.js';
 export { TlsProxyError, TlsErrorCode } from './errors.js';
 export { classifyFirstBytes, MAX_REQUEST_LINE } from './first-bytes.js';
@@ -18,3 +18,5 @@ export type { CertificateAuthorityOptions } from './ca.js';
 export { parsePolicy, loadPolicy, compilePolicy, PolicyError } from './policy.js';
 export type { PolicyFile, Action, HandshakeFacts, PolicyDecision } from './policy.js';
 export { TlsProxyMetrics, serveMetrics } from './metrics.js';
+export { H2_LIMITS } from './h2-limits.js';
+export type { Inspector, Verdict, Decision, RequestInfo, ResponseInfo, ConnectionInfo } from '@coproxy/core/vendor';

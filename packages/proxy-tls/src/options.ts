@@ -1,4 +1,4 @@
-import type { VendorRedirectorOptions } from '@coproxy/core/vendor';
+import type { Inspector, VendorRedirectorOptions } from '@coproxy/core/vendor';
 import type { Logger } from 'pino';
 import type { CertificateAuthority } from './ca.js';
 import type { UnbumpableAction, UnrecognisedAction } from './events.js';
@@ -14,6 +14,12 @@ export interface TlsProxyOptions extends VendorRedirectorOptions {
   /** Bump mode: PEM bundle to verify origins with, instead of Node's system store. */
   readonly originCa?: string | Buffer;
   /**
+   * Bump mode: inspectors run on every decrypted request, each HTTP/1.1 request and each
+   * HTTP/2 stream, in order: the contract of `@coproxy/core/vendor` that coproxy-http runs
+   * too, so one inspector works on both. A block is answered on that exchange only.
+   */
+  readonly inspectors?: readonly Inspector[];
+  /**
    * What to do with a connection whose first bytes are neither TLS nor a protocol this proxy
    * recognises (HTTP/1.x, the HTTP/2 preface): bytes of another protocol, a stream that
    * starts like TLS but is not a ClientHello, a client silent for `sniffTimeoutMs`.
@@ -22,8 +28,8 @@ export interface TlsProxyOptions extends VendorRedirectorOptions {
    */
   readonly unrecognised?: UnrecognisedAction;
   /**
-   * What a `bump` decision becomes when bump cannot be done: the client offers only ALPN
-   * protocols bump does not speak (`h2` alone, `grpc-exp`…). (An `encrypted_client_hello`
+   * What a `bump` decision becomes when bump cannot be done: the client offers ALPN but
+   * neither `h2` nor `http/1.1` (only `grpc-exp`, say). (An `encrypted_client_hello`
    * extension is not one: bump answers on the outer name; a policy rule on `ech` can splice.)
    * `block` (the default) answers access_denied; `splice` relays the handshake uninspected,
    * the operator's explicit choice. Either way the handshake event's `note` says why.

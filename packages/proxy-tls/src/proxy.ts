@@ -29,7 +29,8 @@ export interface TlsProxy extends AsyncDisposable {
  * connection's ClientHello with its own strict parser (SNI, ALPN, versions, suites, ECH,
  * JA3, JA4), asks the policy, then splices (forwards the bytes unchanged), blocks (a TLS
  * alert, then close) or bumps (terminates TLS with a leaf minted from a local CA, lets the
- * decrypted HTTP/1.1 exchanges through `exchanges$`, and re-encrypts to the origin, whose
+ * decrypted exchanges (HTTP/1.1 or HTTP/2, each leg what its ALPN chose) through
+ * the inspectors and `exchanges$`, and re-encrypts to the origin, whose
  * certificate is verified). An HTTP/1.x request or the HTTP/2 preface is relayed byte for
  * byte (another vendor in the chain may inspect it); anything else follows the
  * `unrecognised` policy (block by default, or relay).
@@ -52,7 +53,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
 
   const onward: OnwardSettings = { connectTimeoutMs: settings.connectTimeoutMs, propagateRecords: options.propagateRecords ?? true };
   const decide = createDecision({ policy: compilePolicy(policyFile), unrecognised: settings.unrecognised, unbumpable: settings.unbumpable, reporter });
-  const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter });
+  const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter, inspectors: options.inspectors ?? [] });
 
   const vendor = createVendorRedirector<TlsOwnEvent>({
     options,

@@ -33,3 +33,5 @@ export { runVendorCli, exitWith, ExitCode } from './vendor-cli.js';
 export type { VendorCliSpec, VendorCliContext, VendorService, VendorLogger } from './vendor-cli.js';
 export { createVendorRedirector, redirectorOptionsOf } from './vendor-redirector.js';
 export type { VendorRedirector, VendorRedirectorOptions, VendorRedirectorSpec } from './vendor-redirector.js';
+export { decide } from './http-inspection.js';
+export type { Verdict, ConnectionInfo, RequestInfo, ResponseInfo, Inspector, Decision } from './http-inspection.js';

@@ -1,0 +1,71 @@
+import type http2 from 'node:http2';
+
+/**
+ * The bounds a bumped HTTP/2 client connection lives under: each one names the attack it
+ * stops (the README's "HTTP/2 attack surface" table). Most are node:http2's (nghttp2's)
+ * own; the reset rate is counted here, because Node exposes no option for it.
+ */
+export const H2_LIMITS = {
+  /** SETTINGS_MAX_CONCURRENT_STREAMS we announce; streams over it are refused (REFUSED_STREAM). */
+  maxConcurrentStreams: 100,
+  /** SETTINGS_MAX_HEADER_LIST_SIZE: decoded header bytes per request, the HPACK bomb's and CONTINUATION flood's ceiling. */
+  maxHeaderListSize: 64 * 1024,
+  /** Header name/value pairs per request. */
+  maxHeaderListPairs: 128,
+  /** Invalid frames tolerated per session before it is destroyed. */
+  maxSessionInvalidFrames: 100,
+  /** Streams refused (over the concurrency limit) per session before it is destroyed. */
+  maxSessionRejectedStreams: 100,
+  /** Entries per SETTINGS frame. */
+  maxSettings: 32,
+  /** PINGs of ours awaiting an answer. */
+  maxOutstandingPings: 10,
+  /** Megabytes nghttp2 may hold for one session (unacknowledged frames, queued ACKs, header tables) before it answers ENHANCE_YOUR_CALM. */
+  maxSessionMemory: 10,
+  /** Streams the peer may reset (or abandon) in one second before the session gets GOAWAY (CVE-2023-44487, rapid reset). */
+  maxResetsPerSecond: 100,
+  /** PING and SETTINGS frames the peer may send in one second before the session gets GOAWAY (CVE-2019-9512, -9515): each costs us an ACK. */
+  maxControlFramesPerSecond: 200,
+} as const;
+
+/** node:http2 server-session options carrying `H2_LIMITS`. */
+export const H2_SERVER_OPTIONS: http2.ServerSessionOptions = {
+  settings: { maxConcurrentStreams: H2_LIMITS.maxConcurrentStreams, maxHeaderListSize: H2_LIMITS.maxHeaderListSize, enablePush: false },
+  maxHeaderListPairs: H2_LIMITS.maxHeaderListPairs,
+  maxSessionInvalidFrames: H2_LIMITS.maxSessionInvalidFrames,
+  maxSessionRejectedStreams: H2_LIMITS.maxSessionRejectedStreams,
+  maxSettings: H2_LIMITS.maxSettings,
+  maxOutstandingPings: H2_LIMITS.maxOutstandingPings,
+  maxSessionMemory: H2_LIMITS.maxSessionMemory,
+};
+
+/**
+ * Counts events in one-second windows; the first window over `limit` calls `onExceeded`
+ * once. Used for what node:http2 has no option for: streams the peer resets before we
+ * answered them (a rapid-reset attacker makes the proxy start work, inspection and an
+ * origin request, per stream and cancels it at once, never holding a stream open, so the
+ * concurrency limit does not bound it), and PING/SETTINGS floods.
+ */
+export class PerSecondLimit {
+  private windowStart = 0;
+  private count = 0;
+  private tripped = false;
+
+  constructor(
+    private readonly limit: number,
+    private readonly onExceeded: () => void,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  count1(): void {
+    const now = this.now();
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.count = 0;
+    }
+    if (++this.count > this.limit && !this.tripped) {
+      this.tripped = true;
+      this.onExceeded();
+    }
+  }
+}

@@ -169,19 +169,19 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-t
     const trusted = await chromium(netns, await browserHome(path.join(dir.path, 'home'), proxyCa), path.join(dir.path, 'profile'), PAGE_URL);
     expect(trusted.dom, trusted.stderr).toContain('<p id="result">fetched: forty-two</p>');
 
-    // Both requests reached the origin, over the proxy's own TLS sessions (HTTP/1.1: what bump speaks today).
+    // Both requests reached the origin over the proxy's own TLS sessions, as h2: the origin offers it.
     const page = originReceived.find((r) => r.url === '/');
     const fetched = originReceived.find((r) => r.url === FETCH_URL);
-    expect(page).toMatchObject({ method: 'GET', sni: NAME, alpn: 'http/1.1' });
-    expect(fetched).toMatchObject({ method: 'GET', from: 'page-script', sni: NAME, alpn: 'http/1.1' });
+    expect(page).toMatchObject({ method: 'GET', sni: NAME, alpn: 'h2' });
+    expect(fetched).toMatchObject({ method: 'GET', from: 'page-script', sni: NAME, alpn: 'h2' });
 
     // The proxy decrypted and logged both exchanges, on connections it bumped.
     await until(() => proxy.exchanges().some((x) => x.request.url === FETCH_URL), 5000, 'the fetch’s exchange in the log');
     const exchanges = proxy.exchanges();
     expect(exchanges).toEqual(
       expect.arrayContaining([
-        expect.objectContaining({ sni: NAME, request: expect.objectContaining({ method: 'GET', url: '/', host: `${NAME}:${PORT}` }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
-        expect.objectContaining({ sni: NAME, request: expect.objectContaining({ method: 'GET', url: FETCH_URL }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
+        expect.objectContaining({ sni: NAME, protocols: { client: 'h2', origin: 'h2' }, request: expect.objectContaining({ method: 'GET', url: '/', host: `${NAME}:${PORT}` }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
+        expect.objectContaining({ sni: NAME, protocols: { client: 'h2', origin: 'h2' }, request: expect.objectContaining({ method: 'GET', url: FETCH_URL }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
       ]),
     );
     const handshakes = proxy.handshakes();

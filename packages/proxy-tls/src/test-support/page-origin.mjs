@@ -1,4 +1,4 @@
-// An HTTPS origin serving a web page with a script, for the Chromium kernel test, inside
+// An HTTPS origin (h2 and HTTP/1.1 by ALPN) serving a web page with a script, for the Chromium kernel test, inside
 // the test's network namespace. Its certificates come from a CA the test created (argv[2],
 // a CertificateAuthority directory, opened with the built package).
 //
@@ -9,7 +9,7 @@
 //
 // argv[2]: CA dir; argv[3]: address; argv[4]: port. Sends { ready: true } over IPC once
 // listening; exits when the test goes away.
-import https from 'node:https';
+import http2 from 'node:http2';
 import { CertificateAuthority } from '../../dist/index.js';
 
 const [dir, host, port] = process.argv.slice(2);
@@ -28,6 +28,10 @@ fetch('/api/answer?from=script', { headers: { 'x-from': 'page-script' } })
 </script></body></html>
 `;
 
+// HTTP/2's compatibility request exposes the session's socket through a proxy object;
+// the TLS socket itself is the session's.
+const tlsSocket = (req) => (req.httpVersion === '2.0' ? req.stream.session.socket : req.socket);
+
 function answer(req, res) {
   req.resume();
   req.on('end', () => {
@@ -37,9 +41,9 @@ function answer(req, res) {
         url: req.url,
         host: req.headers.host,
         from: req.headers['x-from'],
-        sni: req.socket.servername,
-        alpn: req.socket.alpnProtocol,
-        certificate: req.socket.getCertificate()?.fingerprint256,
+        sni: tlsSocket(req).servername,
+        alpn: tlsSocket(req).alpnProtocol,
+        certificate: tlsSocket(req).getCertificate()?.fingerprint256,
       },
     });
     if (req.url === '/') {
@@ -56,5 +60,6 @@ function answer(req, res) {
 }
 
 const SNICallback = (name, callback) => ca.contextFor(name).then((context) => callback(null, context), callback);
-https.createServer({ SNICallback }, answer).listen({ host, port: Number(port) }, () => process.send({ ready: true }));
+// h2 first, HTTP/1.1 too, as web servers offer them: what bump speaks to it is what its ALPN chose.
+http2.createSecureServer({ SNICallback, allowHTTP1: true }, answer).listen({ host, port: Number(port) }, () => process.send({ ready: true }));
 process.on('disconnect', () => process.exit(0));

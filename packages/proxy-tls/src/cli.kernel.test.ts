@@ -1,4 +1,3 @@
-import type { ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -6,8 +5,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as BuiltPackage from './index.js';
-import type { Handshake, TlsExchange } from './events.js';
 import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '@coproxy/core/testing';
+import { startCli, until, within } from './test-support/cli-process.js';
 
 // The CLI as an operator runs it, on the nftables backend: a separate process inside a
 // network namespace of the test's own (unique name, removed with `await using` even when
@@ -15,7 +14,6 @@ import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type N
 // unmodified curl as the client. The CLI, the origin and the test's CA are the built
 // package (dist/), which vitest's global setup rebuilds when stale.
 const testSupport = fileURLToPath(new URL('./test-support/', import.meta.url));
-const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const built = new URL('../dist/index.js', import.meta.url).href;
 const ID = 'acme-tls';
 const ORIGIN_PORT = 8443;
@@ -35,22 +33,6 @@ interface OriginRequest {
   readonly local: string;
   /** SHA-256 fingerprint of the certificate the origin presented, `AB:CD:…`. */
   readonly certificate: string;
-}
-
-function within<TValue>(promise: Promise<TValue>, timeoutMs: number, what: string): Promise<TValue> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function until(predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 function tempDir(): Disposable & { readonly path: string } {
@@ -73,77 +55,6 @@ async function startOrigin(netns: Netns, caDir: string): Promise<OriginRequest[]
   });
   await within(ready, 10_000, 'the origin to listen');
   return received;
-}
-
-/** One JSON line the CLI logged (pino). */
-interface LogLine {
-  readonly level: number;
-  readonly msg: string;
-  readonly service?: string;
-  readonly id?: string;
-  readonly listening?: { readonly address: string; readonly port: number };
-  readonly backend?: string;
-  readonly signal?: string;
-  readonly handshake?: Handshake;
-  readonly exchange?: TlsExchange;
-}
-
-interface CliProcess {
-  readonly child: ChildProcess;
-  /** Every stdout line, parsed, in order. */
-  readonly lines: LogLine[];
-  /** stdout lines that were not JSON. */
-  readonly garbage: string[];
-  /** The listener, from the CLI's `ready` line; rejects if it exits first. */
-  readonly ready: Promise<{ address: string; port: number }>;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  handshakes(): Handshake[];
-  exchanges(): TlsExchange[];
-}
-
-function startCli(netns: Netns, args: readonly string[]): CliProcess {
-  const child = netns.spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: LogLine[] = [];
-  const garbage: string[] = [];
-  let stderr = '';
-  let partial = '';
-  let onLine: ((line: LogLine) => void) | undefined;
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  child.stdout?.on('data', (chunk: Buffer) => {
-    const complete = (partial + chunk.toString()).split('\n');
-    partial = complete.pop() ?? '';
-    for (const raw of complete) {
-      let line: LogLine;
-      try {
-        line = JSON.parse(raw) as LogLine;
-      } catch {
-        garbage.push(raw); // asserted empty: logs are JSON lines only
-        continue;
-      }
-      lines.push(line);
-      onLine?.(line);
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  const ready = new Promise<{ address: string; port: number }>((resolve, reject) => {
-    onLine = (line) => {
-      if (line.msg === 'ready' && line.listening !== undefined) resolve(line.listening);
-    };
-    void exited.then(({ code, signal }) => reject(new Error(`the CLI exited before it was ready (${String(code ?? signal)}): ${stderr.trim()}`)));
-  });
-  const logged = <TKey extends 'handshake' | 'exchange'>(key: TKey): NonNullable<LogLine[TKey]>[] =>
-    lines.flatMap((line) => (line.msg === key && line[key] !== undefined ? [line[key] as NonNullable<LogLine[TKey]>] : []));
-  return {
-    child,
-    lines,
-    garbage,
-    ready: within(ready, 15_000, 'the CLI to be ready'),
-    exited,
-    handshakes: () => logged('handshake'),
-    exchanges: () => logged('exchange'),
-  };
 }
 
 interface CurlResult {

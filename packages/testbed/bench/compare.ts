@@ -37,7 +37,7 @@ import { readMemory } from '@coproxy/bench-kit';
 import { type BenchContext, type Configuration, type ProxyCounts, type RowSpec, type Started, configurations, rowTarget } from './configurations.js';
 import { summarizeProfiles } from './cpu-profile.js';
 import { installMissing } from './install.js';
-import { CLOCK_TICKS, type IdleSpec, type LoadResult, type LoadSpec, foreignLoad, openIdle, processTicks, runNodeLoad, runWrk, writeWrkScript } from './measure.js';
+import { CLOCK_TICKS, type IdleSpec, type LoadResult, type LoadSpec, foreignLoad, openIdle, processTicks, runH2load, runNodeLoad, runWrk, writeWrkScript } from './measure.js';
 import { Namespace, ORIGIN_ADDRESS } from './namespace.js';
 import { LARGE_PATH, type Origin, type OriginCounts, SMALL_BYTES, SMALL_PATH, startOrigin } from './nginx-origin.js';
 import { describeMachine, perConnection, renderMarkdown, targets } from './report.js';
@@ -61,6 +61,9 @@ const QUIET_MAX_MS = 20_000;
 const QUIET_BUDGET_MS = 120_000;
 const quietBudget = { spentMs: 0 };
 const IDLE_CONCURRENCY = 50;
+/** h2 rows, keep-alive: h2load's connections and concurrent streams on each. */
+const H2_CONNECTIONS = 4;
+const H2_STREAMS = 32;
 /** Per-namespace settings: the new-connection runs open tens of thousands of connections per row. */
 const SYSCTLS = { 'net.ipv4.ip_local_port_range': '1024 65000', 'net.ipv4.tcp_tw_reuse': '1' } as const;
 
@@ -293,15 +296,19 @@ class ConfigurationRun {
       for (const row of this.configuration.rows) await this.probe(row);
       // Once per configuration, on its first row, before any load: a second measurement in
       // the same processes would find the memory pools the first one grew, and say little.
+      // (Not for the h2 rows: their question is requests and handshakes per second, and the
+      // HTTP/1.1 idle client would say nothing about HTTP/2.)
       const first = this.configuration.rows[0]!;
-      if (started.proxies.length > 0) memory.set(first.key, await this.idle(first));
+      if (started.proxies.length > 0 && first.section !== 'h2') memory.set(first.key, await this.idle(first));
       const results: RowResult[] = [];
       for (const row of this.configuration.rows) {
-        const tool = row.section === 'node' ? 'node' : 'wrk';
+        const tool = row.section === 'node' ? 'node' : row.section === 'h2' ? 'h2load' : 'wrk';
         await this.load(row, 'keep-alive', WARMUP_SECONDS);
         await sleep(SETTLE_MS); // the warm-up's last requests must not land in the first run's counts
         const runs: MeasuredRun[] = [];
-        for (const kind of ['keep-alive', 'close', 'bulk'] as const) runs.push(await this.measure(row, kind));
+        // h2 rows: h2load keep-alive and wrk's new connections (the handshake cost); the 64 MiB run is the HTTPS rows' question.
+        const kinds = row.section === 'h2' ? (['keep-alive', 'close'] as const) : (['keep-alive', 'close', 'bulk'] as const);
+        for (const kind of kinds) runs.push(await this.measure(row, kind));
         const problems = [...runs.flatMap((r) => r.problems), ...(memory.get(row.key)?.problems ?? [])];
         results.push({
           key: row.key,
@@ -346,7 +353,7 @@ class ConfigurationRun {
     return { origin, proxies, redirected: table === undefined ? undefined : redirectCounter(this.ctx.ns, table) };
   }
 
-  /** One load run, by wrk or (Node-client rows) by the Node client. */
+  /** One load run, by wrk, h2load (h2 rows, keep-alive) or (Node-client rows) by the Node client. */
   private load(row: RowSpec, kind: RunKind, seconds: number, connections?: number): Promise<LoadResult> {
     const { scheme, port } = rowTarget(row);
     const file = kind === 'bulk' ? LARGE_PATH : SMALL_PATH;
@@ -364,7 +371,11 @@ class ConfigurationRun {
         timeoutMs: timeoutSeconds * 1000,
       });
     }
-    const spec: LoadSpec = { url: `${scheme}://${ORIGIN_ADDRESS}${file}`, seconds, connections: conns, timeoutSeconds, close: kind === 'close' };
+    if (row.section === 'h2' && kind === 'keep-alive') {
+      return runH2load(this.ctx.ns, { url: `https://${ORIGIN_ADDRESS}:${port}${file}`, seconds, connections: Math.min(conns, H2_CONNECTIONS), streams: connections === undefined ? H2_STREAMS : 1 });
+    }
+    const host = row.section === 'h2' ? `${ORIGIN_ADDRESS}:${port}` : ORIGIN_ADDRESS;
+    const spec: LoadSpec = { url: `${scheme}://${host}${file}`, seconds, connections: conns, timeoutSeconds, close: kind === 'close' };
     return runWrk(this.ctx.ns, spec, this.script);
   }
 
@@ -429,7 +440,8 @@ class ConfigurationRun {
    */
   private check(row: RowSpec, kind: RunKind, result: LoadResult, before: Snapshot, after: Snapshot): { evidence: string; problems: string[] } {
     const n = result.requests;
-    const connections = kind === 'bulk' ? this.settings.bulkConnections : this.settings.connections;
+    // Requests in flight when the run was cut: one per connection, or h2load's streams.
+    const connections = kind === 'bulk' ? this.settings.bulkConnections : result.tool === 'h2load' ? H2_CONNECTIONS * H2_STREAMS : this.settings.connections;
     const slack = connections + result.errors + 2;
     // A failed request is no path problem, but it is never normal here (each one cost wrk
     // a connection): said loudly, with wrk's own breakdown.
@@ -449,7 +461,7 @@ class ConfigurationRun {
       const tls = rowTarget(row).scheme === 'https';
       if (a.requests !== undefined && b.requests !== undefined) {
         const d = a.requests - b.requests - (proxy.name === 'squid' ? 1 : 0); // the manager's own request
-        if (proxy.countsHttp && !tls) within(`${proxy.name} requests`, d, n, n + slack);
+        if (proxy.countsHttp && (!tls || proxy.decryptsTls)) within(`${proxy.name} requests`, d, n, n + slack);
         else if (!proxy.countsHttp && tls) within(`${proxy.name} handshakes`, d, ...fresh(1));
       }
       if (a.connections !== undefined && b.connections !== undefined) within(`${proxy.name} connections`, a.connections - b.connections, ...fresh(1));

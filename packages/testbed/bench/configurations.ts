@@ -6,6 +6,7 @@ import path from 'node:path';
 import { stopProcess, waitUntil } from '@coproxy/bench-kit';
 import type { BackendName } from '@coproxy/core';
 import type { Namespace } from './namespace.js';
+import { H2_PORT, originCertificate } from './nginx-origin.js';
 
 /** What the bench hands every configuration. */
 export interface BenchContext {
@@ -35,11 +36,14 @@ export interface RunningProxy {
   readonly countSource: string;
   /** Whether `requests` counts HTTP requests (an HTTP-aware proxy) rather than handshakes. */
   readonly countsHttp: boolean;
+  /** Whether it decrypts the TLS it is given (bump, mitmproxy) and counts the requests inside (then `requests` counts them on TLS rows too). */
+  readonly decryptsTls: boolean;
   counts(): Promise<ProxyCounts>;
   stop(): Promise<void>;
 }
 
-export type Section = 'http' | 'https' | 'node';
+/** `h2`: HTTPS on the origin's HTTP/2 port, keep-alive load by h2load, new connections by wrk. */
+export type Section = 'http' | 'https' | 'node' | 'h2';
 
 export interface RowSpec {
   readonly key: string;
@@ -75,7 +79,7 @@ const vendorCli = {
 const READY_TIMEOUT_MS = 20_000;
 /** mitmproxy runs as this uid, which has no passwd entry: an unprivileged uid of its own. */
 const MITMPROXY_UID = 64_123;
-const PORTS = { squid: 3129, squidManager: 3128, mitmproxy: 18_080, haproxy: 10_080, httpMetrics: 9464, tlsMetrics: 9465 } as const;
+const PORTS = { squid: 3129, squidManager: 3128, mitmproxy: 18_080, mitmproxyH2: 18_443, haproxy: 10_080, httpMetrics: 9464, tlsMetrics: 9465 } as const;
 
 export function uidOf(user: string): number {
   const line = execFileSync('getent', ['passwd', user], { encoding: 'utf8' }).trim();
@@ -185,6 +189,7 @@ async function startSquid(ctx: BenchContext): Promise<RunningProxy> {
     pid: child.pid!,
     countSource: 'cache manager counters (client_http.requests)',
     countsHttp: true,
+    decryptsTls: false,
     counts: () => {
       const text = getInNamespace(ctx.ns, manager);
       // The manager's own request is counted too: one per reading, the same before and after.
@@ -230,8 +235,9 @@ class Count:
 addons = [Count()]
 `;
 
-async function startMitmproxy(ctx: BenchContext): Promise<RunningProxy> {
-  const dir = path.join(ctx.dir, 'mitmproxy');
+/** mitmproxy in transparent mode on `port`; `tls`: it intercepts TLS to the origin (it speaks h2 on both legs), trusting the origin's certificate. */
+async function startMitmproxy(ctx: BenchContext, port: number = PORTS.mitmproxy, tls = false): Promise<RunningProxy> {
+  const dir = path.join(ctx.dir, tls ? 'mitmproxy-tls' : 'mitmproxy');
   fs.mkdirSync(dir);
   fs.chownSync(dir, MITMPROXY_UID, MITMPROXY_UID);
   const addon = path.join(dir, 'count.py');
@@ -243,8 +249,10 @@ async function startMitmproxy(ctx: BenchContext): Promise<RunningProxy> {
     [
       '--mode', 'transparent',
       '--listen-host', '127.0.0.1',
-      '--listen-port', String(PORTS.mitmproxy),
+      '--listen-port', String(port),
       '--set', `confdir=${dir}`,
+      // Verifies the origin against its certificate, as coproxy-tls's bump does with --origin-ca.
+      ...(tls ? ['--set', `ssl_verify_upstream_trusted_ca=${originCertificate(ctx.dir)}`] : []),
       // Streams bodies over 1 MB instead of holding each whole in memory: what an operator
       // sets for downloads (mitmproxy's default buffers the 64 MiB body first).
       '--set', 'stream_large_bodies=1m',
@@ -253,12 +261,13 @@ async function startMitmproxy(ctx: BenchContext): Promise<RunningProxy> {
     ],
     { output: { file: log }, uid: MITMPROXY_UID, env: { ...process.env, HOME: dir, COMPARE_COUNTS: countsFile } },
   );
-  await started('mitmproxy', log, waitUntil('mitmproxy', () => listening(ctx.ns, PORTS.mitmproxy) && fs.existsSync(countsFile), READY_TIMEOUT_MS, child));
+  await started('mitmproxy', log, waitUntil('mitmproxy', () => listening(ctx.ns, port) && fs.existsSync(countsFile), READY_TIMEOUT_MS, child));
   return {
     name: 'mitmproxy',
     pid: child.pid!,
     countSource: 'counting addon (client_connected, requestheaders)',
     countsHttp: true,
+    decryptsTls: tls,
     counts: async () => {
       // The addon writes every 250 ms.
       await new Promise((resolve) => setTimeout(resolve, 600));
@@ -305,6 +314,7 @@ async function startHaproxy(ctx: BenchContext): Promise<RunningProxy> {
     pid: child.pid!,
     countSource: 'stats socket (frontend stot: sessions)',
     countsHttp: false,
+    decryptsTls: false,
     counts: async () => {
       const csv = await unixRequest(socket, 'show stat\n');
       const frontend = csv.split('\n').find((line) => line.startsWith('relay,FRONTEND,'));
@@ -341,6 +351,15 @@ interface VendorSpec {
   readonly priority: number;
   readonly ports: string;
   readonly backend: BackendName;
+  /** coproxy-tls: bump every hello (`default: bump`), trusting the origin's certificate (`--origin-ca`); its CA in the run's directory. */
+  readonly bump?: boolean;
+}
+
+/** The policy file and CA directory of a bumping coproxy-tls, as an operator writes them. */
+function bumpArgs(ctx: BenchContext, id: string): string[] {
+  const policy = path.join(ctx.dir, `${id}-policy.json`);
+  fs.writeFileSync(policy, `${JSON.stringify({ default: 'bump', rules: [] })}\n`);
+  return ['--policy', policy, '--ca-dir', path.join(ctx.dir, `${id}-ca`), '--origin-ca', originCertificate(ctx.dir)];
 }
 
 /** A vendor through its published CLI, as an operator starts it; per-request logs off, metrics on. */
@@ -358,6 +377,7 @@ async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<Running
     // `warn`: no line per exchange or connection, as the peers log no request either.
     '--log-level', 'warn',
     '--metrics', `127.0.0.1:${metricsPort}`,
+    ...(spec.bump === true ? bumpArgs(ctx, spec.id) : []),
   ];
   const child = ctx.ns.spawn(process.execPath, args, { output: { file: log }, env: { ...process.env, COPROXY_REGISTRY: ctx.registry } });
   const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
@@ -368,17 +388,21 @@ async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<Running
       : fs.existsSync(path.join(ctx.registry, `${spec.id}.json`));
   await started(`coproxy-${spec.kind}`, log, waitUntil(`coproxy-${spec.kind}`, () => installed() && getInNamespace(ctx.ns, metricsUrl) !== '', READY_TIMEOUT_MS, child));
   const prefix = spec.kind === 'http' ? 'coproxy_http' : 'coproxy_tls';
+  const bump = spec.bump === true;
+  // A bumping coproxy-tls counts what it decrypted: one exchange per HTTP/1.1 request or HTTP/2 stream.
+  const requestsMetric = spec.kind === 'http' ? `${prefix}_requests_total` : bump ? `${prefix}_bumped_exchanges_total` : `${prefix}_handshakes_total`;
   return {
-    name: `coproxy-${spec.kind}`,
+    name: `coproxy-${spec.kind}${bump ? ' (bump)' : ''}`,
     pid: child.pid!,
-    countSource: `Prometheus metrics (${prefix}_connections_total, ${spec.kind === 'http' ? `${prefix}_requests_total` : `${prefix}_handshakes_total`})`,
-    countsHttp: spec.kind === 'http',
+    countSource: `Prometheus metrics (${prefix}_connections_total, ${requestsMetric})`,
+    countsHttp: spec.kind === 'http' || bump,
+    decryptsTls: bump,
     counts: () => {
       const sums = prometheusSums(getInNamespace(ctx.ns, metricsUrl));
       const depth = (le: string): number => sums.get(`coproxy_http_records_depth_bucket{le="${le}"}`) ?? 0;
       return Promise.resolve({
         connections: sums.get(`${prefix}_connections_total`) ?? 0,
-        requests: sums.get(spec.kind === 'http' ? `${prefix}_requests_total` : `${prefix}_handshakes_total`) ?? 0,
+        requests: sums.get(requestsMetric) ?? 0,
         ...(spec.kind === 'http' && { secondHop: depth('2') - depth('1') }),
       });
     },
@@ -444,6 +468,12 @@ const chain = (backend: BackendName): VendorSpec[] => [
   { kind: 'http', id: 'compare-http', priority: 20, ports: '80,443', backend },
 ];
 
+/** coproxy-tls bumping the origin's h2 port, then (chain) coproxy-http on the same port, relaying the re-encrypted leg. */
+const bumpChain = (withHttp: boolean): VendorSpec[] => [
+  { kind: 'tls', id: 'compare-tls', priority: 10, ports: String(H2_PORT), backend: 'nftables', bump: true },
+  ...(withHttp ? [{ kind: 'http', id: 'compare-http', priority: 20, ports: String(H2_PORT), backend: 'nftables' } as const] : []),
+];
+
 export function configurations(): Configuration[] {
   return [
     {
@@ -479,10 +509,31 @@ export function configurations(): Configuration[] {
     vendors('chain-embedded', 'coproxy-tls → coproxy-http (embedded)', chain('embedded'), [
       { key: 'chain-embedded-node', label: 'coproxy-tls → coproxy-http, embedded', section: 'node' },
     ]),
+    // HTTP/2 (issue #16): the same origin's h2 port, straight, bumped, bumped in the chain, through mitmproxy.
+    {
+      key: 'h2-direct',
+      label: 'direct (h2)',
+      rows: [{ key: 'h2-direct', label: 'direct', section: 'h2' }],
+      setup: 'no proxy, no rule',
+      start: () => Promise.resolve({ proxies: [], operatorTable: undefined, embedded: false, uidExclusions: 0 }),
+    },
+    vendors('h2-bump', 'coproxy-tls bump (h2)', bumpChain(false), [{ key: 'h2-bump', label: 'coproxy-tls bump', section: 'h2' }]),
+    vendors('h2-chain', 'coproxy-tls bump → coproxy-http (h2, nftables)', bumpChain(true), [{ key: 'h2-chain', label: 'coproxy-tls bump → coproxy-http', section: 'h2' }]),
+    peer('h2-mitmproxy', 'mitmproxy transparent (h2)', MITMPROXY_UID, [H2_PORT], PORTS.mitmproxyH2, (ctx) => startMitmproxy(ctx, PORTS.mitmproxyH2, true), [
+      { key: 'h2-mitmproxy', label: 'mitmproxy transparent', section: 'h2' },
+    ]),
   ];
 }
 
 /** The row's client-side target. */
 export function rowTarget(row: RowSpec): { scheme: 'http' | 'https'; port: number } {
-  return row.section === 'https' ? { scheme: 'https', port: 443 } : { scheme: 'http', port: 80 };
+  switch (row.section) {
+    case 'https':
+      return { scheme: 'https', port: 443 };
+    case 'h2':
+      return { scheme: 'https', port: H2_PORT };
+    case 'http':
+    case 'node':
+      return { scheme: 'http', port: 80 };
+  }
 }

@@ -7,9 +7,9 @@ import type { Namespace } from './namespace.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** One bounded load run, by wrk or by the Node client. */
+/** One bounded load run, by wrk, h2load or the Node client. */
 export interface LoadResult {
-  readonly tool: 'wrk' | 'node';
+  readonly tool: 'wrk' | 'node' | 'h2load';
   /** Responses completed within the run. */
   readonly requests: number;
   /** Bytes received (wrk: headers included; Node client: bodies). */
@@ -82,16 +82,63 @@ export async function runWrk(ns: Namespace, spec: LoadSpec, script: string): Pro
     megabytesPerSecond: r.bytes / seconds / 1e6,
     p50Ms: r.p50Us / 1000,
     p99Ms: r.p99Us / 1000,
-    foreignCpu: cpu.foreign(wrkTicks(stdout)),
+    foreignCpu: cpu.foreign(childTicks(stdout)),
   };
 }
 
 /** The children's user and system time from bash's `times` (its second line), in clock ticks. */
-function wrkTicks(stdout: string): number | undefined {
+function childTicks(stdout: string): number | undefined {
   const lines = stdout.trim().split('\n');
   const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(lines[lines.length - 1] ?? '');
   if (m === null) return undefined;
   return (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * CLOCK_TICKS;
+}
+
+export interface H2LoadSpec {
+  readonly url: string;
+  readonly seconds: number;
+  /** TCP connections, each with `streams` concurrent streams (`-c`, `-m`). */
+  readonly connections: number;
+  readonly streams: number;
+}
+
+/**
+ * Runs h2load in the namespace: one thread, HTTP/2 over TLS (ALPN h2; h2load does not
+ * verify the certificate), bounded by `-D` and by the run's overrun limit. h2load prints
+ * no percentiles, so p50/p99 are left out (NaN).
+ */
+export async function runH2load(ns: Namespace, spec: H2LoadSpec): Promise<LoadResult> {
+  const args = ['-t1', `-c${spec.connections}`, `-m${spec.streams}`, '-D', String(spec.seconds), spec.url];
+  const { stdout, cpu } = await runMeasured(ns, 'bash', ['-c', 'h2load "$@"; status=$?; times; exit $status', 'h2load', ...args], spec.seconds);
+  const done = /^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/m.exec(stdout);
+  const finished = /^finished in ([\d.]+)(ms|s),/m.exec(stdout);
+  const traffic = /^traffic: [^(]*\((\d+)\) total/m.exec(stdout);
+  const protocol = /^Application protocol: (\S+)/m.exec(stdout)?.[1];
+  if (done === null || finished === null) throw new Error(`h2load ${args.join(' ')}: no report:\n${stdout.trim()}`);
+  const seconds = Number(finished[1]) / (finished[2] === 'ms' ? 1000 : 1);
+  const status = /^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/m.exec(stdout);
+  const bad = status === null ? 0 : Number(status[3]) + Number(status[4]);
+  const [failed, errored, timeout] = [Number(done[5]), Number(done[6]), Number(done[7])];
+  const requests = Number(done[4]) - bad;
+  const bytes = Number(traffic?.[1] ?? 0);
+  const detail = Object.entries({ failed, errored, timeout, '4xx/5xx': bad, ...(protocol !== 'h2' && { [`protocol ${protocol ?? 'none'}`]: 1 }) })
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k} ${n}`)
+    .join(', ');
+  return {
+    tool: 'h2load',
+    requests,
+    bytes,
+    seconds,
+    // A connection that did not negotiate h2 is an error here: the row is about HTTP/2.
+    errors: failed + errored + timeout + bad + (protocol === 'h2' ? 0 : 1),
+    errorDetail: detail,
+    requestsPerSecond: requests / seconds,
+    megabytesPerSecond: bytes / seconds / 1e6,
+    p50Ms: NaN,
+    p99Ms: NaN,
+    foreignCpu: cpu.foreign(childTicks(stdout)),
+  };
 }
 
 export interface NodeLoadSpec {

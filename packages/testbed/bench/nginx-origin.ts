@@ -9,6 +9,13 @@ export const SMALL_PATH = '/1k';
 export const LARGE_PATH = '/64m';
 export const SMALL_BYTES = 1024;
 export const LARGE_BYTES = 64 * 1024 * 1024;
+/** HTTPS with HTTP/2 offered by ALPN (and HTTP/1.1), for the h2 rows: a port of its own, so the HTTPS rows on 443 stay as they were. */
+export const H2_PORT = 8443;
+
+/** The origin's self-signed certificate, in the run's directory: what a bumping proxy must trust for the origin. */
+export function originCertificate(dir: string): string {
+  return path.join(dir, 'origin.crt');
+}
 /** nginx's stub_status, on a port no rule redirects. */
 const STATUS_PORT = 8081;
 
@@ -25,7 +32,7 @@ export interface Origin {
 /**
  * nginx from Debian as the origin, in the namespace: the 1 KiB and the 64 MiB file over
  * HTTP (port 80) and HTTPS (443, a self-signed certificate for 10.200.0.1 and
- * origin.test, made with openssl), one worker (the machine has two cores, and the
+ * origin.test, made with openssl), HTTPS with HTTP/2 on {@link H2_PORT}, one worker (the machine has two cores, and the
  * proxies and wrk need them too), keep-alive without a request limit (nginx's default
  * closes a connection after 1000 requests, which would reach the proxies as reconnects).
  */
@@ -41,7 +48,7 @@ export async function startOrigin(ns: Namespace, dir: string): Promise<Origin> {
     fs.closeSync(large);
   }
   const key = path.join(dir, 'origin.key');
-  const cert = path.join(dir, 'origin.crt');
+  const cert = originCertificate(dir);
   execFileSync(
     'openssl',
     ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=origin.test', '-addext', `subjectAltName=IP:${ORIGIN_ADDRESS},DNS:origin.test`],
@@ -73,6 +80,13 @@ http {
   server {
     listen ${ORIGIN_ADDRESS}:80;
     listen ${ORIGIN_ADDRESS}:443 ssl;
+    ssl_certificate ${cert};
+    ssl_certificate_key ${key};
+    root ${root};
+  }
+  server {
+    # nginx 1.22: http2 is a listen parameter; ALPN offers h2 and http/1.1.
+    listen ${ORIGIN_ADDRESS}:${H2_PORT} ssl http2;
     ssl_certificate ${cert};
     ssl_certificate_key ${key};
     root ${root};

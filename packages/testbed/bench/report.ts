@@ -39,6 +39,7 @@ const SECTIONS: Record<Section, string> = {
   http: 'HTTP origin (port 80), load by wrk',
   https: 'HTTPS origin (port 443), load by wrk',
   node: 'HTTP origin (port 80), load by a Node client (for the embedded backend)',
+  h2: 'HTTP/2 over TLS (origin port 8443, ALPN h2): keep-alive by h2load (4 connections × 32 streams), new connections by wrk (one TLS handshake per request)',
 };
 
 const run = (row: RowResult, kind: RunKind): MeasuredRun | undefined => row.runs.find((r) => r.kind === kind);
@@ -99,18 +100,20 @@ export function perConnection(proxy: { rssKiB: number; baselineKiB: number }, op
 
 function ratiosToDirect(report: Report): string {
   const lines: string[][] = [];
-  for (const section of ['http', 'https', 'node'] as const) {
+  for (const section of ['http', 'https', 'node', 'h2'] as const) {
     const base = direct(report, section);
     if (base === undefined) continue;
     for (const row of report.rows.filter((r) => r.section === section && r !== base)) {
-      lines.push([`${row.label} (${section === 'node' ? 'Node client' : section.toUpperCase()})`, ratio(rps(row, 'keep-alive'), rps(base, 'keep-alive')), ratio(rps(row, 'close'), rps(base, 'close')), ratio(mbps(row), mbps(base))]);
+      lines.push([`${row.label} (${sectionName(section)})`, ratio(rps(row, 'keep-alive'), rps(base, 'keep-alive')), ratio(rps(row, 'close'), rps(base, 'close')), ratio(mbps(row), mbps(base))]);
     }
   }
   return table(['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB'], lines);
 }
 
-const PEERS = ['squid', 'mitmproxy', 'haproxy-http', 'haproxy-https'];
-const COPROXY = ['coproxy-http', 'chain-http', 'coproxy-tls', 'chain-https'];
+const sectionName = (section: Section): string => (section === 'node' ? 'Node client' : section === 'h2' ? 'HTTP/2' : section.toUpperCase());
+
+const PEERS = ['squid', 'mitmproxy', 'haproxy-http', 'haproxy-https', 'h2-mitmproxy'];
+const COPROXY = ['coproxy-http', 'chain-http', 'coproxy-tls', 'chain-https', 'h2-bump', 'h2-chain'];
 
 function ratiosToPeers(report: Report): string {
   const lines: string[][] = [];
@@ -121,7 +124,7 @@ function ratiosToPeers(report: Report): string {
       const p99 = (r: RowResult): number | undefined => run(r, 'keep-alive')?.result.p99Ms;
       const kib = (r: RowResult): number | undefined => r.memory?.perConnectionKiB;
       lines.push([
-        `${row.label} (${row.section.toUpperCase()})`,
+        `${row.label} (${sectionName(row.section)})`,
         peer.label,
         ratio(rps(row, 'keep-alive'), rps(peer, 'keep-alive')),
         ratio(rps(row, 'close'), rps(peer, 'close')),
@@ -159,6 +162,9 @@ export function targets(report: Report): Target[] {
   for (const [key, base] of [['coproxy-http', 'direct-http'], ['coproxy-tls', 'direct-https']] as const) {
     compare(`one vendor (${row(key)?.label ?? key}) reaches 50% of direct keep-alive req/s`, value(key, keepAlive), times(value(base, keepAlive), 0.5), (v, b) => `${thousands(v)} vs direct ${thousands(b * 2)} req/s (${((v / b) * 50).toFixed(0)}%)`);
   }
+  // Issue #16: HTTP/2 through bump, against mitmproxy (which also decrypts h2 on both legs) and against direct.
+  compare('coproxy-tls bump (h2 both legs) beats mitmproxy at least 10× in h2 keep-alive req/s', value('h2-bump', keepAlive), times(value('h2-mitmproxy', keepAlive), 10), (v, b) => `${thousands(v)} vs ${thousands(b / 10)} req/s (${((v / b) * 10).toFixed(1)}×)`);
+  compare('coproxy-tls bump (h2 both legs) reaches 0.3× direct h2 keep-alive req/s', value('h2-bump', keepAlive), times(value('h2-direct', keepAlive), 0.3), (v, b) => `${thousands(v)} vs direct ${thousands(b / 0.3)} req/s (${((v / b) * 0.3).toFixed(2)}×)`);
   compare('64 MiB through the two-vendor chain at 50% of direct MB/s', value('chain-http', mbps), times(value('direct-http', mbps), 0.5), (v, b) => `${v.toFixed(0)} vs direct ${(b * 2).toFixed(0)} MB/s (${((v / b) * 50).toFixed(0)}%)`);
   for (const key of ['coproxy-http', 'coproxy-tls', 'chain-http', 'chain-embedded-node']) {
     const r = row(key);
@@ -182,7 +188,7 @@ function pathCheck(report: Report): string {
         const m = row.memory;
         lines.push(`  - idle: ${m.open} of ${m.requested} connections open${m.failed > 0 ? `, ${m.failed} failed (${m.firstError ?? ''})` : ''}${m.problems.length > 0 ? ` **PROBLEMS: ${m.problems.join('; ')}**` : ''}`);
       }
-      return `- **${row.label}** (${row.section === 'node' ? 'Node client' : row.section.toUpperCase()}): ${row.inPath ? (row.configuration === 'direct' ? 'direct' : 'in the path') : 'NOT PROVEN'}; counters: ${row.countSources.join('; ') || 'origin only'}\n${lines.join('\n')}`;
+      return `- **${row.label}** (${sectionName(row.section)}): ${row.inPath ? (row.configuration === 'direct' ? 'direct' : 'in the path') : 'NOT PROVEN'}; counters: ${row.countSources.join('; ') || 'origin only'}\n${lines.join('\n')}`;
     })
     .join('\n');
 }
@@ -190,7 +196,7 @@ function pathCheck(report: Report): string {
 export function renderMarkdown(report: Report, command: string): string {
   const m = report.machine;
   const s = report.settings;
-  const sections = (['http', 'https', 'node'] as const).filter((section) => report.rows.some((r) => r.section === section));
+  const sections = (['http', 'https', 'node', 'h2'] as const).filter((section) => report.rows.some((r) => r.section === section));
   const setups = [...new Map(report.rows.map((r) => [r.configuration, r.setup])).entries()].map(([c, setup]) => `- **${c}**: ${setup}`);
   const targetLines = targets(report).map((t) => `- ${t.met === undefined ? '–' : t.met ? 'met' : '**missed**'}: ${t.text}: ${t.detail}`);
   const repeated = report.rows.flatMap((r) => r.runs.filter((x) => x.repeated).map((x) => `${r.label} ${r.section} ${x.kind}`));
@@ -206,7 +212,10 @@ export function renderMarkdown(report: Report, command: string): string {
       '(one worker, no access log, keep-alive without a request limit) serving a 1 KiB and a 64 MiB file over HTTP (port 80) and HTTPS ' +
       `(443, self-signed). wrk runs one thread: keep-alive and new-connection runs (\`-H 'Connection: close'\`) on the 1 KiB file with ` +
       `${s.connections} connections, the 64 MiB file over ${s.bulkConnections} connection; ${s.seconds} s each after a 1 s warm-up, ` +
-      `\`--timeout\` 5 s (15 s for 64 MiB). p50/p99 are wrk's (\`--latency\`) on the keep-alive run; proxy CPU µs/req is the CPU time of the proxy processes ` +
+      `\`--timeout\` 5 s (15 s for 64 MiB). The HTTP/2 rows (origin port 8443, nginx offering h2 and http/1.1 by ALPN): h2load (one thread, \`-c 4 -m 32 -D ${s.seconds}\`, ` +
+      'ALPN h2, every run checked to have negotiated h2) for keep-alive req/s, and wrk\'s new-connection run (HTTP/1.1, no ALPN) for handshakes/s: one TLS handshake per request, ' +
+      'through bump two (client and origin leg) plus a leaf from the CA\'s cache; h2load prints no percentiles, so their p50/p99 are –. ' +
+      `p50/p99 are wrk's (\`--latency\`) on the keep-alive run; proxy CPU µs/req is the CPU time of the proxy processes ` +
       '(all threads, user and system) during that run divided by its responses: what one request costs a proxy, whatever the share of the machine it got; ' +
       'proxy CPU µs/MB is the same on the 64 MiB run, per MB of its responses (a transfer cut by the end of the run adds CPU but no response, so it errs high). ' +
       'Peak RSS is VmHWM of the proxy processes with ' +
@@ -232,7 +241,7 @@ export function renderMarkdown(report: Report, command: string): string {
   for (const section of sections) out.push(`## ${SECTIONS[section]}`, '', absoluteTable(report, section), '');
   out.push('## Ratios to direct (same origin, same client)', '', ratiosToDirect(report), '');
   out.push('## coproxy against each peer (coproxy ÷ peer)', '', ratiosToPeers(report), '');
-  out.push('## Targets (issue #7)', '', ...targetLines, '');
+  out.push('## Targets (issues #7 and #16)', '', ...targetLines, '');
   if (report.skipped.length > 0) out.push(`Skipped (time budget): ${report.skipped.join(', ')}.`, '');
   out.push('## Path check', '', 'Counts during each run (deltas); origin = nginx stub_status, minus its own status request.', '', pathCheck(report), '');
   if (repeated.length > 0) out.push(`Repeated because other work on the machine disturbed the first attempt: ${repeated.join('; ')}.`, '');

@@ -54,7 +54,7 @@ export interface RowResult {
   readonly section: Section;
   readonly configuration: string;
   readonly setup: string;
-  readonly tool: 'wrk' | 'node';
+  readonly tool: 'wrk' | 'node' | 'h2load';
   readonly runs: readonly MeasuredRun[];
   readonly memory: IdleMemory | undefined;
   readonly rules: Rules;

@@ -3,7 +3,9 @@
  * coproxy beside the proxies people use today (issue #7), on this machine, in one run:
  * direct; Squid intercept; mitmproxy transparent; HAProxy as a transparent TCP relay;
  * coproxy-http alone; coproxy-tls splicing alone; coproxy-tls and coproxy-http chained by
- * records on the nftables backend, and the same chain on the embedded backend.
+ * records on the nftables backend, and the same chain on the embedded backend; then HTTP/2
+ * over TLS (issue #16): direct, through coproxy-tls's bump (h2 on both legs), through bump
+ * then coproxy-http, and through mitmproxy, keep-alive by h2load and new connections by wrk.
  *
  * As root, in a network namespace it creates (and removes, also on Ctrl-C or a failure,
  * killing every process in it): nginx as the origin, wrk as the load (each run bounded by
@@ -22,7 +24,8 @@
  * Options: `--json FILE` (the full report), `--markdown FILE` (default: BENCHMARKS.md at
  * the repo root, written only by a run of every configuration), `--seconds N` (5, per
  * load run), `--only KEYS` (configurations: direct, squid, mitmproxy, haproxy,
- * coproxy-http, coproxy-tls, chain-nftables, chain-embedded), `--cpu-prof DIR` (runs the
+ * coproxy-http, coproxy-tls, chain-nftables, chain-embedded, h2-direct, h2-bump, h2-chain,
+ * h2-mitmproxy), `--cpu-prof DIR` (runs the
  * coproxy vendors under `node --cpu-prof` and summarizes their self time).
  *
  * Not a test: nothing is asserted on timings. Exit code 0 when every configuration ran and

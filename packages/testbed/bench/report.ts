@@ -47,7 +47,7 @@ const rps = (row: RowResult, kind: 'keep-alive' | 'close'): number | undefined =
 const mbps = (row: RowResult): number | undefined => run(row, 'bulk')?.result.megabytesPerSecond;
 const fixed = (value: number | undefined, digits: number): string => (value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(digits));
 const ratio = (value: number | undefined, base: number | undefined): string =>
-  value === undefined || base === undefined || base === 0 ? '–' : `${(value / base).toFixed(2)}×`;
+  value === undefined || base === undefined || base === 0 || !Number.isFinite(value / base) ? '–' : `${(value / base).toFixed(2)}×`;
 const thousands = (value: number | undefined): string => (value === undefined ? '–' : Math.round(value).toLocaleString('en-US'));
 
 function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -55,14 +55,18 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
   return [header, align, ...rows].map((cells) => `| ${cells.join(' | ')} |`).join('\n');
 }
 
+/** The configurations without a proxy: the HTTP/2 rows have their own (the origin's h2 port). */
+const DIRECT = ['direct', 'h2-direct'];
+const isDirect = (row: RowResult): boolean => DIRECT.includes(row.configuration);
+
 function direct(report: Report, section: Section): RowResult | undefined {
-  return report.rows.find((r) => r.section === section && r.configuration === 'direct');
+  return report.rows.find((r) => r.section === section && isDirect(r));
 }
 
 function absoluteTable(report: Report, section: Section): string {
   const rows = report.rows.filter((r) => r.section === section);
   return table(
-    ['configuration', 'req/s keep-alive', 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'proxy CPU µs/MB', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
+    ['configuration', 'req/s keep-alive', section === 'h2' ? 'handshakes/s (req/s, new conn. each)' : 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'proxy CPU µs/MB', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
     rows.map((row) => {
       const keepAlive = run(row, 'keep-alive')?.result;
       const memory = row.memory;
@@ -83,7 +87,7 @@ function absoluteTable(report: Report, section: Section): string {
         String(row.rules.installed),
         String(row.rules.uidExclusions),
         `${Math.round(foreign * 100)}%`,
-        row.configuration === 'direct' ? (row.inPath ? 'direct, no rule' : 'NO: see the path check') : row.inPath ? 'yes' : 'NO: see the path check',
+        isDirect(row) ? (row.inPath ? 'direct, no rule' : 'NO: see the path check') : row.inPath ? 'yes' : 'NO: see the path check',
       ];
     }),
   );
@@ -188,7 +192,7 @@ function pathCheck(report: Report): string {
         const m = row.memory;
         lines.push(`  - idle: ${m.open} of ${m.requested} connections open${m.failed > 0 ? `, ${m.failed} failed (${m.firstError ?? ''})` : ''}${m.problems.length > 0 ? ` **PROBLEMS: ${m.problems.join('; ')}**` : ''}`);
       }
-      return `- **${row.label}** (${sectionName(row.section)}): ${row.inPath ? (row.configuration === 'direct' ? 'direct' : 'in the path') : 'NOT PROVEN'}; counters: ${row.countSources.join('; ') || 'origin only'}\n${lines.join('\n')}`;
+      return `- **${row.label}** (${sectionName(row.section)}): ${row.inPath ? (isDirect(row) ? 'direct' : 'in the path') : 'NOT PROVEN'}; counters: ${row.countSources.join('; ') || 'origin only'}\n${lines.join('\n')}`;
     })
     .join('\n');
 }

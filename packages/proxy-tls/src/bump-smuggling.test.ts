@@ -1,0 +1,103 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type tls from 'node:tls';
+import type { Inspector } from '@coproxy/core/vendor';
+import { describe, expect, it } from 'vitest';
+import { startProxy, startTlsOrigin, tempDir, testCa, tlsClient, until, within } from './test-support/harness.js';
+import { h2Client, h2Request } from './test-support/h2-support.js';
+
+/**
+ * Adversarial: a request body that bump forwards to an HTTP/1.1 origin without framing is
+ * read by the origin as further requests, which no inspector saw (I6).
+ */
+
+/** An HTTP/1.1 origin that records every decrypted byte it received and answers each head `200 ok`. */
+async function startRawH1Origin(ca: Parameters<typeof startTlsOrigin>[0]['ca']) {
+  const received: Buffer[] = [];
+  const origin = await startTlsOrigin({
+    ca,
+    ALPNProtocols: ['http/1.1'],
+    onSession: (socket: tls.TLSSocket) => {
+      let seen = '';
+      socket.on('data', (chunk: Buffer) => {
+        received.push(chunk);
+        seen += chunk.toString('latin1');
+        while (seen.includes('\r\n\r\n')) {
+          seen = seen.slice(seen.indexOf('\r\n\r\n') + 4);
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+        }
+      });
+    },
+  });
+  return Object.assign(origin, { text: () => Buffer.concat(received).toString('latin1') });
+}
+
+const noAdmin: Inspector = {
+  name: 'no-admin',
+  inspectRequest: (request) => (request.paths.some((p) => p.startsWith('/admin')) ? { action: 'block', status: 403, reason: 'no admin' } : undefined),
+};
+
+const smuggled = 'GET /admin HTTP/1.1\r\nHost: shop.example\r\n\r\n';
+
+describe('bump: request bodies the origin could read as requests', () => {
+  it('never lets an h2 GET body reach an HTTP/1.1 origin as an uninspected request', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startRawH1Origin(originCa);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noAdmin] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    await using client = await h2Client(proxy.registry, origin.port, 'shop.example', proxyCa);
+
+    // A GET with DATA and no content-length: legal HTTP/2.
+    await h2Request(client.session, { ':method': 'GET', ':path': '/', ':authority': 'shop.example', ':scheme': 'https' }, Buffer.from(smuggled)).catch(() => undefined);
+    await until(() => proxy.exchanges.length === 1, 5000, 'the exchange');
+    // Give the origin a moment to read anything that was sent after the head.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    expect(origin.text()).not.toContain('GET /admin');
+  });
+
+  it('never lets an HTTP/1.1 chunked GET body reach an HTTP/1.1 origin unframed', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startRawH1Origin(originCa);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noAdmin] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'shop.example', ca: proxyCa });
+    const body = Buffer.from(smuggled);
+    socket.write(`GET / HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`);
+    await within(
+      new Promise<void>((resolve) => {
+        let text = '';
+        socket.on('data', (chunk: Buffer) => {
+          text += chunk.toString('latin1');
+          if (text.includes('\r\n\r\n')) resolve();
+        });
+        socket.once('close', () => resolve());
+      }),
+      10_000,
+      'an answer',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    socket.destroy();
+
+    expect(origin.text()).not.toContain('GET /admin');
+  });
+
+  it('judges an h2 path as the origin reads it: /%61dmin and //admin are /admin', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startRawH1Origin(originCa);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noAdmin] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    await using client = await h2Client(proxy.registry, origin.port, 'shop.example', proxyCa);
+
+    const statuses = [];
+    for (const p of ['/%61dmin', '//admin', '/x/../admin', '/./admin']) {
+      statuses.push((await h2Request(client.session, { ':method': 'GET', ':path': p, ':authority': 'shop.example', ':scheme': 'https' })).status);
+    }
+
+    expect(statuses).toEqual([403, 403, 403, 403]);
+    expect(origin.text()).toBe('');
+  });
+});

@@ -53,6 +53,8 @@ interface ForwardedHead {
   readonly path: string;
   readonly authority: string;
   readonly headers: http.OutgoingHttpHeaders;
+  /** Whether a body follows the head (an h1 Content-Length or Transfer-Encoding, an h2 HEADERS without END_STREAM). */
+  readonly hasBody: boolean;
 }
 
 interface OriginResponse {
@@ -78,6 +80,8 @@ interface ClientSide {
   readonly authority: string | undefined;
   readonly headers: http.IncomingHttpHeaders;
   readonly body: Readable;
+  /** Whether the request has a body to forward, however it was framed on the client's leg. */
+  readonly hasBody: boolean;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
   /** A complete short answer of ours (a block, a 502) on this exchange only. */
@@ -302,7 +306,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     side.body.on('data', (chunk: Buffer) => (requestBytes += chunk.length));
     let response: OriginResponse;
     try {
-      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers }, side.body, cancel.signal);
+      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody }, side.body, cancel.signal);
     } catch (error) {
       if (cancel.signal.aborted) return;
       return fail(errorCodeOf(error, TlsErrorCode.OriginFailed), (error as Error).message, 502);
@@ -389,6 +393,8 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     authority: req.headers.host,
     headers: withoutConnectionHeaders(req.headers),
     body: req,
+    // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
+    hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
@@ -422,6 +428,7 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     authority: headers[':authority'] ?? headers.host,
     headers: withoutConnectionHeaders(headers),
     body: stream,
+    hasBody: !stream.endAfterHeaders,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
       stream.respond({ ...responseHeaders, ':status': status });
@@ -465,7 +472,12 @@ class H1OriginLeg implements OriginLeg {
 
   send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
-      const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, host: head.authority }, setHost: false, signal });
+      // A body without a length is sent chunked whatever the method: Node's client frames a
+      // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
+      // Content-Length nor chunked, and the origin would read those bytes as the next,
+      // uninspected request on the connection (I6).
+      const framing = head.hasBody && head.headers['content-length'] === undefined ? { 'transfer-encoding': 'chunked' } : {};
+      const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, ...framing, host: head.authority }, setHost: false, signal });
       upstream.once('response', (res: http.IncomingMessage) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }));
       upstream.once('error', reject);
       body.pipe(upstream);

@@ -104,4 +104,21 @@ describe('bump: request bodies the origin could read as requests', () => {
     expect(statuses).toEqual([403, 403, 403, 403]);
     expect(origin.text()).toBe('');
   });
+
+  it('refuses an :authority or Host the origin connection is not for: a rule on the host cannot be dodged by naming another', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    // The origin's certificate names only the SNI the client gave (shop.example).
+    await using origin = await startHttpsOrigin(originCa, ['http/1.1']);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    const noShop: Inspector = { name: 'no-shop', inspectRequest: (request) => (request.host === 'shop.example' ? { action: 'block', status: 403 } : undefined) };
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noShop] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    await using client = await h2Client(proxy.registry, origin.port, 'shop.example', proxyCa);
+
+    // The TLS connection goes to shop.example's server (its certificate verified), the rule is told allowed.example.
+    const answer = await h2Request(client.session, { ':method': 'GET', ':path': '/exfil', ':authority': 'allowed.example', ':scheme': 'https' });
+
+    expect(answer.status).toBe(421);
+    expect(origin.requests).toEqual([]);
+  });
 });

@@ -44,6 +44,8 @@ interface BumpedConnection {
   readonly sni: string | undefined;
   readonly info: ConnectionInfo;
   readonly origin: OriginLeg;
+  /** The origin's certificate, verified for the SNI (or the address): the names a request on this connection may be for. */
+  readonly originCertificate: tls.PeerCertificate;
   sequence: number;
 }
 
@@ -161,6 +163,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
       conn,
       sni,
       origin: originLeg,
+      originCertificate: origin.getPeerCertificate(),
       sequence: 0,
       info: {
         id: conn.id,
@@ -266,7 +269,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
       metrics.errors.inc({ code });
       if (answer !== undefined) {
         status = answer;
-        side.answer(answer, `${answer} ${answer === 502 ? 'Bad Gateway' : 'Bad Request'}: ${code}\n`);
+        side.answer(answer, `${answer} ${http.STATUS_CODES[answer] ?? 'Error'}: ${code}\n`);
       }
       report();
     };
@@ -279,6 +282,14 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
 
     const request = requestInfo(state, side);
     if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target: ${side.method} ${side.path.slice(0, 200)}`, 400);
+    // The rules judge the host a request names, but its bytes go to the server this connection
+    // was verified for: a name that server's certificate does not cover (a request for
+    // allowed.example on a connection to blocked.example, which an attacker's server would
+    // serve) is misdirected (RFC 9110 §15.5.20). Names the certificate covers stay allowed,
+    // as HTTP/2 connection coalescing uses them.
+    if (request.host !== undefined && request.host !== state.sni?.toLowerCase() && tls.checkServerIdentity(request.host, state.originCertificate) !== undefined) {
+      return fail(TlsErrorCode.Misdirected, `the request names ${request.host}, which the origin's certificate for ${state.sni ?? state.conn.originalDestination.address} does not cover`, 421);
+    }
     try {
       decision = await decide(inspectors, request);
     } catch (error) {

@@ -4,7 +4,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, decide } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, decide, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
@@ -356,15 +356,18 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   // Origin-form only: an absolute-form or `*` target has no place inside a TLS connection to one origin.
   if (!side.path.startsWith('/')) return undefined;
   const query = side.path.indexOf('?');
-  const path = query === -1 ? side.path : side.path.slice(0, query);
+  // Every reading of the path an origin could act on, canonical (`/%61dmin`, `//admin` and
+  // `/x/../admin` are `/admin`), as coproxy-http gives its rules; a path origins disagree on
+  // outright (a bad or NUL escape) has no usable reading: 400.
+  const paths = pathReadings(query === -1 ? side.path : side.path.slice(0, query));
+  if (paths === undefined) return undefined;
   const parsed = side.authority === undefined ? undefined : splitAuthority(side.authority);
   return {
     method: side.method,
     url: side.path,
     target: side.path,
-    path,
-    // Not canonicalised (coproxy-http's path readings are its own): the path as sent.
-    paths: [path],
+    path: paths[0]!,
+    paths,
     host: parsed?.host,
     port: parsed?.port,
     authority: side.authority?.toLowerCase(),

@@ -121,4 +121,19 @@ describe('bump: request bodies the origin could read as requests', () => {
     expect(answer.status).toBe(421);
     expect(origin.requests).toEqual([]);
   });
+
+  it('never forwards bytes after an HTTP/1.1 Upgrade request uninspected', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startRawH1Origin(originCa);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noAdmin] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'shop.example', ca: proxyCa });
+    socket.on('error', () => undefined);
+    socket.write(`GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n${smuggled}`);
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    socket.destroy();
+
+    expect(origin.text()).not.toContain('GET /admin');
+  });
 });

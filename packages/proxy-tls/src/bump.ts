@@ -29,6 +29,8 @@ export interface BumpOptions {
   readonly reporter: Reporter;
   /** Run on every decrypted request, h1 or h2 stream alike, in order (core's `decide`). */
   readonly inspectors: readonly Inspector[];
+  /** A bumped connection quiet this long is closed (handshake, between h1 requests, an idle h2 session). */
+  readonly idleTimeoutMs: number;
 }
 
 /** The bump leg of the proxy: one HTTP/1.1 server for every bumped h1 connection, one node:http2 session per h2 one. */
@@ -100,7 +102,7 @@ interface ClientSide {
  * inspectors, is reported (`exchanges$`) and re-encrypted to the origin, whose certificate
  * is verified before the client sees any leaf of ours.
  */
-export function createBumper({ ca, originCa, onward, reporter, inspectors }: BumpOptions): Bumper {
+export function createBumper({ ca, originCa, onward, reporter, inspectors, idleTimeoutMs }: BumpOptions): Bumper {
   const { metrics } = reporter;
   // Built once: parsing the origin bundle per bumped connection was ~5% of a bump's CPU.
   const originContext = originCa === undefined ? undefined : tls.createSecureContext({ ca: originCa });
@@ -156,6 +158,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     // The ClientHello already read is replayed into the TLS server socket.
     conn.socket.unshift(hello);
     const client = new tls.TLSSocket(conn.socket, { isServer: true, secureContext: context, ALPNProtocols: [...BUMP_PROTOCOLS] });
+    // A client quiet in its handshake must not hold this socket and the origin's for ever;
+    // after it, the h1 server's timeout or the h2 session's takes over.
+    client.setTimeout(idleTimeoutMs, () => client.destroy());
     const reconnect = (): Promise<tls.TLSSocket> => connectOrigin(conn, sni);
     const defaultAuthority = sni ?? hostForUrl(conn.originalDestination.address);
     const originLeg: OriginLeg = origin.alpnProtocol === 'h2' ? new H2OriginLeg(origin, reconnect, defaultAuthority) : new H1OriginLeg(origin, reconnect);
@@ -206,8 +211,15 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     // gives a half-close no meaning, and node:http2 never ends a session on a FIN: without
     // this a client that hangs up without GOAWAY (curl does) leaves the connection open.
     client.allowHalfOpen = false;
+    client.setTimeout(0);
     const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
     const { id } = state.conn;
+    // No frame either way for idleTimeoutMs: the session ends (GOAWAY), and is cut if a stream
+    // the client keeps open (a body never ended) holds it.
+    session.setTimeout(idleTimeoutMs, () => {
+      session.close();
+      setTimeout(() => session.destroy(), IDLE_LINGER_MS).unref();
+    });
     const calm = (code: TlsErrorCode, message: string): void => {
       reporter.fail('connection-failed', id, code, message);
       // The GOAWAY says why; destroy() then ends the session without waiting for its streams.
@@ -229,6 +241,8 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
   }
 
   const h1Server = http.createServer({ requestTimeout: 0 });
+  // Each bumped h1 connection's socket times out after idleTimeoutMs without traffic (Node destroys it: no 'timeout' listener).
+  h1Server.setTimeout(idleTimeoutMs);
   h1Server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const state = bumpedH1.get(req.socket);
     if (state === undefined) return void req.socket.destroy();
@@ -466,6 +480,9 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     },
   };
 }
+
+/** How long an idle h2 session's GOAWAY may take to reach its client before the session is cut. */
+const IDLE_LINGER_MS = 1000;
 
 /** An IPv6 address in brackets, for an authority. */
 function hostForUrl(address: string): string {

@@ -4,6 +4,7 @@ import type tls from 'node:tls';
 import type { Inspector } from '@coproxy/core/vendor';
 import { describe, expect, it } from 'vitest';
 import { startProxy, startTlsOrigin, tempDir, testCa, tlsClient, until, within } from './test-support/harness.js';
+import { FrameReader, FrameType, PREFACE, headers, hpack, settings, settingsAck } from './test-support/h2-frames.js';
 import { h2Client, h2Request, startHttpsOrigin } from './test-support/h2-support.js';
 
 /**
@@ -135,5 +136,42 @@ describe('bump: request bodies the origin could read as requests', () => {
     socket.destroy();
 
     expect(origin.text()).not.toContain('GET /admin');
+  });
+
+  it('never turns h2 header fields HTTP/1.1 would reframe (CR, LF, NUL, upper case, pseudo-headers out of place) into an HTTP/1.1 request', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startRawH1Origin(originCa);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noAdmin] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'shop.example', ca: proxyCa, ALPNProtocols: ['h2'] });
+    socket.on('error', () => undefined);
+    const reader = new FrameReader(socket);
+    socket.write(Buffer.concat([PREFACE, settings()]));
+    await until(() => reader.of(FrameType.SETTINGS).some((f) => f.flags === 0), 5000, 'the proxy’s SETTINGS');
+    socket.write(settingsAck());
+    const base = hpack.request('shop.example', '/ok');
+    const tricks = [
+      hpack.literal('x-a', `v\r\n\r\n${smuggled}`),
+      hpack.literal('x-b', `v\nHost: evil.example`),
+      hpack.literal('x-c', 'v\u0000x'),
+      hpack.literal('X-Upper', 'v'),
+      hpack.literal('x-d\r\nx-e', 'v'),
+      Buffer.concat([hpack.literal('x-f', 'v'), hpack.literalIndexedName(4, '/admin')]), // a :path after a regular field
+      hpack.literalIndexedName(4, '/admin'), // a second :path
+      hpack.literal('transfer-encoding', 'chunked'),
+      hpack.literal('connection', 'close'),
+    ];
+    socket.write(Buffer.concat(tricks.map((trick, i) => headers(2 * i + 1, Buffer.concat([base, trick])))));
+    // A plain request after them: the session still serves, so what the origin lacks was refused, not lost.
+    socket.write(headers(2 * tricks.length + 1, hpack.request('shop.example', '/control')));
+    await until(() => origin.text().includes('GET /control '), 5000, 'the control request at the origin');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    socket.destroy();
+
+    const text = origin.text();
+    expect(text).not.toContain('/admin');
+    expect(text).not.toContain('evil.example');
+    expect(text).not.toMatch(/x-[a-f]/i);
   });
 });

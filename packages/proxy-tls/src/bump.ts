@@ -232,7 +232,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     );
     session.on('ping', () => control.count1());
     session.on('remoteSettings', () => control.count1());
-    session.on('stream', (stream, headers) => void exchange(state, h2ClientSide(stream, headers, () => resets.count1())));
+    session.on('stream', (stream, headers) => serveExchange(state, h2ClientSide(stream, headers, () => resets.count1())));
     session.on('error', (error: Error) => reporter.fail('connection-failed', id, errorCodeOf(error, TlsErrorCode.H2SessionFailed), error.message));
     session.once('close', () => {
       client.destroy();
@@ -246,13 +246,25 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
   h1Server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const state = bumpedH1.get(req.socket);
     if (state === undefined) return void req.socket.destroy();
-    void exchange(state, h1ClientSide(req, res));
+    serveExchange(state, h1ClientSide(req, res));
   });
   h1Server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     metrics.errors.inc({ code: error.code ?? TlsErrorCode.HttpParse });
     if (socket.writable && error.code !== 'ECONNRESET') socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     socket.destroy();
   });
+
+  /**
+   * An exchange whose own code fails (a throw it did not expect) ends that exchange only:
+   * a rejection left unhandled would end the process, and with it everyone's connections.
+   */
+  function serveExchange(state: BumpedConnection, side: ClientSide): void {
+    exchange(state, side).catch((error: unknown) => {
+      metrics.errors.inc({ code: TlsErrorCode.Internal });
+      reporter.logger.error({ err: error, connectionId: state.conn.id }, 'internal error while serving a bumped exchange');
+      side.answer(502, `502 Bad Gateway: ${TlsErrorCode.Internal}\n`);
+    });
+  }
 
   /** One request through the inspectors to the origin and back, reported once when it ends, however it ends. */
   async function exchange(state: BumpedConnection, side: ClientSide): Promise<void> {
@@ -341,6 +353,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     } catch (error) {
       response.body.destroy();
       return fail(TlsErrorCode.InspectorFailed, (error as Error).message, 502);
+    }
+    // HTTP/2 carries a final status of 200–599 only (and node:http2 throws for any other);
+    // an HTTP/1.1 origin may send 100–999: what the client's leg cannot carry is a 502.
+    if (side.protocol === 'h2' && (response.status < 200 || response.status > 599)) {
+      response.body.destroy();
+      return fail(TlsErrorCode.OriginFailed, `the origin answered status ${response.status}, which HTTP/2 cannot carry`, 502);
     }
     status = response.status;
     const out = side.respond(response.status, withoutConnectionHeaders(response.headers));

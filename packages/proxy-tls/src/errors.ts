@@ -38,6 +38,8 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   HttpParse: 'HTTP_PARSE',
   /** Bump: a request names a host (`:authority`, Host) the origin connection's verified certificate does not cover: 421, never forwarded. */
   Misdirected: 'MISDIRECTED',
+  /** Bump: the proxy's own code failed while serving one exchange: that exchange got a 502 (or a reset), the process serves on. */
+  Internal: 'INTERNAL',
   /** Bump: an inspector threw (or its promise rejected) on one exchange: that exchange got a 502. */
   InspectorFailed: 'INSPECTOR_FAILED',
   /** Bump: an HTTP/2 client reset more streams per second than the bound (CVE-2023-44487): GOAWAY, then close. */

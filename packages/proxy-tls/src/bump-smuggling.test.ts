@@ -176,4 +176,23 @@ describe('bump: request bodies the origin could read as requests', () => {
     expect(text).not.toMatch(/x-[a-f]/i);
     expect(text).not.toContain('content-length: 50');
   });
+
+  it('judges a request without a Host (HTTP/1.0) on the host the origin is sent', async () => {
+    using originCa = await testCa('CN=smuggling origin CA');
+    await using origin = await startHttpsOrigin(originCa, ['http/1.1']);
+    using caDir = tempDir('coproxy-tls-proxy-ca-');
+    const noShop: Inspector = { name: 'no-shop', inspectRequest: (request) => (request.host === 'shop.example' ? { action: 'block', status: 403 } : undefined) };
+    await using proxy = await startProxy([origin.port], { policy: { default: 'bump' }, ca: { dir: caDir.path }, originCa: originCa.certPem, inspectors: [noShop] });
+    const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+    const { socket } = await tlsClient(proxy.registry, origin.port, { servername: 'shop.example', ca: proxyCa });
+    socket.on('error', () => undefined);
+    let reply = '';
+    socket.on('data', (chunk: Buffer) => (reply += chunk.toString('latin1')));
+    socket.write('GET /no-host HTTP/1.0\r\n\r\n');
+    await until(() => reply.includes('\r\n\r\n'), 5000, 'an answer');
+    socket.destroy();
+
+    expect(reply).toMatch(/^HTTP\/1\.[01] 403 /);
+    expect(origin.requests).toEqual([]);
+  });
 });

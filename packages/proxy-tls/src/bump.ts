@@ -376,11 +376,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     });
   }
 
-  function defaultAuthorityOf(state: BumpedConnection): string {
-    return state.sni ?? hostForUrl(state.conn.originalDestination.address);
-  }
-
   return { bump, close: () => void h1Server.close() };
+}
+
+/** The authority a request that names none is sent with: the SNI, or the address. */
+function defaultAuthorityOf(state: BumpedConnection): string {
+  return state.sni ?? hostForUrl(state.conn.originalDestination.address);
 }
 
 /** The inspectors' view of a request: the same `RequestInfo` coproxy-http builds, from either protocol. */
@@ -393,16 +394,19 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   // outright (a bad or NUL escape) has no usable reading: 400.
   const paths = pathReadings(query === -1 ? side.path : side.path.slice(0, query));
   if (paths === undefined) return undefined;
-  const parsed = side.authority === undefined ? undefined : splitAuthority(side.authority);
+  // A request without one (HTTP/1.0 without Host, h2 without :authority) is sent the
+  // connection's own (the SNI, or the address): the rules judge that, as the origin gets it.
+  const authority = side.authority ?? defaultAuthorityOf(state);
+  const parsed = splitAuthority(authority);
   return {
     method: side.method,
     url: side.path,
     target: side.path,
     path: paths[0]!,
     paths,
-    host: parsed?.host,
-    port: parsed?.port,
-    authority: side.authority?.toLowerCase(),
+    host: parsed.host,
+    port: parsed.port,
+    authority: authority.toLowerCase(),
     httpVersion: side.protocol === 'h2' ? '2.0' : '1.1',
     headers: side.headers,
     connection: state.info,

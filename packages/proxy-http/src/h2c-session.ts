@@ -339,6 +339,12 @@ class H2cConnection {
       session.once('close', () => {
         if (this.origin === pending) this.origin = undefined;
       });
+      // A GOAWAY (an origin draining before a restart) takes no new streams: the next one dials
+      // a new connection. This one finishes its open streams (Node closes it after them), or is
+      // cut with them when the client goes.
+      session.once('goaway', () => {
+        if (this.origin === pending) this.origin = undefined;
+      });
       if (this.closed) session.close();
       return session;
     })();

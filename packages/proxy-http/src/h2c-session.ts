@@ -1,3 +1,4 @@
+import http from 'node:http';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import { Duplex } from 'node:stream';
@@ -176,7 +177,7 @@ class H2cConnection {
       endStream,
       resetByProxy: false,
     };
-    this.hooks.metrics.requests.inc({ method });
+    this.hooks.metrics.requests.inc({ method: METHOD_LABELS.has(method) ? method : 'other' });
     this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
     stream.once('close', () => {
@@ -338,6 +339,12 @@ class H2cConnection {
       session.once('close', () => {
         if (this.origin === pending) this.origin = undefined;
       });
+      // A GOAWAY (an origin draining before a restart) takes no new streams: the next one dials
+      // a new connection. This one finishes its open streams (Node closes it after them), or is
+      // cut with them when the client goes.
+      session.once('goaway', () => {
+        if (this.origin === pending) this.origin = undefined;
+      });
       if (this.closed) session.close();
       return session;
     })();
@@ -417,6 +424,12 @@ class H2cConnection {
     this.hooks.onExchange(entry);
   }
 }
+
+/**
+ * The methods counted under their own name: the list HTTP/1.1's parser accepts. HTTP/2's
+ * `:method` is any token, and each label value is a series kept for the process's life.
+ */
+const METHOD_LABELS: ReadonlySet<string> = new Set(http.METHODS);
 
 /** How long a closing connection's last writes (a GOAWAY) may take to reach a client before it is cut. */
 const SOCKET_LINGER_MS = 1000;

@@ -4,7 +4,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, decide } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, decide, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
@@ -29,6 +29,8 @@ export interface BumpOptions {
   readonly reporter: Reporter;
   /** Run on every decrypted request, h1 or h2 stream alike, in order (core's `decide`). */
   readonly inspectors: readonly Inspector[];
+  /** A bumped connection quiet this long is closed (handshake, between h1 requests, an idle h2 session). */
+  readonly idleTimeoutMs: number;
 }
 
 /** The bump leg of the proxy: one HTTP/1.1 server for every bumped h1 connection, one node:http2 session per h2 one. */
@@ -44,6 +46,8 @@ interface BumpedConnection {
   readonly sni: string | undefined;
   readonly info: ConnectionInfo;
   readonly origin: OriginLeg;
+  /** The origin's certificate, verified for the SNI (or the address): the names a request on this connection may be for. */
+  readonly originCertificate: tls.PeerCertificate;
   sequence: number;
 }
 
@@ -53,6 +57,8 @@ interface ForwardedHead {
   readonly path: string;
   readonly authority: string;
   readonly headers: http.OutgoingHttpHeaders;
+  /** Whether a body follows the head (an h1 Content-Length or Transfer-Encoding, an h2 HEADERS without END_STREAM). */
+  readonly hasBody: boolean;
 }
 
 interface OriginResponse {
@@ -78,6 +84,8 @@ interface ClientSide {
   readonly authority: string | undefined;
   readonly headers: http.IncomingHttpHeaders;
   readonly body: Readable;
+  /** Whether the request has a body to forward, however it was framed on the client's leg. */
+  readonly hasBody: boolean;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
   /** A complete short answer of ours (a block, a 502) on this exchange only. */
@@ -94,7 +102,7 @@ interface ClientSide {
  * inspectors, is reported (`exchanges$`) and re-encrypted to the origin, whose certificate
  * is verified before the client sees any leaf of ours.
  */
-export function createBumper({ ca, originCa, onward, reporter, inspectors }: BumpOptions): Bumper {
+export function createBumper({ ca, originCa, onward, reporter, inspectors, idleTimeoutMs }: BumpOptions): Bumper {
   const { metrics } = reporter;
   // Built once: parsing the origin bundle per bumped connection was ~5% of a bump's CPU.
   const originContext = originCa === undefined ? undefined : tls.createSecureContext({ ca: originCa });
@@ -150,6 +158,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     // The ClientHello already read is replayed into the TLS server socket.
     conn.socket.unshift(hello);
     const client = new tls.TLSSocket(conn.socket, { isServer: true, secureContext: context, ALPNProtocols: [...BUMP_PROTOCOLS] });
+    // A client quiet in its handshake must not hold this socket and the origin's for ever;
+    // after it, the h1 server's timeout or the h2 session's takes over.
+    client.setTimeout(idleTimeoutMs, () => client.destroy());
     const reconnect = (): Promise<tls.TLSSocket> => connectOrigin(conn, sni);
     const defaultAuthority = sni ?? hostForUrl(conn.originalDestination.address);
     const originLeg: OriginLeg = origin.alpnProtocol === 'h2' ? new H2OriginLeg(origin, reconnect, defaultAuthority) : new H1OriginLeg(origin, reconnect);
@@ -157,6 +168,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
       conn,
       sni,
       origin: originLeg,
+      originCertificate: origin.getPeerCertificate(),
       sequence: 0,
       info: {
         id: conn.id,
@@ -199,8 +211,15 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     // gives a half-close no meaning, and node:http2 never ends a session on a FIN: without
     // this a client that hangs up without GOAWAY (curl does) leaves the connection open.
     client.allowHalfOpen = false;
+    client.setTimeout(0);
     const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
     const { id } = state.conn;
+    // No frame either way for idleTimeoutMs: the session ends (GOAWAY), and is cut if a stream
+    // the client keeps open (a body never ended) holds it.
+    session.setTimeout(idleTimeoutMs, () => {
+      session.close();
+      setTimeout(() => session.destroy(), IDLE_LINGER_MS).unref();
+    });
     const calm = (code: TlsErrorCode, message: string): void => {
       reporter.fail('connection-failed', id, code, message);
       // The GOAWAY says why; destroy() then ends the session without waiting for its streams.
@@ -213,7 +232,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     );
     session.on('ping', () => control.count1());
     session.on('remoteSettings', () => control.count1());
-    session.on('stream', (stream, headers) => void exchange(state, h2ClientSide(stream, headers, () => resets.count1())));
+    session.on('stream', (stream, headers) => serveExchange(state, h2ClientSide(stream, headers, () => resets.count1())));
     session.on('error', (error: Error) => reporter.fail('connection-failed', id, errorCodeOf(error, TlsErrorCode.H2SessionFailed), error.message));
     session.once('close', () => {
       client.destroy();
@@ -222,16 +241,30 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
   }
 
   const h1Server = http.createServer({ requestTimeout: 0 });
+  // Each bumped h1 connection's socket times out after idleTimeoutMs without traffic (Node destroys it: no 'timeout' listener).
+  h1Server.setTimeout(idleTimeoutMs);
   h1Server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const state = bumpedH1.get(req.socket);
     if (state === undefined) return void req.socket.destroy();
-    void exchange(state, h1ClientSide(req, res));
+    serveExchange(state, h1ClientSide(req, res));
   });
   h1Server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     metrics.errors.inc({ code: error.code ?? TlsErrorCode.HttpParse });
     if (socket.writable && error.code !== 'ECONNRESET') socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     socket.destroy();
   });
+
+  /**
+   * An exchange whose own code fails (a throw it did not expect) ends that exchange only:
+   * a rejection left unhandled would end the process, and with it everyone's connections.
+   */
+  function serveExchange(state: BumpedConnection, side: ClientSide): void {
+    exchange(state, side).catch((error: unknown) => {
+      metrics.errors.inc({ code: TlsErrorCode.Internal });
+      reporter.logger.error({ err: error, connectionId: state.conn.id }, 'internal error while serving a bumped exchange');
+      side.answer(502, `502 Bad Gateway: ${TlsErrorCode.Internal}\n`);
+    });
+  }
 
   /** One request through the inspectors to the origin and back, reported once when it ends, however it ends. */
   async function exchange(state: BumpedConnection, side: ClientSide): Promise<void> {
@@ -262,7 +295,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
       metrics.errors.inc({ code });
       if (answer !== undefined) {
         status = answer;
-        side.answer(answer, `${answer} ${answer === 502 ? 'Bad Gateway' : 'Bad Request'}: ${code}\n`);
+        side.answer(answer, `${answer} ${http.STATUS_CODES[answer] ?? 'Error'}: ${code}\n`);
       }
       report();
     };
@@ -275,6 +308,14 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
 
     const request = requestInfo(state, side);
     if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target: ${side.method} ${side.path.slice(0, 200)}`, 400);
+    // The rules judge the host a request names, but its bytes go to the server this connection
+    // was verified for: a name that server's certificate does not cover (a request for
+    // allowed.example on a connection to blocked.example, which an attacker's server would
+    // serve) is misdirected (RFC 9110 §15.5.20). Names the certificate covers stay allowed,
+    // as HTTP/2 connection coalescing uses them.
+    if (request.host !== undefined && request.host !== state.sni?.toLowerCase() && tls.checkServerIdentity(request.host, state.originCertificate) !== undefined) {
+      return fail(TlsErrorCode.Misdirected, `the request names ${request.host}, which the origin's certificate for ${state.sni ?? state.conn.originalDestination.address} does not cover`, 421);
+    }
     try {
       decision = await decide(inspectors, request);
     } catch (error) {
@@ -302,7 +343,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     side.body.on('data', (chunk: Buffer) => (requestBytes += chunk.length));
     let response: OriginResponse;
     try {
-      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers }, side.body, cancel.signal);
+      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody }, side.body, cancel.signal);
     } catch (error) {
       if (cancel.signal.aborted) return;
       return fail(errorCodeOf(error, TlsErrorCode.OriginFailed), (error as Error).message, 502);
@@ -312,6 +353,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     } catch (error) {
       response.body.destroy();
       return fail(TlsErrorCode.InspectorFailed, (error as Error).message, 502);
+    }
+    // HTTP/2 carries a final status of 200–599 only (and node:http2 throws for any other);
+    // an HTTP/1.1 origin may send 100–999: what the client's leg cannot carry is a 502.
+    if (side.protocol === 'h2' && (response.status < 200 || response.status > 599)) {
+      response.body.destroy();
+      return fail(TlsErrorCode.OriginFailed, `the origin answered status ${response.status}, which HTTP/2 cannot carry`, 502);
     }
     status = response.status;
     const out = side.respond(response.status, withoutConnectionHeaders(response.headers));
@@ -329,11 +376,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors }: Bum
     });
   }
 
-  function defaultAuthorityOf(state: BumpedConnection): string {
-    return state.sni ?? hostForUrl(state.conn.originalDestination.address);
-  }
-
   return { bump, close: () => void h1Server.close() };
+}
+
+/** The authority a request that names none is sent with: the SNI, or the address. */
+function defaultAuthorityOf(state: BumpedConnection): string {
+  return state.sni ?? hostForUrl(state.conn.originalDestination.address);
 }
 
 /** The inspectors' view of a request: the same `RequestInfo` coproxy-http builds, from either protocol. */
@@ -341,18 +389,24 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   // Origin-form only: an absolute-form or `*` target has no place inside a TLS connection to one origin.
   if (!side.path.startsWith('/')) return undefined;
   const query = side.path.indexOf('?');
-  const path = query === -1 ? side.path : side.path.slice(0, query);
-  const parsed = side.authority === undefined ? undefined : splitAuthority(side.authority);
+  // Every reading of the path an origin could act on, canonical (`/%61dmin`, `//admin` and
+  // `/x/../admin` are `/admin`), as coproxy-http gives its rules; a path origins disagree on
+  // outright (a bad or NUL escape) has no usable reading: 400.
+  const paths = pathReadings(query === -1 ? side.path : side.path.slice(0, query));
+  if (paths === undefined) return undefined;
+  // A request without one (HTTP/1.0 without Host, h2 without :authority) is sent the
+  // connection's own (the SNI, or the address): the rules judge that, as the origin gets it.
+  const authority = side.authority ?? defaultAuthorityOf(state);
+  const parsed = splitAuthority(authority);
   return {
     method: side.method,
     url: side.path,
     target: side.path,
-    path,
-    // Not canonicalised (coproxy-http's path readings are its own): the path as sent.
-    paths: [path],
-    host: parsed?.host,
-    port: parsed?.port,
-    authority: side.authority?.toLowerCase(),
+    path: paths[0]!,
+    paths,
+    host: parsed.host,
+    port: parsed.port,
+    authority: authority.toLowerCase(),
     httpVersion: side.protocol === 'h2' ? '2.0' : '1.1',
     headers: side.headers,
     connection: state.info,
@@ -389,6 +443,8 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     authority: req.headers.host,
     headers: withoutConnectionHeaders(req.headers),
     body: req,
+    // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
+    hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
@@ -422,6 +478,7 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     authority: headers[':authority'] ?? headers.host,
     headers: withoutConnectionHeaders(headers),
     body: stream,
+    hasBody: !stream.endAfterHeaders,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
       stream.respond({ ...responseHeaders, ':status': status });
@@ -446,6 +503,9 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
   };
 }
 
+/** How long an idle h2 session's GOAWAY may take to reach its client before the session is cut. */
+const IDLE_LINGER_MS = 1000;
+
 /** An IPv6 address in brackets, for an authority. */
 function hostForUrl(address: string): string {
   return address.includes(':') ? `[${address}]` : address;
@@ -465,7 +525,12 @@ class H1OriginLeg implements OriginLeg {
 
   send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
-      const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, host: head.authority }, setHost: false, signal });
+      // A body without a length is sent chunked whatever the method: Node's client frames a
+      // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
+      // Content-Length nor chunked, and the origin would read those bytes as the next,
+      // uninspected request on the connection (I6).
+      const framing = head.hasBody && head.headers['content-length'] === undefined ? { 'transfer-encoding': 'chunked' } : {};
+      const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, ...framing, host: head.authority }, setHost: false, signal });
       upstream.once('response', (res: http.IncomingMessage) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }));
       upstream.once('error', reject);
       body.pipe(upstream);

@@ -36,6 +36,10 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   ClientTlsFailed: 'CLIENT_TLS_FAILED',
   /** Bump: the decrypted bytes are no HTTP/1.1 request. */
   HttpParse: 'HTTP_PARSE',
+  /** Bump: a request names a host (`:authority`, Host) the origin connection's verified certificate does not cover: 421, never forwarded. */
+  Misdirected: 'MISDIRECTED',
+  /** Bump: the proxy's own code failed while serving one exchange: that exchange got a 502 (or a reset), the process serves on. */
+  Internal: 'INTERNAL',
   /** Bump: an inspector threw (or its promise rejected) on one exchange: that exchange got a 502. */
   InspectorFailed: 'INSPECTOR_FAILED',
   /** Bump: an HTTP/2 client reset more streams per second than the bound (CVE-2023-44487): GOAWAY, then close. */

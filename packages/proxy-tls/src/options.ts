@@ -43,6 +43,12 @@ export interface TlsProxyOptions extends VendorRedirectorOptions {
   readonly maxHelloBytes?: number;
   /** Default 10 000 ms. */
   readonly connectTimeoutMs?: number;
+  /**
+   * A bumped connection on which nothing arrives or leaves for this long is closed, with its
+   * origin connection: in the TLS handshake, between HTTP/1.1 requests, or an idle h2
+   * session. Default 120 000 ms.
+   */
+  readonly idleTimeoutMs?: number;
   readonly logger?: Logger;
   /**
    * Default true. `false` makes onward connections carry only this proxy's own redirect,
@@ -58,6 +64,7 @@ export interface TlsProxySettings {
   readonly unbumpable: UnbumpableAction;
   readonly peek: PeekSettings;
   readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
 }
 
 /** Checks what JavaScript callers may get wrong; throws RangeError naming the option. */
@@ -73,6 +80,7 @@ export function resolveSettings(options: TlsProxyOptions): TlsProxySettings {
       maxHelloBytes: positive(options.maxHelloBytes, 65_536, 'maxHelloBytes'),
     },
     connectTimeoutMs: positive(options.connectTimeoutMs, 10_000, 'connectTimeoutMs'),
+    idleTimeoutMs: positive(options.idleTimeoutMs, 120_000, 'idleTimeoutMs'),
   };
 }
 

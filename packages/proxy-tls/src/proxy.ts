@@ -53,7 +53,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
 
   const onward: OnwardSettings = { connectTimeoutMs: settings.connectTimeoutMs, propagateRecords: options.propagateRecords ?? true };
   const decide = createDecision({ policy: compilePolicy(policyFile), unrecognised: settings.unrecognised, unbumpable: settings.unbumpable, reporter });
-  const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter, inspectors: options.inspectors ?? [] });
+  const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter, inspectors: options.inspectors ?? [], idleTimeoutMs: settings.idleTimeoutMs });
 
   const vendor = createVendorRedirector<TlsOwnEvent>({
     options,

@@ -35,3 +35,4 @@ export { createVendorRedirector, redirectorOptionsOf } from './vendor-redirector
 export type { VendorRedirector, VendorRedirectorOptions, VendorRedirectorSpec } from './vendor-redirector.js';
 export { decide } from './http-inspection.js';
 export type { Verdict, ConnectionInfo, RequestInfo, ResponseInfo, Inspector, Decision } from './http-inspection.js';
+export { pathReadings, slowPathReadings, canonicalPathPattern } from './path-readings.js';

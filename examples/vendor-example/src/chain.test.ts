@@ -132,6 +132,8 @@ describe('the example vendor chained with the two reference vendors', () => {
     ]);
     expect(vendors.map((vendor) => accepted(vendor)[0]?.state)).toEqual(['NotRedirected', 'RedirectedByOther', 'RedirectedByOther']);
     expect(filter.lines.find((line) => line.msg === 'inspected')).toMatchObject({ verdict: 'pass' });
+    // coproxy-http logs an exchange once its response has gone out, which may be just after the client has it.
+    await until(() => httpVendor.lines.some((line) => line.msg === 'exchange'), 'coproxy-http\'s exchange line');
     expect(httpVendor.lines.find((line) => line.msg === 'exchange')).toMatchObject({ exchange: { request: { url: '/hello' }, response: { status: 200 } } });
     expect(seenByOrigin).toEqual(['/hello']);
 

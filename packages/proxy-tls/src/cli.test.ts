@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { dial, readExactly, startEchoOrigin, startTlsOrigin, tempDir, testCa, tlsClient, uniqueId, until, within } from './test-support/harness.js';
@@ -151,5 +152,40 @@ describe('coproxy-tls (CLI)', () => {
     } finally {
       if (stillRunning(running.child)) running.child.kill('SIGKILL');
     }
+  });
+  it('closes a bumped connection whose client sends no request, after --idle-timeout', async () => {
+    using registry = tempDir('coproxy-tls-registry-');
+    using caDir = tempDir('coproxy-tls-ca-');
+    using files = tempDir('coproxy-tls-files-');
+    using originCa = await testCa('CN=idle origin CA');
+    await using origin = await startTlsOrigin({ ca: originCa, ALPNProtocols: ['http/1.1'] });
+    const policy = path.join(files.path, 'policy.json');
+    const originCaFile = path.join(files.path, 'origin-ca.pem');
+    fs.writeFileSync(policy, JSON.stringify({ default: 'bump' }));
+    fs.writeFileSync(originCaFile, originCa.certPem);
+    const args = ['--id', uniqueId('cli'), '--priority', '5', '--ports', String(origin.port), '--policy', policy, '--ca-dir', caDir.path, '--origin-ca', originCaFile];
+    const running = start([...args, '--idle-timeout', '300'], { COPROXY_REGISTRY: registry.path });
+    try {
+      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      // A bumped TLS session (the proxy's leaf: this client checks nothing, it only idles) that never sends a request.
+      // Over the plain socket dial() gives (not the harness's tap), so the proxy's close reaches it as an end.
+      const socket = tls.connect({ socket: await dial(registry.path, origin.port), servername: 'idle.example', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+      await within(new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject)), 10_000, 'the bumped handshake');
+      expect(socket.getPeerCertificate().issuer.CN).not.toBe('idle origin CA');
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      // The default (120 s) would outlast this guard by far: the flag is what closes it.
+      await within(closed, 15_000, 'the proxy to close the silent connection');
+      running.child.kill('SIGTERM');
+      expect((await within(running.finished, 10_000, 'the CLI to exit')).code).toBe(0);
+    } finally {
+      if (stillRunning(running.child)) running.child.kill('SIGKILL');
+    }
+  });
+
+  it('exits 2 for an --idle-timeout that is not a positive integer', async () => {
+    using dir = tempDir();
+    const result = await run(['--id', uniqueId('cli'), '--priority', '1', '--idle-timeout', '0'], { COPROXY_REGISTRY: dir.path });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--idle-timeout');
   });
 });

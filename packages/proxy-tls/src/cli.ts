@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, runVendorCli } from '@coproxy/core/vendor';
+import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, integerOption, runVendorCli } from '@coproxy/core/vendor';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { PolicyError } from './policy.js';
@@ -30,6 +30,7 @@ const program = addRedirectorOptions(
       .choices(['block', 'splice'])
       .default('block'),
   )
+  .option('--idle-timeout <ms>', 'a bumped connection silent this long (in its handshake, between HTTP/1.1 requests, as an h2 session) is closed with its origin leg', integerOption(1, 3_600_000), 120_000)
   .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 addServiceOptions(program);
@@ -41,6 +42,7 @@ interface CliOptions extends RedirectorCliOptions {
   dropRecords?: boolean;
   unrecognised: 'block' | 'relay';
   unbumpable: 'block' | 'splice';
+  idleTimeout: number;
 }
 
 exitWith(
@@ -55,6 +57,7 @@ exitWith(
         propagateRecords: options.dropRecords !== true,
         unrecognised: options.unrecognised,
         unbumpable: options.unbumpable,
+        idleTimeoutMs: options.idleTimeout,
         ...(options.policy !== undefined && { policy: options.policy }),
         ...(options.caDir !== undefined && { ca: { dir: options.caDir } }),
         ...(options.originCa !== undefined && { originCa: readFileSync(options.originCa) }),

@@ -6,6 +6,7 @@ import { FLAG, FRAME, type H2cOrigin, frame, frameReader, getBlock, h2Client, in
 // HTTP/2's own attacks on the h2c side, each against a bound the README names. Every test
 // ends by serving a request on a fresh connection: the proxy goes on serving everyone else.
 const ENHANCE_YOUR_CALM = 0xb;
+const INTERNAL_ERROR = 0x2;
 const REFUSED_STREAM = 0x7;
 
 const goawayCode = (reader: ReturnType<typeof frameReader>): number | undefined => {
@@ -41,8 +42,11 @@ describe('h2c attack bounds', () => {
     }
     socket.write(Buffer.concat(frames));
     await until(() => reader.closed, 10_000, 'the proxy to close the connection');
-    expect(goawayCode(reader)).toBe(ENHANCE_YOUR_CALM);
-    await until(() => under.events.some((e) => e.type === 'client-error' && e.code === 'COPROXY_HTTP_H2_FLOOD'), 5000, 'the flood event');
+    // Node 20 leaves the count to the proxy (GOAWAY ENHANCE_YOUR_CALM, COPROXY_HTTP_H2_FLOOD); on Node 22 the
+    // session ends inside nghttp2's callback instead (GOAWAY INTERNAL_ERROR, ERR_HTTP2_ERROR). Either way the
+    // connection is closed, and the bound below is what matters.
+    expect([ENHANCE_YOUR_CALM, INTERNAL_ERROR]).toContain(goawayCode(reader));
+    await until(() => under.events.some((e) => e.type === 'client-error' && ['COPROXY_HTTP_H2_FLOOD', 'ERR_HTTP2_ERROR'].includes(e.code)), 5000, 'the flood event');
     // Far fewer than the 1000 streams reached the origin.
     expect(origin.streams).toBeLessThanOrEqual(H2C_LIMITS.maxResetsPerSecond + 1);
     await stillServes(under.registry, origin.port, origin);

@@ -71,9 +71,23 @@ function readablePackage(): string {
   // gives the runtime dependencies (rxjs with tslib, koffi with its platform binary).
   for (const dependency of ['rxjs', 'koffi']) {
     const store = path.dirname(fs.realpathSync(path.join(packageRoot, 'node_modules', dependency)));
-    fs.cpSync(store, path.join(root, 'node_modules'), { recursive: true, dereference: true });
+    copyResolved(store, path.join(root, 'node_modules'));
   }
   return root;
+}
+
+/**
+ * Copies a store directory with every link resolved. `cpSync`'s `dereference` is not
+ * enough: on Node 22 it keeps the links inside the directory (e.g. `@koromix/koffi-linux-x64`),
+ * which would point back into a checkout only root may traverse.
+ */
+function copyResolved(from: string, to: string): void {
+  fs.mkdirSync(to, { recursive: true });
+  for (const entry of fs.readdirSync(from)) {
+    const real = fs.realpathSync(path.join(from, entry));
+    if (entry.startsWith('@') && fs.statSync(real).isDirectory()) copyResolved(real, path.join(to, entry));
+    else fs.cpSync(real, path.join(to, entry), { recursive: true, dereference: true });
+  }
 }
 
 function startVendor(netns: Netns, options: VendorOptions): Vendor {

@@ -7,6 +7,6 @@ export { captureOutput, exited, exitedWithin, firstLine, readMemory, stopProcess
 export type { CapturedOutput, Memory } from './process.js';
 export { serveForked, ForkedChildren } from './forked.js';
 export type { ForkedService, Forked } from './forked.js';
-export { describeError, positiveFromEnv, printRows } from './report.js';
+export { describeError, positiveFromEnv, printRows, ratioText } from './report.js';
 export { printProfileSummary } from './cpu-profile.js';
 export type { ProfilePrintOptions } from './cpu-profile.js';

@@ -24,3 +24,8 @@ export function printRows(rows: readonly (readonly string[])[]): void {
     console.log(row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('  '));
   }
 }
+
+/** `value / base` with two decimals for a ratio column, or `-` when there is no base to divide by. */
+export function ratioText(value: number, base: number | undefined): string {
+  return base === undefined || base === 0 ? '-' : (value / base).toFixed(2);
+}

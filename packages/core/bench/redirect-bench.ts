@@ -29,7 +29,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 // The package by its own name: the bench measures the built package, as a user gets it.
 import { BACKEND_NAMES, connect, createRedirector, relay, type AcceptedConnection, type BackendName } from '@coproxy/core';
-import { ForkedChildren, describeError, exited, positiveFromEnv, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
+import { ForkedChildren, describeError, exited, positiveFromEnv, printRows, ratioText, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The origin's modes, chosen by the first byte of a connection. */
@@ -433,16 +433,14 @@ function readSettings(): Settings {
 
 function printTable(results: readonly ConfigurationResult[]): void {
   const direct = results[0];
-  const ratio = (value: number, base: number | undefined): string =>
-    base === undefined || base === 0 ? '-' : (value / base).toFixed(2);
   const rows = [
     ['', 'conn/s', 'ratio', 'MB/s', 'ratio'],
     ...results.map((result) => [
       result.name,
       result.connectionsPerSecond.toFixed(0),
-      ratio(result.connectionsPerSecond, direct?.connectionsPerSecond),
+      ratioText(result.connectionsPerSecond, direct?.connectionsPerSecond),
       result.megabytesPerSecond.toFixed(1),
-      ratio(result.megabytesPerSecond, direct?.megabytesPerSecond),
+      ratioText(result.megabytesPerSecond, direct?.megabytesPerSecond),
     ]),
   ];
   printRows(rows);

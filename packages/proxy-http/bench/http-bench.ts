@@ -36,7 +36,7 @@ import { createAgent } from '@coproxy/core';
 import type { Counter } from 'prom-client';
 // The package by its own name: the bench measures the built package, as a user gets it.
 import { createHttpProxy } from '@coproxy/proxy-http';
-import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
+import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, ratioText, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 const SMALL_BYTES = 1024;
@@ -408,17 +408,16 @@ function readSettings(): Settings {
 
 function printTable(results: readonly ConfigurationResult[]): void {
   const direct = results[0];
-  const ratio = (value: number, base: number | undefined): string => (base === undefined || base === 0 ? '-' : (value / base).toFixed(2));
   const rows = [
     ['', 'keep-alive req/s', 'ratio', 'new-connection req/s', 'ratio', 'MB/s', 'ratio'],
     ...results.map((result) => [
       result.name,
       result.keepAlive.requestsPerSecond.toFixed(0),
-      ratio(result.keepAlive.requestsPerSecond, direct?.keepAlive.requestsPerSecond),
+      ratioText(result.keepAlive.requestsPerSecond, direct?.keepAlive.requestsPerSecond),
       result.newConnection.requestsPerSecond.toFixed(0),
-      ratio(result.newConnection.requestsPerSecond, direct?.newConnection.requestsPerSecond),
+      ratioText(result.newConnection.requestsPerSecond, direct?.newConnection.requestsPerSecond),
       result.transfer.megabytesPerSecond.toFixed(1),
-      ratio(result.transfer.megabytesPerSecond, direct?.transfer.megabytesPerSecond),
+      ratioText(result.transfer.megabytesPerSecond, direct?.transfer.megabytesPerSecond),
     ]),
   ];
   printRows(rows);

@@ -40,7 +40,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@coproxy/core';
 // The package by its own name: the bench measures the built package, as a user gets it.
 import { CertificateAuthority, createTlsProxy, type Action } from '@coproxy/proxy-tls';
-import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
+import { ForkedChildren, describeError, positiveFromEnv, printProfileSummary, printRows, ratioText, serveForked, type Forked, type ForkedService } from '@coproxy/bench-kit';
 
 const HOST = '127.0.0.1';
 /** The name the client asks for (SNI) and the origin's certificate is for. */
@@ -486,15 +486,14 @@ function readSettings(): Settings {
 
 function printTable(results: readonly ConfigurationResult[]): void {
   const direct = results[0];
-  const ratio = (value: number, base: number | undefined): string => (base === undefined || base === 0 ? '-' : (value / base).toFixed(2));
   printRows([
     ['', 'handshakes/s', 'ratio', 'MB/s (64 MiB)', 'ratio', 'runs MB/s'],
     ...results.map((result) => [
       result.name,
       result.handshakesPerSecond.toFixed(0),
-      ratio(result.handshakesPerSecond, direct?.handshakesPerSecond),
+      ratioText(result.handshakesPerSecond, direct?.handshakesPerSecond),
       result.megabytesPerSecond.toFixed(1),
-      ratio(result.megabytesPerSecond, direct?.megabytesPerSecond),
+      ratioText(result.megabytesPerSecond, direct?.megabytesPerSecond),
       result.transferRuns.map((run) => run.toFixed(0)).join(' '),
     ]),
   ]);

@@ -6,7 +6,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
 import { canonicalAuthority, canonicalRequest } from './canonical-request.js';
 import type { ConnectionHooks } from './client-connection.js';
-import { AnnotationRefusedError, ProxyErrorCode } from './errors.js';
+import { ProxyErrorCode } from './errors.js';
 import type { HttpExchange } from './events.js';
 import { asError, decideRequest, failureText } from './exchange.js';
 import { endToEndHeaders, headersObject } from './http-head.js';
@@ -45,9 +45,6 @@ export const H2C_LIMITS = {
   /** PING and SETTINGS frames a client may send within one second (control-frame floods). */
   maxControlFramesPerSecond: 100,
 } as const;
-
-/** Fields HTTP/2 forbids (RFC 9113 §8.2.2) or that frame or route a message: never taken from an annotation. */
-const H2_REFUSED_ANNOTATIONS: ReadonlySet<string> = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade']);
 
 /** A stream's refusal before inspection: answered on the stream, its siblings carry on. */
 interface StreamRefusal {
@@ -181,6 +178,7 @@ class H2cConnection {
     this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
     stream.once('close', () => {
+      this.streams.delete(stream);
       // A stream the client reset before its answer was complete: rapid reset counts these.
       // (Node reports such a stream `aborted`, or it closes before the proxy's answer began.)
       if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !exchange.resetByProxy && (stream.aborted || !stream.headersSent)) {
@@ -542,11 +540,7 @@ function originHeaders(request: RequestInfo, annotations: Readonly<Record<string
   if (annotations !== undefined) {
     // Throws for an invalid name or value and for a framing or hop-by-hop field, as for HTTP/1.1.
     endToEndHeaders([], annotations);
-    for (const [name, value] of Object.entries(annotations)) {
-      const lower = name.toLowerCase();
-      if (H2_REFUSED_ANNOTATIONS.has(lower)) throw new AnnotationRefusedError(name);
-      out[lower] = value;
-    }
+    for (const [name, value] of Object.entries(annotations)) out[name.toLowerCase()] = value;
   }
   out[':method'] = request.method;
   out[':path'] = request.target;

@@ -104,8 +104,11 @@ interface ClientSide {
  */
 export function createBumper({ ca, originCa, onward, reporter, inspectors, idleTimeoutMs }: BumpOptions): Bumper {
   const { metrics } = reporter;
-  // Built once: parsing the origin bundle per bumped connection was ~5% of a bump's CPU.
-  const originContext = originCa === undefined ? undefined : tls.createSecureContext({ ca: originCa });
+  // Built once, also for the system store: `tls.connect` without a context makes a new one,
+  // and parsing the origin bundle per bumped connection was ~5% of a bump's CPU.
+  const originContext = tls.createSecureContext(originCa === undefined ? {} : { ca: originCa });
+  // Asked once, not per response: most inspectors look at requests only.
+  const responseInspectors = inspectors.filter((inspector) => inspector.inspectResponse !== undefined);
   const bumpedH1 = new WeakMap<object, BumpedConnection>();
 
   /** The origin first: if its certificate does not verify, the client gets an alert and never our leaf. */
@@ -119,7 +122,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
             // Without SNI the certificate is checked against the destination address.
             host: sni ?? conn.originalDestination.address,
             ALPNProtocols: [...BUMP_PROTOCOLS],
-            ...(originContext !== undefined && { secureContext: originContext }),
+            secureContext: originContext,
             rejectUnauthorized: true,
           });
           secure.once('secureConnect', () => {
@@ -349,7 +352,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
       return fail(errorCodeOf(error, TlsErrorCode.OriginFailed), (error as Error).message, 502);
     }
     try {
-      for (const inspector of inspectors) await inspector.inspectResponse?.(request, { status: response.status, headers: response.headers });
+      for (const inspector of responseInspectors) await inspector.inspectResponse?.(request, { status: response.status, headers: response.headers });
     } catch (error) {
       response.body.destroy();
       return fail(TlsErrorCode.InspectorFailed, (error as Error).message, 502);

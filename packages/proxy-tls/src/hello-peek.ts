@@ -28,7 +28,15 @@ export interface PeekSettings {
  */
 export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Promise<FirstBytes> {
   return new Promise((resolve, reject) => {
-    let buffer: Buffer = Buffer.alloc(0);
+    // The bytes so far, joined only when there are enough to decide on: a hello sent a byte
+    // per segment would otherwise be copied and parsed again from its start for every byte.
+    let chunks: Buffer[] = [];
+    let total = 0;
+    let awaited = 1;
+    const joined = (): Buffer => {
+      if (chunks.length !== 1) chunks = [Buffer.concat(chunks, total)];
+      return chunks[0]!;
+    };
     let settled = false;
     const finish = (error: Error | undefined, value?: FirstBytes): void => {
       settled = true;
@@ -41,9 +49,10 @@ export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Prom
       else resolve(value!);
     };
     const onData = (chunk: Buffer): void => {
-      const first = buffer.length === 0;
-      buffer = first ? chunk : Buffer.concat([buffer, chunk]);
-      decide();
+      const first = total === 0;
+      chunks.push(chunk);
+      total += chunk.length;
+      if (total >= awaited) decide(joined());
       // One timer per connection: after the first byte it is re-armed, once, for what is
       // left of helloTimeoutMs (a whole hello in the first segment never gets that far).
       if (first && !settled) {
@@ -51,10 +60,11 @@ export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Prom
         timer = setTimeout(onTimeout, Math.max(0, settings.helloTimeoutMs - (performance.now() - startedAt)));
       }
     };
-    const decide = (): void => {
+    const decide = (buffer: Buffer): void => {
       const kind = classifyFirstBytes(buffer);
       switch (kind) {
         case 'undecided':
+          awaited = buffer.length + 1;
           return;
         case 'http1':
         case 'h2':
@@ -65,6 +75,7 @@ export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Prom
           try {
             const result = parseClientHello(buffer, settings.maxHelloBytes);
             if (result.done) finish(undefined, { kind: 'tls', hello: result.hello, bytes: buffer });
+            else awaited = buffer.length + result.needed;
           } catch (error) {
             if (!(error instanceof ClientHelloError)) return finish(error as Error);
             finish(undefined, { kind: 'unrecognised', reason: 'malformed-tls', head: buffer, error });
@@ -73,6 +84,7 @@ export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Prom
       }
     };
     const onEnd = (): void => {
+      const buffer = joined();
       if (buffer.length === 0) return finish(undefined, { kind: 'closed' });
       if (buffer[0] === 0x16) {
         const error = new ClientHelloError(TlsErrorCode.Malformed, 'the client closed in the middle of its ClientHello', buffer.length);
@@ -82,6 +94,7 @@ export function peekFirstBytes(socket: net.Socket, settings: PeekSettings): Prom
     };
     const onError = (error: Error): void => finish(error);
     const onTimeout = (): void => {
+      const buffer = joined();
       if (buffer.length === 0) return finish(undefined, { kind: 'unrecognised', reason: 'silent', head: buffer });
       if (buffer[0] === 0x16) return finish(new TlsProxyError(TlsErrorCode.HelloTimeout, `no complete ClientHello within ${settings.helloTimeoutMs} ms`));
       finish(undefined, { kind: 'unrecognised', reason: 'incomplete', head: buffer });

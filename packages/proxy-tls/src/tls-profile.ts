@@ -20,9 +20,9 @@ import type tls from 'node:tls';
  * The bumped leaves are ECDSA P-256 (ca.ts), so of the TLS 1.2 suites only the ECDSA ones
  * are ever chosen; the RSA ones are listed as Mozilla lists them, for a CA with RSA keys.
  */
-export const BUMP_TLS13_SUITES = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256'] as const;
+const BUMP_TLS13_SUITES = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256'] as const;
 
-export const BUMP_TLS12_SUITES = [
+const BUMP_TLS12_SUITES = [
   'ECDHE-ECDSA-AES128-GCM-SHA256',
   'ECDHE-RSA-AES128-GCM-SHA256',
   'ECDHE-ECDSA-AES256-GCM-SHA384',
@@ -32,10 +32,10 @@ export const BUMP_TLS12_SUITES = [
 ] as const;
 
 /** OpenSSL's names for X25519, P-256 and P-384, in the server's order of preference. */
-export const BUMP_GROUPS = ['X25519', 'prime256v1', 'secp384r1'] as const;
+const BUMP_GROUPS = ['X25519', 'prime256v1', 'secp384r1'] as const;
 
 /** Session (and ticket) lifetime, in seconds. */
-export const BUMP_SESSION_SECONDS = 3600;
+const BUMP_SESSION_SECONDS = 3600;
 
 /** The options every secure context of bump's server side is made with (with its key and certificate). */
 export const BUMP_SERVER_PROFILE = {

@@ -3,7 +3,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Observable, Subscription } from 'rxjs';
 import { unreachable } from '../model/errors.js';
 import type { RedirectorEvent } from '../redirector/redirector-events.js';
-import { ERROR_PREFIX_PATTERN } from './vendor-error.js';
+import { ERROR_PREFIX_PATTERN, errorCodeOf } from './vendor-error.js';
 
 export interface RedirectorMetricsOptions {
   /** Every metric's name starts with it and `_`: lower snake case, e.g. `acme_dlp`. */
@@ -108,7 +108,7 @@ export class RedirectorMetrics {
         this.rejected.inc({ code: event.error.code });
         return;
       case 'onward-failed':
-        this.onwardFailed.inc({ code: codeOf(event.error) });
+        this.onwardFailed.inc({ code: errorCodeOf(event.error, 'UNKNOWN') });
         return;
       case 'installed':
       case 'uninstalled':
@@ -128,11 +128,6 @@ export class RedirectorMetrics {
   text(): Promise<string> {
     return this.registry.metrics();
   }
-}
-
-function codeOf(error: Error): string {
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && code !== '' ? code : 'UNKNOWN';
 }
 
 /**

@@ -1,3 +1,4 @@
+import net from 'node:net';
 import fs from 'node:fs';
 import { Command } from 'commander';
 import { Registry } from 'prom-client';
@@ -125,6 +126,23 @@ describe('the vendor CLI main loop', () => {
 
     expect(await run).toBe(1);
     expect(logger.lines).toEqual([{ level: 'error', msg: 'could not start', fields: { err: new Error('no such backend here') } }]);
+  });
+
+  it('exits 1 when the metrics port cannot be bound, and closes the service it had started', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const { port } = taken.address() as net.AddressInfo;
+    let closed = 0;
+    try {
+      const { run, logger } = acmeCli(['--id', 'a', '--priority', '1', '--metrics', `127.0.0.1:${port}`], () => idle({ close: () => Promise.resolve(void closed++) }));
+      const { result, stderr } = await stderrOf(() => run);
+      expect(result).toBe(1);
+      expect(stderr).toContain('EADDRINUSE');
+      expect(closed).toBe(1);
+      expect(logger.lines.map((line) => line.msg)).toEqual(['could not start']);
+    } finally {
+      taken.close();
+    }
   });
 
   it('exits 1 when the service stops by itself after it started', async () => {

@@ -126,7 +126,15 @@ export async function runVendorCli<TOptions extends RedirectorCliOptions, TLogge
     logger.info({ connectionId, source: { address: source.address, port: source.port }, destination, state, redirectedBy }, 'accepted');
   });
   const metricsAt = context.settings.metrics;
-  const metricsServer: http.Server | undefined = metricsAt === undefined ? undefined : await serveMetrics(service.registry, metricsAt.host, metricsAt.port);
+  let metricsServer: http.Server | undefined;
+  try {
+    metricsServer = metricsAt === undefined ? undefined : await serveMetrics(service.registry, metricsAt.host, metricsAt.port);
+  } catch (error) {
+    // A metrics port that cannot be bound (taken, not ours): the service just started goes too.
+    logger.error({ err: error, metrics: metricsAt }, 'could not start');
+    await service.close().catch((closeError: unknown) => logger.error({ err: closeError }, 'close failed'));
+    return fail(error);
+  }
   let removeSignalListeners = (): void => undefined;
   const stopped = new Promise<ExitCode>((resolve) => {
     removeSignalListeners = onShutdownSignal((signal) => {

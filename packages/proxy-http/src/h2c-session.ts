@@ -4,6 +4,7 @@ import type net from 'node:net';
 import { Duplex } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
+import { PerSecondLimit } from '@coproxy/core/vendor';
 import { canonicalAuthority, canonicalRequest } from './canonical-request.js';
 import type { ConnectionHooks } from './client-connection.js';
 import { ProxyErrorCode } from './errors.js';
@@ -85,7 +86,12 @@ class H2cConnection {
   /** The connection to the origin, dialled at the first forwarded stream; undefined again once it closed. */
   private origin: Promise<http2.ClientHttp2Session> | undefined;
   /** Per-second counts of what Node does not bound itself. */
-  private window = { since: 0, resets: 0, control: 0 };
+  private readonly resets = new PerSecondLimit(H2C_LIMITS.maxResetsPerSecond, () =>
+    this.cutOff(`more than ${H2C_LIMITS.maxResetsPerSecond} streams reset by the client within a second`),
+  );
+  private readonly control = new PerSecondLimit(H2C_LIMITS.maxControlFramesPerSecond, () =>
+    this.cutOff(`more than ${H2C_LIMITS.maxControlFramesPerSecond} PING and SETTINGS frames within a second`),
+  );
   private closed = false;
   /** The client's open streams, cut when the connection is closed for a flood. */
   private readonly streams = new Set<http2.ServerHttp2Stream>();
@@ -111,8 +117,8 @@ class H2cConnection {
     });
     this.session = session;
     session.on('stream', (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: readonly string[]) => this.onStream(stream, headers, (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0, [...rawHeaders]));
-    session.on('ping', () => this.count('control'));
-    session.on('remoteSettings', () => this.count('control'));
+    session.on('ping', () => this.control.add());
+    session.on('remoteSettings', () => this.control.add());
     session.on('error', (error: NodeJS.ErrnoException) => {
       const code = error.code ?? 'ERR_HTTP2_ERROR';
       this.hooks.countError(code);
@@ -124,15 +130,10 @@ class H2cConnection {
     session.once('close', () => this.onClose());
   }
 
-  /** Counts a reset stream or a control frame; over the bound, the client is told to calm down and cut off. */
-  private count(what: 'resets' | 'control'): void {
-    const now = Date.now();
-    if (now - this.window.since >= 1000) this.window = { since: now, resets: 0, control: 0 };
-    this.window[what]++;
-    const bound = what === 'resets' ? H2C_LIMITS.maxResetsPerSecond : H2C_LIMITS.maxControlFramesPerSecond;
-    if (this.window[what] <= bound || this.closed) return;
+  /** Over a per-second bound: the client is told to calm down and cut off. */
+  private cutOff(message: string): void {
+    if (this.closed) return;
     this.closed = true;
-    const message = what === 'resets' ? `more than ${bound} streams reset by the client within a second` : `more than ${bound} PING and SETTINGS frames within a second`;
     this.hooks.countError(ProxyErrorCode.H2Flood);
     this.hooks.logger.warn({ connection: this.info.id, code: ProxyErrorCode.H2Flood, reason: message }, 'h2c client cut off');
     this.hooks.emitEvent({ type: 'client-error', connectionId: this.info.id, code: ProxyErrorCode.H2Flood });
@@ -182,7 +183,7 @@ class H2cConnection {
       // A stream the client reset before its answer was complete: rapid reset counts these.
       // (Node reports such a stream `aborted`, or it closes before the proxy's answer began.)
       if (stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !exchange.resetByProxy && (stream.aborted || !stream.headersSent)) {
-        this.count('resets');
+        this.resets.add();
         if (exchange.failure === undefined && !exchange.finished) {
           exchange.failure = { code: ProxyErrorCode.ClientReset, message: `the client reset the stream (${stream.rstCode})` };
         }

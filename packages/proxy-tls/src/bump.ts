@@ -4,11 +4,11 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, decide, pathReadings } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, PerSecondLimit, decide, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
-import { H2_LIMITS, H2_SERVER_OPTIONS, PerSecondLimit } from './h2-limits.js';
+import { H2_LIMITS, H2_SERVER_OPTIONS } from './h2-limits.js';
 import type { Reporter } from './reporter.js';
 import type { OnwardSettings } from './splice.js';
 import { ALERT, tlsAlertRecord } from './tls-alert.js';
@@ -233,9 +233,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     const control = new PerSecondLimit(H2_LIMITS.maxControlFramesPerSecond, () =>
       calm(TlsErrorCode.H2ControlFlood, `the client sent more than ${H2_LIMITS.maxControlFramesPerSecond} PING and SETTINGS frames in a second`),
     );
-    session.on('ping', () => control.count1());
-    session.on('remoteSettings', () => control.count1());
-    session.on('stream', (stream, headers) => serveExchange(state, h2ClientSide(stream, headers, () => resets.count1())));
+    session.on('ping', () => control.add());
+    session.on('remoteSettings', () => control.add());
+    session.on('stream', (stream, headers) => serveExchange(state, h2ClientSide(stream, headers, () => resets.add())));
     session.on('error', (error: Error) => reporter.fail('connection-failed', id, errorCodeOf(error, TlsErrorCode.H2SessionFailed), error.message));
     session.once('close', () => {
       client.destroy();

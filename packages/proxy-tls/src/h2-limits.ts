@@ -38,34 +38,3 @@ export const H2_SERVER_OPTIONS: http2.ServerSessionOptions = {
   maxOutstandingPings: H2_LIMITS.maxOutstandingPings,
   maxSessionMemory: H2_LIMITS.maxSessionMemory,
 };
-
-/**
- * Counts events in one-second windows; the first window over `limit` calls `onExceeded`
- * once. Used for what node:http2 has no option for: streams the peer resets before we
- * answered them (a rapid-reset attacker makes the proxy start work, inspection and an
- * origin request, per stream and cancels it at once, never holding a stream open, so the
- * concurrency limit does not bound it), and PING/SETTINGS floods.
- */
-export class PerSecondLimit {
-  private windowStart = 0;
-  private count = 0;
-  private tripped = false;
-
-  constructor(
-    private readonly limit: number,
-    private readonly onExceeded: () => void,
-    private readonly now: () => number = Date.now,
-  ) {}
-
-  count1(): void {
-    const now = this.now();
-    if (now - this.windowStart >= 1000) {
-      this.windowStart = now;
-      this.count = 0;
-    }
-    if (++this.count > this.limit && !this.tripped) {
-      this.tripped = true;
-      this.onExceeded();
-    }
-  }
-}

@@ -36,3 +36,4 @@ export type { VendorRedirector, VendorRedirectorOptions, VendorRedirectorSpec } 
 export { decide } from './http-inspection.js';
 export type { Verdict, ConnectionInfo, RequestInfo, ResponseInfo, Inspector, Decision } from './http-inspection.js';
 export { pathReadings, slowPathReadings, canonicalPathPattern } from './path-readings.js';
+export { PerSecondLimit } from './per-second-limit.js';

@@ -257,9 +257,11 @@ describe.skipIf(process.platform === 'win32')('a registry that is not private', 
     await open.installed();
     const keptAt = await kept.installed();
 
-    for (const mode of [0o666, 0o640]) {
+    for (const [round, mode] of [0o666, 0o640].entries()) {
       fs.chmodSync(path.join(registry.path, `${open.id}.json`), mode);
-      fs.utimesSync(registry.path, new Date(), new Date(Date.now() + mode)); // a new directory mtime: the table reloads
+      // A new directory mtime each round, seconds apart, so the table reloads: `now + mode`
+      // could repeat the last round's time when the rounds ran 22 ms apart.
+      fs.utimesSync(registry.path, new Date(), new Date(Date.now() + 10_000 * (round + 1)));
       const socket = await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path });
       expect(socket.remotePort).toBe(keptAt.port); // past the refused entry, to the next one
       socket.destroy();

@@ -6,6 +6,7 @@
  * records on the nftables backend, and the same chain on the embedded backend; then HTTP/2
  * over TLS (issue #16): direct, through coproxy-tls's bump (h2 on both legs), through bump
  * then coproxy-http, and through mitmproxy, keep-alive by h2load and new connections by wrk.
+ * Issue #17's records-off chain runs after the embedded chain, its soak last.
  *
  * As root, in a network namespace it creates (and removes, also on Ctrl-C or a failure,
  * killing every process in it): nginx as the origin, wrk as the load (each run bounded by
@@ -24,9 +25,19 @@
  * Options: `--json FILE` (the full report), `--markdown FILE` (default: BENCHMARKS.md at
  * the repo root, written only by a run of every configuration), `--seconds N` (5, per
  * load run), `--only KEYS` (configurations: direct, squid, mitmproxy, haproxy,
- * coproxy-http, coproxy-tls, chain-nftables, chain-embedded, h2-direct, h2-bump, h2-chain,
- * h2-mitmproxy), `--cpu-prof DIR` (runs the
- * coproxy vendors under `node --cpu-prof` and summarizes their self time).
+ * coproxy-http, coproxy-tls, chain-nftables, chain-embedded, chain-records-off, h2-direct,
+ * h2-bump, h2-chain, h2-mitmproxy, soak), `--cpu-prof DIR` (runs the
+ * coproxy vendors under `node --cpu-prof` and summarizes their self time),
+ * `--probe-requests N` (2000; the latency probe's requests per HTTP/HTTPS row, 0: none),
+ * `--soak-flows N` (100000; flows per soak round), `--noise-limit SHARE` (0.15; the share
+ * of the machine other work may take before a run waits for quiet or is repeated; 1 for a
+ * quick check on a busy machine: no waiting, no repeat).
+ *
+ * Issue #17 adds: proxy CPU per new connection (every row), a latency probe (time to first
+ * byte, one new connection at a time), the nftables chain with records against the same
+ * two vendors chained as peers are (records off, uid rules by hand), each vendor's peak RSS
+ * over its whole configuration, and a soak (rounds of short flows through the chain, RSS
+ * and V8 heap after each).
  *
  * Not a test: nothing is asserted on timings. Exit code 0 when every configuration ran and
  * every proxy was proven in the path, 1 otherwise (or without root), 2 for a usage error.
@@ -58,7 +69,7 @@ import {
 } from './measure.js';
 import { Namespace, ORIGIN_ADDRESS } from './namespace.js';
 import { LARGE_PATH, type Origin, type OriginCounts, SMALL_BYTES, SMALL_PATH, startOrigin } from './nginx-origin.js';
-import { describeMachine, perConnection, renderMarkdown, targets } from './report.js';
+import { describeMachine, perConnection, renderMarkdown, targets, targets17 } from './report.js';
 import type { IdleMemory, MeasuredRun, ProcessPeak, ProfileSummary, Report, RowResult, RunKind, Settings, SoakReading, SoakResult, SoakRound } from './results.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -251,7 +262,7 @@ async function main(): Promise<number> {
       log('BENCHMARKS.md not written: not every configuration ran (give --markdown FILE to write this one)');
     }
     if (options.json !== undefined) {
-      fs.writeFileSync(options.json, `${JSON.stringify({ ...report, targets: targets(report) }, null, 2)}\n`);
+      fs.writeFileSync(options.json, `${JSON.stringify({ ...report, targets: targets(report), targets17: targets17(report) }, null, 2)}\n`);
       log(`wrote ${path.resolve(options.json)}`);
     }
     return complete && rows.every((r) => r.inPath) ? 0 : 1;

@@ -449,6 +449,18 @@ export function renderMarkdown(report: Report, command: string): string {
       'every configuration alike, so that other work on a shared machine weighs less. ' +
       `The coproxy vendors ${s.kernelSplice ? 'move bulk bytes between sockets with splice(2) (core\'s kernel splice, on by default)' : 'copy every byte through the process (`COPROXY_KERNEL_SPLICE=0`)'}. MB = 10^6 bytes.`,
     '',
+    '**Per flow (issue #17).** Proxy CPU µs/new conn. is the proxy processes\' CPU time during the `Connection: close` run ÷ its responses (one connection each; kernel time ' +
+      'of the proxies included, the client\'s and the origin\'s not). Peak RSS (whole configuration) is VmHWM of each proxy process read after the configuration\'s last run ' +
+      '(idle connections, then keep-alive, new-connection and 64 MiB runs of every row, and the latency probe), beside the idle figure above; for a chain, each vendor\'s (a + b). ' +
+      `The latency probe (a Node client, \`bench/ttfb-client.ts\`) opens one connection at a time, up to ${thousands(s.probe.requests)} times per HTTP and HTTPS row within ${s.probe.seconds} s, ` +
+      'sends one `Connection: close` GET of the 1 KiB file and times from the start of the connect to the first byte of the response (TLS: the handshake, done by the client against the origin through any splicing proxy, is inside that time), ' +
+      'then reads to the close; added per hop is (the row\'s percentile − direct\'s in the same section) ÷ the proxy processes in the path. ' +
+      'The records-off chain runs the same two vendors `--drop-records --fail-mode closed`, each as its own uid with CAP_NET_ADMIN alone; once they listen the bench removes their tables ' +
+      '(fail-closed tables are not `flags owner`, so root may) and writes the operator\'s own, as for the peers: `--drop-records` alone would loop, since each vendor\'s records check ' +
+      'returns only for marks with its own bit. The vendors still read every accepted socket\'s mark and set their own bit on the onward one (the backend always does), so the comparison prices the records\' kernel rules and propagation, not that per-flow work. ' +
+      `The soak runs the nftables chain afresh: ${s.soak.rounds} rounds of up to ${thousands(s.soak.flows)} flows each (wrk, ${s.soak.connections} connections, \`Connection: close\`, HTTP, stopped at the count or after ${s.soak.roundSeconds} s), ` +
+      'and after each round (its connections closed, 1.5 s later) reads each vendor\'s VmRSS and its V8 heap in use (the vendor\'s `<prefix>_heap_used_bytes` gauge); no GC is forced, so heap figures include garbage not yet collected.',
+    '',
     '**What each configuration needs** (rules counted from `nft list ruleset` while it ran):',
     '',
     ...setups,

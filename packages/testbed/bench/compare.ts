@@ -437,19 +437,27 @@ class ConfigurationRun {
       const { script, doneFile } = writeLimitedWrkScript(this.ctx.dir, flows);
       const { scheme } = rowTarget(row);
       const results: SoakRound[] = [];
-      for (let round = 1; round <= rounds; round++) {
-        await this.quiet();
-        const snapBefore = await this.snapshot();
-        const result = await runWrk(this.ctx.ns, { url: `${scheme}://${ORIGIN_ADDRESS}${SMALL_PATH}`, seconds: roundSeconds, connections, timeoutSeconds: 5, close: true }, script, doneFile);
-        await sleep(SETTLE_MS);
-        const { problems } = this.check(row, 'close', result, snapBefore, await this.snapshot());
-        const readings = await read();
-        if (result.requests < flows) problems.push(`${result.requests} of ${flows} flows within ${roundSeconds} s`);
-        if (result.errors > 0) problems.push(`${result.errors} failed (${result.errorDetail})`);
-        results.push({ flows: result.requests, errors: result.errors, seconds: result.seconds, readings, problems });
-        log(`   round ${round}: ${result.requests} flows in ${result.seconds.toFixed(1)} s, errors ${result.errors}; ${show(readings)}${problems.length > 0 ? `; PROBLEMS: ${problems.join('; ')}` : ''}`);
+      let stopped: string | undefined;
+      for (let round = 1; round <= rounds && stopped === undefined; round++) {
+        try {
+          await this.quiet();
+          const snapBefore = await this.snapshot();
+          const result = await runWrk(this.ctx.ns, { url: `${scheme}://${ORIGIN_ADDRESS}${SMALL_PATH}`, seconds: roundSeconds, connections, timeoutSeconds: 5, close: true }, script, doneFile);
+          await sleep(SETTLE_MS);
+          const { problems } = this.check(row, 'close', result, snapBefore, await this.snapshot());
+          const readings = await read();
+          if (result.requests < flows) problems.push(`${result.requests} of ${flows} flows within ${roundSeconds} s`);
+          if (result.errors > 0) problems.push(`${result.errors} failed (${result.errorDetail})`);
+          results.push({ flows: result.requests, errors: result.errors, seconds: result.seconds, readings, problems });
+          log(`   round ${round}: ${result.requests} flows in ${result.seconds.toFixed(1)} s, errors ${result.errors}; ${show(readings)}${problems.length > 0 ? `; PROBLEMS: ${problems.join('; ')}` : ''}`);
+        } catch (error) {
+          // A vendor that exits mid-soak (out of memory, say) is the soak's finding: the rounds so far are kept.
+          const exited = this.proxies.filter((p) => !fs.existsSync(`/proc/${p.pid}`)).map((p) => `${p.name} (pid ${p.pid}) exited`);
+          stopped = `round ${round}: ${[...exited, error instanceof Error ? error.message : String(error)].join('; ')}`;
+          log(`   STOPPED: ${stopped}`);
+        }
       }
-      return { label: this.configuration.label, setup: this.configuration.setup, flowsPerRound: flows, rounds: results, before };
+      return { label: this.configuration.label, setup: this.configuration.setup, flowsPerRound: flows, rounds: results, before, ...(stopped !== undefined && { stopped }) };
     } finally {
       for (const proxy of [...started.proxies].reverse()) await proxy.stop();
     }

@@ -235,7 +235,7 @@ function added(report: Report, row: RowResult): { p50: number; p99: number; perH
 function latencyProbe(report: Report): string {
   const rows = report.rows.filter((r) => r.latency !== undefined);
   return table(
-    ['configuration', 'requests', 'TTFB p50 ms', 'TTFB p99 ms', 'vendor hops', 'added p50 ms per hop', 'added p99 ms per hop', 'other load'],
+    ['configuration', 'requests', 'TTFB p50 ms', 'TTFB p99 ms', 'vendor hops', 'added p50 / p99 ms (all hops)', 'added p50 ms per hop', 'added p99 ms per hop', 'other load'],
     rows.map((row) => {
       const probe = row.latency!;
       const more = isDirect(row) ? undefined : added(report, row);
@@ -245,6 +245,7 @@ function latencyProbe(report: Report): string {
         fixed(probe.p50Ms, 3),
         fixed(probe.p99Ms, 3),
         isDirect(row) ? '–' : String(hops(row)),
+        more === undefined ? '–' : `${fixed(more.p50, 3)} / ${fixed(more.p99, 3)}`,
         fixed(more?.perHopP50, 3),
         fixed(more?.perHopP99, 3),
         `${Math.round(probe.foreignCpu * 100)}%`,
@@ -320,6 +321,7 @@ function soakSection(soak: SoakResult): string[] {
     '',
     `Growth per flow from the end of round 1 to the end of round ${soak.rounds.length}: ${growth.join('; ')}.`,
     ...(problems.length > 0 ? ['', `**Problems**: ${problems.join('; ')}.`] : []),
+    ...(soak.stopped === undefined ? [] : ['', `**Stopped** before its last round: ${soak.stopped}.`]),
     '',
   ];
 }
@@ -381,7 +383,9 @@ export function targets17(report: Report): Target[] {
   }
   const soak = report.soak;
   if (soak === undefined) missing('no growth over time: each vendor\'s heap and RSS level off after the first soak round');
-  else {
+  else if (soak.stopped !== undefined) {
+    out.push({ text: 'no growth over time: the soak ran its rounds', met: false, detail: `stopped, ${soak.stopped}` });
+  } else {
     for (const r of soak.before) {
       const rss = soakGrowth(soak, r.name, rssBytes);
       const heap = soakGrowth(soak, r.name, heapBytes);

@@ -100,6 +100,8 @@ export interface SoakResult {
   readonly rounds: readonly SoakRound[];
   /** Before the first round (after a probe request). */
   readonly before: readonly SoakReading[];
+  /** Why the soak stopped before its last round (a vendor exited, a reading failed). */
+  readonly stopped?: string;
 }
 
 export interface ProfileSummary {

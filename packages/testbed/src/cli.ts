@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { html, summary } from './report.js';
-import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorKind, killAll, runScenario } from './scenario.js';
+import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
 /**
  * coproxy-testbed: runs independent vendor proxies (coproxy-tls, coproxy-http) as
@@ -23,16 +23,33 @@ const integer = (min: number, max: number) => (text: string): number => {
   return value;
 };
 
-function vendorList(text: string): VendorKind[] {
+/**
+ * `--vendors tls,http` and `--vendor 'CMD'` may be mixed and repeated: the vendors start in
+ * the order they appear on the command line, so both options add to one list.
+ */
+const vendorOrder: VendorSpec[] = [];
+
+function vendorList(text: string): VendorSpec[] {
   const kinds = text.split(',').map((k) => k.trim());
-  for (const kind of kinds) if (kind !== 'tls' && kind !== 'http') throw new InvalidArgumentError(`'${kind}' is not a vendor: tls or http`);
-  if (kinds.length < 1 || kinds.length > 8) throw new InvalidArgumentError('one to eight vendors');
-  return kinds as VendorKind[];
+  for (const kind of kinds) if (kind !== 'tls' && kind !== 'http') throw new InvalidArgumentError(`'${kind}' is not a built-in vendor: tls or http (any other: --vendor 'CMD')`);
+  vendorOrder.push(...kinds.map((kind) => ({ kind: kind as 'tls' | 'http' })));
+  if (vendorOrder.length > 8) throw new InvalidArgumentError('one to eight vendors');
+  return vendorOrder;
 }
+
+function vendorCommand(text: string): VendorSpec[] {
+  if (text.trim() === '') throw new InvalidArgumentError('an empty command');
+  vendorOrder.push({ kind: 'command', command: text });
+  if (vendorOrder.length > 8) throw new InvalidArgumentError('one to eight vendors');
+  return vendorOrder;
+}
+
+/** The vendors of a run: those given, in order, or the two built-in ones. */
+const vendorsOf = (): VendorSpec[] => (vendorOrder.length > 0 ? vendorOrder : [{ kind: 'tls' }, { kind: 'http' }]);
+const vendorName = (spec: VendorSpec): string => (spec.kind === 'command' ? `'${spec.command ?? ''}'` : spec.kind);
 
 interface RunOptions {
   backend: BackendName;
-  vendors: VendorKind[];
   flows: number;
   concurrency: number;
   dropRecords?: string | undefined;
@@ -47,7 +64,8 @@ const program = new Command('coproxy-testbed').description('Proves that independ
 const withRunOptions = (command: Command): Command =>
   command
     .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
-    .option('--vendors <list>', 'vendor packages in start order (the same one may repeat)', vendorList, ['tls', 'http'] as VendorKind[])
+    .option('--vendors <list>', 'built-in vendors in start order (tls, http; the same one may repeat); default tls,http', vendorList)
+    .option('--vendor <command>', "any vendor built on core, started with sh -c: {id} {priority} {ports} {backend} {failMode} are replaced, and the same are in COPROXY_VENDOR_* (repeatable, mixed with --vendors in start order)", vendorCommand)
     .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
     .option('--concurrency <n>', 'flows at a time', integer(1, 64), 8)
     .option('--json <file>', 'write the report as JSON')
@@ -63,7 +81,13 @@ withRunOptions(program.command('run').description('one run'))
 
 withRunOptions(program.command('demo', { isDefault: true }).description('the cooperative run, then the same with one vendor dropping records')).action(async (options: RunOptions) => {
   const cooperative = await runOnce({ ...options, json: suffixed(options.json, 'cooperative'), html: suffixed(options.html, 'cooperative') });
-  const lastVendor = options.vendors[options.vendors.length - 1]!;
+  const builtIn = vendorsOf().filter((v) => v.kind !== 'command');
+  const lastVendor = builtIn[builtIn.length - 1]?.kind;
+  if (lastVendor === undefined) {
+    process.stdout.write('\nNo built-in vendor in this run: the records-dropping run needs one (--vendors http).\n');
+    process.exitCode = cooperative;
+    return;
+  }
   process.stdout.write(`\nNow the same run with the ${lastVendor} vendor dropping records (a vendor that only excludes itself):\n\n`);
   const dropping = await runOnce({ ...options, dropRecords: lastVendor, json: suffixed(options.json, 'dropped'), html: suffixed(options.html, 'dropped') });
   process.stdout.write(
@@ -82,7 +106,7 @@ function suffixed(file: string | undefined, suffix: string): string | undefined 
 async function runOnce(options: RunOptions): Promise<number> {
   const scenario: ScenarioOptions = {
     backend: options.backend,
-    vendors: options.vendors,
+    vendors: vendorsOf(),
     flows: options.flows,
     concurrency: options.concurrency,
     seed: options.seed,
@@ -90,7 +114,7 @@ async function runOnce(options: RunOptions): Promise<number> {
     originPortBase: options.originPortBase,
     onProgress: progressBar(options.flows),
   };
-  process.stdout.write(`coproxy testbed: ${options.vendors.join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);
+  process.stdout.write(`coproxy testbed: ${vendorsOf().map(vendorName).join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);
   let report: Report;
   try {
     report = await runScenario(scenario);

@@ -2,7 +2,8 @@
 import fs from 'node:fs';
 import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { html, summary } from './report.js';
+import { CHECKS, CONFORMANCE_VERSION, runConformance, verdictLine } from './conformance.js';
+import { conformanceHtml, html, summary } from './report.js';
 import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
 /**
@@ -96,6 +97,51 @@ withRunOptions(program.command('demo', { isDefault: true }).description('the coo
   );
   process.exitCode = cooperative === 0 && dropping === 3 ? 0 : cooperative !== 0 ? cooperative : 1;
 });
+
+interface ConformanceCliOptions {
+  vendor: VendorSpec;
+  backend: BackendName;
+  json?: string | undefined;
+  html?: string | undefined;
+  checks?: string[] | undefined;
+  seed: number;
+}
+
+const candidateOf = (text: string): VendorSpec => {
+  if (text.trim() === '') throw new InvalidArgumentError('an empty command');
+  return text === 'tls' || text === 'http' ? { kind: text } : { kind: 'command', command: text };
+};
+
+const checkList = (text: string): string[] => {
+  const names = text.split(',').map((n) => n.trim());
+  for (const name of names) if (!CHECKS.some((c) => c.name === name)) throw new InvalidArgumentError(`'${name}' is not a check: ${CHECKS.map((c) => c.name).join(', ')}`);
+  return names;
+};
+
+program
+  .command('conformance')
+  .description(`runs the conformance checks (version ${CONFORMANCE_VERSION}) on one vendor: one PASS/FAIL line per check, exit 0 only when all pass`)
+  .option('--vendor <command>', "the candidate: a command that starts a vendor built on core ({id} {priority} {ports} {backend} {failMode} are replaced, COPROXY_VENDOR_* set), or tls / http for a reference vendor", candidateOf, { kind: 'http' } as VendorSpec)
+  .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
+  .option('--checks <list>', `a subset, by name: ${CHECKS.map((c) => c.name).join(', ')}`, checkList)
+  .option('--json <file>', 'write the report as JSON (every check with its full run)')
+  .option('--html <file>', 'write a self-contained HTML report with the hop diagram of each failing flow')
+  .option('--seed <n>', 'seed for payloads and ports', integer(0, 2 ** 24), 1)
+  .action(async (options: ConformanceCliOptions) => {
+    process.stdout.write(`coproxy conformance ${CONFORMANCE_VERSION}: ${options.vendor.kind === 'command' ? `'${options.vendor.command ?? ''}'` : options.vendor.kind} on ${options.backend}\n`);
+    const report = await runConformance({
+      candidate: options.vendor,
+      backend: options.backend,
+      seed: options.seed,
+      checks: options.checks,
+      onCheck: (result) => process.stdout.write(`${verdictLine(result)}\n`),
+    });
+    const failed = report.checks.filter((c) => !c.passed).length;
+    process.stdout.write(`${failed === 0 ? 'CONFORMS' : 'DOES NOT CONFORM'}: ${report.checks.length - failed} of ${report.checks.length} checks passed in ${(report.durationMs / 1000).toFixed(1)} s\n`);
+    if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
+    if (options.html !== undefined) fs.writeFileSync(options.html, conformanceHtml(report));
+    process.exitCode = report.passed ? 0 : 1;
+  });
 
 function suffixed(file: string | undefined, suffix: string): string | undefined {
   if (file === undefined) return undefined;

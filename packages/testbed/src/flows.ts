@@ -29,8 +29,8 @@ export interface FlowSpec {
 /** What a run's flows look like; the default is the mixed run (http, https, tcp in turn, 1–64 KiB). */
 export interface FlowShape {
   readonly kinds?: readonly FlowKind[];
-  /** Every flow sends exactly this many bytes (per request for http). */
-  readonly payloadBytes?: number;
+  /** Every flow sends exactly this many bytes (per request for http); a list is taken in turn. */
+  readonly payloadBytes?: number | readonly number[];
   readonly echoAfterEnd?: boolean;
   readonly slowReader?: boolean;
 }
@@ -61,7 +61,7 @@ export function planFlows(ports: readonly number[], seed: number, curl: boolean,
       kind,
       port,
       serverName: `f${index}.testbed.test`,
-      payloadBytes: shape.payloadBytes ?? size,
+      payloadBytes: typeof shape.payloadBytes === 'number' ? shape.payloadBytes : (shape.payloadBytes?.[index % shape.payloadBytes.length] ?? size),
       requests: kind === 'http' ? 3 : 1,
       viaCurl: curl && kind === 'http' && index % 2 === 0,
       ...(kind === 'tcp' && shape.echoAfterEnd === true && { echoAfterEnd: true }),

@@ -148,8 +148,11 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
   const registry = path.join(tmp, 'registry');
   fs.mkdirSync(registry, { mode: 0o700 });
   const netns = options.backend === 'nftables' ? createNamespace() : undefined;
-  const inNs = (command: string, args: readonly string[]): [string, string[]] =>
-    netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
+  // The run's own children go with it: several runs may share this process (conformance).
+  const inNs: InNs = Object.assign(
+    (command: string, args: readonly string[]): [string, string[]] => (netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]]),
+    { children: new Set<ChildProcess>() },
+  );
   const host = netns === undefined ? '127.0.0.1' : NETNS_ADDRESS;
   const followers: LogFollower[] = [];
   const acceptances: Acceptance[] = [];
@@ -213,6 +216,9 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
         const child = vendorProcesses.get(restarted.id)!;
         stop(child, 'SIGKILL');
         await exited(child);
+        // The group leader (a shell) may be reaped before the vendor under it: a restart
+        // that came first would meet its own id still in use.
+        await groupGone(child);
       }
       if (phase === 'restarted' && restarted !== undefined && !loopStopped) await launch(restarted);
       for (const flow of phaseFlows) phaseOf.set(flow.index, phase);
@@ -279,7 +285,7 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
       notes,
     };
   } finally {
-    killAll();
+    for (const child of inNs.children) stop(child, 'SIGKILL');
     for (const follower of followers) follower.stop();
     if (netns !== undefined) removeNamespace(netns);
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -347,7 +353,8 @@ function judge(
   if (!expected.delivered) {
     // A fail-closed vendor was down: nothing may reach the origin uninspected.
     if (expected.down !== undefined && (perVendor.get(expected.down) ?? 0) > 0) problems.push(`${expected.down} accepted it while it was down`);
-    if (client?.ok === true) problems.push(`the client got an answer while ${expected.down ?? 'a vendor'} (fail-closed) was down`);
+    // A raw TCP client cannot tell a refused flow from an empty answer: bytes are the answer.
+    if (client?.ok === true && client.receivedBytes > 0) problems.push(`the client got an answer (${client.receivedBytes} bytes) while ${expected.down ?? 'a vendor'} (fail-closed) was down`);
     if (origin !== undefined && origin.connections > 0) problems.push(`the origin got it uninspected while ${expected.down ?? 'a vendor'} (fail-closed) was down`);
     return { ...base, problems, looped };
   }
@@ -392,7 +399,18 @@ function orderHops(hops: readonly Acceptance[]): Acceptance[] {
   return ordered;
 }
 
-type InNs = (command: string, args: readonly string[]) => [string, string[]];
+/** Where a run's processes start (its namespace, if any), and the run's live children. */
+type InNs = ((command: string, args: readonly string[]) => [string, string[]]) & { readonly children: Set<ChildProcess> };
+
+/** A child of this run: stopped with the run, or with every run on Ctrl-C. */
+function adopt(inNs: InNs, child: ChildProcess): void {
+  children.add(child);
+  inNs.children.add(child);
+  child.once('exit', () => {
+    children.delete(child);
+    inNs.children.delete(child);
+  });
+}
 
 /** Writes a child's arguments to a file in the run's directory: argv holds at most 128 KiB per string on Linux. */
 function argsFile(tmp: string, name: string, args: object): string {
@@ -409,8 +427,7 @@ function startOrigin(
 ): Promise<{ child: ChildProcess; ports: number[]; replaced: PortReplacement[] }> {
   const [command, args] = inNs(process.execPath, [path.join(here, 'origin.js'), argsFile(tmp, 'origin', originArgs)]);
   const child = spawn(command, args, { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  adopt(inNs, child);
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   // Listening on 10,000 ports and opening the CA takes a few seconds on a busy machine.
@@ -496,12 +513,14 @@ function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart): Promis
     argv = inNs(process.execPath, cliArgs);
   }
   // A group of its own: a command may be a shell with children, and they all stop together.
-  const child = spawn(argv[0], argv[1], { stdio: ['ignore', 'ignore', 'pipe'], env, detached: true });
-  children.add(child);
+  const child = spawn(argv[0], argv[1], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
+  adopt(inNs, child);
   groups.add(child);
-  child.once('exit', () => children.delete(child));
+  // What it printed last (both streams: a vendor may log its failure to either), for the error when it does not start.
   let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4096)));
+  const keep = (chunk: Buffer): void => void (stderr = (stderr + chunk.toString()).slice(-4096));
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`vendor ${vendor.id} was not ready within 20 s (no 'installed' line in its event log): ${stderr.trim()}`)), 20_000);
     const others = new Set<string>();
@@ -532,8 +551,7 @@ function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unk
   const total = args.flows.length;
   const [command, argv] = inNs(process.execPath, [path.join(here, 'client.js'), argsFile(tmp, 'client', args)]);
   const child = spawn(command, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  adopt(inNs, child);
   return new Promise((resolve, reject) => {
     child.on('message', (message: ClientMessage) => {
       if ('progress' in message) onProgress?.(message.progress, total);
@@ -542,6 +560,20 @@ function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unk
     // 'close', not 'exit': 'exit' can come before the last IPC message has been read.
     child.once('close', (code) => reject(new Error(`the client exited with ${code} before reporting`)));
   });
+}
+
+/** Resolves once no process of the child's group is left (at most 5 s). */
+async function groupGone(child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (child.pid !== undefined && Date.now() < deadline) {
+    try {
+      process.kill(-child.pid, 0);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ESRCH') return;
+      throw error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 function exited(child: ChildProcess): Promise<void> {
@@ -555,9 +587,11 @@ function exited(child: ChildProcess): Promise<void> {
   });
 }
 
+let namespaces = 0;
+
 /** nftables runs: a network namespace of the run's own, with loopback up and the origin's address on it. */
 function createNamespace(): string {
-  const name = `coproxy-testbed-${process.pid}`;
+  const name = `coproxy-testbed-${process.pid}-${++namespaces}`;
   execFileSync('ip', ['netns', 'add', name]);
   try {
     execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { CHECKS, CONFORMANCE_VERSION, runConformance, verdictLine } from './conformance.js';
+import { realFlowLine, runRealClients } from './real-clients.js';
 import { conformanceHtml, html, summary } from './report.js';
 import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
@@ -140,6 +141,21 @@ program
     process.stdout.write(`${failed === 0 ? 'CONFORMS' : 'DOES NOT CONFORM'}: ${report.checks.length - failed} of ${report.checks.length} checks passed in ${(report.durationMs / 1000).toFixed(1)} s\n`);
     if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
     if (options.html !== undefined) fs.writeFileSync(options.html, conformanceHtml(report));
+    process.exitCode = report.passed ? 0 : 1;
+  });
+
+program
+  .command('clients')
+  .description('real clients (curl, Python urllib) through the vendors on nftables (root), each flow compared byte for byte with the same client without vendors')
+  .option('--vendors <list>', 'built-in vendors in start order; default tls,http', vendorList)
+  .option('--vendor <command>', 'any vendor built on core (as for run)', vendorCommand)
+  .option('--json <file>', 'write the report as JSON')
+  .action(async (options: { json?: string }) => {
+    process.stdout.write(`coproxy testbed, real clients: ${vendorsOf().map(vendorName).join(' + ')} on nftables\n`);
+    const report = await runRealClients({ vendors: vendorsOf() });
+    for (const flow of report.flows) process.stdout.write(`${realFlowLine(flow)}\n`);
+    for (const note of report.notes) process.stdout.write(`  note: ${note}\n`);
+    if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
     process.exitCode = report.passed ? 0 : 1;
   });
 

@@ -120,7 +120,7 @@ const vendorCli: Record<'tls' | 'http', string> = {
 };
 /** A vendor that accepts one flow this many times is in a loop that will not end by itself. */
 export const LOOP_BOUND = 4;
-const NETNS_ADDRESS = '10.200.0.1';
+export const NETNS_ADDRESS = '10.200.0.1';
 
 /** Every live child, so Ctrl-C or a failure can stop them all. */
 const children = new Set<ChildProcess>();
@@ -131,7 +131,7 @@ export function killAll(): void {
 }
 
 /** Vendors run in a process group of their own (a command may be a shell and its children): signals go to the group. */
-function stop(child: ChildProcess, signal: NodeJS.Signals): void {
+export function stop(child: ChildProcess, signal: NodeJS.Signals): void {
   if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
   if (!groups.has(child)) return void child.kill(signal);
   try {
@@ -148,11 +148,7 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
   const registry = path.join(tmp, 'registry');
   fs.mkdirSync(registry, { mode: 0o700 });
   const netns = options.backend === 'nftables' ? createNamespace() : undefined;
-  // The run's own children go with it: several runs may share this process (conformance).
-  const inNs: InNs = Object.assign(
-    (command: string, args: readonly string[]): [string, string[]] => (netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]]),
-    { children: new Set<ChildProcess>() },
-  );
+  const inNs = placeOf(netns);
   const host = netns === undefined ? '127.0.0.1' : NETNS_ADDRESS;
   const followers: LogFollower[] = [];
   const acceptances: Acceptance[] = [];
@@ -294,7 +290,7 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
 
 const asSpec = (vendor: VendorSpec | 'tls' | 'http'): VendorSpec => (typeof vendor === 'string' ? { kind: vendor } : vendor);
 
-function assignVendors(options: ScenarioOptions): VendorInfo[] {
+export function assignVendors(options: Pick<ScenarioOptions, 'vendors' | 'seed' | 'dropRecords'>): VendorInfo[] {
   const random = prng(options.seed);
   const specs = options.vendors.map(asSpec);
   const counts = new Map<VendorKind, number>();
@@ -400,10 +396,18 @@ function orderHops(hops: readonly Acceptance[]): Acceptance[] {
 }
 
 /** Where a run's processes start (its namespace, if any), and the run's live children. */
-type InNs = ((command: string, args: readonly string[]) => [string, string[]]) & { readonly children: Set<ChildProcess> };
+export type InNs = ((command: string, args: readonly string[]) => [string, string[]]) & { readonly children: Set<ChildProcess> };
+
+/** The run's own children go with it: several runs may share this process (conformance). */
+export function placeOf(netns: string | undefined): InNs {
+  return Object.assign(
+    (command: string, args: readonly string[]): [string, string[]] => (netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]]),
+    { children: new Set<ChildProcess>() },
+  );
+}
 
 /** A child of this run: stopped with the run, or with every run on Ctrl-C. */
-function adopt(inNs: InNs, child: ChildProcess): void {
+export function adopt(inNs: InNs, child: ChildProcess): void {
   children.add(child);
   inNs.children.add(child);
   child.once('exit', () => {
@@ -461,7 +465,7 @@ function askOrigin(origin: ChildProcess): Promise<OriginFlowReport[]> {
   });
 }
 
-interface VendorStart {
+export interface VendorStart {
   readonly range: string;
   readonly backend: Backend;
   readonly env: NodeJS.ProcessEnv;
@@ -495,7 +499,7 @@ export function expandCommand(command: string, parameters: Record<string, string
  * line comes, and each `accepted` line of that redirector is an acceptance. A built-in
  * vendor is started through its CLI; any other through `sh -c` with its parameters.
  */
-function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart): Promise<ChildProcess> {
+export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart): Promise<ChildProcess> {
   const parameters = vendorParameters(vendor, start.range, start.backend);
   const env: NodeJS.ProcessEnv = { ...start.env, COPROXY_EVENT_LOG: start.log };
   for (const [name, value] of Object.entries(parameters)) env[PARAMETER_ENV[name]!] = value;
@@ -576,7 +580,7 @@ async function groupGone(child: ChildProcess): Promise<void> {
   }
 }
 
-function exited(child: ChildProcess): Promise<void> {
+export function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
@@ -590,7 +594,7 @@ function exited(child: ChildProcess): Promise<void> {
 let namespaces = 0;
 
 /** nftables runs: a network namespace of the run's own, with loopback up and the origin's address on it. */
-function createNamespace(): string {
+export function createNamespace(): string {
   const name = `coproxy-testbed-${process.pid}-${++namespaces}`;
   execFileSync('ip', ['netns', 'add', name]);
   try {
@@ -603,7 +607,7 @@ function createNamespace(): string {
   return name;
 }
 
-function removeNamespace(name: string): void {
+export function removeNamespace(name: string): void {
   const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'latin1' }).split('\n').filter(Boolean);
   for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
   execFileSync('ip', ['netns', 'del', name]);

@@ -4,6 +4,7 @@ import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { CHECKS, CONFORMANCE_VERSION, runConformance, verdictLine } from './conformance.js';
 import { realFlowLine, runRealClients } from './real-clients.js';
+import type { RealClient } from './real-flows.js';
 import { conformanceHtml, html, summary } from './report.js';
 import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
@@ -149,10 +150,15 @@ program
   .description('real clients (curl, Python urllib) through the vendors on nftables (root), each flow compared byte for byte with the same client without vendors')
   .option('--vendors <list>', 'built-in vendors in start order; default tls,http', vendorList)
   .option('--vendor <command>', 'any vendor built on core (as for run)', vendorCommand)
+  .option('--clients <list>', 'a subset of curl, python-urllib, chromium', (text: string) => {
+    const names = text.split(',').map((n) => n.trim());
+    for (const name of names) if (name !== 'curl' && name !== 'python-urllib' && name !== 'chromium') throw new InvalidArgumentError(`'${name}' is not a client: curl, python-urllib or chromium`);
+    return names as RealClient[];
+  })
   .option('--json <file>', 'write the report as JSON')
-  .action(async (options: { json?: string }) => {
+  .action(async (options: { json?: string; clients?: RealClient[] }) => {
     process.stdout.write(`coproxy testbed, real clients: ${vendorsOf().map(vendorName).join(' + ')} on nftables\n`);
-    const report = await runRealClients({ vendors: vendorsOf() });
+    const report = await runRealClients({ vendors: vendorsOf(), clients: options.clients });
     for (const flow of report.flows) process.stdout.write(`${realFlowLine(flow)}\n`);
     for (const note of report.notes) process.stdout.write(`  note: ${note}\n`);
     if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LogFollower } from './event-log.js';
-import { ORIGIN_NAME, REAL_FLOWS, type RealFlow, type RealOriginMessage, type RealOriginRequest, uploadBytes } from './real-flows.js';
+import { ORIGIN_NAME, REAL_FLOWS, type RealClient, type RealFlow, type RealOriginMessage, type RealOriginRequest, uploadBytes } from './real-flows.js';
 import {
   type Acceptance,
   type InNs,
@@ -13,6 +13,7 @@ import {
   type VendorSpec,
   NETNS_ADDRESS,
   adopt,
+  groups,
   assignVendors,
   createNamespace,
   exited,
@@ -84,33 +85,53 @@ function clientEnv(): NodeJS.ProcessEnv {
 
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
-export async function runRealClients(options: { readonly vendors: readonly (VendorSpec | 'tls' | 'http')[] }): Promise<RealClientsReport> {
+export async function runRealClients(options: { readonly vendors: readonly (VendorSpec | 'tls' | 'http')[]; readonly clients?: readonly RealClient[] | undefined }): Promise<RealClientsReport> {
   const started = Date.now();
   const notes: string[] = [];
-  const flows: RealFlow[] = REAL_FLOWS.map((flow, index) => ({ ...flow, index, port: FIRST_PORT + index }));
+  const flows: RealFlow[] = REAL_FLOWS.map((flow, index) => ({ ...flow, index, port: FIRST_PORT + index })).filter((flow) => options.clients?.includes(flow.client) ?? true);
   const vendors = assignVendors({ vendors: options.vendors, seed: 1 });
   const direct = await runOnce(flows, [], notes);
   const inspected = await runOnce(flows, vendors, notes);
   const order = [...vendors].sort((a, b) => a.priority - b.priority || (a.id < b.id ? -1 : 1)).map((v) => v.id);
   const results = flows.map((flow): RealFlowResult => {
-    const a = direct.outcomes[flow.index]!;
-    const b = inspected.outcomes[flow.index]!;
+    const a = direct.outcomes[flows.indexOf(flow)]!;
+    const b = inspected.outcomes[flows.indexOf(flow)]!;
     const hops = [...inspected.acceptances.filter((h) => h.port === flow.port)].sort((x, y) => x.redirectedBy.length - y.redirectedBy.length);
     const problems: string[] = [];
     if (!a.ok) problems.push(`without vendors the client failed: ${a.error ?? ''}`);
     if (!b.ok) problems.push(`through the vendors the client failed: ${b.error ?? ''}`);
     if (a.ok && b.ok && a.received !== b.received) problems.push(`the client got other bytes than without vendors (${b.receivedBytes} against ${a.receivedBytes})`);
-    if (b.originRequests !== 1) problems.push(`the origin saw ${b.originRequests} requests through the vendors, expected 1`);
-    if (a.origin !== undefined && b.origin !== undefined) {
+    const browser = flow.client === 'chromium';
+    if (browser) {
+      // A page is several requests (page, script, fetch, result, WebSocket messages, perhaps
+      // a favicon) on connections the browser chooses: the same requests, with the same
+      // header lines and bodies, each run (the WebSocket handshake's random key aside: its
+      // messages are compared instead).
+      const requests = (run: typeof direct): string[] =>
+        run.requests.filter((r) => r.port === flow.port && r.url !== '/favicon.ico').map((r) => `${r.method} ${r.url} ${r.head} ${r.body}`).sort();
+      const before = requests(direct);
+      const after = requests(inspected);
+      if (before.join('|') !== after.join('|')) problems.push(`the origin received other requests than without vendors: [${after.map((r) => r.split(' ').slice(0, 2).join(' ')).join(', ')}]`);
+    } else if (b.originRequests !== 1) problems.push(`the origin saw ${b.originRequests} requests through the vendors, expected 1`);
+    if (!browser && a.origin !== undefined && b.origin !== undefined) {
       if (a.origin.head !== b.origin.head) problems.push('the origin received other header lines than without vendors');
       if (a.origin.body !== b.origin.body) problems.push(`the origin received another body than without vendors (${b.origin.bodyBytes} against ${a.origin.bodyBytes} bytes)`);
     }
-    const seen = hops.map((h) => h.vendor);
-    if (seen.join('>') !== order.join('>')) problems.push(`accepted by [${seen.join(', ')}], expected [${order.join(', ')}] once each`);
-    hops.forEach((hop, i) => {
-      const expected = order.slice(0, i + 1);
+    // Each connection of the flow crosses each vendor once, in order: the same number of
+    // acceptances per vendor (one per connection; one in all but a browser's flows), and the
+    // records each saw are those of the vendors before it.
+    // A browser also opens spare connections that may carry no byte before it is stopped; a
+    // vendor that reads first bytes before dialing on never passes those on, so along a
+    // browser's chain the counts may only fall, never rise (a rise would be a vendor
+    // accepting a connection twice), and the last vendor must have carried the page.
+    const perVendor = order.map((id) => hops.filter((h) => h.vendor === id).length);
+    const fair = browser ? perVendor.every((n, i) => n >= 1 && (i === 0 || n <= perVendor[i - 1]!)) : perVendor.every((n) => n === 1);
+    if (!fair) problems.push(`accepted ${order.map((id, i) => `${perVendor[i]!}× by ${id}`).join(', ')}: expected ${browser ? 'no more by a vendor than by the one before it' : 'once by each'}`);
+    for (const hop of hops) {
+      const position = order.indexOf(hop.vendor);
+      const expected = order.slice(0, position + 1);
       if (hop.redirectedBy.join('>') !== expected.join('>')) problems.push(`${hop.vendor} saw records [${hop.redirectedBy.join(', ')}], expected [${expected.join(', ')}]`);
-    });
+    }
     return { flow, direct: a, inspected: b, hops, problems };
   });
   return {
@@ -129,10 +150,11 @@ export function realFlowLine(result: RealFlowResult): string {
   const { flow } = result;
   const name = `${flow.client} ${flow.method} ${flow.scheme} ${flow.path}${flow.uploadBytes > 0 ? ` (${flow.uploadBytes} bytes up)` : ''}`;
   if (result.problems.length > 0) return `FAIL ${name}: ${result.problems.join('; ')}, flow ${flow.index}`;
-  return `PASS ${name}: the same ${result.inspected.receivedBytes} bytes as without vendors, through ${result.hops.map((h) => h.vendor).join(' → ') || 'no vendor'}`;
+  const connections = result.flow.client === 'chromium' ? ` (${result.hops.filter((h) => h.vendor === result.hops.at(-1)?.vendor).length} connections through all)` : '';
+  return `PASS ${name}: the same ${result.flow.client === 'chromium' ? 'page result' : `${result.inspected.receivedBytes} bytes`} as without vendors, through ${[...new Set(result.hops.map((h) => h.vendor))].join(' → ') || 'no vendor'}${connections}`;
 }
 
-async function runOnce(flows: readonly RealFlow[], vendors: readonly VendorInfo[], notes: string[]): Promise<{ outcomes: RealClientOutcome[]; acceptances: Acceptance[] }> {
+async function runOnce(flows: readonly RealFlow[], vendors: readonly VendorInfo[], notes: string[]): Promise<{ outcomes: RealClientOutcome[]; acceptances: Acceptance[]; requests: RealOriginRequest[] }> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-testbed-'));
   const netns = createNamespace();
   // `ip netns exec` mounts /etc/netns/<name>/hosts over /etc/hosts: the clients resolve the
@@ -152,8 +174,9 @@ async function runOnce(flows: readonly RealFlow[], vendors: readonly VendorInfo[
       const log = path.join(tmp, `events-${vendor.id}.jsonl`);
       processes.push(await startVendor(inNs, vendor, { range, backend: 'nftables', env, log, followers, notes, onAccepted: (a) => acceptances.push(a) }));
     }
+    const home = flows.some((f) => f.client === 'chromium') ? await browserHome(tmp, origin.caCert) : undefined;
     const outcomes: Omit<RealClientOutcome, 'origin' | 'originRequests'>[] = [];
-    for (const flow of flows) outcomes.push(await runClient(inNs, tmp, flow, origin.caCert));
+    for (const flow of flows) outcomes.push(await runClient(inNs, tmp, flow, origin.child, origin.caCert, home));
     const requests = await askOrigin(origin.child);
     for (const child of processes) stop(child, 'SIGTERM');
     await Promise.all(processes.map(exited));
@@ -164,6 +187,7 @@ async function runOnce(flows: readonly RealFlow[], vendors: readonly VendorInfo[
         return { ...outcomes[i]!, origin: seen[0], originRequests: seen.length };
       }),
       acceptances,
+      requests,
     };
   } finally {
     for (const child of inNs.children) stop(child, 'SIGKILL');
@@ -209,12 +233,74 @@ function askOrigin(origin: ChildProcess): Promise<RealOriginRequest[]> {
   });
 }
 
+/**
+ * A HOME whose NSS database (where Chromium on Linux reads the roots a user trusts) trusts
+ * the run's origin CA for TLS servers, and nothing else of the machine's user.
+ */
+async function browserHome(tmp: string, caCert: string): Promise<string> {
+  const home = path.join(tmp, 'home');
+  const nssdb = path.join(home, '.pki', 'nssdb');
+  fs.mkdirSync(nssdb, { recursive: true });
+  const certutil = (args: string[]): Promise<void> =>
+    new Promise((resolve, reject) => execFile('certutil', ['-d', `sql:${nssdb}`, ...args], (error, _out, stderr) => (error === null ? resolve() : reject(new Error(`certutil: ${stderr.trim() || error.message} (apt-get install libnss3-tools)`)))));
+  await certutil(['-N', '--empty-password']);
+  await certutil(['-A', '-t', 'C,,', '-n', 'coproxy-testbed-origin', '-i', caCert]);
+  return home;
+}
+
+/** Chromium's flags: headless, off the network but for the page, a profile of the run's own; the name maps to the origin. */
+function chromiumArgs(tmp: string, flow: RealFlow, url: string): string[] {
+  return [
+    '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--disable-quic', `--user-data-dir=${path.join(tmp, `profile-${flow.index}`)}`, `--host-resolver-rules=MAP ${ORIGIN_NAME} ${NETNS_ADDRESS}`,
+    url,
+  ];
+}
+
+/** What the page's script posted: both answers whole (the fetch's 256 KiB, the WebSocket echo). */
+export function pageResult(text: string): { text: string; ok: boolean; error?: string } {
+  let result: { fetch?: { bytes?: number }; websocket?: { echoedIntact?: boolean }; error?: string };
+  try {
+    result = JSON.parse(text) as typeof result;
+  } catch {
+    return { text, ok: false, error: `the page posted no JSON: ${text.slice(0, 80)}` };
+  }
+  if (result.error !== undefined) return { text, ok: false, error: `the page's script: ${result.error}` };
+  if (result.fetch?.bytes !== 256 * 1024 || result.websocket?.echoedIntact !== true) return { text, ok: false, error: `the page got ${text}` };
+  return { text, ok: true };
+}
+
 /** Runs the flow's client program once; what it wrote out is the answer it got. */
-function runClient(inNs: InNs, tmp: string, flow: RealFlow, caCert: string): Promise<Omit<RealClientOutcome, 'origin' | 'originRequests'>> {
+function runClient(inNs: InNs, tmp: string, flow: RealFlow, origin: ChildProcess, caCert: string, home: string | undefined): Promise<Omit<RealClientOutcome, 'origin' | 'originRequests'>> {
   const out = path.join(tmp, `out-${flow.index}`);
   const body = path.join(tmp, `body-${flow.index}`);
   if (flow.method === 'POST') fs.writeFileSync(body, uploadBytes(flow));
   const url = `${flow.scheme}://${ORIGIN_NAME}:${flow.port}${flow.path}`;
+  if (flow.client === 'chromium') {
+    const [command, args] = inNs('chromium', chromiumArgs(tmp, flow, url));
+    // Chromium and its helper processes in a group of their own, stopped together once the
+    // page's script has posted its result (or after 25 s).
+    const child = spawn(command, args, { env: { ...clientEnv(), HOME: home ?? '' }, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    adopt(inNs, child);
+    groups.add(child);
+    let stderr = '';
+    child.stderr?.on('data', (chunk: Buffer) => void (stderr = (stderr + chunk.toString()).slice(-2048)));
+    return new Promise((resolve) => {
+      const done = (outcome: Omit<RealClientOutcome, 'origin' | 'originRequests'>): void => {
+        clearTimeout(timer);
+        origin.off('message', onMessage);
+        stop(child, 'SIGKILL');
+        resolve(outcome);
+      };
+      const onMessage = (message: RealOriginMessage): void => {
+        if (!('page' in message) || message.page.port !== flow.port) return;
+        const page = pageResult(message.page.text);
+        done(page.ok ? { ok: true, received: sha256(Buffer.from(page.text)), receivedBytes: page.text.length } : { ok: false, error: page.error, received: '', receivedBytes: 0 });
+      };
+      const timer = setTimeout(() => done({ ok: false, error: `no result from the page within 25 s: ${stderr.trim().split('\n').at(-1) ?? ''}`, received: '', receivedBytes: 0 }), 40_000);
+      origin.on('message', onMessage);
+    });
+  }
   const argv =
     flow.client === 'curl'
       ? ['curl', '-sS', '--fail', '--max-time', String(CLIENT_TIMEOUT_S), '--cacert', caCert, '-o', out,

@@ -125,7 +125,7 @@ export const NETNS_ADDRESS = '10.200.0.1';
 /** Every live child, so Ctrl-C or a failure can stop them all. */
 const children = new Set<ChildProcess>();
 /** The children that lead a process group of their own (the vendors). */
-const groups = new WeakSet<ChildProcess>();
+export const groups = new WeakSet<ChildProcess>();
 export function killAll(): void {
   for (const child of children) stop(child, 'SIGKILL');
 }

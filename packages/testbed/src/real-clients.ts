@@ -297,7 +297,7 @@ function runClient(inNs: InNs, tmp: string, flow: RealFlow, origin: ChildProcess
         const page = pageResult(message.page.text);
         done(page.ok ? { ok: true, received: sha256(Buffer.from(page.text)), receivedBytes: page.text.length } : { ok: false, error: page.error, received: '', receivedBytes: 0 });
       };
-      const timer = setTimeout(() => done({ ok: false, error: `no result from the page within 25 s: ${stderr.trim().split('\n').at(-1) ?? ''}`, received: '', receivedBytes: 0 }), 40_000);
+      const timer = setTimeout(() => done({ ok: false, error: `no result from the page within 25 s: ${stderr.trim().split('\n').at(-1) ?? ''}`, received: '', receivedBytes: 0 }), 25_000);
       origin.on('message', onMessage);
     });
   }

@@ -57,15 +57,26 @@ export function parseLogLine(text: string): LogLine | undefined {
  */
 export class LogFollower {
   private offset = 0;
-  private partial = '';
+  /** Bytes after the last newline: a line being written, or a UTF-8 sequence cut by a read. */
+  private partial = Buffer.alloc(0);
   private readonly timer: NodeJS.Timeout;
   private stopped = false;
+  /** Why following stopped early (the file became unreadable); the vendor then never looks ready. */
+  error: Error | undefined;
 
   constructor(
     readonly file: string,
     private readonly onLine: (line: LogLine) => void,
   ) {
-    this.timer = setInterval(() => this.read(), 20);
+    this.timer = setInterval(() => {
+      try {
+        this.read();
+      } catch (error) {
+        this.error = error as Error;
+        this.stopped = true;
+        clearInterval(this.timer);
+      }
+    }, 20);
   }
 
   /** Reads what was written so far. */
@@ -84,13 +95,13 @@ export class LogFollower {
         const n = fs.readSync(fd, buffer, 0, buffer.length, this.offset);
         if (n === 0) break;
         this.offset += n;
-        const text = this.partial + buffer.subarray(0, n).toString('utf8');
-        const lines = text.split('\n');
-        this.partial = lines.pop() ?? '';
-        for (const line of lines) {
-          const parsed = parseLogLine(line);
+        let text = Buffer.concat([this.partial, buffer.subarray(0, n)]);
+        for (let newline = text.indexOf(0x0a); newline >= 0; newline = text.indexOf(0x0a)) {
+          const parsed = parseLogLine(text.subarray(0, newline).toString('utf8'));
+          text = text.subarray(newline + 1);
           if (parsed !== undefined) this.onLine(parsed);
         }
+        this.partial = Buffer.from(text);
       }
     } finally {
       fs.closeSync(fd);
@@ -99,8 +110,12 @@ export class LogFollower {
 
   /** Reads the rest, then stops. */
   stop(): void {
-    this.read();
-    this.stopped = true;
+    if (this.stopped) return;
     clearInterval(this.timer);
+    try {
+      this.read();
+    } finally {
+      this.stopped = true;
+    }
   }
 }

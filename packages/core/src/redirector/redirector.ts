@@ -21,6 +21,7 @@ import {
 } from '../model/errors.js';
 import { assertRedirectorId } from '../model/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
+import { attachEventLog } from './event-log.js';
 import { admits, compileMatch } from '../model/match-rule.js';
 import type { RedirectorEvent, RedirectorEventInit } from './redirector-events.js';
 import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
@@ -82,6 +83,7 @@ export function createRedirector(options: RedirectorOptions): Redirector {
   // waits for it, so the id can be reused at once after close() or destroy().
   const redirector = new RedirectorImpl(spec, options.backend ?? DEFAULT_BACKEND, backend, previous?.settled ?? Promise.resolve());
   byId.set(spec.id, redirector);
+  attachEventLog(redirector); // COPROXY_EVENT_LOG, opt-in: nothing when unset
   return redirector;
 }
 

@@ -109,6 +109,25 @@ describe('QUIC Initial reader', () => {
     expect(result.summary).toMatchObject({ packets: 2, datagrams: 1, skippedPackets: 1 });
   });
 
+  it('skips a datagram of 0-RTT alone between two Initial datagrams', () => {
+    const half = 40;
+    const zeroRtt = Buffer.concat([Buffer.from([0xd0, 0, 0, 0, 1, dcid.length]), dcid, Buffer.from([0, 0x40, 30]), Buffer.alloc(30, 0xee)]);
+    const reader = new QuicInitialReader();
+    expect(reader.push(buildInitialDatagram({ dcid, packetNumber: 0, frames: [cryptoFrame(0, message.subarray(0, half))] })).done).toBe(false);
+    expect(reader.push(zeroRtt).done).toBe(false);
+    const result = reader.push(buildInitialDatagram({ dcid, packetNumber: 1, frames: [cryptoFrame(half, message.subarray(half))] }));
+    if (!result.done) throw new Error('the two Initials make a hello');
+    expect(result.summary).toMatchObject({ packets: 2, datagrams: 3, skippedPackets: 1 });
+  });
+
+  it('refuses an Initial under 1200 bytes after the first datagram too', () => {
+    const reader = new QuicInitialReader();
+    expect(reader.push(buildInitialDatagram({ dcid, packetNumber: 0, frames: [cryptoFrame(0, message.subarray(0, 50))] })).done).toBe(false);
+    const small = buildInitial({ dcid, packetNumber: 1, frames: [cryptoFrame(50, message.subarray(50))] });
+    expect(small.length).toBeLessThan(1200);
+    expect(() => reader.push(small)).toThrow(/COPROXY_TLS_QUIC_MALFORMED: an Initial datagram of \d+ bytes/);
+  });
+
   it('refuses CRYPTO bytes sent twice with different values', () => {
     const other = Buffer.from(message);
     other[10]! ^= 0xff;

@@ -317,22 +317,22 @@ function walkFrames(payload: Buffer, datagram: number, packetOffset: number, cry
  * let an inspector read one and the server the other.
  */
 class CryptoStream {
-  private readonly bytes: Buffer;
-  private readonly filled: Uint8Array;
+  /** Grown on demand (doubling, up to `limit`): a flow that sends one small Initial costs little. */
+  private bytes = Buffer.alloc(0);
+  private filled = new Uint8Array(0);
   /** How many bytes from offset 0 are in. */
   private contiguous = 0;
   private highest = 0;
 
-  constructor(private readonly limit: number) {
-    this.bytes = Buffer.alloc(limit);
-    this.filled = new Uint8Array(limit);
-  }
+  constructor(private readonly limit: number) {}
 
-  /** Adds `data` at `offset`; returns the error message for a fault, undefined when accepted. */
+  /** Adds `data` at `offset`; returns the fault, undefined when accepted. */
   add(offset: number, data: Buffer): { code: QuicInitialErrorCode; message: string } | undefined {
-    if (offset + data.length > this.limit) {
-      return { code: TlsErrorCode.QuicTooLarge, message: `CRYPTO data up to byte ${offset + data.length} exceeds the ${this.limit}-byte bound` };
+    const end = offset + data.length;
+    if (end > this.limit) {
+      return { code: TlsErrorCode.QuicTooLarge, message: `CRYPTO data up to byte ${end} exceeds the ${this.limit}-byte bound` };
     }
+    if (end > this.bytes.length) this.grow(end);
     for (let i = 0; i < data.length; i++) {
       const at = offset + i;
       if (this.filled[at] === 1) {
@@ -342,9 +342,19 @@ class CryptoStream {
         this.filled[at] = 1;
       }
     }
-    this.highest = Math.max(this.highest, offset + data.length);
-    while (this.contiguous < this.limit && this.filled[this.contiguous] === 1) this.contiguous++;
+    this.highest = Math.max(this.highest, end);
+    while (this.contiguous < this.bytes.length && this.filled[this.contiguous] === 1) this.contiguous++;
     return undefined;
+  }
+
+  private grow(end: number): void {
+    const size = Math.min(this.limit, Math.max(end, this.bytes.length * 2, 2048));
+    const bytes = Buffer.alloc(size);
+    this.bytes.copy(bytes);
+    const filled = new Uint8Array(size);
+    filled.set(this.filled);
+    this.bytes = bytes;
+    this.filled = filled;
   }
 
   /** The bytes from offset 0 received so far without a gap. */
@@ -423,11 +433,12 @@ export class QuicInitialReader {
     if (index >= this.maxDatagrams) {
       throw new QuicInitialError(TlsErrorCode.QuicTooLarge, `no whole ClientHello in ${this.maxDatagrams} datagrams`, index, 0);
     }
-    if (datagram.length < MIN_INITIAL_DATAGRAM) {
+    if (index === 0 && datagram.length < MIN_INITIAL_DATAGRAM) {
       // Tell what it is first: a non-QUIC datagram is unrecognised, not a short Initial.
       readInitialHeader(datagram, 0, index);
       throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
     }
+    const packetsBefore = this.packets;
     let offset = 0;
     while (offset < datagram.length) {
       // After the first packet, what follows is another coalesced packet, or padding a
@@ -435,6 +446,11 @@ export class QuicInitialReader {
       // (its DCID would be another connection's). Neither carries CRYPTO data for us.
       if (offset > 0 && (datagram[offset]! & 0x80) === 0) break;
       offset += this.readPacket(datagram, offset, index);
+    }
+    // Every datagram that carries an Initial is at least 1200 bytes (RFC 9000 §14.1); one of
+    // 0-RTT packets only (a resuming client) may be smaller.
+    if (this.packets > packetsBefore && datagram.length < MIN_INITIAL_DATAGRAM) {
+      throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
     }
     const hello = this.hello(index);
     if (hello === undefined) {
@@ -462,11 +478,14 @@ export class QuicInitialReader {
   /** Reads (or skips) one long-header packet at `offset`; returns its length. */
   private readPacket(datagram: Buffer, offset: number, index: number): number {
     const first = this.first;
-    if (offset > 0 && first !== undefined && datagram.length - offset >= 5) {
-      // A coalesced 0-RTT or Handshake packet of the same version: skipped by its length.
+    if (first !== undefined && datagram.length - offset >= 5) {
+      // A 0-RTT or Handshake packet of the flow's version, coalesced or in a datagram of its own: skipped by its length.
       const version = datagram.readUInt32BE(offset + 1);
       const parameters = VERSIONS.get(version);
-      if (version === first.version && parameters !== undefined && (datagram[offset]! & 0x30) >> 4 !== parameters.initialType) {
+      const type = (datagram[offset]! & 0x30) >> 4;
+      if ((datagram[offset]! & 0x80) !== 0 && version === first.version && parameters !== undefined && type !== parameters.initialType) {
+        // Retry (type 3 in v1, 0 in v2) is the server's alone, and has no length to skip by.
+        if (type === (parameters.name === 'v1' ? 3 : 0)) throw new QuicInitialError(TlsErrorCode.QuicMalformed, 'a Retry packet from the client', index, offset);
         return this.skipLongHeader(datagram, offset, index);
       }
     }

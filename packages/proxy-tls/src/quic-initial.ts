@@ -333,17 +333,24 @@ class CryptoStream {
       return { code: TlsErrorCode.QuicTooLarge, message: `CRYPTO data up to byte ${end} exceeds the ${this.limit}-byte bound` };
     }
     if (end > this.bytes.length) this.grow(end);
-    for (let i = 0; i < data.length; i++) {
-      const at = offset + i;
-      if (this.filled[at] === 1) {
-        if (this.bytes[at] !== data[i]) return { code: TlsErrorCode.QuicMalformed, message: `CRYPTO byte ${at} sent twice with different values` };
-      } else {
-        this.bytes[at] = data[i]!;
-        this.filled[at] = 1;
+    if (this.filled.subarray(offset, end).indexOf(1) === -1) {
+      // New data only (the usual case): one copy.
+      data.copy(this.bytes, offset);
+      this.filled.fill(1, offset, end);
+    } else {
+      for (let i = 0; i < data.length; i++) {
+        const at = offset + i;
+        if (this.filled[at] === 1) {
+          if (this.bytes[at] !== data[i]) return { code: TlsErrorCode.QuicMalformed, message: `CRYPTO byte ${at} sent twice with different values` };
+        } else {
+          this.bytes[at] = data[i]!;
+          this.filled[at] = 1;
+        }
       }
     }
     this.highest = Math.max(this.highest, end);
-    while (this.contiguous < this.bytes.length && this.filled[this.contiguous] === 1) this.contiguous++;
+    const gap = this.filled.indexOf(0, this.contiguous);
+    this.contiguous = gap === -1 ? this.filled.length : gap;
     return undefined;
   }
 

@@ -1,10 +1,8 @@
 import http from 'node:http';
 import http2 from 'node:http2';
-import type net from 'node:net';
-import { Duplex } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { PerSecondLimit } from '@coproxy/core/vendor';
+import { H2FrameMeter, H2_FRAME_BOUNDS, PerSecondLimit, meteredSocket } from '@coproxy/core/vendor';
 import { canonicalAuthority, canonicalRequest } from './canonical-request.js';
 import type { ConnectionHooks } from './client-connection.js';
 import { ProxyErrorCode } from './errors.js';
@@ -25,7 +23,8 @@ import type { ConnectionInfo, Decision, RequestInfo, ResponseInfo } from './insp
  * Bounds against HTTP/2's own attacks (named in the README): Node's session options for
  * what it counts (concurrent streams, header list size and pairs, invalid frames,
  * refused streams, SETTINGS entries) and a per-second count here for what it does not
- * (streams the client resets, PINGs, SETTINGS frames): over it, GOAWAY
+ * (streams the client resets, PINGs, SETTINGS frames) and a count of WINDOW_UPDATE frames
+ * against the DATA the proxy sent (core's `H2FrameMeter`): over either, GOAWAY
  * ENHANCE_YOUR_CALM and the connection is closed.
  */
 
@@ -45,6 +44,12 @@ export const H2C_LIMITS = {
   maxResetsPerSecond: 100,
   /** PING and SETTINGS frames a client may send within one second (control-frame floods). */
   maxControlFramesPerSecond: 100,
+  /**
+   * WINDOW_UPDATE frames (which Node neither reports nor bounds): at most this base, plus
+   * `windowUpdatesPerStream` per stream and `windowUpdatesPerDataFrame` per DATA frame sent
+   * (core's `H2FrameMeter`, counting frame headers on the connection's bytes).
+   */
+  ...H2_FRAME_BOUNDS,
 } as const;
 
 /** A stream's refusal before inspection: answered on the stream, its siblings carry on. */
@@ -104,7 +109,8 @@ class H2cConnection {
 
   start(head: Buffer): void {
     const socket = this.conn.socket;
-    const session = http2.performServerHandshake(withHead(socket, head), {
+    const meter = new H2FrameMeter(H2C_LIMITS, (message) => this.cutOff(message));
+    const session = http2.performServerHandshake(meteredSocket(socket, head, meter, SOCKET_LINGER_MS), {
       settings: {
         maxConcurrentStreams: H2C_LIMITS.maxConcurrentStreams,
         maxHeaderListSize: this.hooks.settings.maxHeaderSize,
@@ -438,41 +444,6 @@ function drain(stream: http2.ServerHttp2Stream, exchange: StreamExchange): void 
   if (stream.listenerCount('data') === 0) stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
 }
 
-/**
- * The client's socket as a stream that first yields `head`, the bytes the sniff read.
- * Node's HTTP/2 reads a `net.Socket`'s handle directly, past anything already read from
- * it into the stream (an unshifted preface is not seen first: "bad client magic"); a plain
- * Duplex it reads through the stream interface, in order.
- */
-function withHead(socket: net.Socket, head: Buffer): Duplex {
-  const duplex = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, (error) => callback(error ?? null));
-    },
-    final(callback) {
-      socket.end(() => callback());
-    },
-    destroy(error, callback) {
-      // What the session wrote last (a GOAWAY) goes out before the close; a peer that does not read gets a bounded wait.
-      if (!socket.destroyed) {
-        socket.end();
-        setTimeout(() => socket.destroy(), SOCKET_LINGER_MS).unref();
-      }
-      callback(error);
-    },
-  });
-  duplex.push(head);
-  socket.on('data', (chunk: Buffer) => {
-    if (!duplex.push(chunk)) socket.pause();
-  });
-  socket.once('end', () => duplex.push(null));
-  socket.once('close', () => duplex.destroy());
-  socket.on('error', () => undefined); // the close that follows ends the session
-  return duplex;
-}
 
 /**
  * A request stream in the one view the rules judge and the origin is sent, as for

@@ -37,3 +37,5 @@ export { decide } from './http-inspection.js';
 export type { Verdict, ConnectionInfo, RequestInfo, ResponseInfo, Inspector, Decision } from './http-inspection.js';
 export { pathReadings, slowPathReadings, canonicalPathPattern } from './path-readings.js';
 export { PerSecondLimit } from './per-second-limit.js';
+export { H2FrameMeter, H2FrameScanner, H2_FRAME_BOUNDS, H2_CLIENT_PREFACE_LENGTH, meteredSocket } from './h2-frame-meter.js';
+export type { H2FrameBounds } from './h2-frame-meter.js';

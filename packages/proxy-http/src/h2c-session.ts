@@ -109,6 +109,9 @@ class H2cConnection {
 
   start(head: Buffer): void {
     const socket = this.conn.socket;
+    // Frames reach the socket through a JS stream, a header and its payload as separate
+    // writes: without this, Nagle's algorithm holds the second for the peer's delayed ACK.
+    socket.setNoDelay(true);
     const meter = new H2FrameMeter(H2C_LIMITS, (message) => this.cutOff(message));
     const session = http2.performServerHandshake(meteredSocket(socket, head, meter, SOCKET_LINGER_MS), {
       settings: {

@@ -4,7 +4,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, PerSecondLimit, decide, pathReadings } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, H2FrameMeter, type Inspector, PerSecondLimit, type RequestInfo, decide, meteredSocket, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
@@ -215,20 +215,28 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     // this a client that hangs up without GOAWAY (curl does) leaves the connection open.
     client.allowHalfOpen = false;
     client.setTimeout(0);
-    const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
+    // The session's frames reach the TLS socket through a JS stream (below), a frame header
+    // and its payload as separate writes: Nagle's algorithm would hold each second small
+    // record for the peer's delayed ACK (an 8 MiB download took ten times as long).
+    state.conn.socket.setNoDelay(true);
     const { id } = state.conn;
+    // WINDOW_UPDATEs, which node:http2 neither reports nor bounds, are counted on the bytes
+    // going into the session (a JS duplex between the TLS socket and the session: core's
+    // meteredSocket). `calm` is hoisted: the meter calls it on a later tick.
+    const meter = new H2FrameMeter(H2_LIMITS, (message) => calm(TlsErrorCode.H2ControlFlood, message));
+    const session = http2.performServerHandshake(meteredSocket(client, undefined, meter, IDLE_LINGER_MS), H2_SERVER_OPTIONS);
     // No frame either way for idleTimeoutMs: the session ends (GOAWAY), and is cut if a stream
     // the client keeps open (a body never ended) holds it.
     session.setTimeout(idleTimeoutMs, () => {
       session.close();
       setTimeout(() => session.destroy(), IDLE_LINGER_MS).unref();
     });
-    const calm = (code: TlsErrorCode, message: string): void => {
+    function calm(code: TlsErrorCode, message: string): void {
       reporter.fail('connection-failed', id, code, message);
       // The GOAWAY says why; destroy() then ends the session without waiting for its streams.
       session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       session.destroy(undefined, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    };
+    }
     const resets = new PerSecondLimit(H2_LIMITS.maxResetsPerSecond, () => calm(TlsErrorCode.H2RapidReset, `the client reset more than ${H2_LIMITS.maxResetsPerSecond} streams in a second`));
     const control = new PerSecondLimit(H2_LIMITS.maxControlFramesPerSecond, () =>
       calm(TlsErrorCode.H2ControlFlood, `the client sent more than ${H2_LIMITS.maxControlFramesPerSecond} PING and SETTINGS frames in a second`),
@@ -470,8 +478,10 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
 function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, onPeerReset: () => void): ClientSide {
   let endedByUs = false;
   // A stream the peer resets before we answered it: what a rapid-reset attack is made of.
-  stream.once('aborted', () => {
-    if (!endedByUs) onPeerReset();
+  // Counted at its close, not by 'aborted': a stream whose HEADERS and RST_STREAM node:http2
+  // reads in one go closes without 'aborted' when the session runs on a JS stream.
+  stream.once('close', () => {
+    if (!endedByUs && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && (stream.aborted || !stream.headersSent)) onPeerReset();
   });
   stream.on('error', () => undefined); // the 'close' below reports it; an unhandled 'error' would crash the process
   return {

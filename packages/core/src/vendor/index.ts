@@ -39,3 +39,7 @@ export { pathReadings, slowPathReadings, canonicalPathPattern } from './path-rea
 export { PerSecondLimit } from './per-second-limit.js';
 export { H2FrameMeter, H2FrameScanner, H2_FRAME_BOUNDS, H2_CLIENT_PREFACE_LENGTH, meteredSocket } from './h2-frame-meter.js';
 export type { H2FrameBounds } from './h2-frame-meter.js';
+export { canonicalAuthority, canonicalRuleHost } from './authority.js';
+export type { CanonicalAuthority } from './authority.js';
+export { parseRules, loadRules, rulesInspector, RuleFileError } from './rules.js';
+export type { Rule, RuleFile, RuleFileErrorFactory } from './rules.js';

@@ -4,7 +4,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, H2FrameMeter, type Inspector, PerSecondLimit, type RequestInfo, decide, meteredSocket, pathReadings } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, H2FrameMeter, type Inspector, PerSecondLimit, type RequestInfo, canonicalAuthority, decide, meteredSocket, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
@@ -318,7 +318,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     });
 
     const request = requestInfo(state, side);
-    if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target: ${side.method} ${side.path.slice(0, 200)}`, 400);
+    if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target or authority: ${side.method} ${side.path.slice(0, 200)} (${(side.authority ?? '').slice(0, 200)})`, 400);
     // The rules judge the host a request names, but its bytes go to the server this connection
     // was verified for: a name that server's certificate does not cover (a request for
     // allowed.example on a connection to blocked.example, which an attacker's server would
@@ -405,10 +405,13 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   // outright (a bad or NUL escape) has no usable reading: 400.
   const paths = pathReadings(query === -1 ? side.path : side.path.slice(0, query));
   if (paths === undefined) return undefined;
-  // A request without one (HTTP/1.0 without Host, h2 without :authority) is sent the
-  // connection's own (the SNI, or the address): the rules judge that, as the origin gets it.
-  const authority = side.authority ?? defaultAuthorityOf(state);
-  const parsed = splitAuthority(authority);
+  // A request without one (HTTP/1.0 without Host, h2 without :authority, or an empty one) is
+  // sent the connection's own (the SNI, or the address): the rules judge that, as the origin
+  // gets it. Hosts are read as coproxy-http reads them (core's canonicalAuthority: case, a
+  // trailing dot, IPv6 forms); one it refuses (user information, a bad port, an escape) has
+  // no reading a rule could match: 400.
+  const parsed = canonicalAuthority(side.authority === undefined || side.authority === '' ? defaultAuthorityOf(state) : side.authority);
+  if (parsed === undefined || parsed.host === '') return undefined;
   return {
     method: side.method,
     url: side.path,
@@ -417,19 +420,12 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
     paths,
     host: parsed.host,
     port: parsed.port,
-    authority: authority.toLowerCase(),
+    authority: parsed.authority,
     httpVersion: side.protocol === 'h2' ? '2.0' : '1.1',
     headers: side.headers,
     connection: state.info,
     upgrade: false,
   };
-}
-
-function splitAuthority(authority: string): { host: string; port: number | undefined } {
-  const match = /^(\[[^\]]*\]|[^:]*)(?::(\d+))?$/.exec(authority.toLowerCase());
-  const host = (match?.[1] ?? authority).replace(/^\[|\]$/g, '').replace(/\.$/, '');
-  const port = match?.[2] === undefined ? undefined : Number(match[2]);
-  return { host, port };
 }
 
 /** Headers that belong to one HTTP/1.1 hop (RFC 9110 §7.6.1) and that HTTP/2 forbids (RFC 9113 §8.2.2): never forwarded either way. */

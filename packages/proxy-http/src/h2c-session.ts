@@ -76,6 +76,8 @@ interface StreamExchange {
   readonly endStream: boolean;
   /** The proxy reset the client's stream itself (not the client's reset). */
   resetByProxy: boolean;
+  /** The client's request trailers, kept from the moment they arrive (inspection may still be running). */
+  requestTrailers: http2.OutgoingHttpHeaders | undefined;
 }
 
 /**
@@ -183,7 +185,10 @@ class H2cConnection {
       finished: false,
       endStream,
       resetByProxy: false,
+      requestTrailers: undefined,
     };
+    // 'trailers' is emitted as they arrive, not as the body is read: kept now for the origin stream opened later.
+    stream.once('trailers', (received: http2.IncomingHttpHeaders) => (exchange.requestTrailers = withoutPseudoHeaders(received)));
     this.hooks.metrics.requests.inc({ method: METHOD_LABELS.has(method) ? method : 'other' });
     this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
@@ -252,7 +257,7 @@ class H2cConnection {
     if (stream.destroyed) return;
     let upstream: http2.ClientHttp2Stream;
     try {
-      upstream = origin.request(outgoing, { endStream: exchange.endStream });
+      upstream = origin.request(outgoing, { endStream: exchange.endStream, waitForTrailers: !exchange.endStream });
     } catch (error) {
       this.fail(stream, exchange, errorCodeOf(error, ProxyErrorCode.OriginUnreachable), asError(error), 502);
       return;
@@ -283,6 +288,9 @@ class H2cConnection {
     // The body streams with HTTP/2's flow control on both legs: the client's window opens as the origin's does.
     if (exchange.endStream) drain(stream, exchange);
     else {
+      // Request trailers (gRPC clients', a checksum after an upload) follow the body as they
+      // came, pseudo-headers aside: the origin's stream ends with them, or with an empty end.
+      upstream.once('wantTrailers', () => upstream.sendTrailers(exchange.requestTrailers ?? {}));
       stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
       stream.pipe(upstream);
     }
@@ -314,10 +322,7 @@ class H2cConnection {
     const noBody = request.method === 'HEAD' || status === 204 || status === 304;
     // Trailers (gRPC's grpc-status) are passed on: the answer ends with the origin's, or an empty end without any.
     let trailers: http2.OutgoingHttpHeaders = {};
-    upstream.once('trailers', (received: http2.IncomingHttpHeaders) => {
-      trailers = {};
-      for (const [name, value] of Object.entries(received)) if (!name.startsWith(':') && value !== undefined) trailers[name] = value;
-    });
+    upstream.once('trailers', (received: http2.IncomingHttpHeaders) => (trailers = withoutPseudoHeaders(received)));
     stream.once('wantTrailers', () => stream.sendTrailers(trailers));
     stream.respond({ ...plain, ':status': status }, { endStream: false, waitForTrailers: true });
     upstream.on('data', (chunk: Buffer) => (exchange.responseBytes += chunk.length));
@@ -526,4 +531,11 @@ function originHeaders(request: RequestInfo, annotations: Readonly<Record<string
 
 function unreachable(value: never): never {
   throw new Error(`unreachable: ${JSON.stringify(value)}`);
+}
+
+/** Trailer fields as node:http2 may send them on: pseudo-headers are not fields. */
+function withoutPseudoHeaders(received: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(received)) if (!name.startsWith(':') && value !== undefined) out[name] = value;
+  return out;
 }

@@ -65,13 +65,15 @@ interface OriginResponse {
   readonly status: number;
   readonly headers: http.IncomingHttpHeaders;
   readonly body: Readable;
+  /** The response's trailers, once `body` has ended; undefined without any. */
+  trailers(): http.IncomingHttpHeaders | undefined;
 }
 
 /** The origin side of one bumped connection, h1 or h2 as the origin's ALPN chose. */
 interface OriginLeg {
   readonly protocol: BumpProtocol;
-  /** Sends the head, pipes `body` after it; resolves with the response head. `signal` cancels the request. */
-  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse>;
+  /** Sends the head, pipes `body` after it, then `trailers()`; resolves with the response head. `signal` cancels the request. */
+  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse>;
   destroy(): void;
 }
 
@@ -86,8 +88,12 @@ interface ClientSide {
   readonly body: Readable;
   /** Whether the request has a body to forward, however it was framed on the client's leg. */
   readonly hasBody: boolean;
+  /** The request's trailers, once `body` has ended; undefined without any. */
+  trailers(): http.OutgoingHttpHeaders | undefined;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
+  /** The response's trailers, given once its body is complete and before the writable is ended. */
+  setTrailers(trailers: http.OutgoingHttpHeaders | undefined): void;
   /** A complete short answer of ours (a block, a 502) on this exchange only. */
   answer(status: number, text: string): void;
   /** Ends the exchange abruptly (an h2 RST_STREAM, an h1 connection close). */
@@ -354,7 +360,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     side.body.on('data', (chunk: Buffer) => (requestBytes += chunk.length));
     let response: OriginResponse;
     try {
-      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody }, side.body, cancel.signal);
+      response = await state.origin.send(
+        { method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody },
+        side.body,
+        () => trailerFields(side.trailers()),
+        cancel.signal,
+      );
     } catch (error) {
       if (cancel.signal.aborted) return;
       return fail(errorCodeOf(error, TlsErrorCode.OriginFailed), (error as Error).message, 502);
@@ -375,6 +386,8 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     const out = side.respond(response.status, withoutConnectionHeaders(response.headers));
     if (out === undefined) return void response.body.destroy();
     response.body.on('data', (chunk: Buffer) => (responseBytes += chunk.length));
+    // Registered before the pipeline's own 'end' listener: the trailers are in place when it ends `out`.
+    response.body.once('end', () => side.setTrailers(trailerFields(response.trailers())));
     pipeline(response.body, out, (error) => {
       // A client that closes as soon as it has the last byte makes a "premature close" of a
       // response already ended: that exchange is complete.
@@ -428,6 +441,18 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   };
 }
 
+/**
+ * Trailer fields as forwarded: the hop's own and pseudo-headers removed (as for headers), and
+ * the framing fields a trailer must not carry (RFC 9110 §6.5.1); undefined when none are left.
+ */
+function trailerFields(trailers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders | undefined): http.OutgoingHttpHeaders | undefined {
+  if (trailers === undefined) return undefined;
+  const out = withoutConnectionHeaders(trailers as http.IncomingHttpHeaders);
+  delete out['content-length'];
+  delete out.te;
+  return Object.keys(out).length === 0 ? undefined : out;
+}
+
 /** Headers that belong to one HTTP/1.1 hop (RFC 9110 §7.6.1) and that HTTP/2 forbids (RFC 9113 §8.2.2): never forwarded either way. */
 const CONNECTION_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']);
 
@@ -452,10 +477,16 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     body: req,
     // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
     hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
+    trailers: () => (Object.keys(req.trailers).length === 0 ? undefined : req.trailers),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
       return res;
+    },
+    // Node writes them after the last chunk of a chunked response; a response with a
+    // Content-Length (or to an HTTP/1.0 client) has no place for them: they are dropped.
+    setTrailers(trailers) {
+      if (trailers !== undefined && !res.writableEnded) res.addTrailers(trailers);
     },
     answer(status, text) {
       if (res.headersSent || res.destroyed) return void res.destroy();
@@ -480,6 +511,10 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     if (!endedByUs && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && (stream.aborted || !stream.headersSent)) onPeerReset();
   });
   stream.on('error', () => undefined); // the 'close' below reports it; an unhandled 'error' would crash the process
+  // 'trailers' fires as they arrive, not as the body is read: kept now for the origin request sent later.
+  let requestTrailers: http.IncomingHttpHeaders | undefined;
+  stream.once('trailers', (received: http2.IncomingHttpHeaders) => (requestTrailers = received));
+  let responseTrailers: http.OutgoingHttpHeaders | undefined;
   return {
     protocol: 'h2',
     method: headers[':method'] ?? 'GET',
@@ -488,10 +523,16 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     headers: withoutConnectionHeaders(headers),
     body: stream,
     hasBody: !stream.endAfterHeaders,
+    trailers: () => requestTrailers,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
-      stream.respond({ ...responseHeaders, ':status': status });
+      // The stream ends with the origin's trailers (gRPC's grpc-status), or an empty end without any.
+      stream.once('wantTrailers', () => stream.sendTrailers(responseTrailers ?? {}));
+      stream.respond({ ...responseHeaders, ':status': status }, { waitForTrailers: true });
       return stream;
+    },
+    setTrailers(trailers) {
+      responseTrailers = trailers;
     },
     answer(status, text) {
       if (stream.destroyed || stream.closed) return;
@@ -532,7 +573,7 @@ class H1OriginLeg implements OriginLeg {
     this.agent = new OriginAgent(first, reconnect);
   }
 
-  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
+  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
       // A body without a length is sent chunked whatever the method: Node's client frames a
       // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
@@ -540,9 +581,17 @@ class H1OriginLeg implements OriginLeg {
       // uninspected request on the connection (I6).
       const framing = head.hasBody && head.headers['content-length'] === undefined ? { 'transfer-encoding': 'chunked' } : {};
       const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, ...framing, host: head.authority }, setHost: false, signal });
-      upstream.once('response', (res: http.IncomingMessage) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }));
+      upstream.once('response', (res: http.IncomingMessage) =>
+        resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res, trailers: () => (Object.keys(res.trailers).length === 0 ? undefined : res.trailers) }),
+      );
       upstream.once('error', reject);
-      body.pipe(upstream);
+      // Request trailers go after the last chunk; a body sent with its Content-Length has no place for them (dropped).
+      body.pipe(upstream, { end: false });
+      body.once('end', () => {
+        const fields = trailers();
+        if (fields !== undefined && head.headers['content-length'] === undefined && head.hasBody) upstream.addTrailers(fields);
+        upstream.end();
+      });
     });
   }
 
@@ -588,11 +637,15 @@ class H2OriginLeg implements OriginLeg {
     return this.current;
   }
 
-  async send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
+  async send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
     const session = await this.session();
     return new Promise((resolve, reject) => {
-      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal });
-      stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream }));
+      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, waitForTrailers: true });
+      // The request ends with the client's trailers, or an empty end without any.
+      stream.once('wantTrailers', () => stream.sendTrailers(trailers() ?? {}));
+      let responseTrailers: http.IncomingHttpHeaders | undefined;
+      stream.once('trailers', (received: http2.IncomingHttpHeaders) => (responseTrailers = received));
+      stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream, trailers: () => responseTrailers }));
       stream.once('error', reject);
       body.pipe(stream);
     });

@@ -19,6 +19,7 @@ interface NativeParser {
   execute(data: Buffer): number | ParserError;
   finish(): ParserError | undefined;
   resume(): void;
+  close(): void;
   [key: number]: unknown;
 }
 
@@ -57,6 +58,7 @@ function checkPauseAfterHead(): void {
   parser.initialize(HTTPParser.REQUEST, NO_RESOURCE, 1024, HTTPParser.kLenientNone);
   parser[HTTPParser.kOnHeadersComplete] = (): number => HPE_PAUSED;
   const paused = parser.execute(head);
+  parser.close();
   const bodyStart = head.length - 5;
   if (!isPause(paused) || paused.bytesParsed !== bodyStart) {
     throw new Error(`@coproxy/proxy-http needs Node's HTTP parser to pause after a request head, which Node ${process.version} does not do as expected`);
@@ -115,6 +117,14 @@ export interface HttpParser {
   reset(): void;
   /** Goes on after a pause that `onHead` asked for: the next `execute` starts at the body's first byte. */
   resume(): void;
+  /**
+   * Frees the native parser, once its connection has closed; any later call throws. Until
+   * then the binding holds the parser by a strong global handle, so its handlers and all
+   * they reach (the connection, its sockets, its exchanges) stay in memory for good: Node's
+   * own http layer closes each parser it does not pool (`freeParser`), and so must every
+   * user of this one. Never call it from inside one of the parser's own handlers.
+   */
+  close(): void;
 }
 
 /**
@@ -179,15 +189,26 @@ export function createParser(kind: 'request' | 'response', maxHeaderSize: number
     partialUrl = '';
     handlers.onComplete();
   };
+  let closed = false;
+  const open = (): NativeParser => {
+    if (closed) throw new Error('this HTTP parser was closed with its connection');
+    return parser;
+  };
   return {
-    execute: (data) => parser.execute(data),
-    finish: () => parser.finish(),
+    execute: (data) => open().execute(data),
+    finish: () => open().finish(),
     reset: () => {
+      open();
       partialHeaders = [];
       partialUrl = '';
       initialize();
     },
-    resume: () => parser.resume(),
+    resume: () => open().resume(),
+    close: () => {
+      if (closed) return;
+      closed = true;
+      parser.close();
+    },
   };
 }
 

@@ -50,6 +50,35 @@ describe('memory per connection', () => {
     expect(() => parser.finish()).toThrow(/closed/);
   });
 
+  it('reuses a parser given back clean: a new user gets its own kind, its own handlers, nothing of a message left half-parsed', () => {
+    const first: string[] = [];
+    const a = createParser('request', 16_384, {
+      onBegin: () => first.push('begin'),
+      onHead: (head) => (first.push(`head ${head.method}`), false),
+      onBody: () => first.push('body'),
+      onComplete: () => first.push('complete'),
+    });
+    expect(a.execute(Buffer.from('POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhalf', 'latin1'))).toBeGreaterThan(0);
+    a.close();
+    const seenByA = [...first];
+
+    const second: string[] = [];
+    // Several, so that one of them is the parser just given back, whichever the pool hands out.
+    for (let i = 0; i < 3; i++) {
+      const b = createParser('response', 16_384, {
+        onHead: (head) => (second.push(`status ${head.status}`), false),
+        onBody: (chunk) => second.push(`body ${chunk.toString('latin1')}`),
+        onComplete: () => second.push('complete'),
+      });
+      const response = Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok', 'latin1');
+      expect(b.execute(response)).toBe(response.length);
+      b.close();
+    }
+
+    expect(second).toEqual(Array.from({ length: 3 }, () => ['status 200', 'body ok', 'complete']).flat());
+    expect(first).toEqual(seenByA);
+  });
+
   it('keeps nothing of a connection once it closed: 200 requests with Connection: close leave no connection in memory', async () => {
     await using origin = await startHttpOrigin((_request, response) => response.end('ok'));
     using registry = tempDir('coproxy-http-registry-');

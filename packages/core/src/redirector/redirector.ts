@@ -273,7 +273,7 @@ class RedirectorImpl implements Redirector {
     const stamped = event as Writable<RedirectorEvent>;
     stamped.redirectorId = this.id;
     stamped.at = Date.now();
-    this.events.next(stamped as RedirectorEvent);
+    this.events.next(stamped);
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {

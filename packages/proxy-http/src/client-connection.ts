@@ -117,6 +117,8 @@ export class ClientConnection {
   private preamble: number | undefined = 0;
   /** Follows the size lines of the chunked request body being parsed. */
   private chunkGuard: ChunkSizeGuard | undefined;
+  /** Cuts a client that does not close its side after our end (see endClient). */
+  private graceTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly conn: AcceptedConnection,
@@ -605,7 +607,10 @@ export class ClientConnection {
     if (this.socket.destroyed) return;
     this.endSocket();
     this.socket.resume();
-    setTimeout(() => this.socket.destroy(), CLIENT_CLOSE_GRACE_MS).unref();
+    // Cleared on close: otherwise every connection closed by a `Connection: close` answer
+    // stayed in memory for the whole grace period (4,000 of them at 2,000 a second).
+    clearTimeout(this.graceTimer);
+    this.graceTimer = setTimeout(() => this.socket.destroy(), CLIENT_CLOSE_GRACE_MS).unref();
   }
 
   /** The client is done with the origin leg: closed now, unless the origin is about to close it. */
@@ -637,7 +642,11 @@ export class ClientConnection {
   private readonly onClose = (): void => {
     this.closed = true;
     this.headSince = undefined;
+    clearTimeout(this.graceTimer);
     this.onClosed(this);
+    // 'close' comes on its own tick, never inside the parser's execute: safe to free it here,
+    // and it must be freed, or it keeps this connection in memory for good (see close()).
+    this.parser.close();
     if (this.input.state === 'tunnelled') return; // the relay reports the upgraded exchange
     this.releaseOrigin();
     const active = this.queue[0];

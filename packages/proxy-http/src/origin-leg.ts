@@ -89,6 +89,8 @@ export class OriginLeg {
     socket.on('error', (error: NodeJS.ErrnoException) => this.onOriginError(error));
     socket.once('close', () => {
       this.retire();
+      // Freed with its socket, or the parser keeps the leg and the client connection in memory for good.
+      this.parser.close();
       owner.legClosed(this);
     });
     // No byte from the origin for this long: 504 before its response head, a cut after it;

@@ -67,9 +67,24 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
     metrics.connections.inc({ kind: 'tls' });
     const sniAnomaly = hello.serverNameAnomaly;
     const sni = hello.serverName;
-    const fingerprint = { ja3: ja3(hello), ja4: ja4(hello) };
+    // JA3 and JA4 (an MD5 and two SHA-256 over joined lists) are computed on the first read,
+    // once: by a policy rule that names one, or by whoever reads the handshake (its log
+    // line, a handshakes$ subscriber). A policy on SNI with nobody reading pays nothing.
+    const fingerprint = lazyFingerprints(hello);
     const ech = hello.ech !== undefined;
-    const decision = policy({ sni, sniAnomaly, alpn: hello.alpn, ja3: fingerprint.ja3.hash, ja4: fingerprint.ja4, ech });
+    const facts: HandshakeFacts = {
+      sni,
+      sniAnomaly,
+      alpn: hello.alpn,
+      get ja3() {
+        return fingerprint().ja3.hash;
+      },
+      get ja4() {
+        return fingerprint().ja4;
+      },
+      ech,
+    };
+    const decision = policy(facts);
     const { action, note } = feasible(decision.action, hello, unbumpable);
     metrics.handshakes.inc({ action });
     const handshake: Handshake = {
@@ -81,9 +96,16 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
       alpn: hello.alpn,
       supportedVersions: hello.supportedVersions,
       cipherSuites: hello.cipherSuites,
-      ja3: fingerprint.ja3.hash,
-      ja3Text: fingerprint.ja3.text,
-      ja4: fingerprint.ja4,
+      // Enumerable getters: a log serializer, JSON.stringify and a spread read them like fields.
+      get ja3() {
+        return fingerprint().ja3.hash;
+      },
+      get ja3Text() {
+        return fingerprint().ja3.text;
+      },
+      get ja4() {
+        return fingerprint().ja4;
+      },
       ech,
       tlsRecordCount: hello.tlsRecordCount,
       action,
@@ -122,6 +144,12 @@ export function createDecision({ policy, unrecognised, unbumpable, reporter }: D
         return onHello(conn, peeked.hello, peeked.bytes);
     }
   };
+}
+
+/** The hello's JA3 and JA4, computed on the first call and kept. */
+function lazyFingerprints(hello: ClientHello): () => { readonly ja3: { readonly text: string; readonly hash: string }; readonly ja4: string } {
+  let computed: { readonly ja3: { readonly text: string; readonly hash: string }; readonly ja4: string } | undefined;
+  return () => (computed ??= { ja3: ja3(hello), ja4: ja4(hello) });
 }
 
 /**

@@ -56,6 +56,16 @@ export interface TlsProxyOptions extends VendorRedirectorOptions {
    * records prevent (the testbed's `--drop-records`).
    */
   readonly propagateRecords?: boolean;
+  /**
+   * Default false. `true` starts the onward connection as soon as a connection is accepted
+   * (its original destination is known then), in parallel with reading the ClientHello,
+   * which saves the connect's round trip on a spliced flow. No byte goes onward before the
+   * policy's decision (I6); a flow that is not spliced (blocked, malformed, silent, bumped,
+   * the client gone) closes that connection with nothing written. The price: the origin
+   * (or the next vendor) then sees a TCP connection, empty, for every flow this proxy
+   * refuses, which it does not see with the default.
+   */
+  readonly earlyOnward?: boolean;
 }
 
 /** The options checked and defaulted, as each concern reads them. */

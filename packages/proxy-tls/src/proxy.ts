@@ -11,7 +11,7 @@ import { TlsProxyMetrics } from './metrics.js';
 import { type TlsProxyOptions, resolveSettings } from './options.js';
 import { compilePolicy, loadPolicy, parsePolicy } from './policy.js';
 import { Reporter } from './reporter.js';
-import { type OnwardSettings, splice } from './splice.js';
+import { type EarlyOnward, type OnwardSettings, cancelOnward, dialOnward, splice } from './splice.js';
 import { tlsAlertRecord } from './tls-alert.js';
 
 export interface TlsProxy extends AsyncDisposable {
@@ -69,12 +69,19 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
     ...(caReady !== undefined && { ready: caReady }),
   });
 
+  const earlyOnward = options.earlyOnward ?? false;
+
   async function onAccepted(conn: AcceptedConnection): Promise<void> {
+    // With earlyOnward the connect overlaps the wait for the hello; nothing is written on it
+    // before the decision, and it is closed unused when the flow is not spliced.
+    const early = earlyOnward ? dialOnward(conn, onward) : undefined;
     const peeked: Peeked = await peekFirstBytes(conn.socket, settings.peek).catch((error: unknown) => ({ kind: 'failed', error }) as const);
-    return follow(conn, decide(conn, peeked));
+    const route = decide(conn, peeked);
+    if (early !== undefined && route.kind !== 'splice') cancelOnward(early, conn, reporter);
+    return follow(conn, route, early);
   }
 
-  function follow(conn: AcceptedConnection, route: Route): Promise<void> | undefined {
+  function follow(conn: AcceptedConnection, route: Route, early: EarlyOnward | undefined): Promise<void> | undefined {
     switch (route.kind) {
       case 'drop':
         conn.socket.destroy();
@@ -84,7 +91,7 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
         conn.socket.destroySoon();
         return undefined;
       case 'splice':
-        return splice(conn, route.head, onward, reporter);
+        return splice(conn, route.head, onward, reporter, early);
       case 'bump':
         return bumper.bump(conn, route.hello, route.sni);
       default:

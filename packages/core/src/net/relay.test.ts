@@ -105,6 +105,29 @@ describe.each([{ splice: true }, { splice: false }])('relay (kernel splice: $spl
     await expect(result).resolves.toEqual({ fromClient: up.length, toClient: down.length });
   });
 
+  it('keeps each flow its own bytes when relays that ended hand their read buffers on: 2 waves of 4 concurrent flows', async () => {
+    // Slow readers and more bytes than the kernel's socket buffers hold: the relays' writes
+    // queue, each holding a slice of its read buffer, while the other flows read into theirs.
+    for (let wave = 0; wave < 2; wave++) {
+      const flows = await Promise.all(Array.from({ length: 4 }, () => relayLegs()));
+      try {
+        const checks = flows.map(async ({ client, origin }, i) => {
+          const result = relay(client.far, origin.near);
+          const down = randomBytes(8 * 1024 * 1024 + 1_000 * i);
+          const atClient = digestOf(client.near, { stopEvery: 1024 * 1024, stopForMs: 20 });
+          writeInChunks(origin.far, down, 70_000);
+          client.near.end();
+          expect(await atClient).toEqual({ bytes: down.length, sha256: sha256(down) });
+          origin.far.destroy();
+          await expect(result).resolves.toMatchObject({ toClient: down.length });
+        });
+        await Promise.all(checks);
+      } finally {
+        for (const legs of flows) legs[Symbol.dispose]();
+      }
+    }
+  });
+
   it('carries 64 MiB intact to a reader that keeps stopping for a moment, so that writes queue', async () => {
     using legs = await relayLegs();
     // The relay's writes (and a burst's bytes read back from the pipe) queue behind each

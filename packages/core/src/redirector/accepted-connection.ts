@@ -85,7 +85,6 @@ export class Accepted implements AcceptedConnection {
       ? { kind: 'propagate', records: this.records }
       : { kind: 'own-only', records: RedirectRecords.empty.withRedirect(this.redirectorId) };
     const { records } = onward;
-    const base = { connectionId: this.id, destination: this.originalDestination };
     try {
       // The redirector refuses such flows before they are emitted; this is the last gate
       // before a dial, for a flow that reached here some other way.
@@ -94,10 +93,10 @@ export class Accepted implements AcceptedConnection {
       }
       const socket = await this.flow.connectOnward(onward, { timeoutMs: options.timeoutMs ?? DEFAULT_ONWARD_TIMEOUT_MS });
       socket.on('error', (error) => (this.onwardError ??= error));
-      this.emit({ type: 'onward-connected', ...base, propagateRecords, redirectedBy: records.redirectedBy });
+      this.emit({ type: 'onward-connected', connectionId: this.id, destination: this.originalDestination, propagateRecords, redirectedBy: records.redirectedBy });
       return socket;
     } catch (error) {
-      this.emit({ type: 'onward-failed', ...base, error: error as Error });
+      this.emit({ type: 'onward-failed', connectionId: this.id, destination: this.originalDestination, error: error as Error });
       throw error;
     }
   }

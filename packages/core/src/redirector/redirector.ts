@@ -134,6 +134,9 @@ function validate(options: RedirectorOptions): { spec: InstallSpec; definition: 
   return { spec: definition.specify(spec, { markMask: options.markMask }), definition };
 }
 
+/** The event types' fields are readonly for their readers; the redirector fills them in once. */
+type Writable<TValue> = TValue extends unknown ? { -readonly [TKey in keyof TValue]: TValue[TKey] } : never;
+
 type Waiter = { resolve(listening: Endpoint): void; reject(error: unknown): void };
 
 class RedirectorImpl implements Redirector {
@@ -266,7 +269,13 @@ class RedirectorImpl implements Redirector {
 
   private emit(event: RedirectorEventInit): void {
     if (!this.events.observed) return; // per-connection events cost nothing unobserved
-    this.events.next({ ...event, redirectorId: this.id, at: Date.now() });
+    // Stamped in place rather than spread into a copy: every source builds a fresh literal
+    // for each event, and the copy (of a dozen event shapes, so a megamorphic clone) was
+    // 3% of a new connection's CPU in the close-mode profile.
+    const stamped = event as Writable<RedirectorEvent>;
+    stamped.redirectorId = this.id;
+    stamped.at = Date.now();
+    this.events.next(stamped);
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {
@@ -280,15 +289,17 @@ class RedirectorImpl implements Redirector {
     socket.on('error', (error) => (lastError = error));
     socket.once('close', () => {
       this.open.delete(socket);
+      if (!this.events.observed) return;
       const bytes = socketBytes(socket);
-      this.emit({
+      const closed: Writable<RedirectorEventInit & { type: 'closed' }> = {
         type: 'closed',
         connectionId: id,
         bytesFromClient: Math.max(0, bytes.read - flow.framingBytes),
         bytesToClient: bytes.written,
-        ...(lastError !== undefined && { error: lastError }),
-        ...(connection.onwardError !== undefined && { onwardError: connection.onwardError }),
-      });
+      };
+      if (lastError !== undefined) closed.error = lastError;
+      if (connection.onwardError !== undefined) closed.onwardError = connection.onwardError;
+      this.emit(closed);
     });
     this.emit({
       type: 'accepted',

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../model/errors.js';
 import { connectWithRecords } from './connect.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, defineBackend, remoteEndpoint } from '../backend.js';
+import { refuseUdp } from '../udp-support.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
 import { tcpPeerUid } from './peer-uid.js';
 import type { ProxyV2Header } from './proxy-v2.js';
@@ -23,7 +24,7 @@ import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './r
  * dialled for them; the redirector also refuses destinations outside its match rule.
  */
 /** The registry's entry: any platform, no options of its own beyond the generic ones. */
-export const embedded = defineBackend({ name: 'embedded', specify: (spec) => spec, open: () => embeddedBackend });
+export const embedded = defineBackend({ name: 'embedded', specify: (spec) => refuseUdp(spec, 'embedded'), open: () => embeddedBackend });
 
 export const embeddedBackend: Backend = {
   name: 'embedded',

@@ -37,6 +37,8 @@ export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './model/redirector-id.js'
 
 export { connect } from './backends/embedded/connect.js';
 export type { ConnectOptions } from './backends/embedded/connect.js';
+export { connectDatagram } from './backends/embedded/datagram-connect.js';
+export type { ConnectDatagramOptions } from './backends/embedded/datagram-connect.js';
 export { createAgent, createHttpsAgent } from './backends/embedded/agent.js';
 export { relay } from './net/relay.js';
 export { kernelSpliceStatus, socketBytes, spliceBurst } from './net/kernel-splice.js';

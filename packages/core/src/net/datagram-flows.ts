@@ -105,7 +105,7 @@ export class DatagramFlowEndpoint {
   }
 }
 
-export interface DatagramFlowTableOptions {
+export interface DatagramFlowTableOptions<THeader = undefined> {
   readonly idleTimeoutMs: number;
   readonly maxFlows: number;
   readonly maxQueued: number;
@@ -113,7 +113,13 @@ export interface DatagramFlowTableOptions {
    * A datagram from a client with no open flow: `flow` is new and holds it. Throwing ends
    * the flow (`failed`) and drops the datagram; the error goes to `refused`.
    */
-  opened(flow: DatagramFlowEndpoint): void;
+  opened(flow: DatagramFlowEndpoint, header: THeader): void;
+  /**
+   * Where each datagram starts with framing (the embedded backend's per-datagram flow
+   * header): returns the payload and the header; `flow` is the open flow of this peer,
+   * undefined for a new one. Throwing drops the datagram; the error goes to `refused`.
+   */
+  readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader };
   /** A new client's datagram was dropped: the table is full, or `opened` threw. */
   refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
 }
@@ -121,13 +127,13 @@ export interface DatagramFlowTableOptions {
 const key = (address: string, port: number): string => `${address}|${port}`;
 
 /** The flows of one listening socket. */
-export class DatagramFlowTable {
+export class DatagramFlowTable<THeader = undefined> {
   private readonly flows = new Map<string, DatagramFlowEndpoint>();
   private closed = false;
 
   constructor(
     private readonly socket: dgram.Socket,
-    private readonly options: DatagramFlowTableOptions,
+    private readonly options: DatagramFlowTableOptions<THeader>,
   ) {
     socket.on('message', (payload, remote) => this.received(payload, remote));
   }
@@ -142,12 +148,21 @@ export class DatagramFlowTable {
     for (const flow of [...this.flows.values()]) flow.end('listener-closed');
   }
 
-  private received(payload: Buffer, remote: dgram.RemoteInfo): void {
+  private received(datagram: Buffer, remote: dgram.RemoteInfo): void {
     if (this.closed) return;
     const id = key(remote.address, remote.port);
     const existing = this.flows.get(id);
-    if (existing !== undefined) return existing.push(payload);
     const peer: DatagramPeer = { address: remote.address, port: remote.port, family: remote.family === 'IPv6' ? 6 : 4 };
+    let payload = datagram;
+    let header = undefined as THeader;
+    if (this.options.unwrap !== undefined) {
+      try {
+        ({ payload, header } = this.options.unwrap(datagram, peer, existing));
+      } catch (error) {
+        return this.options.refused(peer, { kind: 'failed', error });
+      }
+    }
+    if (existing !== undefined) return existing.push(payload);
     if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
     // One timer per flow, restarted (not recreated) on every datagram either way.
     const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();
@@ -159,7 +174,7 @@ export class DatagramFlowTable {
     });
     flow.push(payload);
     try {
-      this.options.opened(flow);
+      this.options.opened(flow, header);
     } catch (error) {
       flow.end('failed');
       this.options.refused(peer, { kind: 'failed', error });

@@ -12,6 +12,8 @@ export interface OnwardDatagramSocket {
   /** Datagrams from the destination; completes on `close()`, errors if the socket fails. */
   readonly datagrams$: Observable<Buffer>;
   readonly counts: { readonly datagramsOut: number; readonly bytesOut: number; readonly datagramsIn: number; readonly bytesIn: number };
+  /** The socket's own address and port. */
+  readonly local: { readonly address: string; readonly port: number };
   close(): void;
 }
 
@@ -67,7 +69,9 @@ export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<
       socket.off('close', onClose);
     };
   }).pipe(share());
+  const { address, port } = socket.address();
   return {
+    local: { address, port },
     datagrams$,
     counts,
     send(payload) {

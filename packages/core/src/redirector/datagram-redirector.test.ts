@@ -16,7 +16,7 @@ describe('redirector with UDP ports', () => {
   });
 
   it('refuses UDP ports on a backend that does not redirect UDP, instead of ignoring them', () => {
-    expect(() => createRedirector({ id: 'udp-embedded', priority: 1, match: { udpPorts: [443] } })).toThrow(
+    expect(() => createRedirector({ id: 'udp-wfp', priority: 1, backend: 'wfp', match: { udpPorts: [443] } })).toThrow(
       expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option: 'match.udpPorts' }),
     );
   });

@@ -56,7 +56,8 @@ export interface AcceptedDatagramFlow {
    * Ends the flow so that the client gives up at once: on nftables the client's next
    * datagram of this flow is answered with ICMP port unreachable (from the original
    * destination, as conntrack translates it), which a connected UDP socket reports as
-   * ECONNREFUSED. `reason` goes into the `closed` event.
+   * ECONNREFUSED. On embedded the flow just ends (the listener's port stays open for
+   * other flows, so there is no ICMP error to give). `reason` goes into the `closed` event.
    */
   reject(reason: string): void;
   /** Ends the flow; its datagrams$ completes. */

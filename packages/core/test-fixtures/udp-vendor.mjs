@@ -74,4 +74,5 @@ if (listening !== undefined) process.send({ ready: listening });
 
 process.on('message', (message) => {
   if (message === 'close') void redirector.close().then(() => process.send({ closedRedirector: true }));
+  if (message === 'cpu') process.send({ cpu: process.cpuUsage() });
 });

@@ -9,7 +9,11 @@ import type { Destination } from '../model/match-rule.js';
 export interface OnwardDatagramSocket {
   /** Sends one datagram to the destination. Ignored once closed. */
   send(payload: Buffer): void;
-  /** Datagrams from the destination; completes on `close()`, errors if the socket fails. */
+  /**
+   * Datagrams from the destination, to subscribers present when they arrive; completes
+   * on `close()`, errors if the socket fails (e.g. `ECONNREFUSED`: the destination
+   * answered ICMP port unreachable), and the socket is then closed.
+   */
   readonly datagrams$: Observable<Buffer>;
   readonly counts: { readonly datagramsOut: number; readonly bytesOut: number; readonly datagramsIn: number; readonly bytesIn: number };
   /** The socket's own address and port. */
@@ -32,7 +36,17 @@ export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<
   const counts = { datagramsOut: 0, bytesOut: 0, datagramsIn: 0, bytesIn: 0 };
   let closed = false;
   let failure: Error | undefined;
-  socket.on('error', (error) => (failure ??= error));
+  let ready = false;
+  // Once set up, an error ends the socket: a connected UDP socket reports an ICMP port
+  // unreachable from the destination as ECONNREFUSED, and nothing more will come.
+  // `datagrams$` subscribers then get the error (on 'close').
+  socket.on('error', (error) => {
+    failure ??= error;
+    if (ready && !closed) {
+      closed = true;
+      socket.close();
+    }
+  });
   try {
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
@@ -69,6 +83,7 @@ export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<
       socket.off('close', onClose);
     };
   }).pipe(share());
+  ready = true;
   const { address, port } = socket.address();
   return {
     local: { address, port },
@@ -78,8 +93,6 @@ export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<
       if (closed) return;
       counts.datagramsOut++;
       counts.bytesOut += payload.length;
-      // A connected UDP socket reports an ICMP port unreachable as ECONNREFUSED on a later
-      // send or receive: kept as the socket's failure, the 'error' listener above.
       socket.send(payload, (error) => {
         if (error !== null && error !== undefined) failure ??= error;
       });

@@ -18,7 +18,8 @@ export type { OnwardDatagramSocket } from '../net/onward-datagram.js';
  *
  * Datagrams have no backpressure. Those that arrive before `datagrams$` is first
  * subscribed are held (a bounded number, the rest dropped and counted in the `closed`
- * event), so a vendor may dial onward first and subscribe after.
+ * event), so a vendor may dial onward first and subscribe after. The held ones go to that
+ * first subscriber only: subscribe once, with both `next` and `complete`.
  *
  * @example
  * ```ts

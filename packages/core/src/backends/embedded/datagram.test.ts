@@ -170,4 +170,42 @@ describe('embedded backend, UDP flows', () => {
     expect(solo.accepted).toHaveLength(0);
     expect(origin.from).toEqual([]);
   });
+
+  it('ends open UDP flows and goes direct once the redirector is closed; a flow also ends when idle', async () => {
+    using registry = tempRegistry();
+    const origin = await echoOrigin();
+    const id = uniqueId('brief');
+    const redirector = createRedirector({ id, priority: 1, registry: registry.path, match: { udpPorts: [origin.port] }, udpIdleTimeoutMs: 100 });
+    const events: RedirectorEvent[] = [];
+    const ended: string[] = [];
+    redirector.events$.subscribe((event) => events.push(event));
+    const subscription = redirector.accepted$.subscribe((flow) => {
+      if (flow.transport !== 'udp') return;
+      void flow.connectOnward().then((onward) => {
+        // One subscription: the datagrams held for the flow go to the first subscriber.
+        flow.datagrams$.subscribe({ next: (payload) => onward.send(payload), complete: () => ended.push(flow.id) });
+        onward.datagrams$.subscribe((payload) => flow.send(payload));
+      });
+    });
+    await redirector.installed();
+    cleanup.push(() => redirector.close());
+
+    const idle = await connectDatagram({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    cleanup.push(() => idle.close());
+    expect(await exchange(idle, [Buffer.from('a')])).toEqual([Buffer.from('a')]);
+    await until(() => ended.length === 1, 5000, 'the idle flow to end');
+    expect(events.find((e) => e.type === 'closed')).toMatchObject({ transport: 'udp', endedBy: 'idle', datagramsFromClient: 1, datagramsToClient: 1 });
+
+    const open = await connectDatagram({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    cleanup.push(() => open.close());
+    expect(await exchange(open, [Buffer.from('b')])).toEqual([Buffer.from('b')]);
+    subscription.unsubscribe();
+    expect(ended).toHaveLength(2);
+    expect(events.filter((e) => e.type === 'closed').at(-1)).toMatchObject({ endedBy: 'listener-closed' });
+    expect(fs.existsSync(path.join(registry.path, `${id}.json`))).toBe(false);
+    const direct = await connectDatagram({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    cleanup.push(() => direct.close());
+    expect(await exchange(direct, [Buffer.from('c')])).toEqual([Buffer.from('c')]);
+    expect(origin.from.at(-1)).toBe(`127.0.0.1:${direct.local.port}`);
+  });
 });

@@ -75,6 +75,8 @@ export class AcceptedDatagram implements AcceptedDatagramFlow {
   /** Onward sockets, closed with the flow; their first error goes into the `closed` event. */
   readonly onward = new Set<OnwardDatagramSocket>();
   rejectReason: string | undefined;
+  /** The backend could not make the client give up (e.g. the nft command failed). */
+  rejectError: Error | undefined;
 
   constructor(
     readonly id: string,
@@ -128,7 +130,12 @@ export class AcceptedDatagram implements AcceptedDatagramFlow {
   reject(reason: string): void {
     if (this.flow.endpoint.ended !== undefined) return;
     this.rejectReason = reason;
-    this.flow.reject();
+    try {
+      this.flow.reject();
+    } catch (error) {
+      // The flow ends all the same; why the client was not told goes into the `closed` event.
+      this.rejectError = error as Error;
+    }
     this.flow.endpoint.end('rejected');
   }
 

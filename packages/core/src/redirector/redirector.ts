@@ -314,7 +314,9 @@ class RedirectorImpl implements Redirector<AcceptedConnection | AcceptedDatagram
       this.openFlows.delete(accepted);
       for (const onward of accepted.onward) onward.close();
       const { counts } = flow.endpoint;
-      const error = flow.endpoint.sendError ?? (accepted.rejectReason === undefined ? undefined : new Error(`rejected: ${accepted.rejectReason}`));
+      const error =
+        flow.endpoint.sendError ??
+        (accepted.rejectReason === undefined ? undefined : new Error(`rejected: ${accepted.rejectReason}`, { cause: accepted.rejectError }));
       this.emit({
         type: 'closed',
         connectionId: id,

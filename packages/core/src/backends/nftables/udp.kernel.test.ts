@@ -209,6 +209,22 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows, in network namesp
     expect(received).toEqual([]);
   });
 
+  it('refuses a datagram sent to the listener itself (not redirected) with COPROXY_RECORDS_MISMATCH, forwarding nothing', async () => {
+    await using netns = await createNetns('udp-direct');
+    const received = await startEcho(netns, [NETNS_V4]);
+    const vendor = startVendor(netns, { id: 'direct', priority: 0 });
+    await vendor.ready;
+    const listing = (await netns.run('nft', ['list', 'table', 'inet', 'coproxy-direct'])).stdout;
+    const port = Number(/udp dport 5353 ct mark set meta mark redirect to :(\d+)/.exec(listing)?.[1]);
+    expect(port).toBeGreaterThan(0);
+    const script = `const s=require('dgram').createSocket('udp4');s.send(Buffer.from('hi'),${port},'127.0.0.1',()=>setTimeout(()=>s.close(),300))`;
+    await netns.run(process.execPath, ['-e', script]);
+    await until(() => vendor.rejected.length === 1, 5000, 'the refusal');
+    expect(vendor.rejected.map((r) => r.code)).toEqual(['COPROXY_RECORDS_MISMATCH']);
+    expect(vendor.accepted).toEqual([]);
+    expect(received).toEqual([]);
+  });
+
   it('refuses a new client beyond maxUdpFlows with COPROXY_UDP_FLOW_LIMIT while the open flow is served', async () => {
     await using netns = await createNetns('udp-limit');
     await startEcho(netns, [NETNS_V4]);

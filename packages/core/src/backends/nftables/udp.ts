@@ -115,8 +115,12 @@ function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, option
   const { spec, info } = options;
   const client = endpoint.peer;
   const entry = lookupUdpFlow(listener, client);
-  // No entry: the datagram was sent to the listener itself, not redirected; forwarding it would loop.
-  if (entry === undefined) throw new RecordsMismatchError(spec.id, []);
+  // Sent to the listener itself, not redirected (conntrack tracks that flow too, with the
+  // listener as its original destination; or it has no entry): forwarding it would loop.
+  const original = entry?.originalDestination;
+  if (entry === undefined || (original!.address === listener.address && original!.port === listener.port)) {
+    throw new RecordsMismatchError(spec.id, []);
+  }
   const { mark } = entry;
   const incoming = options.records(mark);
   options.sink.acceptedDatagram?.({

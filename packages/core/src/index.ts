@@ -6,7 +6,8 @@
  * redirect records so no other cooperating redirector inspects it twice.
  */
 export { createRedirector } from './redirector/redirector.js';
-export type { Redirector } from './redirector/redirector.js';
+export type { Redirector, UdpMatchRule } from './redirector/redirector.js';
+export type { AcceptedDatagramFlow, OnwardDatagramSocket } from './redirector/datagram-flow.js';
 export type { AcceptedConnection, ConnectOnwardOptions } from './redirector/accepted-connection.js';
 export type {
   RedirectorOptions,
@@ -15,7 +16,7 @@ export type {
 } from './redirector/redirector-options.js';
 export { MAX_CONTEXT_BYTES } from './redirector/redirector-options.js';
 export { BACKEND_NAMES, DEFAULT_BACKEND } from './backends/backend-registry.js';
-export type { MatchRule, PortSpec, Destination } from './model/match-rule.js';
+export type { MatchRule, PortSpec, Destination, Transport } from './model/match-rule.js';
 export { compileMatch } from './model/match-rule.js';
 export type {
   RedirectorEvent,
@@ -36,6 +37,8 @@ export { isRedirectorId, REDIRECTOR_ID_PATTERN } from './model/redirector-id.js'
 
 export { connect } from './backends/embedded/connect.js';
 export type { ConnectOptions } from './backends/embedded/connect.js';
+export { connectDatagram } from './backends/embedded/datagram-connect.js';
+export type { ConnectDatagramOptions } from './backends/embedded/datagram-connect.js';
 export { createAgent, createHttpsAgent } from './backends/embedded/agent.js';
 export { relay } from './net/relay.js';
 export { kernelSpliceStatus, socketBytes, spliceBurst } from './net/kernel-splice.js';
@@ -85,6 +88,7 @@ export {
   SyscallError,
   NftCommandError,
   WfpIoctlError,
+  DatagramFlowLimitError,
 } from './model/errors.js';
 export type { CoproxyErrorCode, PeerNotAuthorisedReason } from './model/errors.js';
 

@@ -3,6 +3,8 @@ import type { CoproxyError } from '../model/errors.js';
 import type { Endpoint, FailMode } from '../model/flow.js';
 import type { CompiledMatch, Destination } from '../model/match-rule.js';
 import type { RedirectRecords } from '../model/redirect-records.js';
+import type { DatagramFlowEndpoint } from '../net/datagram-flows.js';
+import type { OnwardDatagramSocket } from '../net/onward-datagram.js';
 
 export type { Endpoint } from '../model/flow.js';
 
@@ -29,6 +31,28 @@ export interface InstallSpec {
   readonly maxHeaderBytes: number;
   /** nftables backend: the socket-mark bits it may allocate from. */
   readonly markMask: number;
+  /** UDP flows (when the match names `udpPorts`): idle timeout, and how many may be open at once. */
+  readonly udp?: DatagramLimits | undefined;
+}
+
+export interface DatagramLimits {
+  readonly idleTimeoutMs: number;
+  readonly maxFlows: number;
+  /** Datagrams held for a flow before the vendor subscribes to it. */
+  readonly maxQueued: number;
+}
+
+/** One redirected UDP flow (a client's 5-tuple), as the backend recovered it. */
+export interface AcceptedDatagramFlowInit {
+  readonly endpoint: DatagramFlowEndpoint;
+  readonly originalDestination: Destination;
+  readonly source: Endpoint & { readonly pid?: number | undefined };
+  /** Including this redirect. */
+  readonly records: RedirectRecords;
+  readonly context: { readonly owner: string; readonly bytes: Buffer } | undefined;
+  /** Ends the flow so that the client gives up at once where the backend can (see the backend). */
+  reject(): void;
+  connectOnward(onward: OnwardRecords): Promise<OnwardDatagramSocket>;
 }
 
 /** One redirected connection, as the backend recovered it. */
@@ -58,6 +82,8 @@ export type OnwardRecords =
 export interface FlowSink {
   accepted(flow: AcceptedFlow): void;
   rejected(error: CoproxyError, remote: Partial<Endpoint>): void;
+  /** A new UDP flow (backends that redirect UDP). */
+  acceptedDatagram?(flow: AcceptedDatagramFlowInit): void;
   /** The installation broke for good (the listener failed): ends `accepted$` with the error. */
   failed(error: Error): void;
 }

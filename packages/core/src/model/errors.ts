@@ -46,7 +46,8 @@ export type CoproxyErrorCode =
   | 'COPROXY_SYSCTL_REQUIRED'
   | 'COPROXY_SYSCALL_FAILED'
   | 'COPROXY_NFT_FAILED'
-  | 'COPROXY_WFP_IOCTL_FAILED';
+  | 'COPROXY_WFP_IOCTL_FAILED'
+  | 'COPROXY_UDP_FLOW_LIMIT';
 
 /** An option passed to a coproxy function is out of its documented range. */
 export class InvalidOptionsError extends CoproxyError {
@@ -395,4 +396,19 @@ export function errnoCode(error: unknown): string | undefined {
 /** For `switch` statements over unions: adding a member breaks the build here. */
 export function unreachable(value: never): never {
   throw new Error(`unreachable: ${JSON.stringify(value)}`);
+}
+
+/**
+ * A datagram from a new client arrived while the redirector already held its maximum of
+ * UDP flows (`maxUdpFlows`): it is dropped, no flow is opened, nothing is dialled.
+ */
+export class DatagramFlowLimitError extends CoproxyError {
+  override readonly name = 'DatagramFlowLimitError';
+  readonly code = 'COPROXY_UDP_FLOW_LIMIT';
+  constructor(
+    readonly redirectorId: string,
+    readonly maxFlows: number,
+  ) {
+    super(`redirector '${redirectorId}' already holds ${maxFlows} UDP flows; a datagram from a new client was dropped`);
+  }
 }

@@ -15,7 +15,16 @@ export type PortSpec = number | readonly [from: number, to: number];
  * ```
  */
 export interface MatchRule {
+  /**
+   * TCP destination ports. Absent: every TCP port, unless the rule names `udpPorts`, in
+   * which case absent means no TCP at all (`{ udpPorts: [443] }` takes UDP/443 only).
+   */
   readonly ports?: readonly PortSpec[];
+  /**
+   * UDP destination ports: datagram flows to these are redirected too. Absent: no UDP (a
+   * rule without it means what it always meant, TCP only).
+   */
+  readonly udpPorts?: readonly PortSpec[];
   /** IP addresses or CIDR blocks (`192.0.2.0/24`, `2001:db8::/32`, `127.0.0.1`). */
   readonly hosts?: readonly string[];
   readonly family?: 4 | 6;
@@ -27,10 +36,14 @@ export interface Destination {
   readonly family: 4 | 6;
 }
 
+/** The transports a rule can name. */
+export type Transport = 'tcp' | 'udp';
+
 /** A validated rule, compiled for the per-connection check. */
 export interface CompiledMatch {
   readonly rule: MatchRule;
-  matches(destination: Destination): boolean;
+  /** Whether the rule takes a flow to `destination` over `transport` (default `'tcp'`). */
+  matches(destination: Destination, transport?: Transport): boolean;
 }
 
 function assertPort(value: unknown, option: string): asserts value is number {
@@ -42,27 +55,17 @@ function assertPort(value: unknown, option: string): asserts value is number {
 /** Validates a rule (it may come from JSON) and compiles it; throws `InvalidOptionsError`. */
 export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMatch {
   if (typeof rule !== 'object' || rule === null) throw new InvalidOptionsError('must be an object', option);
-  for (const list of ['ports', 'hosts'] as const) {
+  for (const list of ['ports', 'udpPorts', 'hosts'] as const) {
     const value = rule[list];
     if (value !== undefined && (!Array.isArray(value) || value.length === 0)) {
       // An empty list would read as "nothing" to some and "anything" to others: refuse it.
       throw new InvalidOptionsError('must be a non-empty array, or absent to match every value', `${option}.${list}`);
     }
   }
-  const ranges: [number, number][] = [];
-  for (const [i, spec] of (rule.ports ?? []).entries()) {
-    if (Array.isArray(spec)) {
-      if (spec.length !== 2) throw new InvalidOptionsError('a range is [from, to]', `${option}.ports[${i}]`);
-      const [from, to] = spec as readonly unknown[];
-      assertPort(from, `${option}.ports[${i}][0]`);
-      assertPort(to, `${option}.ports[${i}][1]`);
-      if (from > to) throw new InvalidOptionsError(`range ${from}-${to} is empty`, `${option}.ports[${i}]`);
-      ranges.push([from, to]);
-    } else {
-      assertPort(spec, `${option}.ports[${i}]`);
-      ranges.push([spec, spec]);
-    }
-  }
+  const ranges = compilePorts(rule.ports, `${option}.ports`);
+  const udpRanges = compilePorts(rule.udpPorts, `${option}.udpPorts`);
+  // A rule naming UDP ports takes TCP only on the ports it names (see MatchRule.ports).
+  const takesTcp = rule.udpPorts === undefined || rule.ports !== undefined;
   if (rule.family !== undefined && rule.family !== 4 && rule.family !== 6) {
     throw new InvalidOptionsError(`must be 4 or 6, got ${JSON.stringify(rule.family)}`, `${option}.family`);
   }
@@ -75,14 +78,19 @@ export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMa
   // A copy, frozen: the caller's object may change later, the installed rule must not.
   const frozen: MatchRule = Object.freeze({
     ...(rule.ports !== undefined && { ports: Object.freeze(rule.ports.map((p) => (Array.isArray(p) ? Object.freeze([...p]) : p))) as readonly PortSpec[] }),
+    ...(rule.udpPorts !== undefined && { udpPorts: Object.freeze(rule.udpPorts.map((p) => (Array.isArray(p) ? Object.freeze([...p]) : p))) as readonly PortSpec[] }),
     ...(rule.hosts !== undefined && { hosts: Object.freeze([...rule.hosts]) }),
     ...(family !== undefined && { family }),
   });
   return {
     rule: frozen,
-    matches(destination) {
+    matches(destination, transport = 'tcp') {
       if (family !== undefined && destination.family !== family) return false;
-      if (ranges.length > 0 && !ranges.some(([from, to]) => destination.port >= from && destination.port <= to)) {
+      if (transport === 'udp') {
+        if (!udpRanges.some(([from, to]) => destination.port >= from && destination.port <= to)) return false;
+      } else if (!takesTcp) {
+        return false;
+      } else if (ranges.length > 0 && !ranges.some(([from, to]) => destination.port >= from && destination.port <= to)) {
         return false;
       }
       if (hosts !== undefined && !hosts.check(destination.address, destination.family === 6 ? 'ipv6' : 'ipv4')) {
@@ -100,9 +108,27 @@ export function compileMatch(rule: MatchRule = {}, option = 'match'): CompiledMa
  * mapped form on the app's side (`family: 6`) is asked about that form too. Address
  * lists already treat the two spellings alike (`net.BlockList`).
  */
-export function admits(match: CompiledMatch, destination: Destination): boolean {
-  if (match.matches(destination)) return true;
-  return destination.family === 4 && match.matches({ address: `::ffff:${destination.address}`, port: destination.port, family: 6 });
+export function admits(match: CompiledMatch, destination: Destination, transport: Transport = 'tcp'): boolean {
+  if (match.matches(destination, transport)) return true;
+  return destination.family === 4 && match.matches({ address: `::ffff:${destination.address}`, port: destination.port, family: 6 }, transport);
+}
+
+function compilePorts(list: readonly PortSpec[] | undefined, option: string): [number, number][] {
+  const ranges: [number, number][] = [];
+  for (const [i, spec] of (list ?? []).entries()) {
+    if (Array.isArray(spec)) {
+      if (spec.length !== 2) throw new InvalidOptionsError('a range is [from, to]', `${option}[${i}]`);
+      const [from, to] = spec as readonly unknown[];
+      assertPort(from, `${option}[${i}][0]`);
+      assertPort(to, `${option}[${i}][1]`);
+      if (from > to) throw new InvalidOptionsError(`range ${from}-${to} is empty`, `${option}[${i}]`);
+      ranges.push([from, to]);
+    } else {
+      assertPort(spec, `${option}[${i}]`);
+      ranges.push([spec, spec]);
+    }
+  }
+  return ranges;
 }
 
 function addHost(list: net.BlockList, host: unknown, option: string): void {

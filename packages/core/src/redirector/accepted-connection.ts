@@ -29,6 +29,8 @@ export const DEFAULT_ONWARD_TIMEOUT_MS = 30_000;
  * so a peer's reset never crashes the process; errors are reported in the `closed` event.
  */
 export interface AcceptedConnection {
+  /** `'tcp'` (a UDP flow is an `AcceptedDatagramFlow`, `transport: 'udp'`), for telling them apart on one `accepted$`. */
+  readonly transport?: 'tcp';
   /** `<redirector id>#<n>`, unique in this process; events about it carry the same id. */
   readonly id: string;
   readonly socket: net.Socket;
@@ -50,6 +52,7 @@ export interface AcceptedConnection {
 }
 
 export class Accepted implements AcceptedConnection {
+  readonly transport = 'tcp';
   readonly socket: net.Socket;
   readonly originalDestination: Destination;
   readonly source: Endpoint & { readonly pid?: number | undefined };

@@ -30,6 +30,7 @@ export type EventLogLine = {
   | {
       readonly event: 'accepted';
       readonly connectionId: string;
+      readonly transport: 'tcp' | 'udp';
       readonly source: { readonly address: string; readonly port: number; readonly pid?: number | undefined };
       readonly originalDestination: { readonly address: string; readonly port: number; readonly family: 4 | 6 };
       readonly state: string;
@@ -39,7 +40,18 @@ export type EventLogLine = {
     }
   | { readonly event: 'onward-connected'; readonly connectionId: string; readonly propagateRecords: boolean; readonly redirectedBy: readonly string[] }
   | { readonly event: 'onward-failed'; readonly connectionId: string; readonly error: string }
-  | { readonly event: 'closed'; readonly connectionId: string; readonly bytesFromClient: number; readonly bytesToClient: number; readonly error?: string; readonly onwardError?: string }
+  | {
+      readonly event: 'closed';
+      readonly connectionId: string;
+      readonly transport: 'tcp' | 'udp';
+      readonly bytesFromClient: number;
+      readonly bytesToClient: number;
+      /** Datagram flows only. */
+      readonly datagramsFromClient?: number;
+      readonly datagramsToClient?: number;
+      readonly error?: string;
+      readonly onwardError?: string;
+    }
   | { readonly event: 'rejected'; readonly error: string }
 );
 
@@ -57,7 +69,7 @@ function open(target: string): number {
 const describeError = (error: Error): string => (error instanceof CoproxyError ? `${error.code}: ${error.message}` : `${error.name}: ${error.message}`);
 
 /** The line for one event; exhaustive over the redirector's events. */
-function lineFor(redirector: Redirector, event: RedirectorEvent): EventLogLine {
+function lineFor(redirector: Redirector<unknown>, event: RedirectorEvent): EventLogLine {
   const base = { v: EVENT_LOG_VERSION, at: event.at, pid: process.pid, redirector: { id: redirector.id, priority: redirector.priority, backend: redirector.backend } } as const;
   switch (event.type) {
     case 'installed':
@@ -69,6 +81,7 @@ function lineFor(redirector: Redirector, event: RedirectorEvent): EventLogLine {
         ...base,
         event: 'accepted',
         connectionId: event.connectionId,
+        transport: event.transport ?? 'tcp',
         source: { address: event.source.address, port: event.source.port, ...(event.source.pid !== undefined && { pid: event.source.pid }) },
         originalDestination: { address: event.originalDestination.address, port: event.originalDestination.port, family: event.originalDestination.family },
         state: event.state,
@@ -84,8 +97,11 @@ function lineFor(redirector: Redirector, event: RedirectorEvent): EventLogLine {
         ...base,
         event: 'closed',
         connectionId: event.connectionId,
+        transport: event.transport ?? 'tcp',
         bytesFromClient: event.bytesFromClient,
         bytesToClient: event.bytesToClient,
+        ...(event.datagramsFromClient !== undefined && { datagramsFromClient: event.datagramsFromClient }),
+        ...(event.datagramsToClient !== undefined && { datagramsToClient: event.datagramsToClient }),
         ...(event.error !== undefined && { error: describeError(event.error) }),
         ...(event.onwardError !== undefined && { onwardError: describeError(event.onwardError) }),
       };
@@ -102,7 +118,7 @@ function lineFor(redirector: Redirector, event: RedirectorEvent): EventLogLine {
  * Hooked where redirectors are created. Reads the variable per redirector (a test may set
  * it after import); when it is unset, returns at once and subscribes to nothing.
  */
-export function attachEventLog(redirector: Redirector, env: NodeJS.ProcessEnv = process.env): void {
+export function attachEventLog(redirector: Redirector<unknown>, env: NodeJS.ProcessEnv = process.env): void {
   const target = env[EVENT_LOG_ENV];
   if (target === undefined || target === '') return;
   const fd = open(target);

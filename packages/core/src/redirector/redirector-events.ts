@@ -29,6 +29,8 @@ export interface AcceptedEvent extends EventBase {
   readonly originalDestination: Destination;
   readonly state: RedirectState;
   readonly redirectedBy: readonly string[];
+  /** `'udp'` for a datagram flow; absent for a TCP connection. */
+  readonly transport?: 'udp';
 }
 
 export interface OnwardConnectedEvent extends EventBase {
@@ -57,6 +59,12 @@ export interface ClosedEvent extends EventBase {
   readonly error?: Error;
   /** The first error of its onward socket, if any. */
   readonly onwardError?: Error;
+  /** Datagram flows only (`transport: 'udp'`): payload bytes above are the datagrams' payloads. */
+  readonly transport?: 'udp';
+  readonly datagramsFromClient?: number;
+  readonly datagramsToClient?: number;
+  /** Datagram flows: why it ended (idle timeout, closed or rejected by the vendor, listener closed). */
+  readonly endedBy?: 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed';
 }
 
 /**

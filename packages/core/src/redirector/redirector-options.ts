@@ -45,4 +45,11 @@ export interface RedirectorOptions {
    * host must use the same mask.
    */
   readonly markMask?: number;
+  /** UDP (`match.udpPorts`): a flow ends after this long without a datagram either way. Default 30 000 ms. */
+  readonly udpIdleTimeoutMs?: number;
+  /**
+   * UDP: how many flows may be open at once; a new client's datagram beyond that is
+   * dropped with a `rejected` event (`COPROXY_UDP_FLOW_LIMIT`). Default 4096.
+   */
+  readonly maxUdpFlows?: number;
 }

@@ -22,7 +22,9 @@ import {
 import { assertRedirectorId } from '../model/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
 import { attachEventLog } from './event-log.js';
-import { admits, compileMatch } from '../model/match-rule.js';
+import { admits, compileMatch, type MatchRule, type PortSpec } from '../model/match-rule.js';
+import { AcceptedDatagram, type AcceptedDatagramFlow } from './datagram-flow.js';
+import type { AcceptedDatagramFlowInit } from '../backends/backend.js';
 import type { RedirectorEvent, RedirectorEventInit } from './redirector-events.js';
 import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './redirector-options.js';
 
@@ -31,12 +33,15 @@ import { MAX_CONTEXT_BYTES, type BackendName, type RedirectorOptions } from './r
  * subscribed: the first subscription installs the rule and listens, the last
  * unsubscription removes the rule and closes the listener (open connections finish).
  */
-export interface Redirector extends AsyncDisposable {
+export interface Redirector<TAccepted = AcceptedConnection> extends AsyncDisposable {
   readonly id: string;
   readonly priority: number;
   readonly backend: BackendName;
-  /** Redirected connections, one per flow this redirector takes. */
-  readonly accepted$: Observable<AcceptedConnection>;
+  /**
+   * Redirected connections, one per flow this redirector takes; with `match.udpPorts`,
+   * UDP flows too (`AcceptedDatagramFlow`, `transport: 'udp'`).
+   */
+  readonly accepted$: Observable<TAccepted>;
   /** Lifecycle and per-connection events; hot, completes on `close()`. */
   readonly events$: Observable<RedirectorEvent>;
   /** The listener while installed. */
@@ -52,6 +57,10 @@ export interface Redirector extends AsyncDisposable {
 const DEFAULT_HEADER_TIMEOUT_MS = 5000;
 const DEFAULT_MAX_HEADER_BYTES = 4096;
 const INT32 = 2 ** 31;
+/** As conntrack's own UDP timeout for a flow that has seen replies (nf_conntrack_udp_timeout_stream is 120 s; 30 s unreplied). */
+const DEFAULT_UDP_IDLE_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_UDP_FLOWS = 4096;
+const DEFAULT_UDP_QUEUED = 64;
 
 /** Redirectors of this process by id, so a duplicate fails at creation. */
 const byId = new Map<string, RedirectorImpl>();
@@ -74,18 +83,29 @@ const byId = new Map<string, RedirectorImpl>();
  * });
  * ```
  */
-export function createRedirector(options: RedirectorOptions): Redirector {
+export function createRedirector(options: RedirectorOptions & { readonly match: UdpMatchRule }): Redirector<AcceptedConnection | AcceptedDatagramFlow>;
+export function createRedirector(options: RedirectorOptions): Redirector;
+export function createRedirector(options: RedirectorOptions): Redirector<AcceptedConnection | AcceptedDatagramFlow> {
   const { spec, definition } = validate(options);
   const backend = definition.open();
   const previous = byId.get(spec.id);
   if (previous?.isOpen === true) throw new RedirectorIdInUseError(spec.id, process.pid);
   // A closed predecessor may still be undoing an install: the successor's first install
   // waits for it, so the id can be reused at once after close() or destroy().
-  const redirector = new RedirectorImpl(spec, options.backend ?? DEFAULT_BACKEND, backend, previous?.settled ?? Promise.resolve());
+  const redirector: RedirectorImpl = new RedirectorImpl(spec, options.backend ?? DEFAULT_BACKEND, backend, previous?.settled ?? Promise.resolve());
   byId.set(spec.id, redirector);
   attachEventLog(redirector); // COPROXY_EVENT_LOG, opt-in: nothing when unset
   return redirector;
 }
+
+/**
+ * A rule that names UDP ports. `createRedirector` types `accepted$` from the rule: TCP
+ * connections only, unless the rule's type says it has `udpPorts`, then
+ * `AcceptedConnection | AcceptedDatagramFlow` (tell them apart by `transport`). A rule
+ * typed as a plain `MatchRule` that carries `udpPorts` at run time still yields UDP
+ * flows: type such a rule as `UdpMatchRule`, or check `transport`.
+ */
+export type UdpMatchRule = MatchRule & { readonly udpPorts: readonly PortSpec[] };
 
 /** `'a'`, `'a' or 'b'`, `'a', 'b' or 'c'`. */
 function oneOf(names: readonly string[]): string {
@@ -130,6 +150,13 @@ function validate(options: RedirectorOptions): { spec: InstallSpec; definition: 
     maxHeaderBytes: positive(options.maxHeaderBytes, DEFAULT_MAX_HEADER_BYTES, 'maxHeaderBytes'),
     // The option's form, whatever the backend; the backend may read more (nftables: COPROXY_MARK_MASK).
     markMask: resolveMarkMask(options.markMask, undefined),
+    ...(options.match?.udpPorts !== undefined && {
+      udp: {
+        idleTimeoutMs: positive(options.udpIdleTimeoutMs, DEFAULT_UDP_IDLE_TIMEOUT_MS, 'udpIdleTimeoutMs'),
+        maxFlows: positive(options.maxUdpFlows, DEFAULT_MAX_UDP_FLOWS, 'maxUdpFlows'),
+        maxQueued: DEFAULT_UDP_QUEUED,
+      },
+    }),
   };
   return { spec: definition.specify(spec, { markMask: options.markMask }), definition };
 }
@@ -139,12 +166,13 @@ type Writable<TValue> = TValue extends unknown ? { -readonly [TKey in keyof TVal
 
 type Waiter = { resolve(listening: Endpoint): void; reject(error: unknown): void };
 
-class RedirectorImpl implements Redirector {
+class RedirectorImpl implements Redirector<AcceptedConnection | AcceptedDatagramFlow> {
   readonly id: string;
   readonly priority: number;
-  readonly accepted$: Observable<AcceptedConnection>;
+  readonly accepted$: Observable<AcceptedConnection | AcceptedDatagramFlow>;
   readonly events$: Observable<RedirectorEvent>;
 
+  private readonly openFlows = new Set<AcceptedDatagram>();
   private readonly events = new Subject<RedirectorEvent>();
   private readonly closing = new Subject<void>();
   private readonly open = new Set<net.Socket>();
@@ -165,7 +193,7 @@ class RedirectorImpl implements Redirector {
     this.id = spec.id;
     this.priority = spec.priority;
     this.events$ = this.events.asObservable();
-    this.accepted$ = new Observable<AcceptedConnection>((subscriber) => {
+    this.accepted$ = new Observable<AcceptedConnection | AcceptedDatagramFlow>((subscriber) => {
       if (this.closed) {
         subscriber.error(new RedirectorClosedError(this.id));
         return;
@@ -189,6 +217,16 @@ class RedirectorImpl implements Redirector {
             return;
           }
           subscriber.next(this.track(flow));
+        },
+        acceptedDatagram: (flow: AcceptedDatagramFlowInit) => {
+          if (tornDown) return void flow.endpoint.end('listener-closed');
+          if (!admits(this.spec.match, flow.originalDestination, 'udp')) {
+            flow.endpoint.end('failed');
+            const error = new DestinationOutsideRuleError(this.id, flow.originalDestination);
+            this.emit({ type: 'rejected', error, remote: { address: flow.source.address, port: flow.source.port } });
+            return;
+          }
+          subscriber.next(this.trackDatagram(flow));
         },
         rejected: (error: CoproxyError, remote: Partial<Endpoint>) => this.emit({ type: 'rejected', error, remote }),
         failed: (error: Error) => subscriber.error(error),
@@ -261,6 +299,7 @@ class RedirectorImpl implements Redirector {
   destroy(error?: Error): void {
     void this.close();
     for (const socket of this.open) socket.destroy(error);
+    for (const flow of this.openFlows) flow.close();
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -276,6 +315,41 @@ class RedirectorImpl implements Redirector {
     stamped.redirectorId = this.id;
     stamped.at = Date.now();
     this.events.next(stamped);
+  }
+
+  private trackDatagram(flow: AcceptedDatagramFlowInit): AcceptedDatagramFlow {
+    const id = `${this.id}#${++this.sequence}`;
+    const accepted = new AcceptedDatagram(id, this.id, this.spec.match, flow, (event) => this.emit(event));
+    this.openFlows.add(accepted);
+    flow.endpoint.onEnd((endedBy) => {
+      this.openFlows.delete(accepted);
+      for (const onward of accepted.onward) onward.close();
+      const { counts } = flow.endpoint;
+      const error =
+        flow.endpoint.sendError ??
+        (accepted.rejectReason === undefined ? undefined : new Error(`rejected: ${accepted.rejectReason}`, { cause: accepted.rejectError }));
+      this.emit({
+        type: 'closed',
+        connectionId: id,
+        transport: 'udp',
+        endedBy,
+        bytesFromClient: counts.bytesIn,
+        bytesToClient: counts.bytesOut,
+        datagramsFromClient: counts.datagramsIn,
+        datagramsToClient: counts.datagramsOut,
+        ...(error !== undefined && { error }),
+      });
+    });
+    this.emit({
+      type: 'accepted',
+      connectionId: id,
+      transport: 'udp',
+      source: accepted.source,
+      originalDestination: accepted.originalDestination,
+      state: accepted.state,
+      redirectedBy: accepted.records.redirectedBy,
+    });
+    return accepted;
   }
 
   private track(flow: AcceptedFlow): AcceptedConnection {

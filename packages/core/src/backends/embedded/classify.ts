@@ -1,6 +1,6 @@
 import type { RedirectRecords } from '../../model/redirect-records.js';
 import { shouldRedirect } from '../../model/redirect-state.js';
-import type { CompiledMatch, Destination } from '../../model/match-rule.js';
+import type { CompiledMatch, Destination, Transport } from '../../model/match-rule.js';
 
 /** What classification needs of a redirector: its id and rule, nothing about transport. */
 export interface Classifiable {
@@ -18,8 +18,9 @@ export function* candidates<TEntry extends Classifiable>(
   table: readonly TEntry[],
   destination: Destination,
   records: RedirectRecords,
+  transport: Transport = 'tcp',
 ): Generator<TEntry> {
   for (const entry of table) {
-    if (entry.match.matches(destination) && shouldRedirect(records.stateFor(entry.id))) yield entry;
+    if (entry.match.matches(destination, transport) && shouldRedirect(records.stateFor(entry.id))) yield entry;
   }
 }

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { type CoproxyError, PeerNotAuthorisedError, RecordsMismatchError } from '../../model/errors.js';
 import { connectWithRecords } from './connect.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, defineBackend, remoteEndpoint } from '../backend.js';
+import { type DatagramListener, listenDatagrams } from './datagram-listener.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
 import { tcpPeerUid } from './peer-uid.js';
 import type { ProxyV2Header } from './proxy-v2.js';
@@ -102,7 +103,12 @@ export const embeddedBackend: Backend = {
     const listening = { address: dialable, port: address.port };
     // After listen, a server error (accept failing for good) ends this installation.
     server.on('error', (error) => sink.failed(error));
+    let udp: DatagramListener | undefined;
     try {
+      // UDP (match.udpPorts): a datagram listener beside this one (datagram-listener.ts).
+      if (spec.udp !== undefined) {
+        udp = await listenDatagrams({ spec, limits: spec.udp, sink, key, registry, isUninstalled: () => uninstalled });
+      }
       publishEntry(registry, {
         format: 1,
         id: spec.id,
@@ -110,6 +116,7 @@ export const embeddedBackend: Backend = {
         match: spec.match.rule,
         failMode: spec.failMode,
         listen: { host: listening.address, port: listening.port },
+        ...(udp !== undefined && { udpListen: udp.listening }),
         pid: process.pid,
         nonce,
         secret: secret.toString('base64'),
@@ -118,6 +125,7 @@ export const embeddedBackend: Backend = {
       });
     } catch (error) {
       server.close();
+      udp?.close();
       throw error;
     }
 
@@ -128,6 +136,7 @@ export const embeddedBackend: Backend = {
         uninstalled = true;
         removeEntry(registry, spec.id, nonce);
         server.close(); // stops accepting; established flows finish on their own
+        udp?.close(); // UDP flows share the listening socket: they end with it
         for (const socket of inHandshake) socket.destroy();
         inHandshake.clear();
       },

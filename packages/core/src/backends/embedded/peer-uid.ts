@@ -25,6 +25,7 @@ const SOCK_DIAG_BY_FAMILY = 20;
 const NLM_F_REQUEST = 1;
 const NLMSG_ERROR = 2;
 const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
 const MSG_DONTWAIT = 0x40;
 const NLMSG_HEADER_BYTES = 16;
 /** struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes). */
@@ -70,6 +71,21 @@ function open(): SockDiag | null {
  * end is `local` (the accepted socket's two ends, seen from the other side).
  */
 export function tcpPeerUid(peer: { address: string; port: number }, local: { address: string; port: number }): number | undefined {
+  return peerUid(peer, local, IPPROTO_TCP);
+}
+
+/**
+ * The same for the socket that sent a datagram to `local` from `peer` (the embedded
+ * backend's datagram listener). The kernel's UDP lookup is the receive path's: it finds
+ * the socket that would receive a datagram from its `src` to its `dst`, so the ends go
+ * the other way round than for TCP (peer in `dst`); with them as for TCP it would find
+ * the listener itself and answer the vendor's own uid for everyone.
+ */
+export function udpPeerUid(peer: { address: string; port: number }, local: { address: string; port: number }): number | undefined {
+  return peerUid(local, peer, IPPROTO_UDP);
+}
+
+function peerUid(peer: { address: string; port: number }, local: { address: string; port: number }, protocol: number): number | undefined {
   const family = net.isIP(peer.address);
   if (family === 0 || net.isIP(local.address) !== family) return undefined;
   const lib = open();
@@ -82,7 +98,7 @@ export function tcpPeerUid(peer: { address: string; port: number }, local: { add
   request.writeUInt32LE(seq, 8);
   let at = NLMSG_HEADER_BYTES;
   request[at] = family === 6 ? AF_INET6 : AF_INET;
-  request[at + 1] = IPPROTO_TCP;
+  request[at + 1] = protocol;
   request.writeUInt32LE(0xffffffff, at + 4); // every TCP state
   at += 8;
   request.writeUInt16BE(peer.port, at);

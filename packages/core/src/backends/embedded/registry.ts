@@ -21,6 +21,8 @@ export interface RegistryEntry {
   readonly match: MatchRule;
   readonly failMode: FailMode;
   readonly listen: { readonly host: string; readonly port: number };
+  /** The datagram listener, when the rule names `udpPorts` (datagram-connect.ts checks it before use). */
+  readonly udpListen?: { readonly host: string; readonly port: number };
   readonly pid: number;
   /** Random per installation: who may remove the entry, even within one process. */
   readonly nonce: string;

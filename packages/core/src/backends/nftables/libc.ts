@@ -6,6 +6,7 @@ import type { Destination } from '../../model/match-rule.js';
 const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_IP = 0;
@@ -117,13 +118,14 @@ function compressIpv6(groups: string[]): string {
 }
 
 /**
- * A new non-blocking TCP socket with `SO_MARK` set, for Node to connect: the mark is the
+ * A new non-blocking TCP (or UDP) socket with `SO_MARK` set, for Node to connect: the mark is the
  * record the kernel reads in every redirector's nft chain. Setting it needs CAP_NET_ADMIN
  * (or CAP_NET_RAW), which is what keeps an unprivileged process from forging records.
  */
-export function openMarkedSocket(family: 4 | 6, mark: number): number {
+export function openMarkedSocket(family: 4 | 6, mark: number, transport: 'tcp' | 'udp' = 'tcp'): number {
   const lib = load();
-  const fd = lib.socket(family === 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const type = transport === 'udp' ? SOCK_DGRAM : SOCK_STREAM;
+  const fd = lib.socket(family === 6 ? AF_INET6 : AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) fail('socket', lib);
   scratch.writeUInt32LE(mark >>> 0, 0);
   if (lib.setsockopt(fd, SOL_SOCKET, SO_MARK, scratch, 4) !== 0) {
@@ -138,3 +140,4 @@ export function openMarkedSocket(family: 4 | 6, mark: number): number {
 export function closeFd(fd: number): void {
   load().close(fd);
 }
+

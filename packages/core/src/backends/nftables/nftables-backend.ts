@@ -21,6 +21,7 @@ import { type BitHolder, bitsOf, candidateBits, recordsFromMark } from './marks.
 import { listTables, removeTable } from './installed-tables.js';
 import { nft } from './nft.js';
 import { findSocketPid, isOwnerAlive, processStartTime } from './proc.js';
+import { type UdpListener, listenUdp, renderUdpRules } from './udp.js';
 import { type ListedTable, MIN_NFT_PRIORITY, type TableInfo, renderChain, renderClaim, tableName } from './tables.js';
 
 /**
@@ -75,17 +76,32 @@ async function install(spec: InstallSpec, sink: FlowSink): Promise<Installation>
     throw error;
   }
   const name = tableName(spec.id);
+  const view = new TableView();
+  let udp: UdpListener | undefined;
   try {
-    tables.run(renderChain(info, spec.match.rule, port, families));
+    // UDP (match.udpPorts): its own loopback port and rules, in the same table (udp.ts).
+    if (spec.udp !== undefined) {
+      udp = await listenUdp({
+        spec,
+        limits: spec.udp,
+        sink,
+        info,
+        records: (mark) => recordsFromMark(mark, spec.markMask, view.holdersFor(mark, spec.markMask)),
+        onwardMark: (onward, incoming, mark) => onwardMark(onward.records, incoming, mark, info, view, spec.markMask),
+        nft: (commands) => void tables.run(commands),
+      });
+    }
+    const udpRules = udp === undefined ? '' : `\n${renderUdpRules(info, spec.match.rule, udp.port, udp.families)}`;
+    tables.run(renderChain(info, spec.match.rule, port, families) + udpRules);
   } catch (error) {
     tables.run(`delete table inet ${name}`);
     for (const { server } of servers) server.close();
+    udp?.close();
     throw error;
   }
   held.set(name, info.failMode);
   installTeardownHooks();
 
-  const view = new TableView();
   let uninstalled = false;
   for (const { server, family } of servers) {
     server.on('connection', (socket: net.Socket) => {
@@ -111,6 +127,7 @@ async function install(spec: InstallSpec, sink: FlowSink): Promise<Installation>
       uninstalled = true;
       removeHeld(name);
       for (const { server } of servers) server.close(); // established flows finish on their own
+      udp?.close(); // UDP flows share the listening socket: they end with it
     },
   };
 }

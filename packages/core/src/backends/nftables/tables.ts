@@ -1,5 +1,5 @@
 import net from 'node:net';
-import type { MatchRule, PortSpec } from '../../model/match-rule.js';
+import type { MatchRule, PortSpec, Transport } from '../../model/match-rule.js';
 import type { FailMode } from '../../model/flow.js';
 
 /**
@@ -89,16 +89,20 @@ export function renderChain(info: TableInfo, match: MatchRule, port: number, fam
 }
 
 /** The nft expression selecting what `match` selects in one family, or undefined if nothing. */
-export function matchSelector(match: MatchRule, family: 4 | 6): string | undefined {
+export function matchSelector(match: MatchRule, family: 4 | 6, transport: Transport = 'tcp'): string | undefined {
   if (match.family !== undefined && match.family !== family) return undefined;
+  // A rule naming UDP ports takes TCP only on the ports it names (MatchRule.ports).
+  if (transport === 'tcp' && match.udpPorts !== undefined && match.ports === undefined) return undefined;
+  if (transport === 'udp' && match.udpPorts === undefined) return undefined;
   const parts = [`meta nfproto ${family === 4 ? 'ipv4' : 'ipv6'}`];
   if (match.hosts !== undefined) {
     const hosts = match.hosts.filter((host) => net.isIP(host.split('/')[0] ?? '') === family);
     if (hosts.length === 0) return undefined;
     parts.push(`${family === 4 ? 'ip' : 'ip6'} daddr { ${hosts.join(', ')} }`);
   }
-  parts.push('meta l4proto tcp');
-  if (match.ports !== undefined) parts.push(`tcp dport { ${match.ports.map(renderPort).join(', ')} }`);
+  const ports = transport === 'udp' ? match.udpPorts : match.ports;
+  parts.push(`meta l4proto ${transport}`);
+  if (ports !== undefined) parts.push(`${transport} dport { ${ports.map(renderPort).join(', ')} }`);
   return parts.join(' ');
 }
 

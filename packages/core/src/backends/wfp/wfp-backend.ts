@@ -12,6 +12,7 @@ import {
 import { RedirectRecords } from '../../model/redirect-records.js';
 import type { Destination } from '../../model/match-rule.js';
 import { type AcceptedFlow, type Backend, type Endpoint, type FlowSink, type InstallSpec, type Installation, type OnwardRecords, defineBackend } from '../backend.js';
+import { refuseUdp } from '../udp-support.js';
 import { adoptSocket } from './adopt-socket.js';
 import { Ws, win32ErrorName } from './ioctl-codes.js';
 import { type RedirectIoctls, isAccessDenied, redirectIoctls } from './redirect-ioctls.js';
@@ -26,7 +27,7 @@ import { type SocketHandle, type Winsock, handleValue, winsock, winsockLibraryOv
 export const UNKNOWN_CONTEXT_OWNER = 'another redirector (WFP does not say which)';
 
 /** The registry's entry: the listener's host is checked at install (an IP address). */
-export const wfp = defineBackend({ name: 'wfp', specify: (spec) => spec, open: () => wfpBackend() });
+export const wfp = defineBackend({ name: 'wfp', specify: (spec) => refuseUdp(spec, 'wfp'), open: () => wfpBackend() });
 
 /**
  * Windows: the vendor's own WFP callout driver (out of scope) redirects connections to

@@ -1,0 +1,127 @@
+import dns from 'node:dns/promises';
+import net from 'node:net';
+import { InvalidOptionsError, RedirectorUnavailableError, RegistryError } from '../../model/errors.js';
+import type { Destination } from '../../model/match-rule.js';
+import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
+import { type OnwardDatagramSocket, openOnwardDatagram } from '../../net/onward-datagram.js';
+import { candidates } from './classify.js';
+import { encodeDatagramHeader } from './datagram-header.js';
+import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from './registry.js';
+
+export interface ConnectDatagramOptions {
+  readonly host: string;
+  readonly port: number;
+  /** Restrict name resolution to one family. */
+  readonly family?: 4 | 6;
+  /** The embedded registry to classify against; default as for redirectors. */
+  readonly registry?: string;
+}
+
+/**
+ * Opens a UDP "connection" through the embedded redirect layer: what an app calls instead
+ * of `dgram.createSocket` + `connect`. Classified against the installed redirectors whose
+ * rule names the port in `udpPorts`, in priority order; the first that may take it gets
+ * every datagram, each prefixed with an authenticated flow header (datagram-header.ts);
+ * replies come back without framing. With none, the socket is connected to the
+ * destination itself.
+ *
+ * Fail-open covers a redirector whose process is gone; a listener that is alive but
+ * unreachable shows as `ECONNREFUSED` on the socket, as UDP reports it (no handshake to
+ * fail first).
+ *
+ * @example
+ * ```ts
+ * const socket = await connectDatagram({ host: '192.0.2.1', port: 53 });
+ * socket.datagrams$.subscribe((reply) => console.log(reply));
+ * socket.send(query);
+ * ```
+ */
+export function connectDatagram(options: ConnectDatagramOptions): Promise<OnwardDatagramSocket> {
+  return connectDatagramWithRecords(options, RedirectRecords.empty);
+}
+
+/** `connectDatagram` for a flow that already has a redirect history (a vendor's onward leg). */
+export async function connectDatagramWithRecords(options: ConnectDatagramOptions, records: RedirectRecords): Promise<OnwardDatagramSocket> {
+  if (typeof options.host !== 'string' || options.host === '') throw new InvalidOptionsError('must be a host name or address', 'host');
+  if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) {
+    throw new InvalidOptionsError(`must be an integer in 1..65535, got ${String(options.port)}`, 'port');
+  }
+  const destination = await resolve(options);
+  for (const candidate of candidates(trustedTable(options.registry ?? defaultRegistryDir()), destination, records, 'udp')) {
+    const { entry } = candidate;
+    if (records.hops >= MAX_REDIRECTS) {
+      warnOnce('records-full', `a UDP flow crossed ${MAX_REDIRECTS} redirectors; '${entry.id}' and any later ones are skipped for it`, 'CoproxyRecordsFullWarning');
+      break;
+    }
+    const listener = datagramListener(candidate);
+    if (!isProcessAlive(entry.pid) || listener === undefined) {
+      const why = listener === undefined ? 'has no valid datagram listener' : `is gone (pid ${entry.pid})`;
+      if (entry.failMode === 'closed') throw new RedirectorUnavailableError(entry.id, `it ${why}`);
+      warnOnce(`entry ${entry.nonce}`, `redirector '${entry.id}' ${why}; failing open past it`, 'CoproxyFailOpenWarning');
+      continue;
+    }
+    return openRedirected(candidate, listener, destination, records.withRedirect(entry.id));
+  }
+  return openOnwardDatagram({ destination });
+}
+
+async function openRedirected(candidate: TableEntry, listener: Destination, destination: Destination, records: RedirectRecords): Promise<OnwardDatagramSocket> {
+  const { entry } = candidate;
+  const socket = await openOnwardDatagram({ destination: listener });
+  let header: Buffer;
+  try {
+    header = encodeDatagramHeader(
+      {
+        source: socket.local,
+        destination,
+        records,
+        pid: process.pid,
+        ...(candidate.context !== undefined && { context: { owner: entry.id, bytes: candidate.context } }),
+      },
+      candidate.key, // proves to the listener that we read its 0600 registry entry
+    );
+  } catch (error) {
+    socket.close();
+    throw error;
+  }
+  return {
+    local: socket.local,
+    datagrams$: socket.datagrams$,
+    counts: socket.counts,
+    send: (payload) => socket.send(Buffer.concat([header, payload])),
+    close: () => socket.close(),
+  };
+}
+
+/** The entry's datagram listener, if it names a loopback-or-any address and a port; the file is the owner's, but checked all the same. */
+function datagramListener({ entry }: TableEntry): Destination | undefined {
+  const listen = entry.udpListen;
+  if (typeof listen !== 'object' || listen === null) return undefined;
+  const family = net.isIP(listen.host);
+  if (family === 0 || !Number.isInteger(listen.port) || listen.port < 1 || listen.port > 65535) return undefined;
+  return { address: listen.host, port: listen.port, family: family as 4 | 6 };
+}
+
+function trustedTable(dir: string): readonly TableEntry[] {
+  try {
+    return registryTable(dir).current();
+  } catch (error) {
+    if (!(error instanceof RegistryError)) throw error;
+    warnOnce(`registry ${error.message}`, `ignoring the registry: ${error.message}`, 'CoproxyRegistryWarning');
+    return [];
+  }
+}
+
+async function resolve(options: ConnectDatagramOptions): Promise<Destination> {
+  const literal = net.isIP(options.host);
+  if (literal !== 0) return { address: options.host, port: options.port, family: literal as 4 | 6 };
+  const { address, family } = await dns.lookup(options.host, { family: options.family ?? 0 });
+  return { address, port: options.port, family: family as 4 | 6 };
+}
+
+const warned = new Set<string>();
+function warnOnce(key: string, message: string, type: string): void {
+  if (warned.has(key)) return;
+  warned.add(key);
+  process.emitWarning(`coproxy: ${message}`, type);
+}

@@ -1,0 +1,183 @@
+import type dgram from 'node:dgram';
+import { Observable, type Subscriber } from 'rxjs';
+
+/**
+ * UDP has no connections: a redirector's listening socket receives every client's
+ * datagrams. This splits them into flows, one per client address and port (with the
+ * listener's own address and port, the client's 5-tuple), each ending after an idle time,
+ * with a bound on how many are open at once.
+ *
+ * Datagrams have no backpressure: a flow queues what arrives before its first
+ * subscriber (the vendor is still dialling onward, say) up to `maxQueued` datagrams and
+ * drops the rest, counted; after that each is handed on as it arrives.
+ */
+export interface DatagramPeer {
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+}
+
+export interface DatagramCounts {
+  datagramsIn: number;
+  bytesIn: number;
+  datagramsOut: number;
+  bytesOut: number;
+  /** Datagrams dropped because nobody was subscribed yet and the queue was full. */
+  dropped: number;
+}
+
+/** Why a flow ended. */
+export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed';
+
+/** One client's flow on a shared listening socket. */
+export class DatagramFlowEndpoint {
+  /** Client → listener, in arrival order; completes when the flow ends. */
+  readonly datagrams$: Observable<Buffer>;
+  readonly counts: DatagramCounts = { datagramsIn: 0, bytesIn: 0, datagramsOut: 0, bytesOut: 0, dropped: 0 };
+  /** The first error sending to the client, if any. */
+  sendError: Error | undefined;
+  private queue: Buffer[] | undefined = [];
+  private readonly subscribers = new Set<Subscriber<Buffer>>();
+  private endedBy: DatagramFlowEnd | undefined;
+  private readonly endListeners: ((reason: DatagramFlowEnd) => void)[] = [];
+
+  constructor(
+    private readonly socket: dgram.Socket,
+    readonly peer: DatagramPeer,
+    private readonly maxQueued: number,
+    /** Called on every datagram either way, to restart the idle clock. */
+    private readonly touch: () => void,
+  ) {
+    this.datagrams$ = new Observable<Buffer>((subscriber) => {
+      const queued = this.queue;
+      this.queue = undefined;
+      for (const payload of queued ?? []) subscriber.next(payload);
+      if (this.endedBy !== undefined) {
+        subscriber.complete();
+        return;
+      }
+      this.subscribers.add(subscriber);
+      return () => this.subscribers.delete(subscriber);
+    });
+  }
+
+  get ended(): DatagramFlowEnd | undefined {
+    return this.endedBy;
+  }
+
+  /** A datagram from the client. */
+  push(payload: Buffer): void {
+    if (this.endedBy !== undefined) return;
+    this.counts.datagramsIn++;
+    this.counts.bytesIn += payload.length;
+    this.touch();
+    if (this.queue !== undefined) {
+      if (this.queue.length < this.maxQueued) this.queue.push(payload);
+      else this.counts.dropped++;
+      return;
+    }
+    for (const subscriber of this.subscribers) subscriber.next(payload);
+  }
+
+  /** A datagram to the client, from the listener's socket. Ignored once the flow has ended. */
+  send(payload: Buffer): void {
+    if (this.endedBy !== undefined) return;
+    this.counts.datagramsOut++;
+    this.counts.bytesOut += payload.length;
+    this.touch();
+    this.socket.send(payload, this.peer.port, this.peer.address, (error) => {
+      if (error !== null && error !== undefined) this.sendError ??= error;
+    });
+  }
+
+  onEnd(listener: (reason: DatagramFlowEnd) => void): void {
+    if (this.endedBy !== undefined) listener(this.endedBy);
+    else this.endListeners.push(listener);
+  }
+
+  /** Ends the flow: completes `datagrams$` (after any still queued), once. */
+  end(reason: DatagramFlowEnd): void {
+    if (this.endedBy !== undefined) return;
+    this.endedBy = reason;
+    for (const subscriber of [...this.subscribers]) subscriber.complete();
+    this.subscribers.clear();
+    for (const listener of this.endListeners.splice(0)) listener(reason);
+  }
+}
+
+export interface DatagramFlowTableOptions<THeader = undefined> {
+  readonly idleTimeoutMs: number;
+  readonly maxFlows: number;
+  readonly maxQueued: number;
+  /**
+   * A datagram from a client with no open flow: `flow` is new and holds it. Throwing ends
+   * the flow (`failed`) and drops the datagram; the error goes to `refused`.
+   */
+  opened(flow: DatagramFlowEndpoint, header: THeader): void;
+  /**
+   * Where each datagram starts with framing (the embedded backend's per-datagram flow
+   * header): returns the payload and the header; `flow` is the open flow of this peer,
+   * undefined for a new one. Throwing drops the datagram; the error goes to `refused`.
+   */
+  readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader };
+  /** A new client's datagram was dropped: the table is full, or `opened` threw. */
+  refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
+}
+
+const key = (address: string, port: number): string => `${address}|${port}`;
+
+/** The flows of one listening socket. */
+export class DatagramFlowTable<THeader = undefined> {
+  private readonly flows = new Map<string, DatagramFlowEndpoint>();
+  private closed = false;
+
+  constructor(
+    private readonly socket: dgram.Socket,
+    private readonly options: DatagramFlowTableOptions<THeader>,
+  ) {
+    socket.on('message', (payload, remote) => this.received(payload, remote));
+  }
+
+  get size(): number {
+    return this.flows.size;
+  }
+
+  /** Ends every flow (`listener-closed`); later datagrams are ignored. */
+  close(): void {
+    this.closed = true;
+    for (const flow of [...this.flows.values()]) flow.end('listener-closed');
+  }
+
+  private received(datagram: Buffer, remote: dgram.RemoteInfo): void {
+    if (this.closed) return;
+    const id = key(remote.address, remote.port);
+    const existing = this.flows.get(id);
+    const peer: DatagramPeer = { address: remote.address, port: remote.port, family: remote.family === 'IPv6' ? 6 : 4 };
+    let payload = datagram;
+    let header = undefined as THeader;
+    if (this.options.unwrap !== undefined) {
+      try {
+        ({ payload, header } = this.options.unwrap(datagram, peer, existing));
+      } catch (error) {
+        return this.options.refused(peer, { kind: 'failed', error });
+      }
+    }
+    if (existing !== undefined) return existing.push(payload);
+    if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
+    // One timer per flow, restarted (not recreated) on every datagram either way.
+    const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();
+    const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh());
+    this.flows.set(id, flow);
+    flow.onEnd(() => {
+      clearTimeout(timer);
+      if (this.flows.get(id) === flow) this.flows.delete(id);
+    });
+    flow.push(payload);
+    try {
+      this.options.opened(flow, header);
+    } catch (error) {
+      flow.end('failed');
+      this.options.refused(peer, { kind: 'failed', error });
+    }
+  }
+}

@@ -1,6 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import net from 'node:net';
-import { pathReadings } from '@coproxy/core/vendor';
+import { type CanonicalAuthority, canonicalAuthority, pathReadings } from '@coproxy/core/vendor';
 import { HttpProxyError, ProxyErrorCode } from './errors.js';
 
 /**
@@ -44,15 +43,6 @@ export class RequestViewError extends HttpProxyError<RequestViewCode> {
 
 /** Which of RFC 9112's four request-target forms the client used. */
 export type TargetForm = 'origin' | 'absolute' | 'authority' | 'asterisk';
-
-/** A host and port in canonical form. */
-export interface CanonicalAuthority {
-  /** Lower case, no trailing dot; an IPv6 address compressed and without brackets; `''` for an empty Host. */
-  readonly host: string;
-  readonly port: number | undefined;
-  /** `host[:port]` as forwarded in Host (IPv6 in brackets). */
-  readonly authority: string;
-}
 
 /** What `canonicalRequest` reads from a parsed head. */
 export interface RequestHead {
@@ -188,84 +178,11 @@ function parseTarget(method: string, url: string): ParsedTarget | RequestViewErr
 }
 
 // ---------------------------------------------------------------------------------------
-// Hosts
-
-/** A reg-name or IPv4 address: dot-separated labels of letters, digits, '-' and '_', one trailing dot allowed. */
-const REG_NAME = /^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?$/;
-const PORT = /^[0-9]{1,5}$/;
-const MAX_HOST = 255;
-
-/** Host values seen lately: a keep-alive connection sends the same one on every request. */
-const authorityCache = new Map<string, CanonicalAuthority | null>();
-const AUTHORITY_CACHE_SIZE = 512;
-
-/**
- * A Host value or an absolute-form authority in canonical form, or undefined when it is no
- * valid `host[:port]`. Stricter than RFC 3986's reg-name: no percent-escapes, no
- * sub-delimiters, no user information, no empty port, as origins read those differently.
- */
-export function canonicalAuthority(value: string): CanonicalAuthority | undefined {
-  const cached = authorityCache.get(value);
-  if (cached !== undefined) return cached ?? undefined;
-  const parsed = parseAuthority(value);
-  if (authorityCache.size >= AUTHORITY_CACHE_SIZE) authorityCache.clear();
-  authorityCache.set(value, parsed ?? null);
-  return parsed;
-}
-
-function parseAuthority(value: string): CanonicalAuthority | undefined {
-  if (value === '') return { host: '', port: undefined, authority: '' };
-  let hostPart: string;
-  let portPart: string | undefined;
-  let ipv6 = false;
-  if (value.charCodeAt(0) === 0x5b) {
-    const close = value.indexOf(']');
-    if (close < 0) return undefined;
-    hostPart = value.slice(1, close);
-    const after = value.slice(close + 1);
-    if (after !== '' && after.charCodeAt(0) !== 0x3a) return undefined;
-    portPart = after === '' ? undefined : after.slice(1);
-    // A zone id (fe80::1%25eth0) names an interface of the client's host, nothing an origin can use.
-    if (!net.isIPv6(hostPart) || hostPart.includes('%')) return undefined;
-    ipv6 = true;
-  } else {
-    const colon = value.indexOf(':');
-    hostPart = colon < 0 ? value : value.slice(0, colon);
-    portPart = colon < 0 ? undefined : value.slice(colon + 1);
-    if (hostPart.length > MAX_HOST || !REG_NAME.test(hostPart)) return undefined;
-  }
-  let port: number | undefined;
-  if (portPart !== undefined) {
-    if (!PORT.test(portPart)) return undefined;
-    port = Number(portPart);
-    if (port > 65535) return undefined;
-  }
-  const host = ipv6 ? compressIPv6(hostPart) : stripTrailingDot(hostPart.toLowerCase());
-  const shown = ipv6 ? `[${host}]` : host;
-  return { host, port, authority: port === undefined ? shown : `${shown}:${port}` };
-}
+// Hosts: read in core's vendor kit, shared with every vendor (`canonicalAuthority`).
+export { canonicalAuthority, canonicalRuleHost } from '@coproxy/core/vendor';
+export type { CanonicalAuthority } from '@coproxy/core/vendor';
 
 const NO_AUTHORITY: CanonicalAuthority = Object.freeze({ host: '', port: undefined, authority: '' });
-
-const stripTrailingDot = (host: string): string => (host.endsWith('.') ? host.slice(0, -1) : host);
-
-/** RFC 5952's form, as WHATWG's URL serialises it: lower case, longest zero run compressed. */
-function compressIPv6(address: string): string {
-  const hostname = new URL(`http://[${address}]/`).hostname;
-  return hostname.slice(1, -1);
-}
-
-/** A rule's host in the form `CanonicalRequest.host` has (`*.` kept), or undefined when it is none. */
-export function canonicalRuleHost(pattern: string): string | undefined {
-  if (pattern.startsWith('*.')) {
-    const rest = canonicalRuleHost(pattern.slice(2));
-    return rest === undefined || rest.includes(':') ? undefined : `*.${rest}`;
-  }
-  const bracketed = pattern.startsWith('[') ? pattern : net.isIPv6(pattern) ? `[${pattern}]` : pattern;
-  const parsed = parseAuthority(bracketed);
-  if (parsed === undefined || parsed.port !== undefined || parsed.host === '') return undefined;
-  return parsed.host;
-}
 
 // ---------------------------------------------------------------------------------------
 // Paths: the readings live in core's vendor kit, shared with every vendor (RequestInfo.paths).

@@ -98,6 +98,39 @@ describe('h2c attack bounds', () => {
     await stillServes(under.registry, origin.port, origin);
   });
 
+  it(`a WINDOW_UPDATE flood (more than ${H2C_LIMITS.windowUpdatesBase} with nothing sent to earn them) gets GOAWAY ENHANCE_YOUR_CALM and the close`, async () => {
+    await using origin = await startH2cOrigin();
+    await using under = await startProxy([origin.port]);
+    const socket = await rawH2(under.registry, origin.port);
+    const reader = frameReader(socket);
+    const increment = Buffer.alloc(4);
+    increment.writeUInt32BE(1);
+    // Nothing but credit for data never asked for: each frame is valid, none is answered, and Node reports none.
+    const frames: Buffer[] = [frame(FRAME.SETTINGS, FLAG.ACK, 0)];
+    for (let i = 0; i < 5000; i++) frames.push(frame(FRAME.WINDOW_UPDATE, 0, 0, increment));
+    socket.write(Buffer.concat(frames));
+    await until(() => reader.closed, 10_000, 'the proxy to close the connection');
+    expect(goawayCode(reader)).toBe(ENHANCE_YOUR_CALM);
+    await until(() => under.events.some((e) => e.type === 'client-error' && e.code === 'COPROXY_HTTP_H2_FLOOD'), 5000, 'the flood event');
+    await stillServes(under.registry, origin.port, origin);
+  });
+
+  it('a client that downloads 8 MiB in 64 KiB windows sends WINDOW_UPDATEs its DATA explains, and is not cut off', async () => {
+    const body = Buffer.alloc(8 * 1024 * 1024, 0x61);
+    await using origin = await startH2cOrigin((stream) => {
+      stream.respond({ ':status': 200 });
+      stream.end(body);
+      return true;
+    });
+    await using under = await startProxy([origin.port]);
+    await using client = await h2Client(under.registry, origin.port);
+    // Node's default 64 KiB windows: the client gives credit back every 32 KiB, on the stream and the connection, some 500 WINDOW_UPDATEs in all.
+    const answer = await client.request({ ':path': '/large' });
+    expect(answer.status).toBe(200);
+    expect(answer.body.length).toBe(body.length);
+    expect(under.events.filter((e) => e.type === 'client-error')).toEqual([]);
+  });
+
   it(`streams past SETTINGS_MAX_CONCURRENT_STREAMS (${H2C_LIMITS.maxConcurrentStreams}) are refused; the open ones are served`, async () => {
     // The origin holds each stream open until the test lets go.
     const held: (() => void)[] = [];

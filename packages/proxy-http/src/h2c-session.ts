@@ -1,10 +1,8 @@
 import http from 'node:http';
 import http2 from 'node:http2';
-import type net from 'node:net';
-import { Duplex } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { PerSecondLimit } from '@coproxy/core/vendor';
+import { H2FrameMeter, H2_FRAME_BOUNDS, PerSecondLimit, meteredSocket } from '@coproxy/core/vendor';
 import { canonicalAuthority, canonicalRequest } from './canonical-request.js';
 import type { ConnectionHooks } from './client-connection.js';
 import { ProxyErrorCode } from './errors.js';
@@ -25,7 +23,8 @@ import type { ConnectionInfo, Decision, RequestInfo, ResponseInfo } from './insp
  * Bounds against HTTP/2's own attacks (named in the README): Node's session options for
  * what it counts (concurrent streams, header list size and pairs, invalid frames,
  * refused streams, SETTINGS entries) and a per-second count here for what it does not
- * (streams the client resets, PINGs, SETTINGS frames): over it, GOAWAY
+ * (streams the client resets, PINGs, SETTINGS frames) and a count of WINDOW_UPDATE frames
+ * against the DATA the proxy sent (core's `H2FrameMeter`): over either, GOAWAY
  * ENHANCE_YOUR_CALM and the connection is closed.
  */
 
@@ -45,6 +44,12 @@ export const H2C_LIMITS = {
   maxResetsPerSecond: 100,
   /** PING and SETTINGS frames a client may send within one second (control-frame floods). */
   maxControlFramesPerSecond: 100,
+  /**
+   * WINDOW_UPDATE frames (which Node neither reports nor bounds): at most this base, plus
+   * `windowUpdatesPerStream` per stream and `windowUpdatesPerDataFrame` per DATA frame sent
+   * (core's `H2FrameMeter`, counting frame headers on the connection's bytes).
+   */
+  ...H2_FRAME_BOUNDS,
 } as const;
 
 /** A stream's refusal before inspection: answered on the stream, its siblings carry on. */
@@ -71,6 +76,8 @@ interface StreamExchange {
   readonly endStream: boolean;
   /** The proxy reset the client's stream itself (not the client's reset). */
   resetByProxy: boolean;
+  /** The client's request trailers, kept from the moment they arrive (inspection may still be running). */
+  requestTrailers: http2.OutgoingHttpHeaders | undefined;
 }
 
 /**
@@ -104,7 +111,11 @@ class H2cConnection {
 
   start(head: Buffer): void {
     const socket = this.conn.socket;
-    const session = http2.performServerHandshake(withHead(socket, head), {
+    // Frames reach the socket through a JS stream, a header and its payload as separate
+    // writes: without this, Nagle's algorithm holds the second for the peer's delayed ACK.
+    socket.setNoDelay(true);
+    const meter = new H2FrameMeter(H2C_LIMITS, (message) => this.cutOff(message));
+    const session = http2.performServerHandshake(meteredSocket(socket, head, meter, SOCKET_LINGER_MS), {
       settings: {
         maxConcurrentStreams: H2C_LIMITS.maxConcurrentStreams,
         maxHeaderListSize: this.hooks.settings.maxHeaderSize,
@@ -174,7 +185,10 @@ class H2cConnection {
       finished: false,
       endStream,
       resetByProxy: false,
+      requestTrailers: undefined,
     };
+    // 'trailers' is emitted as they arrive, not as the body is read: kept now for the origin stream opened later.
+    stream.once('trailers', (received: http2.IncomingHttpHeaders) => (exchange.requestTrailers = withoutPseudoHeaders(received)));
     this.hooks.metrics.requests.inc({ method: METHOD_LABELS.has(method) ? method : 'other' });
     this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
@@ -243,7 +257,7 @@ class H2cConnection {
     if (stream.destroyed) return;
     let upstream: http2.ClientHttp2Stream;
     try {
-      upstream = origin.request(outgoing, { endStream: exchange.endStream });
+      upstream = origin.request(outgoing, { endStream: exchange.endStream, waitForTrailers: !exchange.endStream });
     } catch (error) {
       this.fail(stream, exchange, errorCodeOf(error, ProxyErrorCode.OriginUnreachable), asError(error), 502);
       return;
@@ -274,6 +288,9 @@ class H2cConnection {
     // The body streams with HTTP/2's flow control on both legs: the client's window opens as the origin's does.
     if (exchange.endStream) drain(stream, exchange);
     else {
+      // Request trailers (gRPC clients', a checksum after an upload) follow the body as they
+      // came, pseudo-headers aside: the origin's stream ends with them, or with an empty end.
+      upstream.once('wantTrailers', () => upstream.sendTrailers(exchange.requestTrailers ?? {}));
       stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
       stream.pipe(upstream);
     }
@@ -305,10 +322,7 @@ class H2cConnection {
     const noBody = request.method === 'HEAD' || status === 204 || status === 304;
     // Trailers (gRPC's grpc-status) are passed on: the answer ends with the origin's, or an empty end without any.
     let trailers: http2.OutgoingHttpHeaders = {};
-    upstream.once('trailers', (received: http2.IncomingHttpHeaders) => {
-      trailers = {};
-      for (const [name, value] of Object.entries(received)) if (!name.startsWith(':') && value !== undefined) trailers[name] = value;
-    });
+    upstream.once('trailers', (received: http2.IncomingHttpHeaders) => (trailers = withoutPseudoHeaders(received)));
     stream.once('wantTrailers', () => stream.sendTrailers(trailers));
     stream.respond({ ...plain, ':status': status }, { endStream: false, waitForTrailers: true });
     upstream.on('data', (chunk: Buffer) => (exchange.responseBytes += chunk.length));
@@ -438,41 +452,6 @@ function drain(stream: http2.ServerHttp2Stream, exchange: StreamExchange): void 
   if (stream.listenerCount('data') === 0) stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
 }
 
-/**
- * The client's socket as a stream that first yields `head`, the bytes the sniff read.
- * Node's HTTP/2 reads a `net.Socket`'s handle directly, past anything already read from
- * it into the stream (an unshifted preface is not seen first: "bad client magic"); a plain
- * Duplex it reads through the stream interface, in order.
- */
-function withHead(socket: net.Socket, head: Buffer): Duplex {
-  const duplex = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _encoding, callback) {
-      socket.write(chunk, (error) => callback(error ?? null));
-    },
-    final(callback) {
-      socket.end(() => callback());
-    },
-    destroy(error, callback) {
-      // What the session wrote last (a GOAWAY) goes out before the close; a peer that does not read gets a bounded wait.
-      if (!socket.destroyed) {
-        socket.end();
-        setTimeout(() => socket.destroy(), SOCKET_LINGER_MS).unref();
-      }
-      callback(error);
-    },
-  });
-  duplex.push(head);
-  socket.on('data', (chunk: Buffer) => {
-    if (!duplex.push(chunk)) socket.pause();
-  });
-  socket.once('end', () => duplex.push(null));
-  socket.once('close', () => duplex.destroy());
-  socket.on('error', () => undefined); // the close that follows ends the session
-  return duplex;
-}
 
 /**
  * A request stream in the one view the rules judge and the origin is sent, as for
@@ -552,4 +531,11 @@ function originHeaders(request: RequestInfo, annotations: Readonly<Record<string
 
 function unreachable(value: never): never {
   throw new Error(`unreachable: ${JSON.stringify(value)}`);
+}
+
+/** Trailer fields as node:http2 may send them on: pseudo-headers are not fields. */
+function withoutPseudoHeaders(received: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(received)) if (!name.startsWith(':') && value !== undefined) out[name] = value;
+  return out;
 }

@@ -150,6 +150,25 @@ describe('h2c with prior knowledge', () => {
     expect(await within(trailers, 5000, 'the trailers')).toMatchObject({ 'grpc-status': '0', 'grpc-message': 'ok' });
   });
 
+  it("passes on the client's request trailers after its body (a gRPC client's, a checksum)", async () => {
+    const received: Record<string, unknown>[] = [];
+    await using origin = await startH2cOrigin((stream) => {
+      stream.once('trailers', (t: Record<string, unknown>) => received.push(t));
+      stream.resume();
+      stream.once('end', () => stream.respond({ ':status': 200 }, { endStream: true }));
+      return true;
+    });
+    await using under = await startProxy([origin.port]);
+    await using client = await h2Client(under.registry, origin.port);
+    const stream = client.session.request({ ':method': 'POST', ':path': '/upload', ':authority': 'up.test' }, { waitForTrailers: true });
+    stream.once('wantTrailers', () => stream.sendTrailers({ 'x-checksum': 'abc123' }));
+    const status = new Promise<number>((resolve) => stream.once('response', (h) => resolve(Number(h[':status']))));
+    stream.end(Buffer.from('payload'));
+    stream.resume();
+    expect(await within(status, 5000, 'the answer')).toBe(200);
+    expect(received).toEqual([expect.objectContaining({ 'x-checksum': 'abc123' })]);
+  });
+
   it('answers 502 on the stream when the origin cannot be reached', async () => {
     await using origin = await startH2cOrigin();
     await using under = await startProxy([origin.port]);

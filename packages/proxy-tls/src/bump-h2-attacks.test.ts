@@ -4,8 +4,8 @@ import type tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
 import { H2_LIMITS } from './h2-limits.js';
 import { type ProxyUnderTest, startProxy, tempDir, testCa, tlsClient, until } from './test-support/harness.js';
-import { ErrorCode, Flag, FrameReader, FrameType, PREFACE, frame, headers, hpack, ping, rstStream, settings, settingsAck } from './test-support/h2-frames.js';
-import { type HttpsOrigin, h2Client, h2Request, startHttpsOrigin } from './test-support/h2-support.js';
+import { ErrorCode, Flag, FrameReader, FrameType, PREFACE, frame, headers, hpack, ping, rstStream, settings, settingsAck, windowUpdate } from './test-support/h2-frames.js';
+import { type HttpsOrigin, LARGE_BODY_BYTES, h2Client, h2Request, startHttpsOrigin } from './test-support/h2-support.js';
 
 /**
  * HTTP/2 attacks on bump's client side, each met by a bound the README names
@@ -131,6 +131,30 @@ describe('bump’s HTTP/2 side under attack', () => {
     // Far fewer ACKs than frames: the flood was cut short.
     expect(reader.of(control === ping ? FrameType.PING : FrameType.SETTINGS).length).toBeLessThan(5000);
     expect(await s.honest()).toBe(200);
+  });
+
+  it('ends a WINDOW_UPDATE flood with GOAWAY ENHANCE_YOUR_CALM past windowUpdatesBase when no DATA was sent to earn it', async () => {
+    await using s = await scene();
+    await using bystander = await h2Client(s.proxy.registry, s.origin.port, 'shop.example', s.proxyCa);
+    const { socket, reader } = await s.attacker();
+
+    // Valid frames that ask for nothing and that node:http2 never reports: credit for data never sent.
+    socket.write(Buffer.concat(Array.from({ length: 5000 }, () => windowUpdate(0, 1))));
+
+    await until(() => reader.closed, 10_000, 'the proxy to close the attacker');
+    expect(reader.goawayCode).toBe(ErrorCode.ENHANCE_YOUR_CALM);
+    expect(s.proxy.eventsOf('connection-failed')).toEqual([expect.objectContaining({ code: 'COPROXY_TLS_H2_CONTROL_FLOOD', message: expect.stringMatching(/WINDOW_UPDATE/) as unknown })]);
+    expect((await h2Request(bystander.session, get('/during'))).status).toBe(200);
+    expect(await s.honest()).toBe(200);
+  });
+
+  it('does not cut off a client whose WINDOW_UPDATEs its downloads explain (8 MiB in 64 KiB windows, some 500 of them)', async () => {
+    await using s = await scene();
+    await using client = await h2Client(s.proxy.registry, s.origin.port, 'shop.example', s.proxyCa);
+    const answer = await h2Request(client.session, get('/large'));
+    expect(answer.status).toBe(200);
+    expect(answer.body.length).toBe(LARGE_BODY_BYTES);
+    expect(s.proxy.eventsOf('connection-failed')).toEqual([]);
   });
 
   it('refuses streams past maxConcurrentStreams with REFUSED_STREAM before the client acknowledged the limit; the origin sees at most that many', async () => {

@@ -1,10 +1,9 @@
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream';
 import tls from 'node:tls';
 import { type AcceptedConnection, errorCodeOf } from '@coproxy/core';
-import { type ConnectionInfo, type Decision, type Inspector, type RequestInfo, PerSecondLimit, decide, pathReadings } from '@coproxy/core/vendor';
+import { type ConnectionInfo, type Decision, H2FrameMeter, type Inspector, PerSecondLimit, type RequestInfo, canonicalAuthority, decide, meteredSocket, pathReadings } from '@coproxy/core/vendor';
 import type { CertificateAuthority } from './ca.js';
 import { TlsErrorCode } from './errors.js';
 import type { BumpProtocol, TlsExchange } from './events.js';
@@ -65,13 +64,15 @@ interface OriginResponse {
   readonly status: number;
   readonly headers: http.IncomingHttpHeaders;
   readonly body: Readable;
+  /** The response's trailers, once `body` has ended; undefined without any. */
+  trailers(): http.IncomingHttpHeaders | undefined;
 }
 
 /** The origin side of one bumped connection, h1 or h2 as the origin's ALPN chose. */
 interface OriginLeg {
   readonly protocol: BumpProtocol;
-  /** Sends the head, pipes `body` after it; resolves with the response head. `signal` cancels the request. */
-  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse>;
+  /** Sends the head, pipes `body` after it, then `trailers()`; resolves with the response head. `signal` cancels the request. */
+  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse>;
   destroy(): void;
 }
 
@@ -86,8 +87,12 @@ interface ClientSide {
   readonly body: Readable;
   /** Whether the request has a body to forward, however it was framed on the client's leg. */
   readonly hasBody: boolean;
+  /** The request's trailers, once `body` has ended; undefined without any. */
+  trailers(): http.OutgoingHttpHeaders | undefined;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
+  /** The response's trailers, given once its body is complete and before the writable is ended. */
+  setTrailers(trailers: http.OutgoingHttpHeaders | undefined): void;
   /** A complete short answer of ours (a block, a 502) on this exchange only. */
   answer(status: number, text: string): void;
   /** Ends the exchange abruptly (an h2 RST_STREAM, an h1 connection close). */
@@ -215,20 +220,28 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     // this a client that hangs up without GOAWAY (curl does) leaves the connection open.
     client.allowHalfOpen = false;
     client.setTimeout(0);
-    const session = http2.performServerHandshake(client, H2_SERVER_OPTIONS);
+    // The session's frames reach the TLS socket through a JS stream (below), a frame header
+    // and its payload as separate writes: Nagle's algorithm would hold each second small
+    // record for the peer's delayed ACK (an 8 MiB download took ten times as long).
+    state.conn.socket.setNoDelay(true);
     const { id } = state.conn;
+    // WINDOW_UPDATEs, which node:http2 neither reports nor bounds, are counted on the bytes
+    // going into the session (a JS duplex between the TLS socket and the session: core's
+    // meteredSocket). `calm` is hoisted: the meter calls it on a later tick.
+    const meter = new H2FrameMeter(H2_LIMITS, (message) => calm(TlsErrorCode.H2ControlFlood, message));
+    const session = http2.performServerHandshake(meteredSocket(client, undefined, meter, IDLE_LINGER_MS), H2_SERVER_OPTIONS);
     // No frame either way for idleTimeoutMs: the session ends (GOAWAY), and is cut if a stream
     // the client keeps open (a body never ended) holds it.
     session.setTimeout(idleTimeoutMs, () => {
       session.close();
       setTimeout(() => session.destroy(), IDLE_LINGER_MS).unref();
     });
-    const calm = (code: TlsErrorCode, message: string): void => {
+    function calm(code: TlsErrorCode, message: string): void {
       reporter.fail('connection-failed', id, code, message);
       // The GOAWAY says why; destroy() then ends the session without waiting for its streams.
       session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       session.destroy(undefined, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-    };
+    }
     const resets = new PerSecondLimit(H2_LIMITS.maxResetsPerSecond, () => calm(TlsErrorCode.H2RapidReset, `the client reset more than ${H2_LIMITS.maxResetsPerSecond} streams in a second`));
     const control = new PerSecondLimit(H2_LIMITS.maxControlFramesPerSecond, () =>
       calm(TlsErrorCode.H2ControlFlood, `the client sent more than ${H2_LIMITS.maxControlFramesPerSecond} PING and SETTINGS frames in a second`),
@@ -310,7 +323,7 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     });
 
     const request = requestInfo(state, side);
-    if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target: ${side.method} ${side.path.slice(0, 200)}`, 400);
+    if (request === undefined) return fail(TlsErrorCode.HttpParse, `no usable request target or authority: ${side.method} ${side.path.slice(0, 200)} (${(side.authority ?? '').slice(0, 200)})`, 400);
     // The rules judge the host a request names, but its bytes go to the server this connection
     // was verified for: a name that server's certificate does not cover (a request for
     // allowed.example on a connection to blocked.example, which an attacker's server would
@@ -346,7 +359,12 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     side.body.on('data', (chunk: Buffer) => (requestBytes += chunk.length));
     let response: OriginResponse;
     try {
-      response = await state.origin.send({ method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody }, side.body, cancel.signal);
+      response = await state.origin.send(
+        { method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody },
+        side.body,
+        () => trailerFields(side.trailers()),
+        cancel.signal,
+      );
     } catch (error) {
       if (cancel.signal.aborted) return;
       return fail(errorCodeOf(error, TlsErrorCode.OriginFailed), (error as Error).message, 502);
@@ -367,16 +385,33 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
     const out = side.respond(response.status, withoutConnectionHeaders(response.headers));
     if (out === undefined) return void response.body.destroy();
     response.body.on('data', (chunk: Buffer) => (responseBytes += chunk.length));
-    pipeline(response.body, out, (error) => {
+    // Registered before pipe()'s own 'end' listener: the trailers are in place when it ends `out`.
+    response.body.once('end', () => side.setTrailers(trailerFields(response.trailers())));
+    // pipe(), not pipeline(): pipeline makes and aborts an AbortController per call, and its
+    // DOMException was some 3% of a bumped h2 request's CPU. The outcome is settled here.
+    let settled = false;
+    const settle = (error: Error | undefined): void => {
+      if (settled) return;
+      settled = true;
       // A client that closes as soon as it has the last byte makes a "premature close" of a
       // response already ended: that exchange is complete.
-      if (error !== undefined && error !== null && !cancel.signal.aborted && !out.writableEnded) {
+      if (error !== undefined && !cancel.signal.aborted && !out.writableEnded) {
         failure = { code: errorCodeOf(error, TlsErrorCode.OriginFailed), message: error.message };
         metrics.errors.inc({ code: failure.code });
         side.abort();
       }
+      if (error !== undefined) response.body.destroy();
       report();
+    };
+    response.body.once('error', settle);
+    // An origin stream that closes before its end (a reset) emits no error of its own.
+    response.body.once('close', () => {
+      if (!response.body.readableEnded) settle(Object.assign(new Error('the origin closed the response before its end'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
     });
+    out.once('finish', () => settle(undefined));
+    out.once('close', () => settle(out.writableFinished ? undefined : new Error('the client closed before the response was complete')));
+    out.on('error', () => undefined); // its 'close' settles
+    response.body.pipe(out);
   }
 
   return { bump, close: () => void h1Server.close() };
@@ -397,10 +432,13 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   // outright (a bad or NUL escape) has no usable reading: 400.
   const paths = pathReadings(query === -1 ? side.path : side.path.slice(0, query));
   if (paths === undefined) return undefined;
-  // A request without one (HTTP/1.0 without Host, h2 without :authority) is sent the
-  // connection's own (the SNI, or the address): the rules judge that, as the origin gets it.
-  const authority = side.authority ?? defaultAuthorityOf(state);
-  const parsed = splitAuthority(authority);
+  // A request without one (HTTP/1.0 without Host, h2 without :authority, or an empty one) is
+  // sent the connection's own (the SNI, or the address): the rules judge that, as the origin
+  // gets it. Hosts are read as coproxy-http reads them (core's canonicalAuthority: case, a
+  // trailing dot, IPv6 forms); one it refuses (user information, a bad port, an escape) has
+  // no reading a rule could match: 400.
+  const parsed = canonicalAuthority(side.authority === undefined || side.authority === '' ? defaultAuthorityOf(state) : side.authority);
+  if (parsed === undefined || parsed.host === '') return undefined;
   return {
     method: side.method,
     url: side.path,
@@ -409,7 +447,7 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
     paths,
     host: parsed.host,
     port: parsed.port,
-    authority: authority.toLowerCase(),
+    authority: parsed.authority,
     httpVersion: side.protocol === 'h2' ? '2.0' : '1.1',
     headers: side.headers,
     connection: state.info,
@@ -417,11 +455,16 @@ function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | u
   };
 }
 
-function splitAuthority(authority: string): { host: string; port: number | undefined } {
-  const match = /^(\[[^\]]*\]|[^:]*)(?::(\d+))?$/.exec(authority.toLowerCase());
-  const host = (match?.[1] ?? authority).replace(/^\[|\]$/g, '').replace(/\.$/, '');
-  const port = match?.[2] === undefined ? undefined : Number(match[2]);
-  return { host, port };
+/**
+ * Trailer fields as forwarded: the hop's own and pseudo-headers removed (as for headers), and
+ * the framing fields a trailer must not carry (RFC 9110 §6.5.1); undefined when none are left.
+ */
+function trailerFields(trailers: http.IncomingHttpHeaders | http.OutgoingHttpHeaders | undefined): http.OutgoingHttpHeaders | undefined {
+  if (trailers === undefined) return undefined;
+  const out = withoutConnectionHeaders(trailers as http.IncomingHttpHeaders);
+  delete out['content-length'];
+  delete out.te;
+  return Object.keys(out).length === 0 ? undefined : out;
 }
 
 /** Headers that belong to one HTTP/1.1 hop (RFC 9110 §7.6.1) and that HTTP/2 forbids (RFC 9113 §8.2.2): never forwarded either way. */
@@ -448,10 +491,16 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     body: req,
     // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
     hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
+    trailers: () => (Object.keys(req.trailers).length === 0 ? undefined : req.trailers),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
       return res;
+    },
+    // Node writes them after the last chunk of a chunked response; a response with a
+    // Content-Length (or to an HTTP/1.0 client) has no place for them: they are dropped.
+    setTrailers(trailers) {
+      if (trailers !== undefined && !res.writableEnded) res.addTrailers(trailers);
     },
     answer(status, text) {
       if (res.headersSent || res.destroyed) return void res.destroy();
@@ -470,10 +519,16 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
 function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, onPeerReset: () => void): ClientSide {
   let endedByUs = false;
   // A stream the peer resets before we answered it: what a rapid-reset attack is made of.
-  stream.once('aborted', () => {
-    if (!endedByUs) onPeerReset();
+  // Counted at its close, not by 'aborted': a stream whose HEADERS and RST_STREAM node:http2
+  // reads in one go closes without 'aborted' when the session runs on a JS stream.
+  stream.once('close', () => {
+    if (!endedByUs && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && (stream.aborted || !stream.headersSent)) onPeerReset();
   });
   stream.on('error', () => undefined); // the 'close' below reports it; an unhandled 'error' would crash the process
+  // 'trailers' fires as they arrive, not as the body is read: kept now for the origin request sent later.
+  let requestTrailers: http.IncomingHttpHeaders | undefined;
+  stream.once('trailers', (received: http2.IncomingHttpHeaders) => (requestTrailers = received));
+  let responseTrailers: http.OutgoingHttpHeaders | undefined;
   return {
     protocol: 'h2',
     method: headers[':method'] ?? 'GET',
@@ -482,10 +537,16 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     headers: withoutConnectionHeaders(headers),
     body: stream,
     hasBody: !stream.endAfterHeaders,
+    trailers: () => requestTrailers,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
-      stream.respond({ ...responseHeaders, ':status': status });
+      // The stream ends with the origin's trailers (gRPC's grpc-status), or an empty end without any.
+      stream.once('wantTrailers', () => stream.sendTrailers(responseTrailers ?? {}));
+      stream.respond({ ...responseHeaders, ':status': status }, { waitForTrailers: true });
       return stream;
+    },
+    setTrailers(trailers) {
+      responseTrailers = trailers;
     },
     answer(status, text) {
       if (stream.destroyed || stream.closed) return;
@@ -526,7 +587,7 @@ class H1OriginLeg implements OriginLeg {
     this.agent = new OriginAgent(first, reconnect);
   }
 
-  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
+  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
       // A body without a length is sent chunked whatever the method: Node's client frames a
       // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
@@ -534,9 +595,17 @@ class H1OriginLeg implements OriginLeg {
       // uninspected request on the connection (I6).
       const framing = head.hasBody && head.headers['content-length'] === undefined ? { 'transfer-encoding': 'chunked' } : {};
       const upstream = http.request({ agent: this.agent, method: head.method, path: head.path, headers: { ...head.headers, ...framing, host: head.authority }, setHost: false, signal });
-      upstream.once('response', (res: http.IncomingMessage) => resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res }));
+      upstream.once('response', (res: http.IncomingMessage) =>
+        resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res, trailers: () => (Object.keys(res.trailers).length === 0 ? undefined : res.trailers) }),
+      );
       upstream.once('error', reject);
-      body.pipe(upstream);
+      // Request trailers go after the last chunk; a body sent with its Content-Length has no place for them (dropped).
+      body.pipe(upstream, { end: false });
+      body.once('end', () => {
+        const fields = trailers();
+        if (fields !== undefined && head.headers['content-length'] === undefined && head.hasBody) upstream.addTrailers(fields);
+        upstream.end();
+      });
     });
   }
 
@@ -582,11 +651,15 @@ class H2OriginLeg implements OriginLeg {
     return this.current;
   }
 
-  async send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
+  async send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
     const session = await this.session();
     return new Promise((resolve, reject) => {
-      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal });
-      stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream }));
+      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, waitForTrailers: true });
+      // The request ends with the client's trailers, or an empty end without any.
+      stream.once('wantTrailers', () => stream.sendTrailers(trailers() ?? {}));
+      let responseTrailers: http.IncomingHttpHeaders | undefined;
+      stream.once('trailers', (received: http2.IncomingHttpHeaders) => (responseTrailers = received));
+      stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream, trailers: () => responseTrailers }));
       stream.once('error', reject);
       body.pipe(stream);
     });

@@ -31,6 +31,8 @@ const PORT = 8443;
 const NAME = 'page.test';
 const PAGE_URL = `https://${NAME}:${PORT}/`;
 const FETCH_URL = '/api/answer?from=script';
+/** The page's second fetch, which the first test's rule file blocks. */
+const SECRET_URL = '/api/secret?from=script';
 /** The real-ECH test: the name visited, and the ECH config's public name (the outer SNI). */
 const SECRET_NAME = 'secret.test';
 const PUBLIC_NAME = 'public.test';
@@ -148,7 +150,7 @@ async function chromium(netns: Netns, home: string, userDataDir: string, url: st
 describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-tls bump on the nftables backend, in a network namespace', () => {
   beforeAll(assertBrowserTestsCanRun);
 
-  it('bumps an unmodified Chromium that trusts the proxy CA through NSS: the page and its script’s fetch are decrypted and logged', async () => {
+  it('bumps an unmodified Chromium that trusts the proxy CA through NSS: over h2 on both legs, the page and its script’s fetches are decrypted and logged, and the fetch a --rules rule blocks gets the rule’s status on its own stream', async () => {
     await using netns = await createNetns('chromium');
     using dir = tempDir();
     const originCaDir = path.join(dir.path, 'origin-ca');
@@ -157,17 +159,23 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-t
     const originCa = (await CertificateAuthority.open({ dir: originCaDir, subject: 'CN=coproxy-tls chromium origin CA' })).certPath;
     const policy = path.join(dir.path, 'policy.json');
     fs.writeFileSync(policy, JSON.stringify({ default: 'splice', rules: [{ name: 'inspect-page', when: { sni: NAME }, action: 'bump' }] }));
+    // coproxy-http's rule format: the script's second fetch is blocked on its own stream.
+    const rules = path.join(dir.path, 'rules.json');
+    fs.writeFileSync(rules, JSON.stringify({ rules: [{ name: 'no-secret', when: { host: NAME, path: '/api/secret' }, verdict: 'block', status: 451, reason: 'no secrets here' }] }));
     const originReceived = await startPageOrigin(netns, originCaDir);
     const proxy = startCli(netns, [
-      ...['--id', ID, '--priority', '0', '--ports', String(PORT), '--backend', 'nftables', '--policy', policy],
+      ...['--id', ID, '--priority', '0', '--ports', String(PORT), '--backend', 'nftables', '--policy', policy, '--rules', rules],
       ...['--ca-dir', proxyCaDir, '--origin-ca', originCa],
     ]);
     await proxy.ready;
     const proxyCa = path.join(proxyCaDir, 'ca.crt');
 
-    // (1) Trusting the proxy's CA through NSS, Chromium runs the page and its fetch.
+    // (1) Trusting the proxy's CA through NSS, Chromium runs the page and its fetches: the
+    // allowed one loads, the blocked one gets the rule's status and reason on its own stream.
     const trusted = await chromium(netns, await browserHome(path.join(dir.path, 'home'), proxyCa), path.join(dir.path, 'profile'), PAGE_URL);
     expect(trusted.dom, trusted.stderr).toContain('<p id="result">fetched: forty-two</p>');
+    expect(trusted.dom, trusted.stderr).toContain('<p id="secret">secret: 451 no secrets here</p>');
+    expect(originReceived.map((r) => r.url)).not.toContain(SECRET_URL);
 
     // Both requests reached the origin over the proxy's own TLS sessions, as h2: the origin offers it.
     const page = originReceived.find((r) => r.url === '/');
@@ -177,13 +185,25 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-t
 
     // The proxy decrypted and logged both exchanges, on connections it bumped.
     await until(() => proxy.exchanges().some((x) => x.request.url === FETCH_URL), 5000, 'the fetch’s exchange in the log');
+    await until(() => proxy.exchanges().some((x) => x.request.url === SECRET_URL), 5000, 'the blocked fetch’s exchange in the log');
     const exchanges = proxy.exchanges();
     expect(exchanges).toEqual(
       expect.arrayContaining([
         expect.objectContaining({ sni: NAME, protocols: { client: 'h2', origin: 'h2' }, request: expect.objectContaining({ method: 'GET', url: '/', host: `${NAME}:${PORT}` }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
         expect.objectContaining({ sni: NAME, protocols: { client: 'h2', origin: 'h2' }, request: expect.objectContaining({ method: 'GET', url: FETCH_URL }) as unknown, response: expect.objectContaining({ status: 200 }) as unknown }),
+        expect.objectContaining({
+          sni: NAME,
+          protocols: { client: 'h2', origin: 'h2' },
+          request: expect.objectContaining({ method: 'GET', url: SECRET_URL }) as unknown,
+          decision: { action: 'block', status: 451, reason: 'no secrets here', by: ['rule:no-secret'] },
+          response: expect.objectContaining({ status: 451 }) as unknown,
+        }),
       ]),
     );
+    // The two fetches were streams of one h2 connection: the block ended one stream, not the connection.
+    const allowedFetch = exchanges.find((x) => x.request.url === FETCH_URL)!;
+    const blockedFetch = exchanges.find((x) => x.request.url === SECRET_URL)!;
+    expect(blockedFetch.connectionId).toBe(allowedFetch.connectionId);
     const handshakes = proxy.handshakes();
     expect(handshakes.length).toBeGreaterThan(0);
     for (const handshake of handshakes) {

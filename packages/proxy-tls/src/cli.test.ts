@@ -5,6 +5,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { dial, readExactly, startEchoOrigin, startTlsOrigin, tempDir, testCa, tlsClient, uniqueId, until, within } from './test-support/harness.js';
+import { startHttpsOrigin } from './test-support/h2-support.js';
 
 // The built CLI (dist/): vitest's global setup rebuilds it when stale. These run it on the
 // embedded backend as a plain process; cli.kernel.test.ts runs it on nftables.
@@ -55,7 +56,7 @@ describe('coproxy-tls (CLI)', () => {
     const result = await run(['--help']);
 
     expect(result.code).toBe(0);
-    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--ca-dir', '--origin-ca', '--metrics', '--unrecognised']) {
+    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--rules', '--ca-dir', '--origin-ca', '--metrics', '--unrecognised']) {
       expect(result.stdout).toContain(option);
     }
   });
@@ -175,6 +176,60 @@ describe('coproxy-tls (CLI)', () => {
       const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
       // The default (120 s) would outlast this guard by far: the flag is what closes it.
       await within(closed, 15_000, 'the proxy to close the silent connection');
+      running.child.kill('SIGTERM');
+      expect((await within(running.finished, 10_000, 'the CLI to exit')).code).toBe(0);
+    } finally {
+      if (stillRunning(running.child)) running.child.kill('SIGKILL');
+    }
+  });
+
+  it('exits 2 for a rule file that does not validate, naming the file and the path of the problem in it', async () => {
+    using dir = tempDir();
+    const rules = path.join(dir.path, 'rules.json');
+    fs.writeFileSync(rules, JSON.stringify({ rules: [{ name: 'ok', verdict: 'allow' }, { name: 'bad', when: { path: 'admin' }, verdict: 'block' }] }));
+
+    const result = await run(['--id', uniqueId('cli'), '--priority', '1', '--rules', rules], { COPROXY_REGISTRY: dir.path });
+
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain(`invalid rules in ${rules}`);
+    expect(result.stderr).toContain('rules[1].when.path');
+  });
+
+  it('judges bumped requests by a --rules file in coproxy-http’s format: the rule’s status for a blocked path, the origin for the rest', async () => {
+    using registry = tempDir('coproxy-tls-registry-');
+    using caDir = tempDir('coproxy-tls-ca-');
+    using files = tempDir('coproxy-tls-files-');
+    using originCa = await testCa('CN=rules origin CA');
+    await using origin = await startHttpsOrigin(originCa, ['http/1.1']);
+    const policy = path.join(files.path, 'policy.json');
+    const rules = path.join(files.path, 'rules.json');
+    const originCaFile = path.join(files.path, 'origin-ca.pem');
+    fs.writeFileSync(policy, JSON.stringify({ default: 'bump' }));
+    fs.writeFileSync(rules, JSON.stringify({ rules: [{ name: 'no-admin', when: { host: 'SHOP.example', path: '/admin/*' }, verdict: 'block', status: 451, reason: 'admin is off limits' }] }));
+    fs.writeFileSync(originCaFile, originCa.certPem);
+    const args = ['--id', uniqueId('cli'), '--priority', '5', '--ports', String(origin.port), '--policy', policy, '--rules', rules, '--ca-dir', caDir.path, '--origin-ca', originCaFile];
+    const running = start(args, { COPROXY_REGISTRY: registry.path });
+    try {
+      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
+      const get = async (target: string): Promise<string> => {
+        const socket = tls.connect({ socket: await dial(registry.path, origin.port), servername: 'shop.example', ca: proxyCa, ALPNProtocols: ['http/1.1'] });
+        socket.write(`GET ${target} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n`);
+        let text = '';
+        socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+        await within(new Promise((resolve, reject) => socket.once('close', resolve).once('error', reject)), 10_000, `GET ${target}`);
+        return text;
+      };
+      // The rule's path is judged canonical, as in coproxy-http: /x/../admin/ is /admin/.
+      const blocked = await get('/x/../admin/users');
+      expect(blocked.split('\r\n')[0]).toBe('HTTP/1.1 451 Unavailable For Legal Reasons');
+      expect(blocked).toContain('admin is off limits');
+      const allowed = await get('/shop');
+      expect(allowed.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+      expect(origin.requests.map((r) => r.path)).toEqual(['/shop']);
+      await until(() => running.output.stdout.includes('/shop'), 5000, 'the allowed exchange in the log');
+      const logged = jsonLines(running.output.stdout).filter((line) => line.exchange !== undefined || line.request !== undefined);
+      expect(JSON.stringify(logged)).toContain('no-admin');
       running.child.kill('SIGTERM');
       expect((await within(running.finished, 10_000, 'the CLI to exit')).code).toBe(0);
     } finally {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { type RedirectorCliOptions, addRedirectorOptions, addServiceOptions, exitWith, integerOption, runVendorCli } from '@coproxy/core/vendor';
+import { type RedirectorCliOptions, RuleFileError, addRedirectorOptions, addServiceOptions, exitWith, integerOption, loadRules, rulesInspector, runVendorCli } from '@coproxy/core/vendor';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { PolicyError } from './policy.js';
@@ -11,7 +11,7 @@ import { createTlsProxy } from './proxy.js';
  * accepted/ready/shutting-down log lines, metrics endpoint, signals).
  *
  * Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the proxy fails (install
- * refused, CA unusable, listener lost), 2 for a usage error or an invalid policy file.
+ * refused, CA unusable, listener lost), 2 for a usage error or an invalid policy or rule file.
  */
 const program = addRedirectorOptions(
   new Command('coproxy-tls').description('A transparent inspecting TLS proxy (splice, block, bump) that cooperates with other coproxy vendors through redirect records'),
@@ -19,6 +19,7 @@ const program = addRedirectorOptions(
 )
   .option('--policy <file>', 'JSON policy file (see the README); default: splice everything')
   .option('--ca-dir <dir>', 'where the bump CA lives (ca.crt to trust, ca.key mode 0600); created on first use')
+  .option('--rules <file>', "JSON rule file in coproxy-http's format (see the README), judged on every bumped request, HTTP/1.1 or each HTTP/2 stream")
   .option('--origin-ca <file>', 'PEM bundle to verify origins with in bump mode (default: the system store)')
   .addOption(
     new Option('--unrecognised <action>', 'first bytes that are neither TLS nor HTTP/1.x or the HTTP/2 preface (and silent clients): block closes them, relay passes them on uninspected')
@@ -38,6 +39,7 @@ addServiceOptions(program);
 interface CliOptions extends RedirectorCliOptions {
   policy?: string;
   caDir?: string;
+  rules?: string;
   originCa?: string;
   dropRecords?: boolean;
   unrecognised: 'block' | 'relay';
@@ -61,6 +63,8 @@ exitWith(
         ...(options.policy !== undefined && { policy: options.policy }),
         ...(options.caDir !== undefined && { ca: { dir: options.caDir } }),
         ...(options.originCa !== undefined && { originCa: readFileSync(options.originCa) }),
+        // The kit's rule file, read as coproxy-http reads it: a rule written once works on both.
+        ...(options.rules !== undefined && { inspectors: [rulesInspector(loadRules(options.rules))] }),
         logger,
       });
       return {
@@ -72,6 +76,6 @@ exitWith(
       };
     },
     // createTlsProxy throws TypeError for options that do not fit together (bump without a CA).
-    isUsageError: (error) => error instanceof PolicyError || error instanceof TypeError,
+    isUsageError: (error) => error instanceof PolicyError || error instanceof RuleFileError || error instanceof TypeError,
   }),
 );

@@ -167,6 +167,20 @@ export function parseClientHello(stream: Buffer, maxBytes = 65_536): ParseResult
 }
 
 /**
+ * Parses a ClientHello handshake message given whole, without TLS records: how QUIC carries
+ * it (in CRYPTO frames, RFC 9001 §4). Offsets in errors count from the handshake header.
+ * The hello's `tlsRecordVersion` and `tlsRecordCount` are then 0: there was no TLS record.
+ */
+export function parseClientHelloMessage(message: Buffer, maxBytes = 65_536): ClientHello {
+  if (message.length < 4) throw new ClientHelloError(TlsErrorCode.Malformed, 'handshake header: truncated', 0);
+  if (message[0] !== HANDSHAKE_CLIENT_HELLO) throw new ClientHelloError(TlsErrorCode.NotClientHello, `handshake type ${message[0]} is not ClientHello (1)`, 0);
+  const length = message.readUIntBE(1, 3);
+  if (length > maxBytes) throw new ClientHelloError(TlsErrorCode.TooLarge, `ClientHello of ${length} bytes exceeds ${maxBytes}`, 1);
+  if (message.length !== 4 + length) throw new ClientHelloError(TlsErrorCode.Malformed, `handshake length ${length} does not match the ${message.length - 4} bytes given`, 1);
+  return decodeBody(message.subarray(4), 0, 0, (at) => 4 + at);
+}
+
+/**
  * The stream offset of byte `at` of the handshake message, which may span TLS records: each
  * TLS record's 5-byte header lies between two fragments. The end of the message maps to the
  * end of its last TLS record.

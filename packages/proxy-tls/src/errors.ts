@@ -20,6 +20,17 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   TooLarge: 'TOO_LARGE',
   /** An extension appears twice (RFC 8446 §4.2 forbids it). */
   DuplicateExtension: 'DUPLICATE_EXTENSION',
+  // The QUIC Initial reader (`QuicInitialError`).
+  /** The first datagram of a UDP flow is no QUIC long-header Initial (a short header, another packet type, not QUIC). */
+  QuicNotInitial: 'QUIC_NOT_INITIAL',
+  /** A QUIC version whose Initial keys are not known (v1 and v2 are). */
+  QuicUnsupportedVersion: 'QUIC_UNSUPPORTED_VERSION',
+  /** A QUIC header, frame or CRYPTO stream is invalid: a length past its container, a frame not allowed in an Initial, a datagram under 1200 bytes. */
+  QuicMalformed: 'QUIC_MALFORMED',
+  /** An Initial packet does not authenticate with the keys of its Destination Connection ID. */
+  QuicDecryptFailed: 'QUIC_DECRYPT_FAILED',
+  /** The Initials exceed a bound: CRYPTO data past the hello bound, or too many datagrams before the hello is whole. */
+  QuicTooLarge: 'QUIC_TOO_LARGE',
   // Reading the first bytes.
   /** A stream that started as TLS was no complete ClientHello within `helloTimeoutMs`. */
   HelloTimeout: 'HELLO_TIMEOUT',

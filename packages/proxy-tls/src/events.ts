@@ -18,9 +18,11 @@ export type UnbumpableAction = 'block' | 'splice';
  * Why a connection was unrecognised: `silent` (no byte within the sniff timeout), `unknown`
  * (bytes of no protocol it recognises), `malformed-tls` (the first byte says TLS, the rest
  * is no ClientHello: `code` is the parser's), `incomplete` (the client ended, or the
- * deadline passed, before its first bytes could be told apart).
+ * deadline passed, before its first bytes could be told apart), `malformed-quic` (a UDP
+ * flow's first datagram is a QUIC long header, the rest no readable Initial: `code` is the
+ * QUIC reader's or the ClientHello parser's).
  */
-export type UnrecognisedReason = 'silent' | 'unknown' | 'malformed-tls' | 'incomplete';
+export type UnrecognisedReason = 'silent' | 'unknown' | 'malformed-tls' | 'incomplete' | 'malformed-quic';
 
 /** What was relayed without inspection: a recognised protocol, or unrecognised bytes under `relay`. */
 export type RelayedProtocol = 'http1' | 'h2' | 'unrecognised';
@@ -48,6 +50,34 @@ export interface Handshake {
   /** The policy rule that decided; undefined for the default. */
   readonly rule: string | undefined;
   /** Set when the action taken differs from the policy's (e.g. bump impossible: spliced). */
+  readonly note?: string;
+}
+
+/** What the policy does with a QUIC flow: relay its datagrams both ways, or block it (the client falls back to TCP). */
+export type QuicAction = 'relay' | 'block';
+
+/** One QUIC flow's Initial, read (the ClientHello inside it), and what the policy did with it. */
+export interface QuicHandshake {
+  readonly transport: 'quic';
+  readonly flowId: string;
+  readonly destination: { readonly address: string; readonly port: number };
+  readonly source: { readonly address: string; readonly port: number; readonly pid?: number };
+  readonly quicVersion: 'v1' | 'v2';
+  /** The server name, lower-cased and without a trailing dot; undefined when none is usable. */
+  readonly sni: string | undefined;
+  readonly sniAnomaly?: SniAnomaly;
+  readonly alpn: readonly string[];
+  readonly ja3: string;
+  /** JA4 with its `q` prefix. */
+  readonly ja4: string;
+  readonly ech: boolean;
+  /** Initial packets and datagrams the hello took. */
+  readonly initialPackets: number;
+  readonly datagrams: number;
+  readonly action: QuicAction;
+  /** The policy rule that decided; undefined for the default. */
+  readonly rule: string | undefined;
+  /** Set when the action differs from the policy's words (a bump policy blocks QUIC). */
   readonly note?: string;
 }
 
@@ -85,6 +115,8 @@ export type TlsOwnEvent =
       /** For `malformed-tls`: the ClientHello parser's code. */
       readonly code?: string;
     }
+  /** A QUIC flow's ClientHello was read and decided (`quic-flow.ts`). */
+  | { readonly type: 'quic-handshake'; readonly handshake: QuicHandshake }
   | { readonly type: 'hello-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'origin-rejected'; readonly connectionId: string; readonly code: string; readonly message: string }
   | { readonly type: 'connection-failed'; readonly connectionId: string; readonly code: string; readonly message: string };

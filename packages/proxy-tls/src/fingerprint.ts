@@ -29,19 +29,19 @@ const hex4 = (value: number): string => value.toString(16).padStart(4, '0');
 const sha12 = (text: string): string => (text === '' ? '000000000000' : createHash('sha256').update(text).digest('hex').slice(0, 12));
 
 /**
- * JA4 (FoxIO, JA4+ spec) for a TCP ClientHello: `t<version><d|i><ciphers><extensions><alpn>`
+ * JA4 (FoxIO, JA4+ spec) for a ClientHello: `<t|q><version><d|i><ciphers><extensions><alpn>`
  * `_<sha256 of the sorted cipher list, 12 hex>_<sha256 of the sorted extensions (SNI and
  * ALPN left out) and the signature algorithms in order, 12 hex>`, GREASE ignored
- * throughout.
+ * throughout. The first letter is the transport: `t` for TCP, `q` for QUIC.
  */
-export function ja4(hello: ClientHello): string {
+export function ja4(hello: ClientHello, transport: 'tcp' | 'quic' = 'tcp'): string {
   const versions = hello.supportedVersions.filter((v) => !isGrease(v));
   const version = JA4_VERSIONS.get(versions.length > 0 ? Math.max(...versions) : hello.legacyVersion) ?? '00';
   const ciphers = hello.cipherSuites.filter((v) => !isGrease(v));
   const extensions = hello.extensions.filter((v) => !isGrease(v));
   const count = (n: number): string => String(Math.min(n, 99)).padStart(2, '0');
   // 'd' when the server_name extension is there at all (the spec's test), even if it names no host.
-  const a = `t${version}${hello.extensions.includes(EXT_SERVER_NAME) ? 'd' : 'i'}${count(ciphers.length)}${count(extensions.length)}${alpnCode(hello.alpn[0])}`;
+  const a = `${transport === 'quic' ? 'q' : 't'}${version}${hello.extensions.includes(EXT_SERVER_NAME) ? 'd' : 'i'}${count(ciphers.length)}${count(extensions.length)}${alpnCode(hello.alpn[0])}`;
   const b = sha12(ciphers.map(hex4).sort().join(','));
   const sortedExtensions = extensions.filter((v) => v !== EXT_SERVER_NAME && v !== EXT_ALPN).map(hex4).sort().join(',');
   const signatures = hello.signatureAlgorithms.filter((v) => !isGrease(v)).map(hex4).join(',');

@@ -1,9 +1,11 @@
 import type http2 from 'node:http2';
+import { H2_FRAME_BOUNDS } from '@coproxy/core/vendor';
 
 /**
  * The bounds a bumped HTTP/2 client connection lives under: each one names the attack it
  * stops (the README's "HTTP/2 attack surface" table). Most are node:http2's (nghttp2's)
- * own; the reset rate is counted here, because Node exposes no option for it.
+ * own; the reset rate, PING/SETTINGS and WINDOW_UPDATE frames are counted here, because
+ * Node exposes no option for them.
  */
 export const H2_LIMITS = {
   /** SETTINGS_MAX_CONCURRENT_STREAMS we announce; streams over it are refused (REFUSED_STREAM). */
@@ -26,6 +28,13 @@ export const H2_LIMITS = {
   maxResetsPerSecond: 100,
   /** PING and SETTINGS frames the peer may send in one second before the session gets GOAWAY (CVE-2019-9512, -9515): each costs us an ACK. */
   maxControlFramesPerSecond: 200,
+  /**
+   * WINDOW_UPDATE frames the client may send (Node neither reports nor bounds them): this
+   * base, plus `windowUpdatesPerStream` per stream it opened and `windowUpdatesPerDataFrame`
+   * per DATA frame bump sent it; past that, GOAWAY ENHANCE_YOUR_CALM (core's `H2FrameMeter`,
+   * a 9-byte frame-header count on the session's bytes).
+   */
+  ...H2_FRAME_BOUNDS,
 } as const;
 
 /** node:http2 server-session options carrying `H2_LIMITS`. */

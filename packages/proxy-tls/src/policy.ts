@@ -26,6 +26,13 @@ import { TlsErrorCode, TlsProxyError } from './errors.js';
  * carries an `encrypted_client_hello` extension (real ECH or GREASE: the two look the same
  * on purpose), `false` for one without: an operator who would rather not bump ECH hellos
  * says `{ "when": { "ech": true }, "action": "splice" }`, and the handshake log shows it.
+ *
+ * QUIC flows (UDP) go through the same rules, with the ClientHello of their Initial:
+ * `quic`: `true` matches QUIC flows only, `false` TCP connections only. A QUIC flow cannot
+ * be bumped, so the action reads: `splice` relays the flow's datagrams unchanged, `block`
+ * blocks it, and `bump` blocks it too, so that the client falls back to TCP at once, where
+ * it is bumped (the default of a bump policy is thus `block` for QUIC). An operator who
+ * wants HTTP/3 to pass says `{ "when": { "quic": true }, "action": "splice" }`.
  */
 export type Action = 'splice' | 'block' | 'bump';
 
@@ -43,6 +50,7 @@ const rule = z
         ja3: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lower-case hex digits (an MD5)').optional(),
         ja4: z.string().regex(/^[tqd]\d{2}[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}$/, 'must be a JA4 fingerprint').optional(),
         ech: z.boolean().optional(),
+        quic: z.boolean().optional(),
       })
       .strict()
       .optional(),
@@ -92,6 +100,8 @@ export interface HandshakeFacts {
   readonly ja4: string;
   /** The hello carries an encrypted_client_hello extension (ECH or its GREASE); `sni` is then the outer name. */
   readonly ech: boolean;
+  /** The hello came in a QUIC Initial (a UDP flow); absent or false for TCP. */
+  readonly quic?: boolean;
 }
 
 export interface PolicyDecision {
@@ -130,5 +140,6 @@ function compileWhen(when: z.infer<typeof rule>['when']): (facts: HandshakeFacts
   if (when.ja3 !== undefined) tests.push((f) => f.ja3 === when.ja3);
   if (when.ja4 !== undefined) tests.push((f) => f.ja4 === when.ja4);
   if (when.ech !== undefined) tests.push((f) => f.ech === when.ech);
+  if (when.quic !== undefined) tests.push((f) => (f.quic ?? false) === when.quic);
   return (facts) => tests.every((t) => t(facts));
 }

@@ -27,6 +27,8 @@ export interface ProxyCounts {
   readonly requests?: number;
   /** coproxy-http: accepted flows whose records held two redirects (another vendor's, then its own). */
   readonly secondHop?: number;
+  /** coproxy vendors: V8 heap used, bytes (their `<prefix>_heap_used_bytes` gauge). */
+  readonly heapUsedBytes?: number;
 }
 
 export interface RunningProxy {
@@ -67,6 +69,8 @@ export interface Configuration {
   readonly rows: readonly RowSpec[];
   /** Operator's view: what setting this configuration up takes, for the report. */
   readonly setup: string;
+  /** Run as the soak (rounds of short flows, memory read after each) instead of the rows' load runs; its one row says what to dial. */
+  readonly soak?: boolean;
   start(ctx: BenchContext): Promise<Started>;
 }
 
@@ -79,6 +83,8 @@ const vendorCli = {
 const READY_TIMEOUT_MS = 20_000;
 /** mitmproxy runs as this uid, which has no passwd entry: an unprivileged uid of its own. */
 const MITMPROXY_UID = 64_123;
+/** The records-off chain's vendors run as these uids (no passwd entries), as peers do, each excluded by hand. */
+const RECORDS_OFF_UIDS = { tls: 64_124, http: 64_125 } as const;
 const PORTS = { squid: 3129, squidManager: 3128, mitmproxy: 18_080, mitmproxyH2: 18_443, haproxy: 10_080, httpMetrics: 9464, tlsMetrics: 9465 } as const;
 
 export function uidOf(user: string): number {
@@ -353,6 +359,8 @@ interface VendorSpec {
   readonly backend: BackendName;
   /** coproxy-tls: bump every hello (`default: bump`), trusting the origin's certificate (`--origin-ca`); its CA in the run's directory. */
   readonly bump?: boolean;
+  /** Records off (`--drop-records`, `--fail-mode closed` so that its table can be removed), run as this uid with CAP_NET_ADMIN only (to set socket marks and install its table). */
+  readonly recordsOff?: { readonly uid: number };
 }
 
 /** The policy file and CA directory of a bumping coproxy-tls, as an operator writes them. */
@@ -378,8 +386,13 @@ async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<Running
     '--log-level', 'warn',
     '--metrics', `127.0.0.1:${metricsPort}`,
     ...(spec.bump === true ? bumpArgs(ctx, spec.id) : []),
+    ...(spec.recordsOff === undefined ? [] : ['--drop-records', '--fail-mode', 'closed']),
   ];
-  const child = ctx.ns.spawn(process.execPath, args, { output: { file: log }, env: { ...process.env, COPROXY_REGISTRY: ctx.registry } });
+  const child = ctx.ns.spawn(process.execPath, args, {
+    output: { file: log },
+    env: { ...process.env, COPROXY_REGISTRY: ctx.registry },
+    ...(spec.recordsOff !== undefined && { uid: spec.recordsOff.uid, capabilities: ['net_admin'] }),
+  });
   const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
   // Ready once its redirect is in place: the nft table has its rule, or the registry its entry.
   const installed = (): boolean =>
@@ -404,6 +417,7 @@ async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<Running
         connections: sums.get(`${prefix}_connections_total`) ?? 0,
         requests: sums.get(requestsMetric) ?? 0,
         ...(spec.kind === 'http' && { secondHop: depth('2') - depth('1') }),
+        ...(sums.has(`${prefix}_heap_used_bytes`) && { heapUsedBytes: sums.get(`${prefix}_heap_used_bytes`)! }),
       });
     },
     // SIGTERM: the vendor removes its table or registry entry, and a CPU profile is written at exit.
@@ -461,6 +475,79 @@ const vendors = (key: string, label: string, specs: readonly VendorSpec[], rows:
   },
 });
 
+/**
+ * The two vendors chained the way peers are chained today: records off (`--drop-records`),
+ * each as its own uid, and the operator's rules by hand, every one returning for the uids
+ * of the proxies after it. `--drop-records` alone is not enough: each vendor's own table
+ * would still redirect (its records check returns only for flows whose mark carries its
+ * bit, and with records dropped coproxy-http's onward flows carry its bit alone), so
+ * coproxy-tls would take coproxy-http's onward flows back: the loop records prevent. No
+ * vendor option leaves its table out, and a vendor only accepts flows to its `--ports`;
+ * so the vendors start `--fail-mode closed` (whose tables, unlike fail-open ones, are not
+ * `flags owner`: root may remove them), the bench reads each one's listener port from its
+ * table, removes both tables, and writes the operator's table: its chains redirect ports
+ * 80 and 443 to those listeners. The vendors still read each accepted socket's mark and
+ * set their own bit on the onward one (the backend always does): what this takes out of
+ * the path is the records' kernel rules and their propagation, not that per-flow work.
+ */
+const recordsOffChain = (): Configuration => {
+  const specs: VendorSpec[] = [
+    { kind: 'tls', id: 'compare-tls', priority: 10, ports: '80,443', backend: 'nftables', recordsOff: { uid: RECORDS_OFF_UIDS.tls } },
+    { kind: 'http', id: 'compare-http', priority: 20, ports: '80,443', backend: 'nftables', recordsOff: { uid: RECORDS_OFF_UIDS.http } },
+  ];
+  const table = 'compare-records-off';
+  return {
+    key: 'chain-records-off',
+    label: 'coproxy-tls → coproxy-http, records off (uid rules by hand)',
+    rows: [
+      { key: 'chain-records-off-http', label: 'coproxy-tls → coproxy-http, records off', section: 'http' },
+      { key: 'chain-records-off-https', label: 'coproxy-tls → coproxy-http, records off', section: 'https' },
+    ],
+    setup:
+      `coproxy-tls and coproxy-http --drop-records --fail-mode closed, each as its own uid (${RECORDS_OFF_UIDS.tls}, ${RECORDS_OFF_UIDS.http}) with CAP_NET_ADMIN; ` +
+      'their own tables removed once they listen; 1 table by hand, 2 chains, 4 rules: coproxy-tls\'s returns for both uids, coproxy-http\'s for its own, ports 80/443 redirected',
+    async start(ctx) {
+      const proxies: RunningProxy[] = [];
+      try {
+        for (const spec of specs) proxies.push(await startVendor(ctx, spec));
+        const [tlsPort, httpPort] = specs.map((spec) => listenerPort(ctx.ns, spec.id));
+        const { tls, http } = RECORDS_OFF_UIDS;
+        // One transaction: the vendors' tables out, the operator's in.
+        installRules(
+          ctx.ns,
+          [
+            ...specs.map((spec) => `delete table inet coproxy-${spec.id}`),
+            `table inet ${table} {`,
+            '  chain tls {',
+            '    type nat hook output priority -100; policy accept;',
+            `    meta skuid { ${tls}, ${http} } return`,
+            `    tcp dport { 80, 443 } counter redirect to :${tlsPort}`,
+            '  }',
+            '  chain http {',
+            '    type nat hook output priority -90; policy accept;',
+            `    meta skuid ${http} return`,
+            `    tcp dport { 80, 443 } counter redirect to :${httpPort}`,
+            '  }',
+            '}',
+            '',
+          ].join('\n'),
+        );
+      } catch (error) {
+        await Promise.all(proxies.map((p) => p.stop()));
+        throw error;
+      }
+      return { proxies, operatorTable: table, embedded: false, uidExclusions: 3 };
+    },
+  };
+};
+
+/** The port a vendor listens on, as its own nft table names it (`redirect to :PORT`). */
+function listenerPort(ns: Namespace, id: string): number {
+  const port = Number(/redirect to :(\d+)/.exec(ns.exec('nft', ['list', 'table', 'inet', `coproxy-${id}`]))?.[1]);
+  if (!Number.isInteger(port) || port <= 0) throw new Error(`no listener port in coproxy-${id}'s table`);
+  return port;
+}
+
 const chain = (backend: BackendName): VendorSpec[] => [
   // TLS first, as a TLS inspector usually sits closest to the app: it passes plain HTTP
   // on as opaque, and the HTTP vendor, reached through the records, inspects it.
@@ -509,6 +596,8 @@ export function configurations(): Configuration[] {
     vendors('chain-embedded', 'coproxy-tls → coproxy-http (embedded)', chain('embedded'), [
       { key: 'chain-embedded-node', label: 'coproxy-tls → coproxy-http, embedded', section: 'node' },
     ]),
+    // Issue #17: the price of cooperation, the same two vendors chained as peers are.
+    recordsOffChain(),
     // HTTP/2 (issue #16): the same origin's h2 port, straight, bumped, bumped in the chain, through mitmproxy.
     {
       key: 'h2-direct',
@@ -522,6 +611,8 @@ export function configurations(): Configuration[] {
     peer('h2-mitmproxy', 'mitmproxy transparent (h2)', MITMPROXY_UID, [H2_PORT], PORTS.mitmproxyH2, (ctx) => startMitmproxy(ctx, PORTS.mitmproxyH2, true), [
       { key: 'h2-mitmproxy', label: 'mitmproxy transparent', section: 'h2' },
     ]),
+    // Issue #17: rounds of short flows through the nftables chain, each vendor's memory read after each.
+    { ...vendors('soak', 'soak: coproxy-tls → coproxy-http (nftables)', chain('nftables'), [{ key: 'soak', label: 'coproxy-tls → coproxy-http', section: 'http' }]), soak: true },
   ];
 }
 

@@ -56,12 +56,20 @@ export function writeWrkScript(dir: string): string {
 }
 
 /** Runs wrk in the namespace: one thread (the proxies get the other core), `--latency`, bounded. */
-export async function runWrk(ns: Namespace, spec: LoadSpec, script: string): Promise<LoadResult> {
+export async function runWrk(ns: Namespace, spec: LoadSpec, script: string, doneFile?: string): Promise<LoadResult> {
   const wrkArgs = ['-t1', `-c${spec.connections}`, `-d${spec.seconds}s`, `--timeout`, `${spec.timeoutSeconds}s`, '--latency', '-s', script];
   if (spec.close) wrkArgs.push('-H', 'Connection: close');
   wrkArgs.push(spec.url);
   // `times` reports the CPU time wrk used, which the foreign-load figure must not count.
-  const { stdout, cpu } = await runMeasured(ns, 'bash', ['-c', 'wrk "$@"; status=$?; times; exit $status', 'wrk', ...wrkArgs], spec.seconds);
+  if (doneFile !== undefined) fs.rmSync(doneFile, { force: true });
+  // A count-bounded run (writeLimitedWrkScript): SIGINT once its script says the count is reached.
+  let interrupted = false;
+  const onTick = (): void => {
+    if (doneFile === undefined || interrupted || !fs.existsSync(doneFile)) return;
+    interrupted = true;
+    for (const pid of ns.pids()) if (commandOf(pid) === 'wrk') process.kill(pid, 'SIGINT');
+  };
+  const { stdout, cpu } = await runMeasured(ns, 'bash', ['-c', 'wrk "$@"; status=$?; times; exit $status', 'wrk', ...wrkArgs], spec.seconds, onTick);
   const line = stdout.split('\n').find((l) => l.startsWith('WRK_JSON '));
   if (line === undefined) throw new Error(`wrk ${wrkArgs.join(' ')}: no report:\n${stdout.trim()}`);
   const r = JSON.parse(line.slice('WRK_JSON '.length)) as Record<'requests' | 'bytes' | 'durationUs' | 'connect' | 'read' | 'write' | 'status' | 'timeout' | 'p50Us' | 'p99Us', number>;
@@ -175,13 +183,16 @@ export async function runNodeLoad(ns: Namespace, spec: NodeLoadSpec): Promise<Lo
 }
 
 /** Spawns a load generator, bounded in time, with the machine's CPU accounted around it. */
-async function runMeasured(ns: Namespace, command: string, args: readonly string[], seconds: number): Promise<{ stdout: string; cpu: CpuWindow }> {
+async function runMeasured(ns: Namespace, command: string, args: readonly string[], seconds: number, onTick?: () => void): Promise<{ stdout: string; cpu: CpuWindow }> {
   const cpu = new CpuWindow(ns);
   const child = ns.spawn(command, args, { output: 'pipe' });
   child.stdin?.end();
   const output = captureOutput(child);
   // A sample while the client still runs: its own CPU time until then is the bench's.
-  const sampler = setInterval(() => cpu.sample(), 200);
+  const sampler = setInterval(() => {
+    cpu.sample();
+    onTick?.();
+  }, 200);
   const { code, signal } = await exitedWithin(child, seconds * 1000 + OVERRUN_MS);
   clearInterval(sampler);
   cpu.end();
@@ -208,6 +219,15 @@ export function processTicks(pid: number): number {
     return Number(fields[11]) + Number(fields[12]);
   } catch {
     return 0; // exited between the listing and the read
+  }
+}
+
+/** A process's command name (`/proc/PID/comm`); undefined once it is gone. */
+function commandOf(pid: number): string | undefined {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'latin1').trim();
+  } catch {
+    return undefined;
   }
 }
 
@@ -327,4 +347,61 @@ export async function openIdle(ns: Namespace, spec: IdleSpec): Promise<IdleConne
     throw new Error(`idle client: unexpected output ${JSON.stringify(line)}`, { cause: error });
   }
   return { open: report.open, failed: report.failed, firstError: report.firstError, close };
+}
+
+export interface ProbeSpec {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: boolean;
+  readonly path: string;
+  /** At most this many requests, one connection at a time… */
+  readonly count: number;
+  /** …and for at most this long. */
+  readonly seconds: number;
+  readonly timeoutMs: number;
+}
+
+/** The latency probe's figures (ttfb-client.js): time to first byte from connect start, one new connection at a time. */
+export interface ProbeResult {
+  readonly requests: number;
+  readonly errors: number;
+  readonly firstError: string | undefined;
+  readonly seconds: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly foreignCpu: number;
+}
+
+/** Runs the latency probe in the namespace, bounded in count and time. */
+export async function runLatencyProbe(ns: Namespace, spec: ProbeSpec): Promise<ProbeResult> {
+  const { stdout, cpu } = await runMeasured(ns, process.execPath, [path.join(here, 'ttfb-client.js'), JSON.stringify(spec)], spec.seconds);
+  const line = stdout.split('\n').find((l) => l.startsWith('{'));
+  if (line === undefined) throw new Error(`latency probe: no report:\n${stdout.trim()}`);
+  const r = JSON.parse(line) as { requests: number; errors: number; firstError?: string; seconds: number; p50Ms: number | null; p99Ms: number | null };
+  return { requests: r.requests, errors: r.errors, firstError: r.firstError, seconds: r.seconds, p50Ms: r.p50Ms ?? NaN, p99Ms: r.p99Ms ?? NaN, foreignCpu: cpu.foreign() };
+}
+
+/**
+ * wrk's report script plus a bound in count (the soak's rounds; `-d` still bounds them in
+ * time): once `limit` responses have come (one thread: the run's count), the thread stops
+ * and writes `doneFile`; {@link runWrk} then sends wrk SIGINT, which ends its wait for `-d`
+ * and has it report as at the end of a run.
+ */
+export function writeLimitedWrkScript(dir: string, limit: number): { script: string; doneFile: string } {
+  const script = path.join(dir, `report-limit-${limit}.lua`);
+  const doneFile = path.join(dir, `report-limit-${limit}.done`);
+  const counting = [
+    'local seen = 0',
+    'response = function(status, headers, body)',
+    '  seen = seen + 1',
+    `  if seen == ${limit} then`,
+    `    local f = io.open(${JSON.stringify(doneFile)}, "w")`,
+    '    f:write("done")',
+    '    f:close()',
+    '    wrk.thread:stop()',
+    '  end',
+    'end',
+  ].join('\n');
+  fs.writeFileSync(script, `${WRK_SCRIPT}\n${counting}\n`);
+  return { script, doneFile };
 }

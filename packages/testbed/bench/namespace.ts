@@ -13,6 +13,8 @@ export interface SpawnInOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** Run as this uid and gid (setpriv, supplementary groups cleared). */
   readonly uid?: number;
+  /** With `uid`: capabilities it keeps (inheritable and ambient, so across exec), e.g. `net_admin`. */
+  readonly capabilities?: readonly string[];
 }
 
 /**
@@ -60,7 +62,9 @@ export class Namespace {
   /** Starts a long-running process in the namespace; it is killed by `destroy()` at the latest. */
   spawn(command: string, args: readonly string[], options: SpawnInOptions): ChildProcess {
     if (this.destroyed) throw new Error(`namespace ${this.name} is gone`);
-    const prefix = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups'];
+    const caps = (options.capabilities ?? []).map((c) => `+${c}`).join(',');
+    const keep = caps === '' ? [] : [`--inh-caps=${caps}`, `--ambient-caps=${caps}`];
+    const prefix = options.uid === undefined ? [] : ['setpriv', `--reuid=${options.uid}`, `--regid=${options.uid}`, '--clear-groups', ...keep];
     let out: number | 'pipe' = 'pipe';
     if (options.output !== 'pipe') out = fs.openSync(options.output.file, 'a');
     const spawnOptions: SpawnOptions = { stdio: ['pipe', out, out], env: options.env ?? process.env };

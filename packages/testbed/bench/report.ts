@@ -4,7 +4,7 @@ import os from 'node:os';
 import type { Section } from './configurations.js';
 import { packageVersions } from './install.js';
 import { LARGE_BYTES } from './nginx-origin.js';
-import type { Machine, MeasuredRun, Report, RowResult, RunKind } from './results.js';
+import type { Machine, MeasuredRun, Report, RowResult, RunKind, SoakReading, SoakResult } from './results.js';
 
 export function describeMachine(): Machine {
   let osName = `${os.type()} ${os.release()}`;
@@ -66,7 +66,7 @@ function direct(report: Report, section: Section): RowResult | undefined {
 function absoluteTable(report: Report, section: Section): string {
   const rows = report.rows.filter((r) => r.section === section);
   return table(
-    ['configuration', 'req/s keep-alive', section === 'h2' ? 'handshakes/s (req/s, new conn. each)' : 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'proxy CPU µs/MB', 'peak RSS MiB', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
+    ['configuration', 'req/s keep-alive', section === 'h2' ? 'handshakes/s (req/s, new conn. each)' : 'req/s new conn.', 'MB/s 64 MiB', 'p50 ms', 'p99 ms', 'proxy CPU µs/req', 'proxy CPU µs/new conn.', 'proxy CPU µs/MB', 'peak RSS MiB (idle)', 'peak RSS MiB (whole configuration)', 'KiB / idle conn.', 'rules by hand', 'rules installed by coproxy', 'uid exclusions', 'other load', 'in path'],
     rows.map((row) => {
       const keepAlive = run(row, 'keep-alive')?.result;
       const memory = row.memory;
@@ -80,8 +80,10 @@ function absoluteTable(report: Report, section: Section): string {
         fixed(keepAlive?.p50Ms, 2),
         fixed(keepAlive?.p99Ms, 2),
         fixed(run(row, 'keep-alive')?.proxyCpuUsPerRequest, 0),
+        fixed(run(row, 'close')?.proxyCpuUsPerRequest, 0),
         fixed(perMegabyte(run(row, 'bulk')?.proxyCpuUsPerRequest), 0),
         memory === undefined ? '–' : `${fixed(peak, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(p.peakKiB / 1024, 1)).join(' + ')})` : ''}`,
+        wholePeak(row),
         memory === undefined ? '–' : `${fixed(memory.perConnectionKiB, 1)}${memory.proxies.length > 1 ? ` (${memory.proxies.map((p) => fixed(perConnection(p, memory.open), 1)).join(' + ')})` : ''}`,
         String(row.rules.byHand),
         String(row.rules.installed),
@@ -91,6 +93,14 @@ function absoluteTable(report: Report, section: Section): string {
       ];
     }),
   );
+}
+
+/** VmHWM of the proxies at the end of the row's configuration, summed, with each vendor's for a chain (a + b). */
+function wholePeak(row: RowResult): string {
+  const peak = row.peak;
+  if (peak === undefined || peak.length === 0) return '–';
+  const sum = peak.reduce((total, p) => total + p.hwmKiB, 0) / 1024;
+  return `${fixed(sum, 1)}${peak.length > 1 ? ` (${peak.map((p) => fixed(p.hwmKiB / 1024, 1)).join(' + ')})` : ''}`;
 }
 
 /** Proxy CPU per 64 MiB response as per MB (10^6 bytes) of it. */
@@ -184,6 +194,216 @@ export function targets(report: Report): Target[] {
   return out;
 }
 
+const closeRun = (row: RowResult): MeasuredRun | undefined => run(row, 'close');
+/** Proxy CPU per new connection: the `Connection: close` run's proxy CPU time / its responses (one connection each). */
+const perNewConnection = (row: RowResult): number | undefined => closeRun(row)?.proxyCpuUsPerRequest;
+/** Vendor hops of a row: the proxy processes of its configuration. */
+const hops = (row: RowResult): number => row.peak?.length ?? row.memory?.proxies.length ?? 0;
+const PER_CONNECTION_SECTIONS: readonly Section[] = ['http', 'https', 'node'];
+
+/** Issue #17's table: what a new connection costs, from the `Connection: close` runs. */
+function newConnections(report: Report): string {
+  const rows = report.rows.filter((r) => PER_CONNECTION_SECTIONS.includes(r.section));
+  return table(
+    ['configuration', 'new conn. req/s', 'ratio to direct', 'proxy CPU µs per new connection', 'p50 ms', 'p99 ms'],
+    rows.map((row) => {
+      const close = closeRun(row)?.result;
+      const us = perNewConnection(row);
+      return [
+        `${row.label} (${sectionName(row.section)})`,
+        thousands(rps(row, 'close')),
+        isDirect(row) ? '–' : ratio(rps(row, 'close'), (({ section }) => { const d = direct(report, section); return d === undefined ? undefined : rps(d, 'close'); })(row)),
+        us === undefined ? '–' : `${fixed(us, 0)}${hops(row) > 1 ? ` (${hops(row)} vendors together)` : ''}`,
+        fixed(close?.p50Ms, 2),
+        fixed(close?.p99Ms, 2),
+      ];
+    }),
+  );
+}
+
+/** Added time to first byte: each row's probe against direct's in its section, and per vendor hop. */
+function added(report: Report, row: RowResult): { p50: number; p99: number; perHopP50: number; perHopP99: number } | undefined {
+  const base = direct(report, row.section)?.latency;
+  const probe = row.latency;
+  const n = hops(row);
+  if (base === undefined || probe === undefined || n === 0) return undefined;
+  const p50 = probe.p50Ms - base.p50Ms;
+  const p99 = probe.p99Ms - base.p99Ms;
+  return { p50, p99, perHopP50: p50 / n, perHopP99: p99 / n };
+}
+
+function latencyProbe(report: Report): string {
+  const rows = report.rows.filter((r) => r.latency !== undefined);
+  return table(
+    ['configuration', 'requests', 'TTFB p50 ms', 'TTFB p99 ms', 'vendor hops', 'added p50 / p99 ms (all hops)', 'added p50 ms per hop', 'added p99 ms per hop', 'other load'],
+    rows.map((row) => {
+      const probe = row.latency!;
+      const more = isDirect(row) ? undefined : added(report, row);
+      return [
+        `${row.label} (${sectionName(row.section)})`,
+        `${thousands(probe.requests)}${probe.errors > 0 ? ` (**${probe.errors} failed**)` : ''}`,
+        fixed(probe.p50Ms, 3),
+        fixed(probe.p99Ms, 3),
+        isDirect(row) ? '–' : String(hops(row)),
+        more === undefined ? '–' : `${fixed(more.p50, 3)} / ${fixed(more.p99, 3)}`,
+        fixed(more?.perHopP50, 3),
+        fixed(more?.perHopP99, 3),
+        `${Math.round(probe.foreignCpu * 100)}%`,
+      ];
+    }),
+  );
+}
+
+/** The chain with records against the same two vendors chained as peers are (records off, uid rules by hand). */
+const RECORDS_PAIRS = [
+  ['chain-http', 'chain-records-off-http'],
+  ['chain-https', 'chain-records-off-https'],
+] as const;
+
+function recordsCost(report: Report): string {
+  const row = (key: string): RowResult | undefined => report.rows.find((r) => r.key === key);
+  const lines: string[][] = [];
+  for (const [on, off] of RECORDS_PAIRS) {
+    const a = row(on);
+    const b = row(off);
+    if (a === undefined || b === undefined) continue;
+    const us = (r: RowResult, kind: 'keep-alive' | 'close'): number | undefined => run(r, kind)?.proxyCpuUsPerRequest;
+    for (const kind of ['keep-alive', 'close'] as const) {
+      lines.push([
+        `${sectionName(a.section)}, ${kind === 'close' ? 'new connections' : 'keep-alive'}`,
+        thousands(rps(a, kind)),
+        thousands(rps(b, kind)),
+        ratio(rps(a, kind), rps(b, kind)),
+        fixed(us(a, kind), 0),
+        fixed(us(b, kind), 0),
+        ratio(us(a, kind), us(b, kind)),
+      ]);
+    }
+  }
+  return table(['chain', 'req/s with records', 'req/s records off', 'records ÷ off (req/s)', 'proxy CPU µs/req (records)', 'proxy CPU µs/req (off)', 'records ÷ off (µs)'], lines);
+}
+
+/** Growth per flow from the end of round 1 to the end of the last round, bytes; undefined without two rounds. */
+function soakGrowth(soak: SoakResult, name: string, figure: (r: SoakReading) => number | undefined): number | undefined {
+  if (soak.rounds.length < 2) return undefined;
+  const first = soak.rounds[0]!.readings.find((r) => r.name === name);
+  const last = soak.rounds[soak.rounds.length - 1]!.readings.find((r) => r.name === name);
+  const a = first === undefined ? undefined : figure(first);
+  const b = last === undefined ? undefined : figure(last);
+  const flows = soak.rounds.slice(1).reduce((sum, r) => sum + r.flows, 0);
+  return a === undefined || b === undefined || flows === 0 ? undefined : (b - a) / flows;
+}
+
+const rssBytes = (r: SoakReading): number => r.rssKiB * 1024;
+const heapBytes = (r: SoakReading): number | undefined => r.heapUsedBytes;
+const mib = (bytes: number | undefined): string => fixed(bytes === undefined ? undefined : bytes / 2 ** 20, 1);
+
+function soakSection(soak: SoakResult): string[] {
+  const names = soak.before.map((r) => r.name);
+  const header = ['after', 'flows', 's', ...names.flatMap((n) => [`${n} RSS MiB`, `${n} heap MiB`])];
+  const cells = (readings: readonly SoakReading[]): string[] =>
+    names.flatMap((n) => {
+      const r = readings.find((x) => x.name === n);
+      return [mib(r === undefined ? undefined : rssBytes(r)), mib(r === undefined ? undefined : heapBytes(r))];
+    });
+  const lines = [
+    ['start (one probe request)', '–', '–', ...cells(soak.before)],
+    ...soak.rounds.map((r, i) => [`round ${i + 1}`, `${thousands(r.flows)}${r.errors > 0 ? ` (**${r.errors} failed**)` : ''}`, fixed(r.seconds, 1), ...cells(r.readings)]),
+  ];
+  const growth = names.map(
+    (n) => `${n}: RSS ${fixed(soakGrowth(soak, n, rssBytes), 1)} B/flow, heap ${fixed(soakGrowth(soak, n, heapBytes), 1)} B/flow`,
+  );
+  const problems = soak.rounds.flatMap((r, i) => r.problems.map((p) => `round ${i + 1}: ${p}`));
+  return [
+    `${soak.label}: ${soak.setup}. ${soak.rounds.length} rounds of up to ${thousands(soak.flowsPerRound)} flows.`,
+    '',
+    table(header, lines),
+    '',
+    `Growth per flow from the end of round 1 to the end of round ${soak.rounds.length}: ${growth.join('; ')}.`,
+    ...(problems.length > 0 ? ['', `**Problems**: ${problems.join('; ')}.`] : []),
+    ...(soak.stopped === undefined ? [] : ['', `**Stopped** before its last round: ${soak.stopped}.`]),
+    '',
+  ];
+}
+
+/** Issue #17's targets, judged on this run's figures. */
+export function targets17(report: Report): Target[] {
+  const row = (key: string): RowResult | undefined => report.rows.find((r) => r.key === key);
+  const out: Target[] = [];
+  const missing = (text: string): void => void out.push({ text, met: undefined, detail: 'not measured in this run' });
+  const atMost = (text: string, value: number | undefined, bound: number, detail: (v: number) => string): void =>
+    value === undefined || !Number.isFinite(value) ? missing(text) : void out.push({ text, met: value <= bound, detail: detail(value) });
+  const atLeast = (text: string, value: number | undefined, bound: number | undefined, detail: (v: number, b: number) => string): void =>
+    value === undefined || bound === undefined ? missing(text) : void out.push({ text, met: value >= bound, detail: detail(value, bound) });
+  const key = (k: string, figure: (r: RowResult) => number | undefined): number | undefined => {
+    const r = row(k);
+    return r === undefined ? undefined : figure(r);
+  };
+  const closeRps = (r: RowResult): number | undefined => rps(r, 'close');
+  for (const k of ['coproxy-http', 'coproxy-tls']) {
+    atMost(`${row(k)?.label ?? k} ≤ 200 µs of proxy CPU per new connection (nftables)`, key(k, perNewConnection), 200, (v) => `${v.toFixed(0)} µs`);
+  }
+  atMost(
+    'coproxy-tls → coproxy-http ≤ 200 µs per vendor per new connection (embedded; the chain\'s two vendors together, by the Node client, ÷ 2)',
+    key('chain-embedded-node', (r) => (perNewConnection(r) === undefined ? undefined : perNewConnection(r)! / 2)),
+    200,
+    (v) => `${v.toFixed(0)} µs per vendor (${(v * 2).toFixed(0)} together)`,
+  );
+  const times = (v: number | undefined, f: number): number | undefined => (v === undefined ? undefined : v * f);
+  atLeast('the chain\'s new-connection req/s ≥ 2× Squid\'s (HTTP)', key('chain-http', closeRps), times(key('squid', closeRps), 2), (v, b) => `${thousands(v)} vs Squid ${thousands(b / 2)} (${((v / b) * 2).toFixed(2)}×)`);
+  atLeast('the chain\'s new-connection req/s ≥ 0.5× HAProxy\'s relay (HTTP)', key('chain-http', closeRps), times(key('haproxy-http', closeRps), 0.5), (v, b) => `${thousands(v)} vs HAProxy ${thousands(b * 2)} (${((v / b) * 0.5).toFixed(2)}×)`);
+  atLeast('the chain\'s new-connection req/s ≥ 0.5× HAProxy\'s relay (HTTPS)', key('chain-https', closeRps), times(key('haproxy-https', closeRps), 0.5), (v, b) => `${thousands(v)} vs HAProxy ${thousands(b * 2)} (${((v / b) * 0.5).toFixed(2)}×)`);
+  for (const k of ['coproxy-http', 'coproxy-tls', 'chain-http', 'chain-https']) {
+    const r = row(k);
+    const more = r === undefined ? undefined : added(report, r);
+    atMost(`added time to first byte per vendor hop p50 ≤ 0.3 ms (${r === undefined ? k : `${r.label}, ${sectionName(r.section)}`})`, more?.perHopP50, 0.3, (v) => `${v.toFixed(3)} ms per hop (p99 ${fixed(more?.perHopP99, 3)} ms)`);
+  }
+  atMost('keep-alive: coproxy-http ≤ 60 µs/request', key('coproxy-http', (r) => run(r, 'keep-alive')?.proxyCpuUsPerRequest), 60, (v) => `${v.toFixed(0)} µs`);
+  const keepAlive = (r: RowResult): number | undefined => rps(r, 'keep-alive');
+  atLeast('keep-alive: the chain ≥ 1.3× Squid\'s req/s', key('chain-http', keepAlive), times(key('squid', keepAlive), 1.3), (v, b) => `${thousands(v)} vs Squid ${thousands(b / 1.3)} (${((v / b) * 1.3).toFixed(2)}×)`);
+  for (const [on, off] of RECORDS_PAIRS) {
+    for (const kind of ['keep-alive', 'close'] as const) {
+      const a = key(on, (r) => rps(r, kind));
+      const b = key(off, (r) => rps(r, kind));
+      const cost = a === undefined || b === undefined ? undefined : 1 - a / b;
+      atMost(
+        `records cost < 2% of the chain's ${kind === 'close' ? 'new-connection' : 'keep-alive'} req/s (${sectionName(row(on)?.section ?? 'http')}), against the records-off chain`,
+        cost === undefined ? undefined : cost * 100,
+        2,
+        (v) => `${thousands(a)} vs ${thousands(b)} req/s: ${v.toFixed(1)}%`,
+      );
+    }
+  }
+  const seen = new Set<string>();
+  for (const r of report.rows) {
+    if (r.peak === undefined || seen.has(r.configuration) || !r.peak.some((p) => p.name.startsWith('coproxy'))) continue;
+    seen.add(r.configuration);
+    const worst = Math.max(...r.peak.filter((p) => p.name.startsWith('coproxy')).map((p) => p.hwmKiB)) / 1024;
+    atMost(`peak RSS per vendor over the whole configuration ≤ 150 MiB (${r.configuration})`, worst, 150, () => r.peak!.map((p) => `${p.name} ${(p.hwmKiB / 1024).toFixed(1)} MiB`).join(', '));
+  }
+  const soak = report.soak;
+  if (soak === undefined) missing('no growth over time: each vendor\'s heap and RSS level off after the first soak round');
+  else if (soak.stopped !== undefined) {
+    out.push({ text: 'no growth over time: the soak ran its rounds', met: false, detail: `stopped, ${soak.stopped}` });
+  } else {
+    for (const r of soak.before) {
+      const rss = soakGrowth(soak, r.name, rssBytes);
+      const heap = soakGrowth(soak, r.name, heapBytes);
+      const worst = rss === undefined && heap === undefined ? undefined : Math.max(rss ?? -Infinity, heap ?? -Infinity);
+      atMost(
+        `no growth over time (${r.name}): RSS and heap grow < ${SOAK_GROWTH_BYTES} B per flow from soak round 1 to round ${soak.rounds.length}`,
+        worst,
+        SOAK_GROWTH_BYTES,
+        () => `RSS ${fixed(rss, 1)} B/flow, heap ${fixed(heap, 1)} B/flow`,
+      );
+    }
+  }
+  return out;
+}
+
+/** The soak's "levels off": under this many bytes per flow after round 1 (the growth the issue saw in coproxy-tls was about 100). */
+const SOAK_GROWTH_BYTES = 20;
+
 function pathCheck(report: Report): string {
   return report.rows
     .map((row) => {
@@ -202,7 +422,8 @@ export function renderMarkdown(report: Report, command: string): string {
   const s = report.settings;
   const sections = (['http', 'https', 'node', 'h2'] as const).filter((section) => report.rows.some((r) => r.section === section));
   const setups = [...new Map(report.rows.map((r) => [r.configuration, r.setup])).entries()].map(([c, setup]) => `- **${c}**: ${setup}`);
-  const targetLines = targets(report).map((t) => `- ${t.met === undefined ? '–' : t.met ? 'met' : '**missed**'}: ${t.text}: ${t.detail}`);
+  const targetLine = (t: Target): string => `- ${t.met === undefined ? '–' : t.met ? 'met' : '**missed**'}: ${t.text}: ${t.detail}`;
+  const targetLines = targets(report).map(targetLine);
   const repeated = report.rows.flatMap((r) => r.runs.filter((x) => x.repeated).map((x) => `${r.label} ${r.section} ${x.kind}`));
   const out = [
     '# Benchmarks: coproxy beside the proxies people use today',
@@ -232,6 +453,18 @@ export function renderMarkdown(report: Report, command: string): string {
       'every configuration alike, so that other work on a shared machine weighs less. ' +
       `The coproxy vendors ${s.kernelSplice ? 'move bulk bytes between sockets with splice(2) (core\'s kernel splice, on by default)' : 'copy every byte through the process (`COPROXY_KERNEL_SPLICE=0`)'}. MB = 10^6 bytes.`,
     '',
+    '**Per flow (issue #17).** Proxy CPU µs/new conn. is the proxy processes\' CPU time during the `Connection: close` run ÷ its responses (one connection each; kernel time ' +
+      'of the proxies included, the client\'s and the origin\'s not). Peak RSS (whole configuration) is VmHWM of each proxy process read after the configuration\'s last run ' +
+      '(idle connections, then keep-alive, new-connection and 64 MiB runs of every row, and the latency probe), beside the idle figure above; for a chain, each vendor\'s (a + b). ' +
+      `The latency probe (a Node client, \`bench/ttfb-client.ts\`) opens one connection at a time, up to ${thousands(s.probe.requests)} times per HTTP and HTTPS row within ${s.probe.seconds} s, ` +
+      'sends one `Connection: close` GET of the 1 KiB file and times from the start of the connect to the first byte of the response (TLS: the handshake, done by the client against the origin through any splicing proxy, is inside that time), ' +
+      'then reads to the close; added per hop is (the row\'s percentile − direct\'s in the same section) ÷ the proxy processes in the path. ' +
+      'The records-off chain runs the same two vendors `--drop-records --fail-mode closed`, each as its own uid with CAP_NET_ADMIN alone; once they listen the bench removes their tables ' +
+      '(fail-closed tables are not `flags owner`, so root may) and writes the operator\'s own, as for the peers: `--drop-records` alone would loop, since each vendor\'s records check ' +
+      'returns only for marks with its own bit. The vendors still read every accepted socket\'s mark and set their own bit on the onward one (the backend always does), so the comparison prices the records\' kernel rules and propagation, not that per-flow work. ' +
+      `The soak runs the nftables chain afresh: ${s.soak.rounds} rounds of up to ${thousands(s.soak.flows)} flows each (wrk, ${s.soak.connections} connections, \`Connection: close\`, HTTP, stopped at the count or after ${s.soak.roundSeconds} s), ` +
+      'and after each round (its connections closed, 1.5 s later) reads each vendor\'s VmRSS and its V8 heap in use (the vendor\'s `<prefix>_heap_used_bytes` gauge); no GC is forced, so heap figures include garbage not yet collected.',
+    '',
     '**What each configuration needs** (rules counted from `nft list ruleset` while it ran):',
     '',
     ...setups,
@@ -245,7 +478,33 @@ export function renderMarkdown(report: Report, command: string): string {
   for (const section of sections) out.push(`## ${SECTIONS[section]}`, '', absoluteTable(report, section), '');
   out.push('## Ratios to direct (same origin, same client)', '', ratiosToDirect(report), '');
   out.push('## coproxy against each peer (coproxy ÷ peer)', '', ratiosToPeers(report), '');
+  if (report.rows.some((r) => closeRun(r) !== undefined && PER_CONNECTION_SECTIONS.includes(r.section))) {
+    out.push('## New connections: what each costs', '', 'From the `Connection: close` runs (one new connection per request): proxy CPU per new connection is the proxy processes\' CPU time during that run ÷ its responses.', '', newConnections(report), '');
+  }
+  if (report.rows.some((r) => r.latency !== undefined)) {
+    out.push(
+      '## Latency probe: time to first byte, one new connection at a time',
+      '',
+      `Up to ${thousands(s.probe.requests)} requests per row (within ${s.probe.seconds} s), one connection at a time, each \`Connection: close\`: the time from the start of the connect to the response's first byte (TLS rows: the handshake included). ` +
+        'Added per hop: (the row\'s percentile − direct\'s) ÷ the vendor processes in the path.',
+      '',
+      latencyProbe(report),
+      '',
+    );
+  }
+  if (RECORDS_PAIRS.some(([on, off]) => report.rows.some((r) => r.key === on) && report.rows.some((r) => r.key === off))) {
+    out.push(
+      '## The price of cooperation: the chain with records against records off',
+      '',
+      'The same two vendors: chained by records (their own tables, no rule by hand), and chained as peers are today (`--drop-records`, each as its own uid, hand-written uid rules; see the setups above).',
+      '',
+      recordsCost(report),
+      '',
+    );
+  }
+  if (report.soak !== undefined) out.push('## Soak: memory over many short flows', '', ...soakSection(report.soak));
   out.push('## Targets (issues #7 and #16)', '', ...targetLines, '');
+  out.push('## Targets (issue #17)', '', ...targets17(report).map(targetLine), '');
   if (report.skipped.length > 0) out.push(`Skipped (time budget): ${report.skipped.join(', ')}.`, '');
   out.push('## Path check', '', 'Counts during each run (deltas); origin = nginx stub_status, minus its own status request.', '', pathCheck(report), '');
   if (repeated.length > 0) out.push(`Repeated because other work on the machine disturbed the first attempt: ${repeated.join('; ')}.`, '');

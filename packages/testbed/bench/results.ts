@@ -1,5 +1,5 @@
 import type { Section } from './configurations.js';
-import type { LoadResult } from './measure.js';
+import type { LoadResult, ProbeResult } from './measure.js';
 
 /** The serialisable results of a comparison run (`--json`), apart from the code that produces them. */
 
@@ -61,6 +61,47 @@ export interface RowResult {
   /** Which counters the path check read. */
   readonly countSources: readonly string[];
   readonly inPath: boolean;
+  /** HTTP and HTTPS rows: the latency probe (one new connection at a time, time to first byte). */
+  readonly latency?: ProbeResult;
+  /** VmHWM of each proxy process at the end of its configuration (after every run of every row): the same on each row of a configuration. */
+  readonly peak?: readonly ProcessPeak[];
+}
+
+export interface ProcessPeak {
+  readonly name: string;
+  readonly pid: number;
+  /** VmHWM: the peak resident set since the process started, KiB. */
+  readonly hwmKiB: number;
+}
+
+/** A vendor's memory after one soak round. */
+export interface SoakReading {
+  readonly name: string;
+  readonly rssKiB: number;
+  /** V8 heap used (the vendor's `<prefix>_heap_used_bytes` gauge), bytes; undefined when not exposed. */
+  readonly heapUsedBytes: number | undefined;
+}
+
+export interface SoakRound {
+  /** Flows (responses) completed in this round. */
+  readonly flows: number;
+  readonly errors: number;
+  readonly seconds: number;
+  readonly readings: readonly SoakReading[];
+  readonly problems: readonly string[];
+}
+
+/** Rounds of short flows through the chain, each vendor's memory read after each. */
+export interface SoakResult {
+  readonly label: string;
+  readonly setup: string;
+  /** Flows asked per round. */
+  readonly flowsPerRound: number;
+  readonly rounds: readonly SoakRound[];
+  /** Before the first round (after a probe request). */
+  readonly before: readonly SoakReading[];
+  /** Why the soak stopped before its last round (a vendor exited, a reading failed). */
+  readonly stopped?: string;
 }
 
 export interface ProfileSummary {
@@ -93,6 +134,10 @@ export interface Settings {
   readonly cpuProf: string | undefined;
   /** Whether the coproxy vendors may move bulk bytes with splice(2) (`COPROXY_KERNEL_SPLICE=0` turns it off). */
   readonly kernelSplice: boolean;
+  /** The latency probe: at most `requests` per HTTP/HTTPS row (0: none), within `seconds`. */
+  readonly probe: { readonly requests: number; readonly seconds: number };
+  /** The soak: `rounds` of `flows` new connections each, by `connections` wrk connections, each round within `roundSeconds`. */
+  readonly soak: { readonly flows: number; readonly rounds: number; readonly roundSeconds: number; readonly connections: number };
 }
 
 export interface Report {
@@ -103,4 +148,5 @@ export interface Report {
   readonly profiles: readonly ProfileSummary[];
   readonly durationSeconds: number;
   readonly notes: readonly string[];
+  readonly soak?: SoakResult;
 }

@@ -2,8 +2,11 @@
 import fs from 'node:fs';
 import { BACKEND_NAMES, type BackendName } from '@coproxy/core';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { html, summary } from './report.js';
-import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorKind, killAll, runScenario } from './scenario.js';
+import { CHECKS, CONFORMANCE_VERSION, runConformance, verdictLine } from './conformance.js';
+import { realFlowLine, runRealClients } from './real-clients.js';
+import type { RealClient } from './real-flows.js';
+import { conformanceHtml, html, summary } from './report.js';
+import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
 /**
  * coproxy-testbed: runs independent vendor proxies (coproxy-tls, coproxy-http) as
@@ -23,16 +26,33 @@ const integer = (min: number, max: number) => (text: string): number => {
   return value;
 };
 
-function vendorList(text: string): VendorKind[] {
+/**
+ * `--vendors tls,http` and `--vendor 'CMD'` may be mixed and repeated: the vendors start in
+ * the order they appear on the command line, so both options add to one list.
+ */
+const vendorOrder: VendorSpec[] = [];
+
+function vendorList(text: string): VendorSpec[] {
   const kinds = text.split(',').map((k) => k.trim());
-  for (const kind of kinds) if (kind !== 'tls' && kind !== 'http') throw new InvalidArgumentError(`'${kind}' is not a vendor: tls or http`);
-  if (kinds.length < 1 || kinds.length > 8) throw new InvalidArgumentError('one to eight vendors');
-  return kinds as VendorKind[];
+  for (const kind of kinds) if (kind !== 'tls' && kind !== 'http') throw new InvalidArgumentError(`'${kind}' is not a built-in vendor: tls or http (any other: --vendor 'CMD')`);
+  vendorOrder.push(...kinds.map((kind) => ({ kind: kind as 'tls' | 'http' })));
+  if (vendorOrder.length > 8) throw new InvalidArgumentError('one to eight vendors');
+  return vendorOrder;
 }
+
+function vendorCommand(text: string): VendorSpec[] {
+  if (text.trim() === '') throw new InvalidArgumentError('an empty command');
+  vendorOrder.push({ kind: 'command', command: text });
+  if (vendorOrder.length > 8) throw new InvalidArgumentError('one to eight vendors');
+  return vendorOrder;
+}
+
+/** The vendors of a run: those given, in order, or the two built-in ones. */
+const vendorsOf = (): VendorSpec[] => (vendorOrder.length > 0 ? vendorOrder : [{ kind: 'tls' }, { kind: 'http' }]);
+const vendorName = (spec: VendorSpec): string => (spec.kind === 'command' ? `'${spec.command ?? ''}'` : spec.kind);
 
 interface RunOptions {
   backend: BackendName;
-  vendors: VendorKind[];
   flows: number;
   concurrency: number;
   dropRecords?: string | undefined;
@@ -47,7 +67,8 @@ const program = new Command('coproxy-testbed').description('Proves that independ
 const withRunOptions = (command: Command): Command =>
   command
     .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
-    .option('--vendors <list>', 'vendor packages in start order (the same one may repeat)', vendorList, ['tls', 'http'] as VendorKind[])
+    .option('--vendors <list>', 'built-in vendors in start order (tls, http; the same one may repeat); default tls,http', vendorList)
+    .option('--vendor <command>', "any vendor built on core, started with sh -c: {id} {priority} {ports} {backend} {failMode} are replaced, and the same are in COPROXY_VENDOR_* (repeatable, mixed with --vendors in start order)", vendorCommand)
     .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
     .option('--concurrency <n>', 'flows at a time', integer(1, 64), 8)
     .option('--json <file>', 'write the report as JSON')
@@ -63,7 +84,13 @@ withRunOptions(program.command('run').description('one run'))
 
 withRunOptions(program.command('demo', { isDefault: true }).description('the cooperative run, then the same with one vendor dropping records')).action(async (options: RunOptions) => {
   const cooperative = await runOnce({ ...options, json: suffixed(options.json, 'cooperative'), html: suffixed(options.html, 'cooperative') });
-  const lastVendor = options.vendors[options.vendors.length - 1]!;
+  const builtIn = vendorsOf().filter((v) => v.kind !== 'command');
+  const lastVendor = builtIn[builtIn.length - 1]?.kind;
+  if (lastVendor === undefined) {
+    process.stdout.write('\nNo built-in vendor in this run: the records-dropping run needs one (--vendors http).\n');
+    process.exitCode = cooperative;
+    return;
+  }
   process.stdout.write(`\nNow the same run with the ${lastVendor} vendor dropping records (a vendor that only excludes itself):\n\n`);
   const dropping = await runOnce({ ...options, dropRecords: lastVendor, json: suffixed(options.json, 'dropped'), html: suffixed(options.html, 'dropped') });
   process.stdout.write(
@@ -72,6 +99,71 @@ withRunOptions(program.command('demo', { isDefault: true }).description('the coo
   );
   process.exitCode = cooperative === 0 && dropping === 3 ? 0 : cooperative !== 0 ? cooperative : 1;
 });
+
+interface ConformanceCliOptions {
+  vendor: VendorSpec;
+  backend: BackendName;
+  json?: string | undefined;
+  html?: string | undefined;
+  checks?: string[] | undefined;
+  seed: number;
+}
+
+const candidateOf = (text: string): VendorSpec => {
+  if (text.trim() === '') throw new InvalidArgumentError('an empty command');
+  return text === 'tls' || text === 'http' ? { kind: text } : { kind: 'command', command: text };
+};
+
+const checkList = (text: string): string[] => {
+  const names = text.split(',').map((n) => n.trim());
+  for (const name of names) if (!CHECKS.some((c) => c.name === name)) throw new InvalidArgumentError(`'${name}' is not a check: ${CHECKS.map((c) => c.name).join(', ')}`);
+  return names;
+};
+
+program
+  .command('conformance')
+  .description(`runs the conformance checks (version ${CONFORMANCE_VERSION}) on one vendor: one PASS/FAIL line per check, exit 0 only when all pass`)
+  .option('--vendor <command>', "the candidate: a command that starts a vendor built on core ({id} {priority} {ports} {backend} {failMode} are replaced, COPROXY_VENDOR_* set), or tls / http for a reference vendor", candidateOf, { kind: 'http' } as VendorSpec)
+  .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
+  .option('--checks <list>', `a subset, by name: ${CHECKS.map((c) => c.name).join(', ')}`, checkList)
+  .option('--json <file>', 'write the report as JSON (every check with its full run)')
+  .option('--html <file>', 'write a self-contained HTML report with the hop diagram of each failing flow')
+  .option('--seed <n>', 'seed for payloads and ports', integer(0, 2 ** 24), 1)
+  .action(async (options: ConformanceCliOptions) => {
+    process.stdout.write(`coproxy conformance ${CONFORMANCE_VERSION}: ${options.vendor.kind === 'command' ? `'${options.vendor.command ?? ''}'` : options.vendor.kind} on ${options.backend}\n`);
+    const report = await runConformance({
+      candidate: options.vendor,
+      backend: options.backend,
+      seed: options.seed,
+      checks: options.checks,
+      onCheck: (result) => process.stdout.write(`${verdictLine(result)}\n`),
+    });
+    const failed = report.checks.filter((c) => !c.passed).length;
+    process.stdout.write(`${failed === 0 ? 'CONFORMS' : 'DOES NOT CONFORM'}: ${report.checks.length - failed} of ${report.checks.length} checks passed in ${(report.durationMs / 1000).toFixed(1)} s\n`);
+    if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
+    if (options.html !== undefined) fs.writeFileSync(options.html, conformanceHtml(report));
+    process.exitCode = report.passed ? 0 : 1;
+  });
+
+program
+  .command('clients')
+  .description('real clients (curl, Python urllib) through the vendors on nftables (root), each flow compared byte for byte with the same client without vendors')
+  .option('--vendors <list>', 'built-in vendors in start order; default tls,http', vendorList)
+  .option('--vendor <command>', 'any vendor built on core (as for run)', vendorCommand)
+  .option('--clients <list>', 'a subset of curl, python-urllib, chromium', (text: string) => {
+    const names = text.split(',').map((n) => n.trim());
+    for (const name of names) if (name !== 'curl' && name !== 'python-urllib' && name !== 'chromium') throw new InvalidArgumentError(`'${name}' is not a client: curl, python-urllib or chromium`);
+    return names as RealClient[];
+  })
+  .option('--json <file>', 'write the report as JSON')
+  .action(async (options: { json?: string; clients?: RealClient[] }) => {
+    process.stdout.write(`coproxy testbed, real clients: ${vendorsOf().map(vendorName).join(' + ')} on nftables\n`);
+    const report = await runRealClients({ vendors: vendorsOf(), clients: options.clients });
+    for (const flow of report.flows) process.stdout.write(`${realFlowLine(flow)}\n`);
+    for (const note of report.notes) process.stdout.write(`  note: ${note}\n`);
+    if (options.json !== undefined) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
+    process.exitCode = report.passed ? 0 : 1;
+  });
 
 function suffixed(file: string | undefined, suffix: string): string | undefined {
   if (file === undefined) return undefined;
@@ -82,7 +174,7 @@ function suffixed(file: string | undefined, suffix: string): string | undefined 
 async function runOnce(options: RunOptions): Promise<number> {
   const scenario: ScenarioOptions = {
     backend: options.backend,
-    vendors: options.vendors,
+    vendors: vendorsOf(),
     flows: options.flows,
     concurrency: options.concurrency,
     seed: options.seed,
@@ -90,7 +182,7 @@ async function runOnce(options: RunOptions): Promise<number> {
     originPortBase: options.originPortBase,
     onProgress: progressBar(options.flows),
   };
-  process.stdout.write(`coproxy testbed: ${options.vendors.join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);
+  process.stdout.write(`coproxy testbed: ${vendorsOf().map(vendorName).join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);
   let report: Report;
   try {
     report = await runScenario(scenario);

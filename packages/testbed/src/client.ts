@@ -44,11 +44,23 @@ function dial(port: number): Promise<net.Socket> {
   });
 }
 
-/** Writes `data`, half-closes, and collects everything until the peer closes. */
-function exchange(socket: net.Socket | tls.TLSSocket, data: Buffer): Promise<Buffer> {
+/** A slow reader stops reading for this long after each chunk of this many bytes. */
+const SLOW_READ = { everyBytes: 64 * 1024, pauseMs: 15 };
+
+/** Writes `data`, half-closes, and collects everything until the peer closes; `slow`: reads with pauses. */
+function exchange(socket: net.Socket | tls.TLSSocket, data: Buffer, slow = false): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    let sinceLastPause = 0;
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      sinceLastPause += chunk.length;
+      if (slow && sinceLastPause >= SLOW_READ.everyBytes) {
+        sinceLastPause = 0;
+        socket.pause();
+        setTimeout(() => socket.resume(), SLOW_READ.pauseMs);
+      }
+    });
     socket.once('error', reject);
     socket.once('close', () => resolve(Buffer.concat(chunks)));
     socket.end(data);
@@ -57,7 +69,7 @@ function exchange(socket: net.Socket | tls.TLSSocket, data: Buffer): Promise<Buf
 
 async function tcpFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
   const data = payload(flow, args.seed, 0);
-  const echoed = await exchange(await dial(flow.port), data);
+  const echoed = await exchange(await dial(flow.port), data, flow.slowReader === true);
   return { sent: [data], received: echoed };
 }
 

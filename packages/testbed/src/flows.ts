@@ -20,6 +20,19 @@ export interface FlowSpec {
   readonly requests: number;
   /** nftables runs: this http flow is made by unmodified curl. */
   readonly viaCurl: boolean;
+  /** tcp: the origin answers only after the client's FIN (a half-close a vendor must carry through). */
+  readonly echoAfterEnd?: boolean;
+  /** tcp: the client reads the answer slowly, pausing often (a vendor must hold back, not buffer without bound or drop). */
+  readonly slowReader?: boolean;
+}
+
+/** What a run's flows look like; the default is the mixed run (http, https, tcp in turn, 1–64 KiB). */
+export interface FlowShape {
+  readonly kinds?: readonly FlowKind[];
+  /** Every flow sends exactly this many bytes (per request for http); a list is taken in turn. */
+  readonly payloadBytes?: number | readonly number[];
+  readonly echoAfterEnd?: boolean;
+  readonly slowReader?: boolean;
 }
 
 const KINDS: readonly FlowKind[] = ['http', 'https', 'tcp'];
@@ -37,18 +50,22 @@ export function prng(seed: number): () => number {
 }
 
 /** `ports`: one per flow, in order (see ports.ts for where they come from). */
-export function planFlows(ports: readonly number[], seed: number, curl: boolean): FlowSpec[] {
+export function planFlows(ports: readonly number[], seed: number, curl: boolean, shape: FlowShape = {}): FlowSpec[] {
   const random = prng(seed ^ 0x5eed);
+  const kinds = shape.kinds ?? KINDS;
   return ports.map((port, index) => {
-    const kind = KINDS[index % KINDS.length]!;
+    const kind = kinds[index % kinds.length]!;
+    const size = 1024 + Math.floor(random() * 63 * 1024);
     return {
       index,
       kind,
       port,
       serverName: `f${index}.testbed.test`,
-      payloadBytes: 1024 + Math.floor(random() * 63 * 1024),
+      payloadBytes: typeof shape.payloadBytes === 'number' ? shape.payloadBytes : (shape.payloadBytes?.[index % shape.payloadBytes.length] ?? size),
       requests: kind === 'http' ? 3 : 1,
       viaCurl: curl && kind === 'http' && index % 2 === 0,
+      ...(kind === 'tcp' && shape.echoAfterEnd === true && { echoAfterEnd: true }),
+      ...(kind === 'tcp' && shape.slowReader === true && { slowReader: true }),
     };
   });
 }

@@ -78,15 +78,26 @@ async function main(): Promise<void> {
         answer(() => port),
       );
     } else {
+      const afterEnd = flow.echoAfterEnd === true;
       server = net.createServer({ allowHalfOpen: true }, (socket) => {
         const t = tally(port);
+        // echoAfterEnd: nothing goes back before the client's FIN, so a vendor that closes
+        // both ways on a half-close loses the whole answer.
+        const held: Buffer[] = [];
         socket.on('data', (chunk: Buffer) => {
           t.received.update(chunk);
           t.receivedBytes += chunk.length;
+          if (afterEnd) return void held.push(chunk);
           t.sent.update(chunk);
           socket.write(chunk);
         });
-        socket.on('end', () => socket.end());
+        socket.on('end', () => {
+          for (const chunk of held.splice(0)) {
+            t.sent.update(chunk);
+            socket.write(chunk);
+          }
+          socket.end();
+        });
         socket.on('error', () => socket.destroy());
       });
     }

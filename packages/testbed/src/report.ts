@@ -1,3 +1,4 @@
+import { type ConformanceReport, verdictLine } from './conformance.js';
 import type { FlowResult, Report } from './scenario.js';
 
 /** The terminal summary: the vendors, one line per flow kind, the verdict, and the problems. */
@@ -50,15 +51,7 @@ function table(rows: readonly (readonly string[])[]): string {
   return rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
 
-const escape = (text: string): string => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-
-/** A self-contained page: the summary, then per flow a hop diagram (client → vendors → origin, with the state each saw). */
-export function html(report: Report): string {
-  const verdict = report.exitCode === 0 ? 'ok' : report.exitCode === 3 ? 'loop' : 'failed';
-  const flowRows = report.flows.map((flow) => flowDiagram(flow)).join('\n');
-  return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>coproxy testbed: ${escape(verdict)}</title>
-<style>
+const STYLE = `<style>
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.4em; } .ok { color: #176b2c; } .loop { color: #a15c00; } .failed { color: #b00020; }
 pre { background: #f5f5f5; padding: 1em; overflow-x: auto; }
@@ -67,7 +60,18 @@ pre { background: #f5f5f5; padding: 1em; overflow-x: auto; }
 .node small { display: block; color: #666; font-size: .75em; }
 .client { background: #e8f0fe; } .origin { background: #e6f4ea; } .again { background: #fde7e9; border-color: #b00020; }
 .arrow { color: #888; } .label { width: 11em; font-family: monospace; } .bad { color: #b00020; font-size: .85em; }
-</style></head><body>
+.pass { color: #176b2c; } .fail { color: #b00020; } section { margin: 1.5em 0; }
+</style>`;
+
+const escape = (text: string): string => text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** A self-contained page: the summary, then per flow a hop diagram (client → vendors → origin, with the state each saw). */
+export function html(report: Report): string {
+  const verdict = report.exitCode === 0 ? 'ok' : report.exitCode === 3 ? 'loop' : 'failed';
+  const flowRows = report.flows.map((flow) => flowDiagram(flow)).join('\n');
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>coproxy testbed: ${escape(verdict)}</title>
+${STYLE}</head><body>
 <h1 class="${verdict}">coproxy testbed: ${escape(verdict.toUpperCase())}</h1>
 <pre>${escape(summary(report))}</pre>
 <h2>Flows</h2>
@@ -76,7 +80,8 @@ ${flowRows}
 `;
 }
 
-function flowDiagram(flow: FlowResult): string {
+/** One flow as a row: client → each vendor (with the state it saw; a second visit marked) → origin. */
+export function flowDiagram(flow: FlowResult): string {
   const seen = new Set<string>();
   const hops = flow.hops
     .map((hop) => {
@@ -86,7 +91,29 @@ function flowDiagram(flow: FlowResult): string {
     })
     .join('');
   const intact = flow.client?.ok === true && flow.origin?.received === flow.client.sent && flow.origin.sent === flow.client.received;
-  return `<div class="flow"><span class="label">#${flow.index} ${escape(flow.kind)}${flow.viaCurl ? ' (curl)' : ''}</span><span class="node client">client</span>${hops}<span class="arrow">→</span><span class="node origin">origin<small>${intact ? 'bytes intact' : 'bytes differ'}</small></span>${
+  return `<div class="flow"><span class="label">#${flow.index} ${escape(flow.kind)}${flow.viaCurl ? ' (curl)' : ''}${flow.phase === undefined ? '' : ` ${escape(flow.phase)}`}</span><span class="node client">client</span>${hops}<span class="arrow">→</span><span class="node origin">origin<small>${intact ? 'bytes intact' : 'bytes differ'}</small></span>${
     flow.problems.length > 0 ? `<span class="bad">${escape(flow.problems.join('; '))}</span>` : ''
   }</div>`;
+}
+
+/** The conformance page: the verdict lines, then per check its description and, when it failed, the hop diagram of each failing flow. */
+export function conformanceHtml(report: ConformanceReport): string {
+  const verdict = report.passed ? 'pass' : 'fail';
+  const sections = report.checks
+    .map((check) => {
+      const failing = check.passed ? [] : (check.report?.flows ?? []).filter((f) => f.problems.length > 0 || f.index === check.flow);
+      return `<section><h2 class="${check.passed ? 'pass' : 'fail'}">${check.passed ? 'PASS' : 'FAIL'} ${escape(check.name)}</h2>
+<p>${escape(check.description)}</p><p>${escape(check.reason)}</p>
+${failing.map((flow) => flowDiagram(flow)).join('\n')}${check.report !== undefined && check.report.notes.length > 0 ? `<pre>${escape(check.report.notes.join('\n'))}</pre>` : ''}</section>`;
+    })
+    .join('\n');
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>coproxy conformance ${report.version}: ${verdict.toUpperCase()}</title>
+${STYLE}</head><body>
+<h1 class="${verdict}">coproxy conformance ${report.version}: ${verdict.toUpperCase()}</h1>
+<p>candidate <code>${escape(report.candidate)}</code> on ${escape(report.backend)}, seed ${report.seed}, ${(report.durationMs / 1000).toFixed(1)} s</p>
+<pre>${escape(report.checks.map(verdictLine).join('\n'))}</pre>
+${sections}
+</body></html>
+`;
 }

@@ -3,21 +3,36 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { BackendName } from '@coproxy/core';
-import { type FlowSpec, planFlows, prng } from './flows.js';
+import { LogFollower } from './event-log.js';
+import { type FlowShape, type FlowSpec, planFlows, prng } from './flows.js';
 import { choosePorts, ephemeralRange, portList, portsOutside } from './ports.js';
 import type { ClientFlowReport, ClientMessage, OriginFlowReport, OriginMessage, PortReplacement } from './protocol.js';
 
 /** Any backend core's registry knows; the testbed's vendors run on Linux, so in practice embedded or nftables. */
 export type Backend = BackendName;
-export type VendorKind = 'tls' | 'http';
+/** The built-in vendors (the two reference vendors' CLIs), or any command starting a vendor built on core. */
+export type VendorKind = 'tls' | 'http' | 'command';
+export type FailMode = 'open' | 'closed';
+
+/** A vendor to start. Unset fields get defaults (see assignVendors). */
+export interface VendorSpec {
+  readonly kind: VendorKind;
+  /** kind 'command': a shell command; its environment and placeholders are in the README ("Any vendor"). */
+  readonly command?: string;
+  readonly id?: string;
+  readonly priority?: number;
+  /** Default 'open'. */
+  readonly failMode?: FailMode;
+  /** Built-in vendors only: their onward connections carry no records (`--drop-records`). */
+  readonly dropsRecords?: boolean;
+}
 
 export interface ScenarioOptions {
   readonly backend: Backend;
-  /** Vendor packages in start order; the same kind may appear several times. */
-  readonly vendors: readonly VendorKind[];
+  /** Vendors in start order; the same kind may appear several times. */
+  readonly vendors: readonly (VendorSpec | 'tls' | 'http')[];
   readonly flows: number;
   readonly concurrency: number;
   /** A vendor id (or kind: its first vendor) whose onward connections drop records. */
@@ -29,6 +44,14 @@ export interface ScenarioOptions {
   readonly flowTimeoutMs?: number;
   /** The origin's first port; default a seeded place outside the ephemeral range. */
   readonly originPortBase?: number | undefined;
+  /** What the flows look like (kinds, sizes, half-close, a slow reader); default the mixed run. */
+  readonly shape?: FlowShape | undefined;
+  /**
+   * A vendor id: the flows run in three phases, and this vendor is killed (SIGKILL) after
+   * the first and started again after the second. Its fail mode says what the second
+   * phase's flows must do: go on through the others (open) or fail (closed).
+   */
+  readonly restart?: string | undefined;
 }
 
 /** The most flows a run takes: see the README ("Limits") for what bounds it. */
@@ -39,9 +62,11 @@ export interface VendorInfo {
   readonly kind: VendorKind;
   readonly priority: number;
   readonly dropsRecords: boolean;
+  readonly failMode: FailMode;
+  readonly command?: string | undefined;
 }
 
-/** What one vendor said about one connection it accepted. */
+/** What one vendor's event log said about one connection it accepted. */
 export interface Acceptance {
   readonly vendor: string;
   readonly port: number;
@@ -49,11 +74,17 @@ export interface Acceptance {
   readonly redirectedBy: readonly string[];
 }
 
+/** Phases of a run with a restart: before the kill, while the vendor is down, after its restart. */
+export type Phase = 'before-restart' | 'vendor-down' | 'restarted';
+
 export interface FlowResult {
   readonly index: number;
   readonly kind: FlowSpec['kind'];
   readonly port: number;
   readonly viaCurl: boolean;
+  readonly phase?: Phase | undefined;
+  /** The vendors that had to accept it, in order; empty when it had to fail (a fail-closed vendor was down). */
+  readonly expected: readonly string[];
   /** Acceptances in the order the flow took (by the depth of the records each vendor saw). */
   readonly hops: readonly Acceptance[];
   readonly client: ClientFlowReport | undefined;
@@ -82,19 +113,32 @@ export interface Report {
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
-/** The vendors are started through their packages' published CLIs, as a user starts them. */
-const vendorCli: Record<VendorKind, string> = {
+/** The built-in vendors are started through their packages' published CLIs, as a user starts them. */
+const vendorCli: Record<'tls' | 'http', string> = {
   http: path.join(path.dirname(require.resolve('@coproxy/proxy-http/package.json')), 'dist/cli.js'),
   tls: path.join(path.dirname(require.resolve('@coproxy/proxy-tls/package.json')), 'dist/cli.js'),
 };
 /** A vendor that accepts one flow this many times is in a loop that will not end by itself. */
-const LOOP_BOUND = 4;
-const NETNS_ADDRESS = '10.200.0.1';
+export const LOOP_BOUND = 4;
+export const NETNS_ADDRESS = '10.200.0.1';
 
 /** Every live child, so Ctrl-C or a failure can stop them all. */
 const children = new Set<ChildProcess>();
+/** The children that lead a process group of their own (the vendors). */
+export const groups = new WeakSet<ChildProcess>();
 export function killAll(): void {
-  for (const child of children) child.kill('SIGKILL');
+  for (const child of children) stop(child, 'SIGKILL');
+}
+
+/** Vendors run in a process group of their own (a command may be a shell and its children): signals go to the group. */
+export function stop(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  if (!groups.has(child)) return void child.kill(signal);
+  try {
+    process.kill(-child.pid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; // ESRCH: the group is gone already
+  }
 }
 
 export async function runScenario(options: ScenarioOptions): Promise<Report> {
@@ -104,60 +148,96 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
   const registry = path.join(tmp, 'registry');
   fs.mkdirSync(registry, { mode: 0o700 });
   const netns = options.backend === 'nftables' ? createNamespace() : undefined;
-  const inNs = (command: string, args: readonly string[]): [string, string[]] =>
-    netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
+  const inNs = placeOf(netns);
   const host = netns === undefined ? '127.0.0.1' : NETNS_ADDRESS;
-  const vendors = assignVendors(options);
+  const followers: LogFollower[] = [];
   const acceptances: Acceptance[] = [];
   let loopStopped = false;
   const env = { ...process.env, COPROXY_REGISTRY: registry };
 
   try {
+    const vendors = assignVendors(options);
+    const restarted = options.restart === undefined ? undefined : vendors.find((v) => v.id === options.restart);
+    if (options.restart !== undefined && restarted === undefined) throw new Error(`restart ${options.restart}: no such vendor (have ${vendors.map((v) => v.id).join(', ')})`);
     // The origin, on a block of ports outside the ephemeral range (a flow's port is its
     // tag); it replaces a port it cannot bind and says which.
     if (options.flows < 1 || options.flows > MAX_FLOWS) throw new RangeError(`flows: 1..${MAX_FLOWS}, got ${options.flows}`);
     const ephemeral = ephemeralRange(netns);
     const ranges = portsOutside(ephemeral.range);
-    const planned = planFlows(choosePorts(options.flows, ranges, options.seed, options.originPortBase), options.seed, netns !== undefined);
+    const planned = planFlows(choosePorts(options.flows, ranges, options.seed, options.originPortBase), options.seed, netns !== undefined, options.shape);
     const listening = await startOrigin(inNs, tmp, { host, flows: planned, caDir: path.join(tmp, 'origin-ca'), ranges }, env);
     const origin = listening.child;
     const flows = planned.map((flow, i) => ({ ...flow, port: listening.ports[i] ?? flow.port }));
     for (const r of listening.replaced) notes.push(`flow ${r.index}: port ${r.from} could not be bound (${r.code}), the origin listened on ${r.to} instead`);
     const range = portList(flows.map((flow) => flow.port));
 
-    const vendorProcesses: ChildProcess[] = [];
+    const vendorProcesses = new Map<string, ChildProcess>();
     // Acceptances per vendor and port, counted as they come: a filter over all of them per
     // line made a 10,000-flow run quadratic.
     const counts = new Map<string, number>();
-    for (const vendor of vendors) {
-      vendorProcesses.push(await startVendor(inNs, vendor, range, options.backend, env, (acceptance) => {
-        acceptances.push(acceptance);
-        const key = `${acceptance.vendor} ${acceptance.port}`;
-        const count = (counts.get(key) ?? 0) + 1;
-        counts.set(key, count);
-        if (count >= LOOP_BOUND && !loopStopped) {
-          // A loop that does not end by itself: stopping the vendors is the bound.
-          loopStopped = true;
-          notes.push(`vendor ${acceptance.vendor} accepted the flow on port ${acceptance.port} ${count} times: vendors stopped to end the loop`);
-          for (const child of vendorProcesses) child.kill('SIGKILL');
-        }
-      }));
-    }
+    const onAccepted = (acceptance: Acceptance): void => {
+      acceptances.push(acceptance);
+      const key = `${acceptance.vendor} ${acceptance.port}`;
+      const count = (counts.get(key) ?? 0) + 1;
+      counts.set(key, count);
+      if (count >= LOOP_BOUND && !loopStopped) {
+        // A loop that does not end by itself: stopping the vendors is the bound.
+        loopStopped = true;
+        notes.push(`vendor ${acceptance.vendor} accepted the flow on port ${acceptance.port} ${count} times: vendors stopped to end the loop`);
+        for (const child of vendorProcesses.values()) stop(child, 'SIGKILL');
+      }
+    };
+    const starts = new Map<string, number>();
+    const launch = async (vendor: VendorInfo): Promise<void> => {
+      const n = (starts.get(vendor.id) ?? 0) + 1;
+      starts.set(vendor.id, n);
+      const log = path.join(tmp, `events-${vendor.id}-${n}.jsonl`);
+      const child = await startVendor(inNs, vendor, { range, backend: options.backend, env, log, followers, notes, onAccepted });
+      vendorProcesses.set(vendor.id, child);
+    };
+    for (const vendor of vendors) await launch(vendor);
 
-    const clientReports = await runClient(inNs, tmp, {
-      host,
-      flows,
-      seed: options.seed,
-      backend: options.backend,
-      registry,
-      originCa: path.join(tmp, 'origin-ca', 'ca.crt'),
-      concurrency: options.concurrency,
-      flowTimeoutMs: options.flowTimeoutMs ?? 15_000,
-    }, env, options.onProgress);
+    const phases: { phase: Phase | undefined; flows: FlowSpec[] }[] =
+      restarted === undefined
+        ? [{ phase: undefined, flows }]
+        : [
+            { phase: 'before-restart', flows: flows.filter((_, i) => i < flows.length / 3) },
+            { phase: 'vendor-down', flows: flows.filter((_, i) => i >= flows.length / 3 && i < (2 * flows.length) / 3) },
+            { phase: 'restarted', flows: flows.filter((_, i) => i >= (2 * flows.length) / 3) },
+          ];
+    const phaseOf = new Map<number, Phase | undefined>();
+    const clientReports: ClientFlowReport[] = [];
+    for (const { phase, flows: phaseFlows } of phases) {
+      if (phase === 'vendor-down' && restarted !== undefined) {
+        const child = vendorProcesses.get(restarted.id)!;
+        stop(child, 'SIGKILL');
+        await exited(child);
+        // The group leader (a shell) may be reaped before the vendor under it: a restart
+        // that came first would meet its own id still in use.
+        await groupGone(child);
+      }
+      if (phase === 'restarted' && restarted !== undefined && !loopStopped) await launch(restarted);
+      for (const flow of phaseFlows) phaseOf.set(flow.index, phase);
+      if (phaseFlows.length === 0) continue;
+      const done = clientReports.length;
+      clientReports.push(
+        ...(await runClient(inNs, tmp, {
+          host,
+          flows: phaseFlows,
+          seed: options.seed,
+          backend: options.backend,
+          registry,
+          originCa: path.join(tmp, 'origin-ca', 'ca.crt'),
+          concurrency: options.concurrency,
+          flowTimeoutMs: options.flowTimeoutMs ?? 15_000,
+        }, env, options.onProgress === undefined ? undefined : (n) => options.onProgress?.(done + n, flows.length))),
+      );
+    }
     const originReports = await askOrigin(origin);
 
-    for (const child of vendorProcesses) child.kill('SIGTERM');
-    await Promise.all(vendorProcesses.map(exited));
+    for (const child of vendorProcesses.values()) stop(child, 'SIGTERM');
+    await Promise.all([...vendorProcesses.values()].map(exited));
+    for (const follower of followers.splice(0)) follower.stop();
     origin.kill('SIGTERM');
     await exited(origin);
 
@@ -173,9 +253,18 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
     const hopsByPort = byPort(acceptances);
     const clientsByPort = byPort(clientReports);
     const originsByPort = byPort(originReports);
-    const results = flows.map((flow) =>
-      judge(flow, vendors, hopsByPort.get(flow.port) ?? [], clientsByPort.get(flow.port)?.[0], originsByPort.get(flow.port)?.[0]),
-    );
+    const order = [...vendors].sort((a, b) => a.priority - b.priority || (a.id < b.id ? -1 : 1));
+    const results = flows.map((flow) => {
+      const phase = phaseOf.get(flow.index);
+      const down = phase === 'vendor-down' ? restarted : undefined;
+      const expectation: Expectation =
+        down === undefined
+          ? { vendors: order.map((v) => v.id), delivered: true }
+          : down.failMode === 'open'
+            ? { vendors: order.filter((v) => v !== down).map((v) => v.id), delivered: true, down: down.id }
+            : { vendors: [], delivered: false, down: down.id };
+      return judge(flow, phase, expectation, hopsByPort.get(flow.port) ?? [], clientsByPort.get(flow.port)?.[0], originsByPort.get(flow.port)?.[0]);
+    });
     const loopDetected = results.some((r) => r.looped);
     const invariantsHold = results.every((r) => r.problems.length === 0);
     return {
@@ -192,37 +281,58 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
       notes,
     };
   } finally {
-    killAll();
+    for (const child of inNs.children) stop(child, 'SIGKILL');
+    for (const follower of followers) follower.stop();
     if (netns !== undefined) removeNamespace(netns);
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function assignVendors(options: ScenarioOptions): VendorInfo[] {
+const asSpec = (vendor: VendorSpec | 'tls' | 'http'): VendorSpec => (typeof vendor === 'string' ? { kind: vendor } : vendor);
+
+export function assignVendors(options: Pick<ScenarioOptions, 'vendors' | 'seed' | 'dropRecords'>): VendorInfo[] {
   const random = prng(options.seed);
+  const specs = options.vendors.map(asSpec);
   const counts = new Map<VendorKind, number>();
-  const many = options.vendors.length > 2;
-  const infos = options.vendors.map((kind, i) => {
-    const n = (counts.get(kind) ?? 0) + 1;
-    counts.set(kind, n);
-    const id = options.vendors.filter((k) => k === kind).length > 1 ? `${kind}-vendor-${n}` : `${kind}-vendor`;
+  const many = specs.length > 2;
+  const infos = specs.map((spec, i): VendorInfo => {
+    const n = (counts.get(spec.kind) ?? 0) + 1;
+    counts.set(spec.kind, n);
+    const name = spec.kind === 'command' ? 'vendor' : `${spec.kind}-vendor`;
+    const id = spec.id ?? (specs.filter((s) => s.kind === spec.kind && s.id === undefined).length > 1 ? `${name}-${n}` : name);
     // Two vendors: fixed priorities (TLS first, as a TLS inspector usually sits closest
     // to the app); more: random ones from the seed, to show the chain grows.
-    const priority = many ? Math.floor(random() * 1000) - 100 : kind === 'tls' ? 10 + i : 20 + i;
-    return { id, kind, priority, dropsRecords: false };
+    const fixed = spec.kind === 'tls' ? 10 + i : spec.kind === 'http' ? 20 + i : 15 + i;
+    const priority = spec.priority ?? (many ? Math.floor(random() * 1000) - 100 : fixed);
+    if (spec.kind === 'command' && (spec.command === undefined || spec.command.trim() === '')) throw new Error(`vendor ${id}: an empty command`);
+    if (spec.kind === 'command' && spec.dropsRecords === true) throw new Error(`vendor ${id}: only the built-in vendors can be told to drop records`);
+    return { id, kind: spec.kind, priority, dropsRecords: spec.dropsRecords ?? false, failMode: spec.failMode ?? 'open', command: spec.command };
   });
+  const ids = new Set(infos.map((v) => v.id));
+  if (ids.size !== infos.length) throw new Error(`two vendors share an id: ${infos.map((v) => v.id).join(', ')}`);
   if (options.dropRecords !== undefined) {
     const target = infos.find((v) => v.id === options.dropRecords) ?? infos.find((v) => v.kind === options.dropRecords);
     if (target === undefined) throw new Error(`--drop-records ${options.dropRecords}: no such vendor (have ${infos.map((v) => v.id).join(', ')})`);
+    if (target.kind === 'command') throw new Error(`--drop-records ${options.dropRecords}: only the built-in vendors can be told to drop records`);
     return infos.map((v) => (v === target ? { ...v, dropsRecords: true } : v));
   }
   return infos;
 }
 
+interface Expectation {
+  /** Who must accept the flow, in order. */
+  readonly vendors: readonly string[];
+  /** Whether the flow must arrive; false: it must fail and never reach the origin. */
+  readonly delivered: boolean;
+  /** The vendor that was down meanwhile. */
+  readonly down?: string;
+}
+
 /** One flow's verdict from what each process said about its port. */
 function judge(
   flow: FlowSpec,
-  vendors: readonly VendorInfo[],
+  phase: Phase | undefined,
+  expected: Expectation,
   acceptances: readonly Acceptance[],
   client: ClientFlowReport | undefined,
   origin: OriginFlowReport | undefined,
@@ -231,19 +341,28 @@ function judge(
   // records each saw (one more redirect per hop) give the order the flow took.
   const hops = orderHops(acceptances);
   const problems: string[] = [];
-  const order = [...vendors].sort((a, b) => a.priority - b.priority || (a.id < b.id ? -1 : 1)).map((v) => v.id);
   const connections = 1; // every flow is one client connection (HTTP keep-alive included)
   const perVendor = new Map<string, number>();
   for (const hop of hops) perVendor.set(hop.vendor, (perVendor.get(hop.vendor) ?? 0) + 1);
   const looped = [...perVendor.values()].some((n) => n > connections);
-  for (const id of order) {
+  const base = { index: flow.index, kind: flow.kind, port: flow.port, viaCurl: flow.viaCurl, phase, expected: expected.vendors, hops, client, origin };
+  if (!expected.delivered) {
+    // A fail-closed vendor was down: nothing may reach the origin uninspected.
+    if (expected.down !== undefined && (perVendor.get(expected.down) ?? 0) > 0) problems.push(`${expected.down} accepted it while it was down`);
+    // A raw TCP client cannot tell a refused flow from an empty answer: bytes are the answer.
+    if (client?.ok === true && client.receivedBytes > 0) problems.push(`the client got an answer (${client.receivedBytes} bytes) while ${expected.down ?? 'a vendor'} (fail-closed) was down`);
+    if (origin !== undefined && origin.connections > 0) problems.push(`the origin got it uninspected while ${expected.down ?? 'a vendor'} (fail-closed) was down`);
+    return { ...base, problems, looped };
+  }
+  for (const id of expected.vendors) {
     const n = perVendor.get(id) ?? 0;
     if (n !== connections) problems.push(`${id} accepted it ${n} times`);
   }
+  for (const [id, n] of perVendor) if (!expected.vendors.includes(id)) problems.push(`${id} accepted it ${n} times while it was down`);
   if (!looped) {
     hops.forEach((hop, i) => {
-      const expected = order.slice(0, i + 1);
-      if (hop.redirectedBy.join('>') !== expected.join('>')) problems.push(`${hop.vendor} saw records [${hop.redirectedBy.join(', ')}], expected [${expected.join(', ')}]`);
+      const chain = expected.vendors.slice(0, i + 1);
+      if (hop.redirectedBy.join('>') !== chain.join('>')) problems.push(`${hop.vendor} saw records [${hop.redirectedBy.join(', ')}], expected [${chain.join(', ')}]`);
       const state = i === 0 ? 'NotRedirected' : 'RedirectedByOther';
       if (hop.state !== state) problems.push(`${hop.vendor} saw ${hop.state}, expected ${state}`);
     });
@@ -253,9 +372,9 @@ function judge(
   if (origin === undefined) problems.push('the origin never saw it');
   if (client?.ok === true && origin !== undefined) {
     if (origin.received !== client.sent) problems.push(`the origin received other bytes than the client sent (${origin.receivedBytes} of ${client.sentBytes})`);
-    if (origin.sent !== client.received) problems.push('the client got back other bytes than the origin sent');
+    if (origin.sent !== client.received) problems.push(`the client got back other bytes than the origin sent (${client.receivedBytes} bytes)`);
   }
-  return { index: flow.index, kind: flow.kind, port: flow.port, viaCurl: flow.viaCurl, hops, client, origin, problems, looped };
+  return { ...base, problems, looped };
 }
 
 /**
@@ -276,7 +395,26 @@ function orderHops(hops: readonly Acceptance[]): Acceptance[] {
   return ordered;
 }
 
-type InNs = (command: string, args: readonly string[]) => [string, string[]];
+/** Where a run's processes start (its namespace, if any), and the run's live children. */
+export type InNs = ((command: string, args: readonly string[]) => [string, string[]]) & { readonly children: Set<ChildProcess> };
+
+/** The run's own children go with it: several runs may share this process (conformance). */
+export function placeOf(netns: string | undefined): InNs {
+  return Object.assign(
+    (command: string, args: readonly string[]): [string, string[]] => (netns === undefined ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]]),
+    { children: new Set<ChildProcess>() },
+  );
+}
+
+/** A child of this run: stopped with the run, or with every run on Ctrl-C. */
+export function adopt(inNs: InNs, child: ChildProcess): void {
+  children.add(child);
+  inNs.children.add(child);
+  child.once('exit', () => {
+    children.delete(child);
+    inNs.children.delete(child);
+  });
+}
 
 /** Writes a child's arguments to a file in the run's directory: argv holds at most 128 KiB per string on Linux. */
 function argsFile(tmp: string, name: string, args: object): string {
@@ -293,8 +431,7 @@ function startOrigin(
 ): Promise<{ child: ChildProcess; ports: number[]; replaced: PortReplacement[] }> {
   const [command, args] = inNs(process.execPath, [path.join(here, 'origin.js'), argsFile(tmp, 'origin', originArgs)]);
   const child = spawn(command, args, { stdio: ['ignore', 'inherit', 'pipe', 'ipc'], env });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  adopt(inNs, child);
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   // Listening on 10,000 ports and opening the CA takes a few seconds on a busy machine.
@@ -328,36 +465,85 @@ function askOrigin(origin: ChildProcess): Promise<OriginFlowReport[]> {
   });
 }
 
-function startVendor(inNs: InNs, vendor: VendorInfo, range: string, backend: Backend, env: NodeJS.ProcessEnv, onAccepted: (a: Acceptance) => void): Promise<ChildProcess> {
-  // --unrecognised relay: the raw TCP flows stand for a protocol neither vendor knows, and
-  // both vendors block unrecognised bytes unless told otherwise.
-  const cliArgs = [
-    vendorCli[vendor.kind], '--id', vendor.id, '--priority', String(vendor.priority), '--ports', range, '--backend', backend,
-    '--unrecognised', 'relay', '--log-level', 'info',
-  ];
-  if (vendor.dropsRecords) cliArgs.push('--drop-records');
-  const [command, args] = inNs(process.execPath, cliArgs);
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+export interface VendorStart {
+  readonly range: string;
+  readonly backend: Backend;
+  readonly env: NodeJS.ProcessEnv;
+  /** The event log file this start of the vendor writes (core's COPROXY_EVENT_LOG). */
+  readonly log: string;
+  readonly followers: LogFollower[];
+  readonly notes: string[];
+  readonly onAccepted: (acceptance: Acceptance) => void;
+}
+
+/** What a vendor command is told: in its environment, and in place of `{name}` in the command. */
+export function vendorParameters(vendor: VendorInfo, range: string, backend: Backend): Record<string, string> {
+  return { id: vendor.id, priority: String(vendor.priority), ports: range, backend, failMode: vendor.failMode };
+}
+
+const PARAMETER_ENV: Record<string, string> = {
+  id: 'COPROXY_VENDOR_ID',
+  priority: 'COPROXY_VENDOR_PRIORITY',
+  ports: 'COPROXY_VENDOR_PORTS',
+  backend: 'COPROXY_VENDOR_BACKEND',
+  failMode: 'COPROXY_VENDOR_FAIL_MODE',
+};
+
+/** `{id}`, `{priority}`, `{ports}`, `{backend}`, `{failMode}` replaced; their values are shell-safe (ids are [a-z0-9-]). */
+export function expandCommand(command: string, parameters: Record<string, string>): string {
+  return command.replace(/\{(id|priority|ports|backend|failMode)\}/g, (_, name: string) => parameters[name]!);
+}
+
+/**
+ * Starts a vendor and follows its event log: it is ready when its redirector's `installed`
+ * line comes, and each `accepted` line of that redirector is an acceptance. A built-in
+ * vendor is started through its CLI; any other through `sh -c` with its parameters.
+ */
+export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart): Promise<ChildProcess> {
+  const parameters = vendorParameters(vendor, start.range, start.backend);
+  const env: NodeJS.ProcessEnv = { ...start.env, COPROXY_EVENT_LOG: start.log };
+  for (const [name, value] of Object.entries(parameters)) env[PARAMETER_ENV[name]!] = value;
+  let argv: [string, string[]];
+  if (vendor.kind === 'command') {
+    argv = inNs('/bin/sh', ['-c', expandCommand(vendor.command ?? '', parameters)]);
+  } else {
+    // --unrecognised relay: the raw TCP flows stand for a protocol neither vendor knows, and
+    // both vendors block unrecognised bytes unless told otherwise.
+    const cliArgs = [
+      vendorCli[vendor.kind], '--id', vendor.id, '--priority', parameters.priority!, '--ports', start.range, '--backend', start.backend,
+      '--fail-mode', vendor.failMode, '--unrecognised', 'relay', '--log-level', 'warn',
+    ];
+    if (vendor.dropsRecords) cliArgs.push('--drop-records');
+    argv = inNs(process.execPath, cliArgs);
+  }
+  // A group of its own: a command may be a shell with children, and they all stop together.
+  const child = spawn(argv[0], argv[1], { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
+  adopt(inNs, child);
+  groups.add(child);
+  // What it printed last (both streams: a vendor may log its failure to either), for the error when it does not start.
   let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const keep = (chunk: Buffer): void => void (stderr = (stderr + chunk.toString()).slice(-4096));
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`vendor ${vendor.id} was not ready within 20 s: ${stderr.trim()}`)), 20_000);
-    readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      let entry: { msg?: string; connectionId?: string; destination?: { port?: number }; redirectedBy?: string[]; state?: string };
-      try {
-        entry = JSON.parse(line) as typeof entry;
-      } catch {
-        return; // not a log line of ours (a stray print): vendors log JSON only
-      }
-      if (entry.msg === 'ready') {
-        clearTimeout(timer);
-        resolve(child);
-      } else if (entry.msg === 'accepted' && entry.destination?.port !== undefined) {
-        onAccepted({ vendor: vendor.id, port: entry.destination.port, state: entry.state ?? '', redirectedBy: entry.redirectedBy ?? [] });
-      }
-    });
+    const timer = setTimeout(() => reject(new Error(`vendor ${vendor.id} was not ready within 20 s (no 'installed' line in its event log): ${stderr.trim()}`)), 20_000);
+    const others = new Set<string>();
+    start.followers.push(
+      new LogFollower(start.log, (line) => {
+        if (line.redirectorId !== vendor.id) {
+          // A redirector under another id: not the one the testbed gave this vendor.
+          if (!others.has(line.redirectorId)) start.notes.push(`vendor ${vendor.id} created a redirector '${line.redirectorId}': its events are not counted`);
+          others.add(line.redirectorId);
+          return;
+        }
+        if (line.event === 'installed') {
+          clearTimeout(timer);
+          resolve(child);
+        } else if (line.event === 'accepted') {
+          start.onAccepted({ vendor: vendor.id, port: line.port, state: line.state, redirectedBy: line.redirectedBy });
+        }
+      }),
+    );
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       reject(new Error(`vendor ${vendor.id} exited (${code ?? signal}) before it was ready: ${stderr.trim()}`));
@@ -369,8 +555,7 @@ function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unk
   const total = args.flows.length;
   const [command, argv] = inNs(process.execPath, [path.join(here, 'client.js'), argsFile(tmp, 'client', args)]);
   const child = spawn(command, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  adopt(inNs, child);
   return new Promise((resolve, reject) => {
     child.on('message', (message: ClientMessage) => {
       if ('progress' in message) onProgress?.(message.progress, total);
@@ -381,7 +566,21 @@ function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unk
   });
 }
 
-function exited(child: ChildProcess): Promise<void> {
+/** Resolves once no process of the child's group is left (at most 5 s). */
+async function groupGone(child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (child.pid !== undefined && Date.now() < deadline) {
+    try {
+      process.kill(-child.pid, 0);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ESRCH') return;
+      throw error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+export function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
@@ -392,9 +591,11 @@ function exited(child: ChildProcess): Promise<void> {
   });
 }
 
+let namespaces = 0;
+
 /** nftables runs: a network namespace of the run's own, with loopback up and the origin's address on it. */
-function createNamespace(): string {
-  const name = `coproxy-testbed-${process.pid}`;
+export function createNamespace(): string {
+  const name = `coproxy-testbed-${process.pid}-${++namespaces}`;
   execFileSync('ip', ['netns', 'add', name]);
   try {
     execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
@@ -406,7 +607,7 @@ function createNamespace(): string {
   return name;
 }
 
-function removeNamespace(name: string): void {
+export function removeNamespace(name: string): void {
   const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'latin1' }).split('\n').filter(Boolean);
   for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
   execFileSync('ip', ['netns', 'del', name]);

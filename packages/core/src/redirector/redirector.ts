@@ -21,6 +21,7 @@ import {
 } from '../model/errors.js';
 import { assertRedirectorId } from '../model/redirector-id.js';
 import { Accepted, type AcceptedConnection } from './accepted-connection.js';
+import { attachEventLog } from './event-log.js';
 import { admits, compileMatch, type MatchRule, type PortSpec } from '../model/match-rule.js';
 import { AcceptedDatagram, type AcceptedDatagramFlow } from './datagram-flow.js';
 import type { AcceptedDatagramFlowInit } from '../backends/backend.js';
@@ -93,6 +94,7 @@ export function createRedirector(options: RedirectorOptions): Redirector<Accepte
   // waits for it, so the id can be reused at once after close() or destroy().
   const redirector: RedirectorImpl = new RedirectorImpl(spec, options.backend ?? DEFAULT_BACKEND, backend, previous?.settled ?? Promise.resolve());
   byId.set(spec.id, redirector);
+  attachEventLog(redirector); // COPROXY_EVENT_LOG, opt-in: nothing when unset
   return redirector;
 }
 

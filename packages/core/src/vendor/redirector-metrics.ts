@@ -27,6 +27,7 @@ const DEPTH_BUCKETS = [1, 2, 3, 4, 6, 8, 16];
  * | `<prefix>_bytes_total{direction}` | counter | `closed`: `from_client`, `to_client` |
  * | `<prefix>_rejected_total{code}` | counter | `rejected`, by error code |
  * | `<prefix>_onward_failed_total{code}` | counter | `onward-failed`, by error code |
+ * | `<prefix>_heap_used_bytes` | gauge | none: the process's V8 heap in use, read when scraped (leak checks, the bench's soak) |
  *
  * @example
  * ```ts
@@ -49,6 +50,7 @@ export class RedirectorMetrics {
   readonly bytes: Counter<'direction'>;
   readonly rejected: Counter<'code'>;
   readonly onwardFailed: Counter<'code'>;
+  readonly heapUsed: Gauge;
 
   constructor(options: RedirectorMetricsOptions) {
     const prefix = options.prefix;
@@ -88,6 +90,14 @@ export class RedirectorMetrics {
       help: 'Onward connections that could not be opened, by code (errno names, COPROXY_CONNECT_TIMEOUT, ...)',
       labelNames: ['code'] as const,
       registers: [registry],
+    });
+    this.heapUsed = new Gauge({
+      name: `${prefix}_heap_used_bytes`,
+      help: 'V8 heap in use by the process (process.memoryUsage().heapUsed), read when scraped',
+      registers: [registry],
+      collect() {
+        this.set(process.memoryUsage().heapUsed);
+      },
     });
   }
 

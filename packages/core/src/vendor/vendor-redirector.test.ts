@@ -97,6 +97,8 @@ describe('the vendor redirector', () => {
     expect(s.get('echo_vendor_bytes_total{direction="from_client"}')).toBe(4);
     expect(s.get('echo_vendor_bytes_total{direction="to_client"}')).toBe(4);
     expect(s.get('echo_vendor_relayed_total')).toBe(1);
+    // The process's V8 heap, read at the scrape: a live process always has some.
+    expect(s.get('echo_vendor_heap_used_bytes')).toBeGreaterThan(1_000_000);
 
     await vendor.close();
     await vendor.close();

@@ -28,6 +28,11 @@ export const ping = (n: number): Buffer => {
   payload.writeUInt32BE(n, 4);
   return frame(FrameType.PING, 0, 0, payload);
 };
+export const windowUpdate = (streamId: number, increment: number): Buffer => {
+  const payload = Buffer.alloc(4);
+  payload.writeUInt32BE(increment);
+  return frame(FrameType.WINDOW_UPDATE, 0, streamId, payload);
+};
 export const rstStream = (streamId: number, code: number): Buffer => {
   const payload = Buffer.alloc(4);
   payload.writeUInt32BE(code);

@@ -21,11 +21,14 @@ export interface HttpsOrigin extends TlsOrigin {
   release(): void;
 }
 
+/** What an h2 origin answers a `/large…` request with: many DATA frames, and the client's WINDOW_UPDATEs for them. */
+export const LARGE_BODY_BYTES = 8 * 1024 * 1024;
+
 /**
  * An HTTPS origin speaking what `protocols` offer by ALPN (h2 through node:http2, HTTP/1.1
  * through node:http), answering every request with what it saw, as JSON. A request to
  * `/hold…` is answered only when the test calls `release()`; after answering `/last…` an
- * h2 origin closes that session.
+ * h2 origin closes that session; `/large…` is answered `LARGE_BODY_BYTES` (h2 only).
  */
 export async function startHttpsOrigin(ca: CertificateAuthority, protocols: readonly ('h2' | 'http/1.1')[]): Promise<HttpsOrigin> {
   const requests: SeenRequest[] = [];
@@ -52,6 +55,11 @@ export async function startHttpsOrigin(ca: CertificateAuthority, protocols: read
       requests.push(seen);
       answerWhenDue(seen.path, () => {
         if (stream.closed) return;
+        // `/large…`: 8 MiB of body, many DATA frames (and the client's WINDOW_UPDATEs for them).
+        if (seen.path.startsWith('/large')) {
+          stream.respond({ ':status': 200 });
+          return void stream.end(Buffer.alloc(LARGE_BODY_BYTES, 0x61));
+        }
         stream.respond({ ':status': 200, 'content-type': 'application/json', 'x-origin': 'h2' });
         stream.end(JSON.stringify(seen));
         // `/last…`: the origin ends its session after this answer (GOAWAY), as servers do on a restart.

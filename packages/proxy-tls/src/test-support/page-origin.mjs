@@ -4,7 +4,8 @@
 //
 // GET / is an HTML page whose script fetches /api/answer?from=script and writes what came
 // back into the DOM (#result), so that Chromium's --dump-dom shows whether the fetch
-// succeeded. Every request is reported over IPC ({ request }: method, url, SNI, ALPN, and
+// succeeded; it also fetches /api/secret?from=script, which a test's rule may block, and
+// writes that response's status and text into #secret. Every request is reported over IPC ({ request }: method, url, SNI, ALPN, and
 // the fingerprint of the certificate the origin presented).
 //
 // argv[2]: CA dir; argv[3]: address; argv[4]: port. Sends { ready: true } over IPC once
@@ -19,12 +20,15 @@ const ANSWER = 'forty-two';
 
 const PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>coproxy page</title></head>
-<body><p id="result">script pending</p>
+<body><p id="result">script pending</p><p id="secret">secret pending</p>
 <script>
 fetch('/api/answer?from=script', { headers: { 'x-from': 'page-script' } })
   .then((response) => response.json())
   .then((body) => { document.getElementById('result').textContent = 'fetched: ' + body.answer; })
   .catch((error) => { document.getElementById('result').textContent = 'fetch failed: ' + error; });
+fetch('/api/secret?from=script', { headers: { 'x-from': 'page-script' } })
+  .then((response) => response.text().then((text) => { document.getElementById('secret').textContent = 'secret: ' + response.status + ' ' + text.trim(); }))
+  .catch((error) => { document.getElementById('secret').textContent = 'secret failed: ' + error; });
 </script></body></html>
 `;
 
@@ -49,6 +53,9 @@ function answer(req, res) {
     if (req.url === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(PAGE);
+    } else if (req.url.startsWith('/api/secret')) {
+      res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
+      res.end('the origin answered\n');
     } else if (req.url.startsWith('/api/answer')) {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(JSON.stringify({ answer: ANSWER }));

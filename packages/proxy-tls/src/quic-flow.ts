@@ -1,0 +1,299 @@
+import { errorCodeOf } from '@coproxy/core';
+import type { Observable, Subscription } from 'rxjs';
+import { type ClientHello, ClientHelloError } from './client-hello.js';
+import { TlsErrorCode } from './errors.js';
+import type { QuicAction, QuicHandshake, UnrecognisedAction, UnrecognisedReason } from './events.js';
+import { ja3, ja4 } from './fingerprint.js';
+import type { Action, HandshakeFacts, PolicyDecision } from './policy.js';
+import { QuicInitialError, QuicInitialReader, type QuicInitialSummary } from './quic-initial.js';
+import type { Reporter } from './reporter.js';
+
+/**
+ * The vendor side of one QUIC flow: the client's first datagrams are held and read until
+ * the ClientHello of its Initial is whole, the policy decides, and only then is anything
+ * forwarded (I6): `relay` opens the onward socket and sends the held datagrams, in order,
+ * then every datagram both ways byte for byte; `block` rejects the flow (the client gets
+ * ICMP port unreachable and falls back to TCP at once). A flow that is no readable QUIC
+ * Initial follows the `unrecognised` policy; a flow that stalls before its hello is whole
+ * is rejected, never relayed.
+ */
+
+/** A datagram socket onward to the original destination, carrying the flow's records. */
+export interface OnwardDatagramSocket {
+  send(payload: Buffer): void;
+  /** Datagrams from the destination; completes when the socket closes. */
+  readonly datagrams$: Observable<Buffer>;
+  close(): void;
+}
+
+/**
+ * One accepted UDP flow, as core's redirector hands it over. Defined here by its shape
+ * until core's UDP flows land (the lead adapts the names at merge).
+ */
+export interface AcceptedDatagramFlow {
+  readonly transport: 'udp';
+  readonly id: string;
+  readonly originalDestination: { readonly address: string; readonly port: number };
+  readonly source: { readonly address: string; readonly port: number; readonly pid?: number };
+  /** Client → vendor; completes when the flow ends. */
+  readonly datagrams$: Observable<Buffer>;
+  /** Vendor → client. */
+  send(payload: Buffer): void;
+  connectOnward(): Promise<OnwardDatagramSocket>;
+  /** The client gives up at once (ICMP port unreachable). */
+  reject(reason: string): void;
+  close(): void;
+}
+
+export interface QuicFlowOptions {
+  readonly policy: (facts: HandshakeFacts) => PolicyDecision;
+  readonly unrecognised: UnrecognisedAction;
+  readonly reporter: Reporter;
+  /** How long a flow may take to send a whole hello (default 10 s, as on TCP). */
+  readonly helloTimeoutMs?: number;
+  /** The largest ClientHello accepted (default 64 KiB). */
+  readonly maxHelloBytes?: number;
+  /** The most datagrams read before the hello is whole (default 16). */
+  readonly maxDatagrams?: number;
+  /** The most bytes held unforwarded, before the decision and while the onward socket opens (default 256 KiB). */
+  readonly maxHeldBytes?: number;
+}
+
+/** How a flow ended, for the caller and the tests. */
+export type QuicFlowOutcome =
+  | { readonly kind: 'relayed'; readonly handshake: QuicHandshake | undefined }
+  | { readonly kind: 'blocked'; readonly handshake: QuicHandshake | undefined; readonly reason: string }
+  | { readonly kind: 'failed'; readonly code: string }
+  | { readonly kind: 'ended' };
+
+export interface QuicFlowHandle {
+  /** Settles when the flow has ended, however it ended. */
+  readonly done: Promise<QuicFlowOutcome>;
+  /** Ends the flow now (the proxy is closing): the onward socket and the flow are closed. */
+  close(): void;
+}
+
+/** A flow's life: reading its hello, opening the onward socket, relaying, or over. */
+type FlowState =
+  | { readonly kind: 'reading' }
+  | { readonly kind: 'connecting'; readonly handshake: QuicHandshake | undefined }
+  | { readonly kind: 'relaying'; readonly handshake: QuicHandshake | undefined; readonly onward: OnwardDatagramSocket; readonly subscription: Subscription }
+  | { readonly kind: 'over' };
+
+/** QUIC cannot be bumped: a bump decision blocks the flow, so that the client falls back to TCP, where it is bumped. */
+function quicAction(action: Action): { action: QuicAction; note: string | undefined } {
+  switch (action) {
+    case 'splice':
+      return { action: 'relay', note: undefined };
+    case 'block':
+      return { action: 'block', note: undefined };
+    case 'bump':
+      return { action: 'block', note: 'QUIC cannot be bumped: blocked so that the client falls back to TCP, where it is bumped' };
+  }
+}
+
+/** Serves one QUIC flow: see the module comment. */
+export function serveQuicFlow(flow: AcceptedDatagramFlow, options: QuicFlowOptions): QuicFlowHandle {
+  const { reporter, policy, unrecognised } = options;
+  const { logger } = reporter;
+  const maxHeldBytes = options.maxHeldBytes ?? 262_144;
+  const reader = new QuicInitialReader({
+    ...(options.maxHelloBytes !== undefined && { maxHelloBytes: options.maxHelloBytes }),
+    ...(options.maxDatagrams !== undefined && { maxDatagrams: options.maxDatagrams }),
+  });
+  const held: Buffer[] = [];
+  let heldBytes = 0;
+  let state: FlowState = { kind: 'reading' };
+  /** The client's datagrams; unset until subscribe returns (a synchronous source may end the flow inside it). */
+  const client: { subscription?: Subscription } = {};
+  let settle: (outcome: QuicFlowOutcome) => void = () => undefined;
+  const done = new Promise<QuicFlowOutcome>((resolve) => (settle = resolve));
+
+  const timer = setTimeout(() => {
+    if (state.kind !== 'reading') return;
+    const message = `no whole ClientHello in the flow's QUIC Initials within ${options.helloTimeoutMs ?? 10_000} ms`;
+    // Like a stalled TLS stream: rejected whatever the unrecognised policy, never relayed.
+    reporter.fail('hello-rejected', flow.id, TlsErrorCode.HelloTimeout, message);
+    end({ kind: 'failed', code: TlsErrorCode.HelloTimeout }, 'reject', message);
+  }, options.helloTimeoutMs ?? 10_000);
+
+  /** Ends the flow once: stops reading, closes the onward socket, and closes or rejects the flow. */
+  function end(outcome: QuicFlowOutcome, how: 'close' | 'reject', reason = ''): void {
+    if (state.kind === 'over') return;
+    const previous = state;
+    state = { kind: 'over' };
+    clearTimeout(timer);
+    held.length = 0;
+    client.subscription?.unsubscribe();
+    if (previous.kind === 'relaying') {
+      previous.subscription.unsubscribe();
+      previous.onward.close();
+    }
+    if (how === 'reject') flow.reject(reason);
+    else flow.close();
+    settle(outcome);
+  }
+
+  /** Holds a datagram; false once the bound is passed (the last one is still held, so a relay stays byte for byte). */
+  function hold(datagram: Buffer): boolean {
+    heldBytes += datagram.length;
+    held.push(datagram);
+    return heldBytes <= maxHeldBytes;
+  }
+
+  function decide(hello: ClientHello, summary: QuicInitialSummary): void {
+    const fingerprint = { ja3: ja3(hello), ja4: ja4(hello, 'quic') };
+    const sniAnomaly = hello.serverNameAnomaly;
+    const ech = hello.ech !== undefined;
+    const decision = policy({ sni: hello.serverName, sniAnomaly, alpn: hello.alpn, ja3: fingerprint.ja3.hash, ja4: fingerprint.ja4, ech, quic: true });
+    const { action, note } = quicAction(decision.action);
+    const handshake: QuicHandshake = {
+      transport: 'quic',
+      flowId: flow.id,
+      destination: flow.originalDestination,
+      source: flow.source,
+      quicVersion: summary.versionName,
+      sni: hello.serverName,
+      ...(sniAnomaly !== undefined && { sniAnomaly }),
+      alpn: hello.alpn,
+      ja3: fingerprint.ja3.hash,
+      ja4: fingerprint.ja4,
+      ech,
+      initialPackets: summary.packets,
+      datagrams: summary.datagrams,
+      action,
+      rule: decision.rule,
+      ...(note !== undefined && { note }),
+    };
+    logger.info({ handshake }, 'handshake');
+    reporter.emit({ type: 'quic-handshake', handshake });
+    switch (action) {
+      case 'relay':
+        relay(handshake);
+        return;
+      case 'block':
+        end({ kind: 'blocked', handshake, reason: note ?? 'blocked by policy' }, 'reject', note ?? 'blocked by policy');
+        return;
+    }
+  }
+
+  function onUnreadable(error: QuicInitialError | ClientHelloError, first: Buffer): void {
+    const reason: UnrecognisedReason = error.code === TlsErrorCode.QuicNotInitial ? 'unknown' : 'malformed-quic';
+    if (reason === 'malformed-quic') reporter.fail('hello-rejected', flow.id, error.code, error.message);
+    reporter.metrics.unrecognised.inc({ action: unrecognised });
+    const facts = { connectionId: flow.id, action: unrecognised, reason, ...(reason === 'malformed-quic' && { code: error.code }) };
+    const firstBytes = first.subarray(0, 16).toString('hex');
+    if (unrecognised === 'block') logger.warn({ ...facts, transport: 'quic', firstBytes }, 'unrecognised');
+    else logger.info({ ...facts, transport: 'quic', firstBytes }, 'unrecognised');
+    reporter.emit({ type: 'unrecognised', ...facts });
+    switch (unrecognised) {
+      case 'relay':
+        relay(undefined);
+        return;
+      case 'block':
+        end({ kind: 'blocked', handshake: undefined, reason: `unrecognised: ${reason}` }, 'reject', `unrecognised: ${reason}`);
+        return;
+    }
+  }
+
+  function relay(handshake: QuicHandshake | undefined): void {
+    clearTimeout(timer);
+    state = { kind: 'connecting', handshake };
+    flow.connectOnward().then(
+      (onward) => {
+        if (state.kind !== 'connecting') {
+          onward.close(); // the flow ended while the socket opened
+          return;
+        }
+        const subscription = onward.datagrams$.subscribe({
+          next: (datagram) => flow.send(datagram),
+          error: (error: unknown) => {
+            reporter.fail('connection-failed', flow.id, errorCodeOf(error, TlsErrorCode.Reset), (error as Error).message);
+            end({ kind: 'failed', code: errorCodeOf(error, TlsErrorCode.Reset) }, 'close');
+          },
+          complete: () => end({ kind: 'relayed', handshake }, 'close'),
+        });
+        // The onward socket may have ended already, inside subscribe.
+        if (state.kind !== 'connecting') {
+          subscription.unsubscribe();
+          onward.close();
+          return;
+        }
+        state = { kind: 'relaying', handshake, onward, subscription };
+        for (const datagram of held.splice(0)) onward.send(datagram);
+        heldBytes = 0;
+      },
+      (error: unknown) => {
+        const code = errorCodeOf(error, TlsErrorCode.OriginUnreachable);
+        reporter.fail('connection-failed', flow.id, code, (error as Error).message);
+        // The client learns at once, and may retry over TCP.
+        end({ kind: 'failed', code }, 'reject', 'onward socket failed');
+      },
+    );
+  }
+
+  function onDatagram(datagram: Buffer): void {
+    switch (state.kind) {
+      case 'reading': {
+        if (!hold(datagram)) {
+          const error = new QuicInitialError(TlsErrorCode.QuicTooLarge, `more than ${maxHeldBytes} bytes before a whole ClientHello`, held.length, 0);
+          onUnreadable(error, held[0]!);
+          return;
+        }
+        let result;
+        try {
+          result = reader.push(datagram);
+        } catch (error) {
+          if (error instanceof QuicInitialError || error instanceof ClientHelloError) {
+            onUnreadable(error, held[0]!);
+            return;
+          }
+          // A fault of this code, not of the peer: the flow is rejected, never relayed.
+          reporter.fail('hello-rejected', flow.id, TlsErrorCode.Internal, (error as Error).message);
+          end({ kind: 'failed', code: TlsErrorCode.Internal }, 'reject', 'internal error');
+          return;
+        }
+        if (result.done) decide(result.hello, result.summary);
+        return;
+      }
+      case 'connecting':
+        // UDP may drop: past the bound, a datagram is dropped and the client retransmits.
+        if (heldBytes + datagram.length > maxHeldBytes) logger.debug({ connectionId: flow.id, bytes: datagram.length }, 'quic datagram dropped while the onward socket opens');
+        else hold(datagram);
+        return;
+      case 'relaying':
+        state.onward.send(datagram);
+        return;
+      case 'over':
+        return;
+    }
+  }
+
+  client.subscription = flow.datagrams$.subscribe({
+    next: onDatagram,
+    error: (error: unknown) => {
+      const code = errorCodeOf(error, TlsErrorCode.Reset);
+      reporter.fail('connection-failed', flow.id, code, (error as Error).message);
+      end({ kind: 'failed', code }, 'close');
+    },
+    complete: () => {
+      switch (state.kind) {
+        case 'reading':
+          // The flow ended (idle) before its hello was whole: nothing was forwarded.
+          logger.info({ connectionId: flow.id, transport: 'quic', datagrams: held.length }, 'quic flow ended before a whole ClientHello');
+          end({ kind: 'ended' }, 'close');
+          return;
+        case 'connecting':
+        case 'relaying':
+          end({ kind: 'relayed', handshake: state.handshake }, 'close');
+          return;
+        case 'over':
+          return;
+      }
+    },
+  });
+  // The flow may have ended inside subscribe (a synchronous source).
+  if ((state as FlowState).kind === 'over') client.subscription.unsubscribe();
+
+  return { done, close: () => end({ kind: 'ended' }, 'close') };
+}

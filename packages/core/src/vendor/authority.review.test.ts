@@ -23,9 +23,9 @@ const request = (host: string): RequestInfo => {
     authority: parsed?.authority ?? host,
     httpVersion: '1.1',
     headers: { host },
-    connection: { id: 'c', source: { address: '127.0.0.1', port: 1 }, destination: { address: '127.0.0.1', port: 80 } },
+    connection: { id: 'c', source: { address: '127.0.0.1', port: 1 }, destination: { address: '127.0.0.1', port: 80, family: 4 }, redirectedBy: [] },
     upgrade: false,
-  } as RequestInfo;
+  };
 };
 
 describe('hosts that end in a number (review)', () => {

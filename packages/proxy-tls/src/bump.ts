@@ -426,6 +426,10 @@ function defaultAuthorityOf(state: BumpedConnection): string {
 function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | undefined {
   // Origin-form only: an absolute-form or `*` target has no place inside a TLS connection to one origin.
   if (!side.path.startsWith('/')) return undefined;
+  // No fragment, as coproxy-http refuses it: the readings take `#` for a byte of the path
+  // (`/admin#/../public` is `/public` to them), while an origin that parses the target as a
+  // URL cuts the fragment off and routes `/admin`.
+  if (side.path.includes('#')) return undefined;
   const query = side.path.indexOf('?');
   // Every reading of the path an origin could act on, canonical (`/%61dmin`, `//admin` and
   // `/x/../admin` are `/admin`), as coproxy-http gives its rules; a path origins disagree on

@@ -87,8 +87,6 @@ interface ClientSide {
   readonly body: Readable;
   /** Whether the request has a body to forward, however it was framed on the client's leg. */
   readonly hasBody: boolean;
-  /** The request's trailers, once `body` has ended; undefined without any. */
-  trailers(): http.OutgoingHttpHeaders | undefined;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
   /** The response's trailers, given once its body is complete and before the writable is ended. */
@@ -362,7 +360,9 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
       response = await state.origin.send(
         { method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody },
         side.body,
-        () => trailerFields(side.trailers()),
+        // Request trailers are not forwarded: they arrive after the verdict, when the body
+        // has gone on, so no inspector could judge them (I6); coproxy-http drops them too.
+        () => undefined,
         cancel.signal,
       );
     } catch (error) {
@@ -495,7 +495,6 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     body: req,
     // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
     hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
-    trailers: () => (Object.keys(req.trailers).length === 0 ? undefined : req.trailers),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
@@ -529,9 +528,6 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     if (!endedByUs && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && (stream.aborted || !stream.headersSent)) onPeerReset();
   });
   stream.on('error', () => undefined); // the 'close' below reports it; an unhandled 'error' would crash the process
-  // 'trailers' fires as they arrive, not as the body is read: kept now for the origin request sent later.
-  let requestTrailers: http.IncomingHttpHeaders | undefined;
-  stream.once('trailers', (received: http2.IncomingHttpHeaders) => (requestTrailers = received));
   let responseTrailers: http.OutgoingHttpHeaders | undefined;
   return {
     protocol: 'h2',
@@ -541,7 +537,6 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     headers: withoutConnectionHeaders(headers),
     body: stream,
     hasBody: !stream.endAfterHeaders,
-    trailers: () => requestTrailers,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
       // The stream ends with the origin's trailers (gRPC's grpc-status), or an empty end without any.

@@ -137,10 +137,11 @@ export const CHECKS: readonly CheckDefinition[] = [
   },
 ];
 
-/** `alone: tls-vendor[NotRedirected] → candidate[…] → origin`. */
+/** `flow 2 went client → tls-vendor[NotRedirected] → candidate[…] → origin`; `… → (not to the origin)` when the origin never saw it. */
 function describeHops(flow: FlowResult | undefined): string {
   if (flow === undefined) return 'no flow';
-  return `flow ${flow.index} went client → ${[...flow.hops.map((h) => `${h.vendor}[${h.state}]`), 'origin'].join(' → ')}`;
+  const end = (flow.origin?.connections ?? 0) > 0 ? 'origin' : '(not to the origin)';
+  return `flow ${flow.index} went client → ${[...flow.hops.map((h) => `${h.vendor}[${h.state}]`), end].join(' → ')}`;
 }
 
 /** The default verdict: the first flow that broke an invariant, or the whole run. */

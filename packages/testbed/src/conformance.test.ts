@@ -74,7 +74,7 @@ describe('coproxy-testbed conformance', () => {
     expect(stdout).toMatch(/^FAIL last-in-chain: a loop: flow (\d+) went client → tls-vendor\[NotRedirected\] → .*candidate\[RedirectedByOther\].*, flow \1$/m);
     expect(stdout).toMatch(/^DOES NOT CONFORM: 0 of 2 checks passed/m);
     const report = readJson<ConformanceReport>(json);
-    expect(report.version).toBe(1);
+    expect(report.version).toBe(2);
     expect(report.passed).toBe(false);
     expect(report.checks.map((c) => [c.name, c.passed, typeof c.flow])).toEqual([['middle-of-chain', false, 'number'], ['last-in-chain', false, 'number']]);
     for (const check of report.checks) expect(check.report?.loopDetected).toBe(true);
@@ -87,9 +87,22 @@ describe('coproxy-testbed conformance', () => {
     const line = /^FAIL alone: .*the origin received other bytes than the client sent.*, flow (\d+)$/m.exec(stdout);
     expect(line, stdout).not.toBeNull();
     const html = fs.readFileSync(page, 'utf8');
-    expect(html).toContain('coproxy conformance 1: FAIL');
+    expect(html).toContain('coproxy conformance 2: FAIL');
     // The failing flow's diagram: client → candidate → origin, its bytes differing.
     expect(html).toMatch(new RegExp(`<span class="label">#${line![1]} [a-z]+</span><span class="node client">client</span><span class="arrow">→</span><span class="node">candidate<small>NotRedirected</small></span><span class="arrow">→</span><span class="node origin">origin<small>bytes differ</small>`));
+  });
+
+  it('fails a vendor that leaves a process running once stopped, naming it, and kills it', async () => {
+    // coproxy-http itself, but its command first starts a process in a session of its own,
+    // out of the vendor's process group, as a careless helper or daemonised child would be.
+    const leaking = `setsid sleep 300 & exec ${process.execPath} ${httpCli} ${PARAMETERS} --unrecognised relay`;
+    const { code, stdout } = await testbed('conformance', '--vendor', leaking, '--checks', 'alone');
+    expect(code).toBe(1);
+    const line = /^FAIL alone: the candidate left 1 process running after it was stopped: pid (\d+) \(sleep 300\)$/m.exec(stdout);
+    expect(line, stdout).not.toBeNull();
+    // Killed: gone, or a zombie until whoever inherited it reaps it (a container's pid 1 may not).
+    const stat = `/proc/${line![1]}/stat`;
+    expect(fs.existsSync(stat) ? /^\d+ \(.*\) (\S)/.exec(fs.readFileSync(stat, 'latin1'))?.[1] : 'gone').toMatch(/^(gone|Z)$/);
   });
 
   it('exits 2 on a usage error', async () => {

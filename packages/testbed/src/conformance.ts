@@ -9,9 +9,10 @@ import { type Backend, type FlowResult, type Report, type ScenarioOptions, type 
  * concurrent flows; a slow reader. Each check is one testbed run; its verdict is one line.
  *
  * The version changes whenever a check is added, removed or made stricter, so that a
- * vendor's "passes conformance 1" keeps one meaning.
+ * vendor's "passes conformance 2" keeps one meaning. Version 2: every check also fails a
+ * candidate that leaves a process running once it has been stopped.
  */
-export const CONFORMANCE_VERSION = 1;
+export const CONFORMANCE_VERSION = 2;
 
 /** The candidate's id in every check; the reference vendors keep theirs. */
 export const CANDIDATE_ID = 'candidate';
@@ -155,6 +156,14 @@ function everyFlow(report: Report): Verdict {
   return { passed: false, reason: `${loop}${bad.problems.join('; ')}${bad.phase === undefined ? '' : ` (${bad.phase})`}`, flow: bad.index };
 }
 
+/** Every check: a candidate that leaves a process running once stopped (SIGTERM, or SIGKILL to its group) fails. */
+function withLeftBehind(report: Report, verdict: Verdict): Verdict {
+  const left = report.leftBehind.filter((p) => p.vendor === CANDIDATE_ID);
+  if (left.length === 0) return verdict;
+  const leak = `the candidate left ${left.length} process${left.length === 1 ? '' : 'es'} running after it was stopped: ${left.map((p) => `pid ${p.pid} (${p.command})`).join(', ')}`;
+  return verdict.passed ? { passed: false, reason: leak } : { ...verdict, reason: `${verdict.reason}; ${leak}` };
+}
+
 export interface ConformanceOptions {
   readonly candidate: VendorSpec;
   readonly backend: Backend;
@@ -193,7 +202,7 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
       try {
         // A seed per check: each run's origin takes its own block of ports.
         const report = await runScenario({ ...check.scenario(options.candidate), backend: options.backend, seed: seed * 100 + CHECKS.indexOf(check) });
-        result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, ...(check.verdict ?? everyFlow)(report), report };
+        result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, ...withLeftBehind(report, (check.verdict ?? everyFlow)(report)), report };
       } catch (error) {
         result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, passed: false, reason: `the run failed: ${(error as Error).message}` };
       }

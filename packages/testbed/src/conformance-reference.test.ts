@@ -20,5 +20,8 @@ describe('the reference vendors under coproxy-testbed conformance (embedded)', (
     expect(report.checks.map((c) => c.name)).toEqual(CHECKS.map((c) => c.name));
     expect(stdout.split('\n').filter((line) => line.startsWith('PASS '))).toHaveLength(CHECKS.length);
     expect(stdout).toMatch(new RegExp(`^CONFORMS: ${CHECKS.length} of ${CHECKS.length} checks passed`, 'm'));
+    // The restarts say what the flows did while the candidate was down.
+    expect(stdout).toMatch(/^PASS fail-open-restart: 6 flows through tls-vendor → candidate → http-vendor before the kill and after the restart, 3 while it was down through tls-vendor → http-vendor, as they had to$/m);
+    expect(stdout).toMatch(/^PASS fail-closed-restart: 6 flows through tls-vendor → candidate → http-vendor before the kill and after the restart, 3 while it was down refused, none reaching the origin, as they had to$/m);
   });
 });

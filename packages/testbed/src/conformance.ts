@@ -150,7 +150,14 @@ function everyFlow(report: Report): Verdict {
   const bad = report.flows.find((f) => f.problems.length > 0);
   if (bad === undefined) {
     const vendors = [...report.vendors].sort((a, b) => a.priority - b.priority).map((v) => v.id);
-    return { passed: true, reason: `${report.flows.length} flows, each through ${vendors.join(' → ')} as it had to, bytes intact` };
+    const down = report.flows.filter((f) => f.phase === 'vendor-down');
+    if (down.length === 0) return { passed: true, reason: `${report.flows.length} flows, each through ${vendors.join(' → ')} as it had to, bytes intact` };
+    // A restart: the flows while the candidate was down went another way, or nowhere.
+    const meanwhile = down.every((f) => f.expected.length === 0) ? 'refused, none reaching the origin' : `through ${down[0]!.expected.join(' → ')}`;
+    return {
+      passed: true,
+      reason: `${report.flows.length - down.length} flows through ${vendors.join(' → ')} before the kill and after the restart, ${down.length} while it was down ${meanwhile}, as they had to`,
+    };
   }
   const loop = bad.looped ? `a loop: ${describeHops(bad)}; ` : '';
   return { passed: false, reason: `${loop}${bad.problems.join('; ')}${bad.phase === undefined ? '' : ` (${bad.phase})`}`, flow: bad.index };

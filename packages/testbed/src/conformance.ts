@@ -10,7 +10,8 @@ import { type Backend, type FlowResult, type Report, type ScenarioOptions, type 
  *
  * The version changes whenever a check is added, removed or made stricter, so that a
  * vendor's "passes conformance 2" keeps one meaning. Version 2: every check also fails a
- * candidate that leaves a process running once it has been stopped.
+ * candidate that leaves a process running once it has been stopped, and
+ * records-dropping-neighbour fails a loop the kit had to cut or bytes that did not arrive.
  */
 export const CONFORMANCE_VERSION = 2;
 
@@ -85,7 +86,7 @@ export const CHECKS: readonly CheckDefinition[] = [
   },
   {
     name: 'records-dropping-neighbour',
-    description: `the candidate first, then coproxy-http dropping records: the flows loop back to the candidate, and the kit cuts the loop (after ${LOOP_BOUND} passes) and names it`,
+    description: 'the candidate first, then coproxy-http dropping records: each flow comes back to the candidate once, which carries the records it got then, so the loop ends by itself and the bytes arrive intact',
     scenario: (spec) => ({ vendors: [candidate(spec, 5), reference('http', 20, true)], flows: 3, concurrency: 3, flowTimeoutMs: 8000 }),
     verdict: (report) => {
       const looped = report.flows.find((f) => f.looped);
@@ -97,13 +98,17 @@ export const CHECKS: readonly CheckDefinition[] = [
       if (again < 2) return { passed: false, reason: `the loop went around without the candidate: ${describeHops(looped)}`, flow: looped.index };
       // The neighbour's onward leg lost the candidate's record, so the redirect layer sent the
       // flow back: the candidate, which cannot know, inspects it again (that is the loop the
-      // records prevent); it must then carry the records it got, so the loop ends or the kit's
-      // bound cuts it.
-      return {
-        passed: true,
-        reason: `the loop was ${report.loopStopped ? `cut after ${LOOP_BOUND} passes` : 'ended by the records the candidate carried'} and named: ${describeHops(looped)}`,
-        flow: looped.index,
-      };
+      // records prevent). Its second pass sees the neighbour's record: carried onward, it ends
+      // the loop. A candidate that drops records too keeps it going until the kit's bound.
+      if (report.loopStopped) {
+        return { passed: false, reason: `the loop did not end by itself (the candidate did not carry the records it got when the flow came back), cut after ${LOOP_BOUND} passes: ${describeHops(looped)}`, flow: looped.index };
+      }
+      const broken = report.flows.find((f) => !intact(f));
+      if (broken !== undefined) {
+        const why = broken.client?.ok !== true ? `the client failed: ${broken.client?.error ?? 'no report'}` : 'bytes differ between client and origin';
+        return { passed: false, reason: `after the loop, ${why}: ${describeHops(broken)}`, flow: broken.index };
+      }
+      return { passed: true, reason: `the loop ended by the records the candidate carried, bytes intact: ${describeHops(looped)}`, flow: looped.index };
     },
   },
   {
@@ -144,6 +149,10 @@ function describeHops(flow: FlowResult | undefined): string {
   const end = (flow.origin?.connections ?? 0) > 0 ? 'origin' : '(not to the origin)';
   return `flow ${flow.index} went client → ${[...flow.hops.map((h) => `${h.vendor}[${h.state}]`), end].join(' → ')}`;
 }
+
+/** The client got its answer and client and origin saw the same bytes both ways. */
+const intact = (flow: FlowResult): boolean =>
+  flow.client?.ok === true && flow.origin !== undefined && flow.origin.received === flow.client.sent && flow.origin.sent === flow.client.received;
 
 /** The default verdict: the first flow that broke an invariant, or the whole run. */
 function everyFlow(report: Report): Verdict {

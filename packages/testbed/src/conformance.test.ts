@@ -62,6 +62,30 @@ describe('coproxy-testbed run --vendor', () => {
   });
 });
 
+/** Live (not zombie) processes whose command line is exactly `argv`. */
+function running(argv: readonly string[]): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    try {
+      if (fs.readFileSync(`/proc/${entry}/cmdline`, 'latin1') !== `${argv.join('\0')}\0`) continue;
+      if (/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${entry}/stat`, 'latin1'))) continue;
+      pids.push(Number(entry));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error; // ENOENT: it ended meanwhile
+    }
+  }
+  return pids;
+}
+
+describe('coproxy-testbed run --vendor, a failed start', () => {
+  it('leaves nothing running that the failed vendor started, even out of its process group', async () => {
+    const { code, stdout } = await testbed('run', '--vendor', 'setsid sleep 301 & echo never ready; exit 7', '--flows', '3');
+    expect(code).toBe(1);
+    expect(stdout).toMatch(/vendor vendor exited \(7\) before it was ready: never ready/);
+    expect(running(['sleep', '301'])).toEqual([]);
+  });
+});
+
 describe('coproxy-testbed conformance', () => {
   it('fails a vendor that drops records, naming the check and the flow', async () => {
     const json = path.join(dir, 'dropping.json');

@@ -293,6 +293,8 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
     };
   } finally {
     for (const child of inNs.children) stop(child, 'SIGKILL');
+    // A run that failed (a vendor never ready, a loop cut) leaves nothing running either.
+    for (const { pid } of leftBehind(tmp)) killPid(pid);
     for (const follower of followers) follower.stop();
     if (netns !== undefined) removeNamespace(netns);
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -132,8 +132,9 @@ describe('coproxy-testbed conformance', () => {
   });
 
   it('exits 2 on a usage error', async () => {
-    expect((await testbed('conformance', '--checks', 'nope')).code).toBe(2);
+    expect((await testbed('conformance', '--vendor', 'http', '--checks', 'nope')).code).toBe(2);
+    expect((await testbed('conformance')).code).toBe(2); // no candidate: a usage error, not a reference vendor's pass
     expect((await testbed('conformance', '--vendor', '')).code).toBe(2);
-    expect((await testbed('conformance', '--backend', 'wfp')).code).toBe(2);
+    expect((await testbed('conformance', '--vendor', 'http', '--backend', 'wfp')).code).toBe(2);
   });
 });

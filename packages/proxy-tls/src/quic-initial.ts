@@ -459,21 +459,7 @@ export class QuicInitialReader {
       readInitialHeader(datagram, 0, index);
       throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
     }
-    const packetsBefore = this.packets;
-    let offset = 0;
-    for (let count = 0; offset < datagram.length; count++) {
-      // After the first packet, what follows is another coalesced packet, or padding a
-      // client may add after its packets (RFC 9000 §12.2): zero bytes, or a short header
-      // (its DCID would be another connection's). Neither carries CRYPTO data for us.
-      if (offset > 0 && (datagram[offset]! & 0x80) === 0) break;
-      if (count === MAX_PACKETS_PER_DATAGRAM) throw tooManyPackets(index, offset);
-      offset += this.readPacket(datagram, offset, index);
-    }
-    // Every datagram that carries an Initial is at least 1200 bytes (RFC 9000 §14.1); one of
-    // 0-RTT packets only (a resuming client) may be smaller.
-    if (this.packets > packetsBefore && datagram.length < MIN_INITIAL_DATAGRAM) {
-      throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
-    }
+    this.readPackets(datagram, index);
     const hello = this.hello(index);
     if (hello === undefined) {
       this.finished = false;
@@ -498,6 +484,25 @@ export class QuicInitialReader {
     };
   }
 
+  /** Reads the long-header packets of one datagram, coalesced ones included, at most {@link MAX_PACKETS_PER_DATAGRAM}. */
+  private readPackets(datagram: Buffer, index: number): void {
+    const packetsBefore = this.packets;
+    let offset = 0;
+    for (let count = 0; offset < datagram.length; count++) {
+      // After the first packet, what follows is another coalesced packet, or padding a
+      // client may add after its packets (RFC 9000 §12.2): zero bytes, or a short header
+      // (its DCID would be another connection's). Neither carries CRYPTO data for us.
+      if (offset > 0 && (datagram[offset]! & 0x80) === 0) break;
+      if (count === MAX_PACKETS_PER_DATAGRAM) throw tooManyPackets(index, offset);
+      offset += this.readPacket(datagram, offset, index);
+    }
+    // Every datagram that carries an Initial is at least 1200 bytes (RFC 9000 §14.1); one of
+    // 0-RTT packets only (a resuming client) may be smaller.
+    if (this.packets > packetsBefore && datagram.length < MIN_INITIAL_DATAGRAM) {
+      throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
+    }
+  }
+
   /**
    * Checks a datagram the client sent after its hello was whole, before it is relayed: every
    * Initial in it must be of the flow's connection (it decrypts with the flow's Initial keys:
@@ -514,16 +519,7 @@ export class QuicInitialReader {
     this.checking = true;
     const index = this.datagrams++;
     if ((datagram[0]! & 0x80) === 0) return;
-    const packetsBefore = this.packets;
-    let offset = 0;
-    for (let count = 0; offset < datagram.length; count++) {
-      if (offset > 0 && (datagram[offset]! & 0x80) === 0) break;
-      if (count === MAX_PACKETS_PER_DATAGRAM) throw tooManyPackets(index, offset);
-      offset += this.readPacket(datagram, offset, index);
-    }
-    if (this.packets > packetsBefore && datagram.length < MIN_INITIAL_DATAGRAM) {
-      throw new QuicInitialError(TlsErrorCode.QuicMalformed, `an Initial datagram of ${datagram.length} bytes (at least ${MIN_INITIAL_DATAGRAM})`, index, 0);
-    }
+    this.readPackets(datagram, index);
     if (this.crypto.end > this.helloEnd) {
       throw new QuicInitialError(TlsErrorCode.QuicMalformed, `CRYPTO data up to byte ${this.crypto.end} runs past the ${this.helloEnd}-byte ClientHello`, index, 0);
     }

@@ -71,8 +71,13 @@ interface OriginResponse {
 /** The origin side of one bumped connection, h1 or h2 as the origin's ALPN chose. */
 interface OriginLeg {
   readonly protocol: BumpProtocol;
-  /** Sends the head, pipes `body` after it, then `trailers()`; resolves with the response head. `signal` cancels the request. */
-  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse>;
+  /**
+   * Sends the head, pipes `body` after it; resolves with the response head. `signal`
+   * cancels the request. Request trailers are never sent: they arrive after the verdict,
+   * when the body has gone on, so no inspector could judge them (I6); coproxy-http drops
+   * them too.
+   */
+  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse>;
   destroy(): void;
 }
 
@@ -360,9 +365,6 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
       response = await state.origin.send(
         { method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody },
         side.body,
-        // Request trailers are not forwarded: they arrive after the verdict, when the body
-        // has gone on, so no inspector could judge them (I6); coproxy-http drops them too.
-        () => undefined,
         cancel.signal,
       );
     } catch (error) {
@@ -586,7 +588,7 @@ class H1OriginLeg implements OriginLeg {
     this.agent = new OriginAgent(first, reconnect);
   }
 
-  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
+  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
       // A body without a length is sent chunked whatever the method: Node's client frames a
       // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
@@ -598,13 +600,7 @@ class H1OriginLeg implements OriginLeg {
         resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res, trailers: () => (Object.keys(res.trailers).length === 0 ? undefined : res.trailers) }),
       );
       upstream.once('error', reject);
-      // Request trailers go after the last chunk; a body sent with its Content-Length has no place for them (dropped).
-      body.pipe(upstream, { end: false });
-      body.once('end', () => {
-        const fields = trailers();
-        if (fields !== undefined && head.headers['content-length'] === undefined && head.hasBody) upstream.addTrailers(fields);
-        upstream.end();
-      });
+      body.pipe(upstream);
     });
   }
 
@@ -650,17 +646,17 @@ class H2OriginLeg implements OriginLeg {
     return this.current;
   }
 
-  async send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
+  async send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     const session = await this.session();
     return new Promise((resolve, reject) => {
-      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, waitForTrailers: true });
-      // The request ends with the client's trailers, or an empty end without any.
-      stream.once('wantTrailers', () => stream.sendTrailers(trailers() ?? {}));
+      // A request without a body ends with its HEADERS frame (END_STREAM), not with an empty DATA frame after it.
+      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, endStream: !head.hasBody });
       let responseTrailers: http.IncomingHttpHeaders | undefined;
       stream.once('trailers', (received: http2.IncomingHttpHeaders) => (responseTrailers = received));
       stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream, trailers: () => responseTrailers }));
       stream.once('error', reject);
-      body.pipe(stream);
+      if (head.hasBody) body.pipe(stream);
+      else body.resume(); // nothing to send: read to its end so the client's side completes
     });
   }
 

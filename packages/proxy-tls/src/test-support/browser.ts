@@ -1,5 +1,5 @@
 // Headless Chromium and its test-support servers in a kernel test's network namespace, for
-// the QUIC fallback test. Not part of the build.
+// the Chromium and QUIC fallback tests. Not part of the build.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -36,12 +36,12 @@ export async function startReporter<TReport>(
   return received;
 }
 
-/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers. */
-export async function browserHome(dir: string, caPem: string): Promise<string> {
+/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers, or nothing. */
+export async function browserHome(dir: string, caPem: string | undefined): Promise<string> {
   const nssdb = path.join(dir, '.pki', 'nssdb');
   fs.mkdirSync(nssdb, { recursive: true });
   await run('certutil', ['-d', `sql:${nssdb}`, '-N', '--empty-password']);
-  await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
+  if (caPem !== undefined) await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
   return dir;
 }
 

@@ -12,9 +12,8 @@ import { ja4 } from './fingerprint.js';
 import { browserHome, captureUdp, runChromium, startReporter } from './test-support/browser.js';
 import { type CliProcess, startCli, until } from './test-support/cli-process.js';
 
-// Debian's Chromium, unmodified and headless, forced to try QUIC first for one origin
-// (--enable-quic --origin-to-force-quic-on), against coproxy-tls on the nftables backend
-// taking TCP/443 and UDP/443 (its defaults). The origin serves HTTPS (h2, HTTP/1.1) and
+// Debian's Chromium, unmodified and headless, with QUIC on, against coproxy-tls on the
+// nftables backend taking TCP/443 and UDP/443 (its defaults). The origin serves HTTPS (h2, HTTP/1.1) and
 // advertises HTTP/3 (`Alt-Svc: h3=":443"`); there is no QUIC server in the namespace.
 //
 // block: a bump policy blocks the QUIC flow (QUIC cannot be bumped); the flow is rejected,
@@ -24,8 +23,9 @@ import { type CliProcess, startCli, until } from './test-support/cli-process.js'
 //   the next run, with the same profile, tries QUIC first): it marks h3 broken for the
 //   origin and carries on over TCP, where it is bumped and inspected. The user sees the page.
 // - forced (--origin-to-force-quic-on): QUIC is the only way Chromium will go to that
-//   origin; it does not fall back, and shows net::ERR_QUIC_PROTOCOL_ERROR. The test pins
-//   this down so that nobody reads the forced case as a fallback.
+//   origin; it gets the ICMP port unreachable (dumpcap sees it), does not fall back, and
+//   shows net::ERR_QUIC_PROTOCOL_ERROR. The test pins this down so that nobody reads the
+//   forced case as a fallback.
 // relay: a policy that splices QUIC relays the flow: Chromium's Initials reach a UDP
 // listener at the original destination byte for byte (dumpcap on the namespace's loopback
 // sees both legs), forced, since nothing answers them there.
@@ -134,13 +134,18 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
     using dir = tempDir();
     const { proxy, proxyCa, originCaDir } = await startProxy(netns, dir.path, { default: 'bump' });
     const originReceived = await startReporter(netns, 'page-origin.mjs', [originCaDir, NETNS_V4, '443', 'h3=":443"'], originRequest);
+    const capture = await captureUdp(netns, path.join(dir.path, 'udp.pcapng'));
 
     const browser = await loadPage(netns, dir.path, proxyCa, true);
+    const { portUnreachable } = await capture.stop();
 
     expect(browser.dom).not.toContain('forty-two');
     expect(browser.stderr).toContain('net::ERR_QUIC_PROTOCOL_ERROR');
     expect(originReceived).toEqual([]);
-    expect(quicHandshakes(proxy)[0]).toMatchObject({ transport: 'quic', sni: NAME, action: 'block' });
+    const quic = quicHandshakes(proxy);
+    expect(quic[0]).toMatchObject({ transport: 'quic', sni: NAME, action: 'block' });
+    // What ended the attempt: the kernel's ICMP port unreachable to Chromium's QUIC socket.
+    expect(portUnreachable).toContain(`${quic[0]!.source.address}:${quic[0]!.source.port}`);
     expect(proxy.exchanges()).toEqual([]);
   }, 120_000);
 
@@ -171,7 +176,7 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
     // Stopped once the hello is whole at the listener: nothing will answer it.
     await loadPage(netns, dir.path, proxyCa, true, readArrived);
     await until(readArrived, 5000, 'a whole ClientHello at the listener');
-    const captured = await capture.stop();
+    const { datagrams: captured } = await capture.stop();
 
     const quic = quicHandshakes(proxy);
     expect(quic[0]).toMatchObject({ transport: 'quic', sni: NAME, alpn: ['h3'], action: 'relay', rule: 'h3' });

@@ -98,29 +98,45 @@ export interface CapturedDatagram {
 }
 
 const MARKER = 'coproxy-capture-end';
-const FIELDS = ['ip.src', 'udp.srcport', 'ip.dst', 'udp.dstport', 'udp.payload'].flatMap((field) => ['-e', field]);
 
-async function readCapture(file: string): Promise<CapturedDatagram[]> {
-  const { stdout } = await run('tshark', ['-r', file, '-T', 'fields', ...FIELDS, '-E', 'separator=,'], { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 });
+/** tshark's fields of the packets `filter` selects, one array per packet. */
+async function readFields(file: string, filter: string, fields: readonly string[]): Promise<string[][]> {
+  const args = ['-r', file, '-Y', filter, '-T', 'fields', ...fields.flatMap((field) => ['-e', field]), '-E', 'separator=/t', '-E', 'occurrence=f'];
+  const { stdout } = await run('tshark', args, { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 });
   return stdout
     .split('\n')
     .filter((line) => line !== '')
-    .map((line) => {
-      const [srcAddress, srcPort, dstAddress, dstPort, payload] = line.split(',');
-      return { src: `${srcAddress}:${srcPort}`, dst: `${dstAddress}:${dstPort}`, payload: Buffer.from(payload ?? '', 'hex') };
-    });
+    .map((line) => line.split('\t'));
+}
+
+async function readDatagrams(file: string): Promise<CapturedDatagram[]> {
+  const rows = await readFields(file, 'udp && !icmp', ['ip.src', 'udp.srcport', 'ip.dst', 'udp.dstport', 'udp.payload']);
+  return rows.map(([srcAddress, srcPort, dstAddress, dstPort, payload]) => ({ src: `${srcAddress}:${srcPort}`, dst: `${dstAddress}:${dstPort}`, payload: Buffer.from(payload ?? '', 'hex') }));
+}
+
+/** Who got an ICMP port unreachable: the outer destination's address with the quoted datagram's source port (the socket that sent it). */
+async function readPortUnreachable(file: string): Promise<string[]> {
+  const rows = await readFields(file, 'icmp.type == 3 && icmp.code == 3', ['ip.dst', 'udp.srcport']);
+  return rows.map(([address, port]) => `${address}:${port}`);
+}
+
+export interface Capture {
+  /** UDP datagrams in capture order, up to the end marker. */
+  readonly datagrams: CapturedDatagram[];
+  /** The sockets (`address:port`) that were sent ICMP port unreachable, in order. */
+  readonly portUnreachable: string[];
 }
 
 /**
  * dumpcap on the namespace's loopback (where all its traffic goes: its addresses are on
- * `lo`), UDP only; `stop()` gives every datagram as tshark reads the file, in capture
- * order, then ends it. Each datagram crosses `lo` once, after the OUTPUT chain's NAT.
+ * `lo`), UDP and ICMP; `stop()` gives every datagram as tshark reads the file, in capture
+ * order, and who was sent ICMP port unreachable, then ends it. Each datagram crosses `lo` once, after the OUTPUT chain's NAT.
  * libpcap hands packets over in blocks, and those of a block not yet handed over when
  * dumpcap stops are lost: `stop()` first sends a marker datagram and waits until the file
  * has it, so everything before it is in the file.
  */
-export async function captureUdp(netns: Netns, file: string): Promise<{ stop(): Promise<CapturedDatagram[]> }> {
-  const dumpcap = netns.spawn('dumpcap', ['-i', 'lo', '-f', 'udp', '-w', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+export async function captureUdp(netns: Netns, file: string): Promise<{ stop(): Promise<Capture> }> {
+  const dumpcap = netns.spawn('dumpcap', ['-i', 'lo', '-f', 'udp or icmp', '-w', file], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   const exited = new Promise<void>((resolve) => dumpcap.once('close', () => resolve()));
   await within(
@@ -142,9 +158,10 @@ export async function captureUdp(netns: Netns, file: string): Promise<{ stop(): 
       try {
         for (;;) {
           await new Promise<void>((resolve) => netns.spawn(process.execPath, ['-e', send], { stdio: 'ignore' }).once('close', () => resolve()));
-          const datagrams = await readCapture(file);
+          const datagrams = await readDatagrams(file);
           const end = datagrams.findIndex((d) => d.payload.toString('hex') === marker);
-          if (end !== -1) return datagrams.slice(0, end);
+          // The marker's own port unreachable (nothing listens on port 9) may come after: it is no socket of the test's.
+          if (end !== -1) return { datagrams: datagrams.slice(0, end), portUnreachable: await readPortUnreachable(file) };
           if (Date.now() > deadline) throw new Error(`the capture's end marker did not reach ${file} within 10 s`);
           await new Promise((resolve) => setTimeout(resolve, 250));
         }

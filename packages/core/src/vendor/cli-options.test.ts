@@ -7,6 +7,7 @@ import {
   addServiceOptions,
   parseEndpoint,
   parsePorts,
+  parseUdpPorts,
   redirectorOptionsFromCli,
   type RedirectorCliOptions,
 } from './cli-options.js';
@@ -55,6 +56,32 @@ describe('standard redirector CLI options', () => {
     const { options } = parse(['--id', 'acme', '--priority', '1', '--mark-mask', '0xff000000'], { ports: '80', markMask: true });
     expect(redirectorOptionsFromCli(options).redirector.markMask).toBe(0xff000000);
     expect(() => parse(['--id', 'a', '--priority', '1', '--mark-mask', '0'], { ports: '80', markMask: true })).toThrow(/--mark-mask/);
+  });
+
+  it('adds --udp-ports only for a vendor that takes UDP, with its default, and none turns UDP off', () => {
+    expect(() => parse(['--id', 'acme', '--priority', '1', '--udp-ports', '443'])).toThrow(/unknown option/);
+    expect(redirectorOptionsFromCli(parse(['--id', 'acme', '--priority', '1']).options).redirector.match).toEqual({ ports: [80, 8080] });
+
+    const defaults = { ports: '443', udpPorts: '443' };
+    const byDefault = redirectorOptionsFromCli(parse(['--id', 'acme', '--priority', '1'], defaults).options);
+    expect(byDefault.redirector.match).toEqual({ ports: [443], udpPorts: [443] });
+    expect(byDefault.udpPorts).toEqual([443]);
+    const given = redirectorOptionsFromCli(parse(['--id', 'acme', '--priority', '1', '--udp-ports', '443,4433-4435'], defaults).options);
+    expect(given.redirector.match).toEqual({ ports: [443], udpPorts: [443, [4433, 4435]] });
+    for (const off of ['none', '']) {
+      const settings = redirectorOptionsFromCli(parse(['--id', 'acme', '--priority', '1', '--udp-ports', off], defaults).options);
+      expect(settings.redirector.match).toEqual({ ports: [443] });
+      expect(settings.udpPorts).toBeUndefined();
+    }
+    // A vendor whose UDP is off unless asked.
+    expect(parse(['--id', 'acme', '--priority', '1'], { ports: '80', udpPorts: '' }).options.udpPorts).toBe('none');
+  });
+
+  it('reports a bad --udp-ports as a usage error naming --udp-ports', () => {
+    expect(() => parseUdpPorts('443,quic')).toThrow(expect.objectContaining({ code: 'COPROXY_CLI_USAGE', option: '--udp-ports' }));
+    expect(() => redirectorOptionsFromCli(parse(['--id', 'acme', '--priority', '1', '--udp-ports', '0'], { ports: '443', udpPorts: '443' }).options)).toThrow(
+      expect.objectContaining({ option: '--udp-ports' }),
+    );
   });
 
   it('reports a bad port list or endpoint as a usage error that names the option and the part at fault', () => {

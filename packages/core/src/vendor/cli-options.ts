@@ -18,6 +18,8 @@ export interface RedirectorCliOptions {
   readonly priority: number;
   /** As typed: `80,8080` or `8000-8099`; `redirectorOptionsFromCli` parses it. */
   readonly ports: string;
+  /** As typed, only when the vendor added `--udp-ports` (`RedirectorCliDefaults.udpPorts`); `''` or `none`: no UDP. */
+  readonly udpPorts?: string;
   readonly backend: BackendName;
   readonly failMode: FailMode;
   /** Only with `addRedirectorOptions(program, { markMask: true })`. */
@@ -30,6 +32,12 @@ export interface RedirectorCliOptions {
 export interface RedirectorCliDefaults {
   /** The `--ports` default, e.g. `'80,8080'`. */
   readonly ports: string;
+  /**
+   * Add `--udp-ports <list>` with this default (`'443'`, or `''` for no UDP unless asked):
+   * for a vendor that takes UDP flows (`createVendorRedirector`'s `onDatagramFlow`).
+   * Absent: no such option, the vendor is TCP only.
+   */
+  readonly udpPorts?: string;
   /** Default `'embedded'`. */
   readonly backend?: BackendName;
   /** The `--backend` choices; default {@link CLI_BACKENDS}. */
@@ -64,7 +72,7 @@ export function integerOption(min: number, max: number): (text: string) => numbe
 
 /**
  * Adds the options every redirecting vendor takes: `--id`, `--priority`, `--ports`,
- * `--backend`, `--fail-mode` (and `--mark-mask` on request). Vendor options come after;
+ * `--backend`, `--fail-mode` (and `--udp-ports`, `--mark-mask` on request). Vendor options come after;
  * then {@link addServiceOptions}.
  *
  * @example
@@ -78,7 +86,11 @@ export function addRedirectorOptions(program: Command, defaults: RedirectorCliDe
   program
     .requiredOption('--id <id>', 'redirector id, [a-z0-9-]{1,32}')
     .requiredOption('--priority <n>', 'lower runs first', integerOption(-(2 ** 31), 2 ** 31 - 1))
-    .option('--ports <list>', 'destination ports to inspect, e.g. 80,8080 or 8000-8099', defaults.ports)
+    .option('--ports <list>', 'destination ports to inspect, e.g. 80,8080 or 8000-8099', defaults.ports);
+  if (defaults.udpPorts !== undefined) {
+    program.option('--udp-ports <list>', "UDP destination ports to inspect, as --ports; 'none' for no UDP", defaults.udpPorts === '' ? 'none' : defaults.udpPorts);
+  }
+  program
     .addOption(new Option('--backend <name>', 'redirect layer').choices([...(defaults.backends ?? CLI_BACKENDS)]).default(defaults.backend ?? 'embedded'))
     .addOption(new Option('--fail-mode <mode>', 'while this proxy is down: open lets traffic through, closed refuses it').choices(['open', 'closed']).default('open'));
   if (defaults.markMask === true) {
@@ -105,6 +117,17 @@ export function parsePorts(text: string): PortSpec[] {
   });
 }
 
+/** `--udp-ports`: as {@link parsePorts}; `''` or `none` is no UDP port (undefined). */
+export function parseUdpPorts(text: string): PortSpec[] | undefined {
+  if (text.trim() === '' || text.trim() === 'none') return undefined;
+  try {
+    return parsePorts(text);
+  } catch (error) {
+    if (error instanceof CliUsageError) throw new CliUsageError('--udp-ports', error.message);
+    throw error;
+  }
+}
+
 /** `host:port` or `[v6]:port`; anything else is a `CliUsageError`. */
 export function parseEndpoint(text: string, option = '--metrics'): { host: string; port: number } {
   const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(text);
@@ -121,14 +144,16 @@ function parseMarkMask(text: string): number {
 
 /** The parsed command line as redirector options, plus where to serve metrics. */
 export interface RedirectorCliSettings {
-  readonly redirector: VendorRedirectorOptions & { readonly match: { readonly ports: PortSpec[] } };
+  readonly redirector: VendorRedirectorOptions & { readonly match: { readonly ports: PortSpec[]; readonly udpPorts?: PortSpec[] } };
   readonly ports: PortSpec[];
+  /** `--udp-ports` parsed; undefined when the vendor has no such option or it is `none`. */
+  readonly udpPorts: PortSpec[] | undefined;
   readonly metrics: { host: string; port: number } | undefined;
 }
 
 /**
  * Turns commander's parsed options into redirector options. Throws `CliUsageError` for a
- * bad `--ports` or `--metrics`; the rest commander has checked already.
+ * bad `--ports`, `--udp-ports` or `--metrics`; the rest commander has checked already.
  *
  * @example
  * ```ts
@@ -138,17 +163,19 @@ export interface RedirectorCliSettings {
  */
 export function redirectorOptionsFromCli(options: RedirectorCliOptions): RedirectorCliSettings {
   const ports = parsePorts(options.ports);
+  const udpPorts = options.udpPorts === undefined ? undefined : parseUdpPorts(options.udpPorts);
   const metrics = options.metrics === undefined ? undefined : parseEndpoint(options.metrics);
   return {
     redirector: {
       id: options.id,
       priority: options.priority,
-      match: { ports },
+      match: { ports, ...(udpPorts !== undefined && { udpPorts }) },
       backend: options.backend,
       failMode: options.failMode,
       ...(options.markMask !== undefined && { markMask: options.markMask }),
     },
     ports,
+    udpPorts,
     metrics,
   };
 }

@@ -19,6 +19,7 @@ export {
   addServiceOptions,
   integerOption,
   parsePorts,
+  parseUdpPorts,
   parseEndpoint,
   redirectorOptionsFromCli,
   CliUsageError,

@@ -21,10 +21,13 @@ const DEPTH_BUCKETS = [1, 2, 3, 4, 6, 8, 16];
  *
  * | metric | type | from the event |
  * |---|---|---|
- * | `<prefix>_accepted_total{state}` | counter | `accepted`, by redirect state |
- * | `<prefix>_open_connections` | gauge | `accepted` up, `closed` down |
- * | `<prefix>_records_depth` | histogram | `accepted`: redirects in its records, this one included |
- * | `<prefix>_bytes_total{direction}` | counter | `closed`: `from_client`, `to_client` |
+ * | `<prefix>_accepted_total{state}` | counter | `accepted` (TCP), by redirect state |
+ * | `<prefix>_open_connections` | gauge | `accepted` up, `closed` down (TCP) |
+ * | `<prefix>_udp_flows_total{state}` | counter | `accepted` with `transport: 'udp'`, by redirect state |
+ * | `<prefix>_open_udp_flows` | gauge | the same, `accepted` up, `closed` down |
+ * | `<prefix>_datagrams_total{direction}` | counter | `closed` of a UDP flow: `from_client`, `to_client` |
+ * | `<prefix>_records_depth` | histogram | `accepted` (both): redirects in its records, this one included |
+ * | `<prefix>_bytes_total{direction}` | counter | `closed` (both; a UDP flow's datagram payloads): `from_client`, `to_client` |
  * | `<prefix>_rejected_total{code}` | counter | `rejected`, by error code |
  * | `<prefix>_onward_failed_total{code}` | counter | `onward-failed`, by error code |
  * | `<prefix>_heap_used_bytes` | gauge | none: the process's V8 heap in use, read when scraped (leak checks, the bench's soak) |
@@ -46,6 +49,9 @@ export class RedirectorMetrics {
   readonly registry: Registry;
   readonly accepted: Counter<'state'>;
   readonly openConnections: Gauge;
+  readonly udpFlows: Counter<'state'>;
+  readonly openUdpFlows: Gauge;
+  readonly datagrams: Counter<'direction'>;
   readonly recordsDepth: Histogram;
   readonly bytes: Counter<'direction'>;
   readonly rejected: Counter<'code'>;
@@ -67,6 +73,19 @@ export class RedirectorMetrics {
       registers: [registry],
     });
     this.openConnections = new Gauge({ name: `${prefix}_open_connections`, help: 'Connections accepted and not yet closed', registers: [registry] });
+    this.udpFlows = new Counter({
+      name: `${prefix}_udp_flows_total`,
+      help: 'UDP flows (one per client address and port, to one destination) the redirect layer handed to this proxy, by redirect state',
+      labelNames: ['state'] as const,
+      registers: [registry],
+    });
+    this.openUdpFlows = new Gauge({ name: `${prefix}_open_udp_flows`, help: 'UDP flows accepted and not yet ended', registers: [registry] });
+    this.datagrams = new Counter({
+      name: `${prefix}_datagrams_total`,
+      help: 'Datagrams of ended UDP flows on the client side: from_client (received) or to_client (sent)',
+      labelNames: ['direction'] as const,
+      registers: [registry],
+    });
     this.recordsDepth = new Histogram({
       name: `${prefix}_records_depth`,
       help: 'Redirects in the records of accepted connections, this proxy included',
@@ -105,12 +124,23 @@ export class RedirectorMetrics {
   observe(event: RedirectorEvent): void {
     switch (event.type) {
       case 'accepted':
-        this.accepted.inc({ state: event.state });
-        this.openConnections.inc();
+        if (event.transport === 'udp') {
+          this.udpFlows.inc({ state: event.state });
+          this.openUdpFlows.inc();
+        } else {
+          this.accepted.inc({ state: event.state });
+          this.openConnections.inc();
+        }
         this.recordsDepth.observe(event.redirectedBy.length);
         return;
       case 'closed':
-        this.openConnections.dec();
+        if (event.transport === 'udp') {
+          this.openUdpFlows.dec();
+          this.datagrams.inc({ direction: 'from_client' }, event.datagramsFromClient ?? 0);
+          this.datagrams.inc({ direction: 'to_client' }, event.datagramsToClient ?? 0);
+        } else {
+          this.openConnections.dec();
+        }
         this.bytes.inc({ direction: 'from_client' }, event.bytesFromClient);
         this.bytes.inc({ direction: 'to_client' }, event.bytesToClient);
         return;

@@ -1,3 +1,5 @@
+import dgram from 'node:dgram';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -5,9 +7,11 @@ import path from 'node:path';
 import { Counter } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { connect } from '../backends/embedded/connect.js';
+import { connectDatagram } from '../backends/embedded/datagram-connect.js';
 import { relay } from '../net/relay.js';
 import type { RedirectorEvent } from '../redirector/redirector-events.js';
 import { startEchoOrigin, tempRegistry, until } from '../testing/harness.js';
+import { firstValueFrom } from 'rxjs';
 import { RedirectorMetrics, serveMetrics } from './redirector-metrics.js';
 import { createVendorRedirector, type VendorRedirectorOptions } from './vendor-redirector.js';
 
@@ -153,6 +157,74 @@ describe('the vendor redirector', () => {
     });
     await expect(vendor.listening()).rejects.toThrow('CA unusable');
     await vendor.close();
+  });
+
+  it('hands UDP flows to onDatagramFlow and TCP to onAccepted, and counts the flows and their datagrams apart from connections', async () => {
+    using registry = tempRegistry();
+    const origin = dgram.createSocket('udp4');
+    origin.on('message', (payload, remote) => origin.send(Buffer.concat([Buffer.from('echo:'), payload]), remote.port, remote.address));
+    origin.bind(0, '127.0.0.1');
+    await once(origin, 'listening');
+    const originPort = origin.address().port;
+    const metrics = new RedirectorMetrics({ prefix: 'udp_vendor' });
+    const seen: string[] = [];
+    const vendor = createVendorRedirector({
+      options: { id: uniqueId('kit'), priority: 10, registry: registry.path, match: { ports: [1], udpPorts: [originPort] } },
+      defaultMatch: {},
+      metrics,
+      onAccepted: (conn) => {
+        seen.push('tcp');
+        conn.socket.destroy();
+      },
+      onDatagramFlow: (flow) => {
+        seen.push(flow.transport);
+        void flow.connectOnward().then((onward) => {
+          flow.datagrams$.subscribe({ next: (payload) => onward.send(payload), complete: () => onward.close() });
+          // One reply and the flow is over: the vendor closes it, so `closed` is not left to the idle timeout.
+          onward.datagrams$.subscribe((payload) => {
+            flow.send(payload);
+            flow.close();
+          });
+        });
+      },
+    });
+    const events: RedirectorEvent[] = [];
+    vendor.events$.subscribe((event) => events.push(event));
+    try {
+      await vendor.listening();
+      const socket = await connectDatagram({ host: '127.0.0.1', port: originPort, registry: registry.path });
+      const reply = firstValueFrom(socket.datagrams$);
+      socket.send(Buffer.from('ping'));
+      expect((await reply).toString()).toBe('echo:ping');
+      socket.close();
+      await until(() => events.some((e) => e.type === 'closed'), 5000, 'the flow’s closed event');
+
+      expect(seen).toEqual(['udp']);
+      const s = samples(await metrics.text());
+      expect(s.get('udp_vendor_udp_flows_total{state="NotRedirected"}')).toBe(1);
+      expect(s.get('udp_vendor_open_udp_flows')).toBe(0);
+      expect(s.get('udp_vendor_datagrams_total{direction="from_client"}')).toBe(1);
+      expect(s.get('udp_vendor_datagrams_total{direction="to_client"}')).toBe(1);
+      expect(s.get('udp_vendor_bytes_total{direction="from_client"}')).toBe(4);
+      expect(s.get('udp_vendor_bytes_total{direction="to_client"}')).toBe(9);
+      // No TCP connection was accepted: the TCP counters stay empty.
+      expect([...s.keys()].filter((k) => k.startsWith('udp_vendor_accepted_total{'))).toEqual([]);
+      expect(s.get('udp_vendor_open_connections')).toBe(0);
+    } finally {
+      await vendor.close();
+      origin.close();
+    }
+  });
+
+  it('refuses a rule with UDP ports for a vendor that gives no onDatagramFlow, so no UDP flow reaches a vendor that would not inspect it', () => {
+    using registry = tempRegistry();
+    expect(() =>
+      createVendorRedirector({
+        options: { id: uniqueId('kit'), priority: 1, registry: registry.path, match: { ports: [80], udpPorts: [443] } },
+        defaultMatch: {},
+        onAccepted: (conn) => conn.socket.destroy(),
+      }),
+    ).toThrow(/names udpPorts but this vendor takes no UDP flows/);
   });
 
   it('reports a redirector that cannot install to onFailed, and rejects listening() with the same error', async () => {

@@ -1,6 +1,7 @@
 import { merge, type Observable, Subject, type Subscription } from 'rxjs';
 import type { Endpoint } from '../backends/backend.js';
 import type { AcceptedConnection } from '../redirector/accepted-connection.js';
+import type { AcceptedDatagramFlow } from '../redirector/datagram-flow.js';
 import type { MatchRule } from '../model/match-rule.js';
 import type { RedirectorEvent } from '../redirector/redirector-events.js';
 import type { RedirectorOptions } from '../redirector/redirector-options.js';
@@ -29,11 +30,17 @@ export function redirectorOptionsOf(options: VendorRedirectorOptions, defaultMat
 export interface VendorRedirectorSpec {
   /** The vendor's options; only the redirector's fields are read. */
   readonly options: VendorRedirectorOptions;
-  /** The match rule when `options.match` is absent, e.g. `{ ports: [443] }`. */
+  /** The match rule when `options.match` is absent, e.g. `{ ports: [443] }` or `{ ports: [443], udpPorts: [443] }`. */
   readonly defaultMatch: MatchRule;
-  /** Called for each redirected connection; the vendor inspects it and calls `connectOnward()`. */
+  /** Called for each redirected TCP connection; the vendor inspects it and calls `connectOnward()`. */
   readonly onAccepted: (connection: AcceptedConnection) => void;
-  /** Counts the redirector's events (accepted, open, records depth, bytes, rejected, onward-failed). */
+  /**
+   * Called for each redirected UDP flow, when the match rule names `udpPorts`. A vendor
+   * that takes UDP gives it; without it a rule with `udpPorts` is refused at creation
+   * (`TypeError`), so a UDP flow can never reach a vendor that would not inspect it.
+   */
+  readonly onDatagramFlow?: (flow: AcceptedDatagramFlow) => void;
+  /** Counts the redirector's events (accepted, open, records depth, bytes, rejected, onward-failed, UDP flows and datagrams). */
   readonly metrics?: RedirectorMetrics;
   /**
    * The redirector stopped (install refused, listener lost): `listening()` rejects with the
@@ -48,8 +55,9 @@ export interface VendorRedirectorSpec {
  * What both reference vendors wired by hand around their redirector: the subscription,
  * the install promise, `events$` merged with the vendor's own, metrics, `close()`.
  */
-export interface VendorRedirector<TEvent> {
-  readonly redirector: Redirector;
+export interface VendorRedirector<TEvent, TAccepted = AcceptedConnection> {
+  /** Its `accepted$` carries UDP flows too (`transport: 'udp'`) when the spec has `onDatagramFlow`. */
+  readonly redirector: Redirector<TAccepted>;
   /** The redirector's events then the vendor's (`emit`), in one stream; completes on close. */
   readonly events$: Observable<RedirectorEvent | TEvent>;
   /** Sends one of the vendor's events to `events$` (dropped when nobody listens). */
@@ -80,8 +88,18 @@ export interface VendorRedirector<TEvent> {
  * }
  * ```
  */
-export function createVendorRedirector<TEvent = never>(spec: VendorRedirectorSpec): VendorRedirector<TEvent> {
-  const redirector = createRedirector(redirectorOptionsOf(spec.options, spec.defaultMatch));
+export function createVendorRedirector<TEvent = never>(
+  spec: VendorRedirectorSpec & { readonly onDatagramFlow: (flow: AcceptedDatagramFlow) => void },
+): VendorRedirector<TEvent, AcceptedConnection | AcceptedDatagramFlow>;
+export function createVendorRedirector<TEvent = never>(spec: VendorRedirectorSpec): VendorRedirector<TEvent>;
+export function createVendorRedirector<TEvent = never>(spec: VendorRedirectorSpec): VendorRedirector<TEvent, AcceptedConnection | AcceptedDatagramFlow> {
+  const options = redirectorOptionsOf(spec.options, spec.defaultMatch);
+  const onDatagramFlow = spec.onDatagramFlow;
+  if (options.match?.udpPorts !== undefined && options.match.udpPorts.length > 0 && onDatagramFlow === undefined) {
+    throw new TypeError(`redirector '${options.id}': the match rule names udpPorts but this vendor takes no UDP flows`);
+  }
+  // Typed wide: a rule typed as a plain MatchRule may still name udpPorts at run time.
+  const redirector: Redirector<AcceptedConnection | AcceptedDatagramFlow> = createRedirector(options);
   const own = new Subject<TEvent>();
   const events$ = merge(redirector.events$, own);
   // Subscribed before accepted$, so the first 'installed' and 'accepted' events are counted.
@@ -90,7 +108,11 @@ export function createVendorRedirector<TEvent = never>(spec: VendorRedirectorSpe
   let closed = false;
   const installed = new Promise<Endpoint>((resolve, reject) => {
     subscription = redirector.accepted$.subscribe({
-      next: spec.onAccepted,
+      next: (accepted) => {
+        if (accepted.transport !== 'udp') spec.onAccepted(accepted);
+        else if (onDatagramFlow !== undefined) onDatagramFlow(accepted);
+        else accepted.reject('this vendor takes no UDP flows'); // not reached: refused above
+      },
       error: (error: unknown) => {
         const failure = error instanceof Error ? error : new Error(String(error));
         reject(failure);

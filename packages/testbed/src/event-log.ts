@@ -7,8 +7,10 @@ import fs from 'node:fs';
  * Every field is checked before use: the file is written by a process under test.
  */
 
-/** The lines the testbed acts on; others (onward-*, rejected, uninstalled) are kept as raw counts only. */
+/** The lines the testbed acts on; others (onward-*, uninstalled) are skipped. */
 export type LogLine =
+  /** A connection or datagram refused before it became one (not authorised, malformed, over a limit): `error` is `CODE: message`. */
+  | { readonly event: 'rejected'; readonly redirectorId: string; readonly error: string }
   | { readonly event: 'installed'; readonly redirectorId: string; readonly port: number }
   | {
       readonly event: 'accepted';
@@ -58,6 +60,8 @@ export function parseLogLine(text: string): LogLine | undefined {
       if (!Array.isArray(raw.redirectedBy) || !raw.redirectedBy.every(isString)) return undefined;
       return { event: 'accepted', redirectorId, connectionId: raw.connectionId, transport, port: destination.port, state: raw.state, redirectedBy: raw.redirectedBy };
     }
+    case 'rejected':
+      return isString(raw.error) ? { event: 'rejected', redirectorId, error: raw.error } : undefined;
     case 'closed': {
       const transport = transportOf(raw.transport);
       if (!isString(raw.connectionId) || transport === undefined || !isCount(raw.bytesFromClient) || !isCount(raw.bytesToClient)) return undefined;

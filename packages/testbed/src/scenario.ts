@@ -576,6 +576,10 @@ export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart):
           resolve(child);
         } else if (line.event === 'accepted') {
           start.onAccepted({ vendor: vendor.id, port: line.port, transport: line.transport, state: line.state, redirectedBy: line.redirectedBy, connectionId: line.connectionId });
+        } else if (line.event === 'rejected') {
+          // Reported once per vendor and error: a flow that never arrived may have been refused here.
+          const note = `vendor ${vendor.id} refused a connection or datagram: ${line.error}`;
+          if (!start.notes.includes(note)) start.notes.push(note);
         } else if (line.event === 'closed' && line.transport === 'udp') {
           start.onClosed?.(vendor.id, line.connectionId, { fromClient: line.datagramsFromClient ?? 0, toClient: line.datagramsToClient ?? 0 });
         }

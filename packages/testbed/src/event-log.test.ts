@@ -30,6 +30,15 @@ describe("the testbed's reading of core's event log", () => {
     }
   });
 
+  it('takes a rejected line with its error, for the notes', () => {
+    expect(parseLogLine('{"v":1,"redirector":{"id":"a"},"event":"rejected","error":"COPROXY_PROXY_HEADER_MALFORMED: bad"}')).toEqual({
+      event: 'rejected',
+      redirectorId: 'a',
+      error: 'COPROXY_PROXY_HEADER_MALFORMED: bad',
+    });
+    expect(parseLogLine('{"v":1,"redirector":{"id":"a"},"event":"rejected","error":7}')).toBeUndefined();
+  });
+
   it('tells UDP flows from TCP connections, with their datagram counts', () => {
     expect(parseLogLine(accepted('a', 443).replace('"event"', '"transport":"udp","event"'))).toMatchObject({ event: 'accepted', transport: 'udp', port: 443 });
     expect(

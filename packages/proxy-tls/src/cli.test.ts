@@ -56,9 +56,14 @@ describe('coproxy-tls (CLI)', () => {
     const result = await run(['--help']);
 
     expect(result.code).toBe(0);
-    for (const option of ['--id', '--priority', '--ports', '--backend', '--policy', '--rules', '--ca-dir', '--origin-ca', '--metrics', '--unrecognised']) {
+    for (const option of ['--id', '--priority', '--ports', '--udp-ports', '--backend', '--policy', '--rules', '--ca-dir', '--origin-ca', '--metrics', '--unrecognised', '--early-onward']) {
       expect(result.stdout).toContain(option);
     }
+    // Commander wraps help text: read it with the line breaks and indents folded.
+    const help = result.stdout.replace(/\s+/g, ' ');
+    expect(help).toMatch(/--udp-ports <list>.*\(default: "443"\)/);
+    expect(help).toContain('no readable QUIC Initial');
+    expect(help).toContain('sees an empty connection, even for a hello that is then refused');
   });
 
   it('exits 2 for a policy file that does not validate, naming the file and the path of the problem in it', async () => {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
+import type { MatchRule } from '@coproxy/core';
 import { type RedirectorCliOptions, RuleFileError, addRedirectorOptions, addServiceOptions, exitWith, integerOption, loadRules, rulesInspector, runVendorCli } from '@coproxy/core/vendor';
 import { Command, Option } from 'commander';
 import pino from 'pino';
@@ -15,14 +16,18 @@ import { createTlsProxy } from './proxy.js';
  */
 const program = addRedirectorOptions(
   new Command('coproxy-tls').description('A transparent inspecting TLS proxy (splice, block, bump) that cooperates with other coproxy vendors through redirect records'),
-  { ports: '443' },
+  // UDP/443: QUIC, read and relayed or blocked by the same policy. On WFP (no UDP) it is dropped unless given.
+  { ports: '443', udpPorts: '443' },
 )
   .option('--policy <file>', 'JSON policy file (see the README); default: splice everything')
   .option('--ca-dir <dir>', 'where the bump CA lives (ca.crt to trust, ca.key mode 0600); created on first use')
   .option('--rules <file>', "JSON rule file in coproxy-http's format (see the README), judged on every bumped request, HTTP/1.1 or each HTTP/2 stream")
   .option('--origin-ca <file>', 'PEM bundle to verify origins with in bump mode (default: the system store)')
   .addOption(
-    new Option('--unrecognised <action>', 'first bytes that are neither TLS nor HTTP/1.x or the HTTP/2 preface (and silent clients): block closes them, relay passes them on uninspected')
+    new Option(
+      '--unrecognised <action>',
+      'first bytes that are neither TLS nor HTTP/1.x or the HTTP/2 preface (and silent clients), and UDP flows whose first datagrams are no readable QUIC Initial: block closes them (a UDP flow: ICMP port unreachable), relay passes them on uninspected',
+    )
       .choices(['block', 'relay'])
       .default('block'),
   )
@@ -32,6 +37,10 @@ const program = addRedirectorOptions(
       .default('block'),
   )
   .option('--idle-timeout <ms>', 'a bumped connection silent this long (in its handshake, between HTTP/1.1 requests, as an h2 session) is closed with its origin leg', integerOption(1, 3_600_000), 120_000)
+  .option(
+    '--early-onward',
+    'dial the onward connection as soon as a connection is accepted, while its ClientHello is read (saves a round trip on spliced flows; nothing is sent before the decision). Trade-off: the origin (or the next vendor) is dialled, and sees an empty connection, even for a hello that is then refused',
+  )
   .option('--drop-records', 'onward connections carry only this proxy\'s own redirect (to demonstrate the loop records prevent)')
   .configureOutput({ writeErr: (text) => process.stderr.write(text) });
 addServiceOptions(program);
@@ -42,9 +51,19 @@ interface CliOptions extends RedirectorCliOptions {
   rules?: string;
   originCa?: string;
   dropRecords?: boolean;
+  earlyOnward?: boolean;
   unrecognised: 'block' | 'relay';
   unbumpable: 'block' | 'splice';
   idleTimeout: number;
+}
+
+/**
+ * WFP redirects no UDP (it refuses `udpPorts`): there the `--udp-ports` default is dropped,
+ * and only a `--udp-ports` the operator typed reaches the redirector (and is refused, exit 2).
+ */
+function matchFor(options: CliOptions, match: MatchRule): MatchRule {
+  if (options.backend !== 'wfp' || program.getOptionValueSource('udpPorts') !== 'default') return match;
+  return { ...(match.ports !== undefined && { ports: match.ports }) };
 }
 
 exitWith(
@@ -56,6 +75,8 @@ exitWith(
     start: ({ options, settings, logger }) => {
       const proxy = createTlsProxy({
         ...settings.redirector,
+        match: matchFor(options, settings.redirector.match),
+        earlyOnward: options.earlyOnward === true,
         propagateRecords: options.dropRecords !== true,
         unrecognised: options.unrecognised,
         unbumpable: options.unbumpable,

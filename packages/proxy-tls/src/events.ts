@@ -61,7 +61,8 @@ export interface QuicHandshake {
   readonly transport: 'quic';
   readonly flowId: string;
   readonly destination: { readonly address: string; readonly port: number };
-  readonly source: { readonly address: string; readonly port: number; readonly pid?: number };
+  /** `pid` where the backend knows it (embedded); nftables does not look it up for UDP. */
+  readonly source: { readonly address: string; readonly port: number; readonly pid?: number | undefined };
   readonly quicVersion: 'v1' | 'v2';
   /** The server name, lower-cased and without a trailing dot; undefined when none is usable. */
   readonly sni: string | undefined;

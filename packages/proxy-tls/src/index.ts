@@ -16,7 +16,7 @@ export { ja3, ja4 } from './fingerprint.js';
 export { QuicInitialReader, QuicInitialError, deriveClientInitialKeys, QUIC_V1, QUIC_V2 } from './quic-initial.js';
 export type { QuicInitialErrorCode, QuicInitialSummary, QuicReadResult, QuicInitialReaderOptions } from './quic-initial.js';
 export { serveQuicFlow } from './quic-flow.js';
-export type { AcceptedDatagramFlow, OnwardDatagramSocket, QuicFlowOptions, QuicFlowOutcome, QuicFlowHandle } from './quic-flow.js';
+export type { AcceptedDatagramFlow, OnwardDatagramSocket, QuicFlow, QuicOnwardSocket, QuicFlowOptions, QuicFlowOutcome, QuicFlowHandle } from './quic-flow.js';
 export { CertificateAuthority, CaError } from './ca.js';
 export type { CertificateAuthorityOptions } from './ca.js';
 export { parsePolicy, loadPolicy, compilePolicy, PolicyError } from './policy.js';

@@ -5,7 +5,7 @@ import { Counter } from 'prom-client';
 /**
  * The TLS proxy's Prometheus metrics, in a registry of its own. The metrics of the
  * redirector's events (open connections, bytes, records depth, accepted, rejected, onward
- * failures) come from core's vendor kit under the `coproxy_tls` prefix; the TLS ones are
+ * failures, UDP flows and datagrams) come from core's vendor kit under the `coproxy_tls` prefix; the TLS ones are
  * this vendor's.
  */
 export class TlsProxyMetrics extends RedirectorMetrics {
@@ -24,6 +24,12 @@ export class TlsProxyMetrics extends RedirectorMetrics {
   readonly handshakes = new Counter({
     name: 'coproxy_tls_handshakes_total',
     help: 'ClientHellos inspected, by the action taken: splice, block, bump',
+    labelNames: ['action'] as const,
+    registers: [this.registry],
+  });
+  readonly quicFlows = new Counter({
+    name: 'coproxy_tls_quic_flows_total',
+    help: 'QUIC flows whose Initial ClientHello was read, by the action taken: relay or block (a bump policy blocks QUIC so that the client falls back to TCP); unreadable ones count in coproxy_tls_unrecognised_total',
     labelNames: ['action'] as const,
     registers: [this.registry],
   });

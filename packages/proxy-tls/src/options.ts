@@ -5,7 +5,10 @@ import type { UnbumpableAction, UnrecognisedAction } from './events.js';
 import type { PeekSettings } from './hello-peek.js';
 import type { PolicyFile } from './policy.js';
 
-/** The redirector's options (`match` default: every TCP connection to port 443), then the proxy's. */
+/**
+ * The redirector's options (`match` default: TCP/443 and, for QUIC, UDP/443; TCP/443 only on
+ * WFP, which redirects no UDP), then the proxy's.
+ */
 export interface TlsProxyOptions extends VendorRedirectorOptions {
   /** A policy file's content or path; without one every handshake is spliced. */
   readonly policy?: PolicyFile | string;

@@ -1,15 +1,16 @@
-import type { AcceptedConnection, Endpoint } from '@coproxy/core';
+import type { AcceptedConnection, AcceptedDatagramFlow, Endpoint, MatchRule } from '@coproxy/core';
 import { createVendorRedirector } from '@coproxy/core/vendor';
 import pino from 'pino';
 import type { Observable } from 'rxjs';
 import { createBumper } from './bump.js';
 import { CertificateAuthority } from './ca.js';
 import { type Peeked, type Route, createDecision } from './decision.js';
-import type { Handshake, TlsExchange, TlsOwnEvent, TlsProxyEvent } from './events.js';
+import type { Handshake, QuicHandshake, TlsExchange, TlsOwnEvent, TlsProxyEvent } from './events.js';
 import { peekFirstBytes } from './hello-peek.js';
 import { TlsProxyMetrics } from './metrics.js';
 import { type TlsProxyOptions, resolveSettings } from './options.js';
 import { compilePolicy, loadPolicy, parsePolicy } from './policy.js';
+import { type QuicFlowHandle, serveQuicFlow } from './quic-flow.js';
 import { Reporter } from './reporter.js';
 import { type EarlyOnward, type OnwardSettings, cancelOnward, dialOnward, splice } from './splice.js';
 import { tlsAlertRecord } from './tls-alert.js';
@@ -18,6 +19,8 @@ export interface TlsProxy extends AsyncDisposable {
   readonly id: string;
   readonly handshakes$: Observable<Handshake>;
   readonly exchanges$: Observable<TlsExchange>;
+  /** Each QUIC flow whose Initial's ClientHello was read, and what the policy did with it (also `quic-handshake` on `events$`). */
+  readonly quicHandshakes$: Observable<QuicHandshake>;
   readonly events$: Observable<TlsProxyEvent>;
   readonly metrics: TlsProxyMetrics;
   listening(): Promise<Endpoint>;
@@ -34,6 +37,11 @@ export interface TlsProxy extends AsyncDisposable {
  * certificate is verified). An HTTP/1.x request or the HTTP/2 preface is relayed byte for
  * byte (another vendor in the chain may inspect it); anything else follows the
  * `unrecognised` policy (block by default, or relay).
+ *
+ * UDP flows the rule takes (by default UDP/443, except on WFP, which redirects no UDP) are
+ * QUIC: quic-flow.ts reads the ClientHello of their Initials, and the same policy relays
+ * them (`splice`) or blocks them (`block`, and `bump`, which QUIC cannot do: the client
+ * gets ICMP port unreachable and falls back to TCP, where it is bumped).
  *
  * This module only wires the concerns: hello-peek.ts reads the first bytes, decision.ts
  * turns them into a `Route` under the policy, splice.ts and bump.ts carry it out; the
@@ -52,15 +60,18 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
     options.ca === undefined ? undefined : options.ca instanceof CertificateAuthority ? Promise.resolve(options.ca) : CertificateAuthority.open({ dir: options.ca.dir });
 
   const onward: OnwardSettings = { connectTimeoutMs: settings.connectTimeoutMs, propagateRecords: options.propagateRecords ?? true };
-  const decide = createDecision({ policy: compilePolicy(policyFile), unrecognised: settings.unrecognised, unbumpable: settings.unbumpable, reporter });
+  // One compiled policy for TCP decisions and QUIC flows alike.
+  const policy = compilePolicy(policyFile);
+  const decide = createDecision({ policy, unrecognised: settings.unrecognised, unbumpable: settings.unbumpable, reporter });
   const bumper = createBumper({ ca: caReady, originCa: options.originCa, onward, reporter, inspectors: options.inspectors ?? [], idleTimeoutMs: settings.idleTimeoutMs });
 
   const vendor = createVendorRedirector<TlsOwnEvent>({
     options,
-    defaultMatch: { ports: [443] },
-    // Counts open connections, bytes, records depth, accepted, rejected, onward failures.
+    defaultMatch: defaultMatchFor(options.backend),
+    // Counts open connections, bytes, records depth, accepted, rejected, onward failures, UDP flows.
     metrics,
     onAccepted: (conn) => void onAccepted(conn),
+    onDatagramFlow: (flow) => onQuicFlow(flow),
     onFailed: (error) => {
       logger.error({ err: error }, 'redirector failed');
       reporter.handshakes.error(error);
@@ -70,6 +81,20 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   });
 
   const earlyOnward = options.earlyOnward ?? false;
+  let closed = false;
+  /** QUIC flows being read or relayed: closed with the proxy. */
+  const quicFlows = new Set<QuicFlowHandle>();
+  const quicOptions = { policy, unrecognised: settings.unrecognised, reporter, helloTimeoutMs: settings.peek.helloTimeoutMs, maxHelloBytes: settings.peek.maxHelloBytes };
+
+  function onQuicFlow(flow: AcceptedDatagramFlow): void {
+    if (closed) {
+      flow.close();
+      return;
+    }
+    const handle = serveQuicFlow(flow, quicOptions);
+    quicFlows.add(handle);
+    void handle.done.then(() => quicFlows.delete(handle));
+  }
 
   async function onAccepted(conn: AcceptedConnection): Promise<void> {
     // With earlyOnward the connect overlaps the wait for the hello; nothing is written on it
@@ -100,18 +125,21 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   }
 
   vendor.listening().catch((error: unknown) => logger.debug({ err: error }, 'install failed'));
-  let closed = false;
 
   return {
     id: options.id,
     handshakes$: reporter.handshakes.asObservable(),
     exchanges$: reporter.exchanges.asObservable(),
+    quicHandshakes$: reporter.quicHandshakes.asObservable(),
     events$: vendor.events$,
     metrics,
     listening: () => vendor.listening(),
     async close() {
       if (closed) return;
       closed = true;
+      // QUIC flows first: each closes its onward socket and ends its flow while events$ still reports it.
+      for (const handle of quicFlows) handle.close();
+      quicFlows.clear();
       await vendor.close();
       bumper.close();
       reporter.complete();
@@ -120,6 +148,11 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
       return this.close();
     },
   };
+}
+
+/** TCP/443, and UDP/443 for QUIC where the backend redirects UDP (WFP does not: it refuses `udpPorts`). */
+function defaultMatchFor(backend: TlsProxyOptions['backend']): MatchRule {
+  return backend === 'wfp' ? { ports: [443] } : { ports: [443], udpPorts: [443] };
 }
 
 /** Adding a member to `Route` without a branch above breaks the build here. */

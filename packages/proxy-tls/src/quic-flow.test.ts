@@ -9,7 +9,7 @@ import { TlsErrorCode } from './errors.js';
 import type { TlsOwnEvent } from './events.js';
 import { TlsProxyMetrics } from './metrics.js';
 import { type PolicyFile, compilePolicy, parsePolicy } from './policy.js';
-import { type AcceptedDatagramFlow, type OnwardDatagramSocket, type QuicFlowOptions, serveQuicFlow } from './quic-flow.js';
+import { type QuicFlow, type QuicFlowOptions, type QuicOnwardSocket, serveQuicFlow } from './quic-flow.js';
 import { Reporter } from './reporter.js';
 import { buildInitialDatagram, cryptoFrame, sampleHelloMessage } from './test-support/quic-builder.js';
 
@@ -22,7 +22,7 @@ const CHROMIUM = fs
   .map((line) => Buffer.from(line, 'hex'));
 
 /** The onward socket of the fake flow: what was sent to the destination, and a subject for its answers. */
-class FakeOnward implements OnwardDatagramSocket {
+class FakeOnward implements QuicOnwardSocket {
   readonly sent: Buffer[] = [];
   readonly answers = new Subject<Buffer>();
   readonly datagrams$ = this.answers.asObservable();
@@ -36,10 +36,10 @@ class FakeOnward implements OnwardDatagramSocket {
 }
 
 /** A UDP flow as core would hand it over, recording everything the vendor does with it. */
-class FakeFlow implements AcceptedDatagramFlow {
+class FakeFlow implements QuicFlow {
   readonly transport = 'udp' as const;
   readonly id = 'flow-1';
-  readonly originalDestination = { address: '10.200.0.1', port: 443 };
+  readonly originalDestination = { address: '10.200.0.1', port: 443, family: 4 as const };
   readonly source = { address: '10.200.0.2', port: 50_000, pid: 4242 };
   readonly client = new Subject<Buffer>();
   readonly datagrams$ = this.client.asObservable();
@@ -52,7 +52,7 @@ class FakeFlow implements AcceptedDatagramFlow {
   send(payload: Buffer): void {
     this.toClient.push(Buffer.from(payload));
   }
-  connectOnward(): Promise<OnwardDatagramSocket> {
+  connectOnward(): Promise<QuicOnwardSocket> {
     this.calls.push('connect');
     return this.onwardFails ? Promise.reject(Object.assign(new Error('connect ENETUNREACH'), { code: 'ENETUNREACH' })) : Promise.resolve(this.onward);
   }

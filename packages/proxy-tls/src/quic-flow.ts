@@ -1,5 +1,5 @@
-import { errorCodeOf } from '@coproxy/core';
-import type { Observable, Subscription } from 'rxjs';
+import { type AcceptedDatagramFlow, type OnwardDatagramSocket, errorCodeOf } from '@coproxy/core';
+import type { Subscription } from 'rxjs';
 import { type ClientHello, ClientHelloError } from './client-hello.js';
 import { TlsErrorCode } from './errors.js';
 import type { QuicAction, QuicHandshake, UnrecognisedAction, UnrecognisedReason } from './events.js';
@@ -18,32 +18,19 @@ import type { Reporter } from './reporter.js';
  * is rejected, never relayed.
  */
 
-/** A datagram socket onward to the original destination, carrying the flow's records. */
-export interface OnwardDatagramSocket {
-  send(payload: Buffer): void;
-  /** Datagrams from the destination; completes when the socket closes. */
-  readonly datagrams$: Observable<Buffer>;
-  close(): void;
-}
+export type { AcceptedDatagramFlow, OnwardDatagramSocket } from '@coproxy/core';
+
+/** What this module uses of core's onward datagram socket (its counts and local address are not read). */
+export type QuicOnwardSocket = Pick<OnwardDatagramSocket, 'send' | 'datagrams$' | 'close'>;
 
 /**
- * One accepted UDP flow, as core's redirector hands it over. Defined here by its shape
- * until core's UDP flows land (the lead adapts the names at merge).
+ * What this module uses of core's `AcceptedDatagramFlow` (records, state and context are
+ * not read here; `connectOnward()` carries the records on its own): the proxy hands in
+ * core's flow, tests a fake of this shape.
  */
-export interface AcceptedDatagramFlow {
-  readonly transport: 'udp';
-  readonly id: string;
-  readonly originalDestination: { readonly address: string; readonly port: number };
-  readonly source: { readonly address: string; readonly port: number; readonly pid?: number };
-  /** Client → vendor; completes when the flow ends. */
-  readonly datagrams$: Observable<Buffer>;
-  /** Vendor → client. */
-  send(payload: Buffer): void;
-  connectOnward(): Promise<OnwardDatagramSocket>;
-  /** The client gives up at once (ICMP port unreachable). */
-  reject(reason: string): void;
-  close(): void;
-}
+export type QuicFlow = Pick<AcceptedDatagramFlow, 'transport' | 'id' | 'originalDestination' | 'source' | 'datagrams$' | 'send' | 'reject' | 'close'> & {
+  connectOnward(): Promise<QuicOnwardSocket>;
+};
 
 export interface QuicFlowOptions {
   readonly policy: (facts: HandshakeFacts) => PolicyDecision;
@@ -77,7 +64,7 @@ export interface QuicFlowHandle {
 type FlowState =
   | { readonly kind: 'reading' }
   | { readonly kind: 'connecting'; readonly handshake: QuicHandshake | undefined }
-  | { readonly kind: 'relaying'; readonly handshake: QuicHandshake | undefined; readonly onward: OnwardDatagramSocket; readonly subscription: Subscription }
+  | { readonly kind: 'relaying'; readonly handshake: QuicHandshake | undefined; readonly onward: QuicOnwardSocket; readonly subscription: Subscription }
   | { readonly kind: 'over' };
 
 /** QUIC cannot be bumped: a bump decision blocks the flow, so that the client falls back to TCP, where it is bumped. */
@@ -93,7 +80,7 @@ function quicAction(action: Action): { action: QuicAction; note: string | undefi
 }
 
 /** Serves one QUIC flow: see the module comment. */
-export function serveQuicFlow(flow: AcceptedDatagramFlow, options: QuicFlowOptions): QuicFlowHandle {
+export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlowHandle {
   const { reporter, policy, unrecognised } = options;
   const { logger } = reporter;
   const maxHeldBytes = options.maxHeldBytes ?? 262_144;
@@ -165,8 +152,8 @@ export function serveQuicFlow(flow: AcceptedDatagramFlow, options: QuicFlowOptio
       rule: decision.rule,
       ...(note !== undefined && { note }),
     };
-    logger.info({ handshake }, 'handshake');
-    reporter.emit({ type: 'quic-handshake', handshake });
+    // A log line, the quic_flows metric, a quic-handshake event and quicHandshakes$.
+    reporter.quicHandshake(handshake);
     switch (action) {
       case 'relay':
         relay(handshake);

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { Subject } from 'rxjs';
-import type { FailureEventType, Handshake, TlsExchange, TlsOwnEvent } from './events.js';
+import type { FailureEventType, Handshake, QuicHandshake, TlsExchange, TlsOwnEvent } from './events.js';
 import type { TlsProxyMetrics } from './metrics.js';
 
 /**
@@ -12,6 +12,7 @@ import type { TlsProxyMetrics } from './metrics.js';
 export class Reporter {
   readonly handshakes = new Subject<Handshake>();
   readonly exchanges = new Subject<TlsExchange>();
+  readonly quicHandshakes = new Subject<QuicHandshake>();
 
   constructor(
     readonly metrics: TlsProxyMetrics,
@@ -31,15 +32,24 @@ export class Reporter {
     if (this.handshakes.observed) this.handshakes.next(handshake);
   }
 
+  /** A QUIC flow's hello read and decided: counted by action, logged as `handshake` (`transport: 'quic'`), an event. */
+  quicHandshake(handshake: QuicHandshake): void {
+    this.metrics.quicFlows.inc({ action: handshake.action });
+    this.logger.info({ handshake }, 'handshake');
+    this.emit({ type: 'quic-handshake', handshake });
+    if (this.quicHandshakes.observed) this.quicHandshakes.next(handshake);
+  }
+
   exchange(exchange: TlsExchange): void {
     this.metrics.exchanges.inc();
     this.logger.info({ exchange }, 'exchange');
     if (this.exchanges.observed) this.exchanges.next(exchange);
   }
 
-  /** Ends the handshake and exchange streams; the events stream ends with the vendor kit's `close()`. */
+  /** Ends the handshake, exchange and QUIC handshake streams; the events stream ends with the vendor kit's `close()`. */
   complete(): void {
     this.handshakes.complete();
     this.exchanges.complete();
+    this.quicHandshakes.complete();
   }
 }

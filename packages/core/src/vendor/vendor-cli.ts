@@ -122,8 +122,9 @@ export async function runVendorCli<TOptions extends RedirectorCliOptions, TLogge
   }
   service.events$.subscribe((event) => {
     if (event.type !== 'accepted') return;
-    const { connectionId, source, originalDestination: destination, state, redirectedBy } = event as AcceptedEvent;
-    logger.info({ connectionId, source: { address: source.address, port: source.port }, destination, state, redirectedBy }, 'accepted');
+    const { connectionId, source, originalDestination: destination, state, redirectedBy, transport } = event as AcceptedEvent;
+    // A UDP flow's line says so; a TCP connection's stays as it was.
+    logger.info({ connectionId, source: { address: source.address, port: source.port }, destination, state, redirectedBy, ...(transport !== undefined && { transport }) }, 'accepted');
   });
   const metricsAt = context.settings.metrics;
   let metricsServer: http.Server | undefined;

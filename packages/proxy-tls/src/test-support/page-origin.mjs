@@ -8,12 +8,13 @@
 // writes that response's status and text into #secret. Every request is reported over IPC ({ request }: method, url, SNI, ALPN, and
 // the fingerprint of the certificate the origin presented).
 //
-// argv[2]: CA dir; argv[3]: address; argv[4]: port. Sends { ready: true } over IPC once
-// listening; exits when the test goes away.
+// argv[2]: CA dir; argv[3]: address; argv[4]: port; argv[5], optional: an Alt-Svc header
+// value sent with every response (the QUIC fallback test: `h3=":443"`). Sends { ready: true }
+// over IPC once listening; exits when the test goes away.
 import http2 from 'node:http2';
 import { CertificateAuthority } from '../../dist/index.js';
 
-const [dir, host, port] = process.argv.slice(2);
+const [dir, host, port, altSvc] = process.argv.slice(2);
 const ca = await CertificateAuthority.open({ dir });
 
 const ANSWER = 'forty-two';
@@ -37,6 +38,7 @@ fetch('/api/secret?from=script', { headers: { 'x-from': 'page-script' } })
 const tlsSocket = (req) => (req.httpVersion === '2.0' ? req.stream.session.socket : req.socket);
 
 function answer(req, res) {
+  if (altSvc !== undefined) res.setHeader('alt-svc', altSvc);
   req.resume();
   req.on('end', () => {
     process.send({

@@ -1,11 +1,12 @@
-// A stand-in for core's UDP flows until they land: real UDP sockets on loopback, shaped
-// like `AcceptedDatagramFlow`. The vendor's socket takes the first client's datagrams as
-// one flow; `connectOnward()` opens a socket connected to the given destination. It
-// carries no records and no original destination (core's job): it is here so that the
-// vendor side relays through real sockets in a test. Not part of the build.
+// A loopback stand-in for core's UDP flows (no redirect layer, no root): real UDP sockets,
+// shaped like the part of `AcceptedDatagramFlow` the QUIC flow uses (`QuicFlow`). The
+// vendor's socket takes the first client's datagrams as one flow; `connectOnward()` opens
+// a socket connected to the given destination. It carries no records and no original
+// destination (core's job): it is here so that the vendor side relays through real
+// sockets in a test. Not part of the build.
 import dgram from 'node:dgram';
 import { Observable, ReplaySubject } from 'rxjs';
-import type { AcceptedDatagramFlow, OnwardDatagramSocket } from '../quic-flow.js';
+import type { QuicFlow, QuicOnwardSocket } from '../quic-flow.js';
 
 function bound(socket: dgram.Socket): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -17,7 +18,7 @@ function bound(socket: dgram.Socket): Promise<number> {
 export interface LoopbackFlowListener extends AsyncDisposable {
   readonly port: number;
   /** The first client's flow, once its first datagram arrived. */
-  readonly flow: Promise<AcceptedDatagramFlow & { readonly rejected: string | undefined }>;
+  readonly flow: Promise<QuicFlow & { readonly rejected: string | undefined }>;
 }
 
 /** A vendor-side UDP socket on 127.0.0.1 whose first client becomes one flow, relayed onward to `destination`. */
@@ -25,7 +26,7 @@ export async function loopbackFlowListener(destination: { address: string; port:
   const socket = dgram.createSocket('udp4');
   const port = await bound(socket);
   const onwardSockets = new Set<dgram.Socket>();
-  const flow = new Promise<AcceptedDatagramFlow & { readonly rejected: string | undefined }>((resolve) => {
+  const flow = new Promise<QuicFlow & { readonly rejected: string | undefined }>((resolve) => {
     // Replayed: the flow's first datagram comes before the vendor subscribes.
     const client = new ReplaySubject<Buffer>();
     let source: dgram.RemoteInfo | undefined;
@@ -37,14 +38,14 @@ export async function loopbackFlowListener(destination: { address: string; port:
         resolve({
           transport: 'udp',
           id: `udp-${peer.port}`,
-          originalDestination: destination,
+          originalDestination: { ...destination, family: 4 },
           source: { address: peer.address, port: peer.port },
           datagrams$: client.asObservable(),
           get rejected() {
             return state.rejected;
           },
           send: (payload) => socket.send(payload, peer.port, peer.address),
-          async connectOnward(): Promise<OnwardDatagramSocket> {
+          async connectOnward(): Promise<QuicOnwardSocket> {
             const onward = dgram.createSocket('udp4');
             onwardSockets.add(onward);
             await new Promise<void>((ok, fail) => {

@@ -1,0 +1,91 @@
+// Headless Chromium and its test-support servers in a kernel test's network namespace, for
+// the QUIC fallback test. Not part of the build.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import type { Netns } from '@coproxy/core/testing';
+import { within } from './cli-process.js';
+
+const run = promisify(execFile);
+const testSupport = fileURLToPath(new URL('./', import.meta.url));
+
+/**
+ * Starts a test-support script in the namespace; returns what `pick` takes from each IPC
+ * message, as they arrive, once a message has `readyKey: true`.
+ */
+export async function startReporter<TReport>(
+  netns: Netns,
+  script: string,
+  args: readonly string[],
+  pick: (message: Record<string, unknown>) => TReport | undefined,
+  readyKey = 'ready',
+): Promise<TReport[]> {
+  const received: TReport[] = [];
+  const child = netns.spawn(process.execPath, [path.join(testSupport, script), ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const ready = new Promise<void>((resolve, reject) => {
+    child.on('message', (message: Record<string, unknown>) => {
+      const report = pick(message);
+      if (report !== undefined) received.push(report);
+      if (message[readyKey] === true) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${script} exited early with ${String(code)}`)));
+  });
+  await within(ready, 10_000, `${script} to listen`);
+  return received;
+}
+
+/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers. */
+export async function browserHome(dir: string, caPem: string): Promise<string> {
+  const nssdb = path.join(dir, '.pki', 'nssdb');
+  fs.mkdirSync(nssdb, { recursive: true });
+  await run('certutil', ['-d', `sql:${nssdb}`, '-N', '--empty-password']);
+  await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
+  return dir;
+}
+
+export interface ChromiumRun {
+  readonly dom: string;
+  readonly stderr: string;
+}
+
+/**
+ * Headless Chromium loads `url` in the namespace and prints the DOM once the page is
+ * settled (--virtual-time-budget lets the page's script finish), or until `stopWhen`. `extra`
+ * goes before the URL. --no-sandbox because the test runs as root.
+ */
+export async function runChromium(
+  netns: Netns,
+  home: string,
+  userDataDir: string,
+  url: string,
+  extra: readonly string[],
+  /** Polled: once true, Chromium is stopped (a test that needs only what it sent first). */
+  stopWhen?: () => boolean,
+): Promise<ChromiumRun> {
+  const child = netns.spawn(
+    'chromium',
+    [
+      ...['--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      `--user-data-dir=${userDataDir}`,
+      ...extra,
+      '--virtual-time-budget=10000',
+      '--dump-dom',
+      url,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: home } },
+  );
+  let dom = '';
+  let stderr = '';
+  child.stdout?.on('data', (chunk: Buffer) => (dom += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const poll = stopWhen === undefined ? undefined : setInterval(() => stopWhen() && child.kill('SIGKILL'), 50);
+  try {
+    await within(new Promise((resolve) => child.once('close', resolve)), 60_000, `chromium ${url}`);
+  } finally {
+    clearInterval(poll);
+    child.kill('SIGKILL'); // a no-op once it has exited; the namespace's disposal kills what it left
+  }
+  return { dom, stderr };
+}

@@ -116,4 +116,35 @@ describe('UDP flows (embedded)', () => {
     expect(metrics).toMatch(/coproxy_http_unrecognised_total\{action="block"\} 1\n/);
     expect(metrics).toMatch(/coproxy_http_connections_total\{kind="blocked"\} 1\n/);
   });
+
+  it('ends a relayed flow whose origin answers ICMP port unreachable, logs why, and keeps serving the next flow', async () => {
+    const origin = await udpEchoOrigin();
+    cleanup.push(() => origin.close());
+    // A port nothing listens on: bound, then closed, so the kernel answers port unreachable.
+    const gone = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => gone.bind(0, '127.0.0.1', resolve));
+    const deadPort = gone.address().port;
+    await new Promise<void>((resolve) => gone.close(resolve));
+    const registry = tempDir('coproxy-http-registry-');
+    const proxy = createHttpProxy({ id: uniqueId('http-udp'), priority: 1, registry: registry.path, match: { ports: [1], udpPorts: [deadPort, origin.port] }, unrecognised: 'relay' });
+    const exchanges: HttpExchange[] = [];
+    const subscription = proxy.exchanges$.subscribe((exchange) => exchanges.push(exchange));
+    cleanup.push(async () => {
+      await proxy.close();
+      subscription.unsubscribe();
+      registry[Symbol.dispose]();
+    });
+    await within(proxy.listening(), 5000, 'the proxy to listen');
+
+    const dead = await connectDatagram({ host: '127.0.0.1', port: deadPort, registry: registry.path });
+    cleanup.push(() => dead.close());
+    dead.send(Buffer.from('\x00anyone?'));
+    await until(() => exchanges.length === 1, 5000, 'the failed UDP exchange');
+    expect(exchanges[0]).toMatchObject({ kind: 'opaque', transport: 'udp', error: { code: 'ECONNREFUSED' }, datagrams: { fromClient: 1, toClient: 0 } });
+
+    const live = await connectDatagram({ host: '127.0.0.1', port: origin.port, registry: registry.path });
+    cleanup.push(() => live.close());
+    const payload = Buffer.concat([Buffer.from([0x00]), randomBytes(700)]);
+    expect(await echo(live, payload)).toEqual(payload);
+  });
 });

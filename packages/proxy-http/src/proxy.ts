@@ -249,7 +249,8 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     const finish = (): void => {
       if (action !== 'relay') return;
       const counts = onward?.counts;
-      const failed = failure ?? (pendingDropped > 0 ? new Error(`${pendingDropped} datagrams dropped while the onward socket was opened`) : undefined);
+      const dropped = pendingDropped > 0 ? { code: ProxyErrorCode.UdpDatagramsDropped, message: `${pendingDropped} datagrams dropped while the onward socket was opened` } : undefined;
+      const error = failure === undefined ? dropped : { code: errorCodeOf(failure, ProxyErrorCode.OriginUnreachable), message: failure.message };
       logExchange({
         kind: 'opaque',
         connection: info,
@@ -257,7 +258,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
         transport: 'udp',
         tunnel: { bytesFromClient: counts?.bytesOut ?? 0, bytesToClient: counts?.bytesIn ?? 0 },
         datagrams: { fromClient: counts?.datagramsOut ?? 0, toClient: counts?.datagramsIn ?? 0 },
-        ...(failed !== undefined && { error: { code: errorCodeOf(failed, ProxyErrorCode.OriginUnreachable), message: failed.message } }),
+        ...(error !== undefined && { error }),
         startedAt,
         durationMs: Date.now() - startedAt,
       });

@@ -1,5 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -150,6 +151,18 @@ describe('coproxy-testbed', () => {
     // The UDP flows loop too: the first vendor takes each one again after the dropper.
     const first = [...dropped.vendors].sort((a, b) => a.priority - b.priority)[0]!;
     for (const flow of dropped.flows.filter((f) => f.kind === 'udp')) expect(flow.hops.filter((h) => h.vendor === first.id).length).toBeGreaterThan(1);
+    expect(leftBehind()).toEqual([]);
+  });
+
+  it('hands a --vendor command the UDP ports as {udpPorts}: coproxy-http started by hand takes the UDP flows after coproxy-tls', async () => {
+    const httpCli = path.join(path.dirname(createRequire(import.meta.url).resolve('@coproxy/proxy-http/package.json')), 'dist/cli.js');
+    const json = path.join(dir, 'udp-command.json');
+    const command = `${process.execPath} ${httpCli} --id {id} --priority {priority} --ports {ports} --udp-ports {udpPorts} --backend {backend} --fail-mode {failMode} --unrecognised relay --log-level warn`;
+    const { code, stdout } = await testbed('run', '--udp', '--flows', '8', '--vendors', 'tls', '--vendor', command, '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expectUdpFlows(report, 2);
     expect(leftBehind()).toEqual([]);
   });
 

@@ -2,11 +2,11 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { NETNS_V4, type Netns, assertKernelTestsCanRun, createNetns, skipKernelTests } from '@coproxy/core/testing';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type * as BuiltPackage from './index.js';
+import { type ChromiumRun, browserHome, runChromium, startReporter } from './test-support/browser.js';
 import { startCli, until, within } from './test-support/cli-process.js';
 
 // Debian's Chromium, unmodified and headless, bumped for real: its HTTPS is redirected by
@@ -24,7 +24,6 @@ import { startCli, until, within } from './test-support/cli-process.js';
 // CI=true it always runs, and fails naming what is missing.
 
 const run = promisify(execFile);
-const testSupport = fileURLToPath(new URL('./test-support/', import.meta.url));
 const built = new URL('../dist/index.js', import.meta.url).href;
 const ID = 'acme-tls';
 const PORT = 8443;
@@ -72,24 +71,8 @@ interface DnsQuery {
   readonly type: number;
 }
 
-/** Starts a test-support script in the namespace; returns what it reports under `key` over IPC, as it arrives. */
-async function startReporter<TReport>(netns: Netns, script: string, args: readonly string[], key: 'request' | 'query'): Promise<TReport[]> {
-  const received: TReport[] = [];
-  const child = netns.spawn(process.execPath, [path.join(testSupport, script), ...args], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const ready = new Promise<void>((resolve, reject) => {
-    child.on('message', (message: { ready?: boolean } & Partial<Record<typeof key, TReport>>) => {
-      const report = message[key];
-      if (report !== undefined) received.push(report);
-      if (message.ready === true) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`${script} exited early with ${String(code)}`)));
-  });
-  await within(ready, 10_000, `${script} to listen`);
-  return received;
-}
-
 const startPageOrigin = (netns: Netns, caDir: string): Promise<OriginRequest[]> =>
-  startReporter<OriginRequest>(netns, 'page-origin.mjs', [caDir, NETNS_V4, String(PORT)], 'request');
+  startReporter(netns, 'page-origin.mjs', [caDir, NETNS_V4, String(PORT)], (message) => message.request as OriginRequest | undefined);
 
 /**
  * Files that `ip netns exec` bind-mounts over /etc for what it starts in `netns`
@@ -102,49 +85,14 @@ function netnsEtc(netns: Netns, files: Readonly<Record<string, string>>): Dispos
   return { [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers, or nothing. */
-async function browserHome(dir: string, caPem: string | undefined): Promise<string> {
-  const nssdb = path.join(dir, '.pki', 'nssdb');
-  fs.mkdirSync(nssdb, { recursive: true });
-  await run('certutil', ['-d', `sql:${nssdb}`, '-N', '--empty-password']);
-  if (caPem !== undefined) await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
-  return dir;
-}
-
-interface ChromiumResult {
-  readonly dom: string;
-  readonly stderr: string;
-}
-
 /**
  * Headless Chromium loads `url` in the namespace and prints the DOM once the page is
- * settled: --virtual-time-budget lets the script's fetch complete first. The name resolves
- * to the origin's address by a host-resolver rule, or (`dns`) through the namespace's
- * resolv.conf; the connection itself is redirected by the kernel like any program's. --no-sandbox because the test runs as root.
+ * settled. The name resolves to the origin's address by a host-resolver rule, or (`dns`)
+ * through the namespace's resolv.conf; the connection itself is redirected by the kernel
+ * like any program's.
  */
-async function chromium(netns: Netns, home: string, userDataDir: string, url: string, resolve: 'rule' | 'dns' = 'rule'): Promise<ChromiumResult> {
-  const child = netns.spawn(
-    'chromium',
-    [
-      ...['--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-      `--user-data-dir=${userDataDir}`,
-      ...(resolve === 'rule' ? [`--host-resolver-rules=MAP ${NAME} ${NETNS_V4}`] : []),
-      '--virtual-time-budget=10000',
-      '--dump-dom',
-      url,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: home } },
-  );
-  let dom = '';
-  let stderr = '';
-  child.stdout?.on('data', (chunk: Buffer) => (dom += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  try {
-    await within(new Promise((resolve) => child.once('close', resolve)), 60_000, `chromium ${url}`);
-  } finally {
-    child.kill('SIGKILL'); // a no-op once it has exited; the namespace's disposal kills what it left
-  }
-  return { dom, stderr };
+function chromium(netns: Netns, home: string, userDataDir: string, url: string, resolve: 'rule' | 'dns' = 'rule'): Promise<ChromiumRun> {
+  return runChromium(netns, home, userDataDir, url, resolve === 'rule' ? [`--host-resolver-rules=MAP ${NAME} ${NETNS_V4}`] : []);
 }
 
 describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-tls bump on the nftables backend, in a network namespace', () => {
@@ -248,7 +196,7 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium through coproxy-t
         ],
       }),
     );
-    const queries = await startReporter<DnsQuery>(netns, 'ech-dns.mjs', [NETNS_V4, NETNS_V4, SECRET_NAME, PUBLIC_NAME], 'query');
+    const queries = await startReporter(netns, 'ech-dns.mjs', [NETNS_V4, NETNS_V4, SECRET_NAME, PUBLIC_NAME], (message) => message.query as DnsQuery | undefined);
     const originReceived = await startPageOrigin(netns, originCaDir);
     const proxy = startCli(netns, [
       ...['--id', ID, '--priority', '0', '--ports', String(PORT), '--backend', 'nftables', '--policy', policy],

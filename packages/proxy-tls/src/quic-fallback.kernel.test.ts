@@ -9,7 +9,7 @@ import type { QuicHandshake } from './events.js';
 import { CertificateAuthority } from './ca.js';
 import { QuicInitialReader } from './quic-initial.js';
 import { ja4 } from './fingerprint.js';
-import { browserHome, runChromium, startReporter } from './test-support/browser.js';
+import { browserHome, captureUdp, runChromium, startReporter } from './test-support/browser.js';
 import { type CliProcess, startCli, until } from './test-support/cli-process.js';
 
 // Debian's Chromium, unmodified and headless, forced to try QUIC first for one origin
@@ -27,9 +27,10 @@ import { type CliProcess, startCli, until } from './test-support/cli-process.js'
 //   origin; it does not fall back, and shows net::ERR_QUIC_PROTOCOL_ERROR. The test pins
 //   this down so that nobody reads the forced case as a fallback.
 // relay: a policy that splices QUIC relays the flow: Chromium's Initials reach a UDP
-// listener at the original destination intact (forced, since nothing answers them there).
+// listener at the original destination byte for byte (dumpcap on the namespace's loopback
+// sees both legs), forced, since nothing answers them there.
 //
-// Needs chromium and certutil. Off CI, COPROXY_SKIP_BROWSER_TESTS=1 skips it.
+// Needs chromium, certutil and dumpcap/tshark. Off CI, COPROXY_SKIP_BROWSER_TESTS=1 skips it.
 
 const run = promisify(execFile);
 const NAME = 'page.test';
@@ -81,12 +82,12 @@ async function startProxy(netns: Netns, dir: string, policy: object): Promise<{ 
 describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC through coproxy-tls on the nftables backend, in a network namespace', () => {
   beforeAll(async () => {
     await assertKernelTestsCanRun();
-    for (const [command, args] of [['chromium', ['--version']], ['certutil', ['-H']]] as const) {
+    for (const [command, args] of [['chromium', ['--version']], ['certutil', ['-H']], ['dumpcap', ['--version']], ['tshark', ['--version']]] as const) {
       try {
         await run(command, [...args]);
       } catch (error) {
         // certutil -H prints its help and exits 1: only a missing binary counts.
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`'${command}' is not installed (apt-get install -y chromium libnss3-tools)`, { cause: error });
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`'${command}' is not installed (apt-get install -y chromium libnss3-tools tshark)`, { cause: error });
       }
     }
   });
@@ -143,7 +144,7 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
     expect(proxy.exchanges()).toEqual([]);
   }, 120_000);
 
-  it('relays the QUIC flow a policy splices: Chromium’s Initials reach a UDP listener at the original destination intact, and the log says relay', async () => {
+  it('relays the QUIC flow a policy splices: Chromium’s Initials reach a UDP listener at the original destination byte for byte, and the log says relay', async () => {
     await using netns = await createNetns('quic-relay');
     using dir = tempDir();
     const { proxy, proxyCa } = await startProxy(netns, dir.path, { default: 'bump', rules: [{ name: 'h3', when: { quic: true }, action: 'splice' }] });
@@ -164,9 +165,13 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
       return read?.done === true;
     };
 
+    // Every UDP datagram in the namespace, Chromium's and the proxy's onward ones.
+    const capture = await captureUdp(netns, path.join(dir.path, 'udp.pcapng'));
+
     // Stopped once the hello is whole at the listener: nothing will answer it.
     await loadPage(netns, dir.path, proxyCa, true, readArrived);
     await until(readArrived, 5000, 'a whole ClientHello at the listener');
+    const captured = await capture.stop();
 
     const quic = quicHandshakes(proxy);
     expect(quic[0]).toMatchObject({ transport: 'quic', sni: NAME, alpn: ['h3'], action: 'relay', rule: 'h3' });
@@ -175,8 +180,15 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
     expect(read.hello.serverName).toBe(NAME);
     expect(ja4(read.hello, 'quic')).toBe(quic[0]!.ja4);
     expect(read.summary.datagrams).toBe(quic[0]!.datagrams);
-    // One flow, from the proxy's onward socket (not Chromium's own port), carrying the records.
+    // One flow, from the proxy's onward socket (not Chromium's own port).
+    const chromiumSocket = `${quic[0]!.source.address}:${quic[0]!.source.port}`;
     expect(new Set(received.map((r) => r.from)).size).toBe(1);
-    expect(received[0]!.from).not.toBe(`${quic[0]!.source.address}:${quic[0]!.source.port}`);
+    expect(received[0]!.from).not.toBe(chromiumSocket);
+    // Byte for byte: what reached the listener is what Chromium sent on the flow, in order, the hello's datagrams and any after.
+    const sent = captured.filter((d) => d.src === chromiumSocket).map((d) => d.payload);
+    const relayed = captured.filter((d) => d.src === received[0]!.from && d.dst === `${NETNS_V4}:443`).map((d) => d.payload);
+    expect(relayed.length).toBeGreaterThanOrEqual(quic[0]!.datagrams);
+    expect(relayed).toEqual(sent.slice(0, relayed.length));
+    expect(received.map((r) => r.datagram)).toEqual(relayed.slice(0, received.length));
   }, 120_000);
 });

@@ -92,4 +92,12 @@ describe('createTlsProxy with UDP flows (QUIC), embedded backend', () => {
     expect(result.metrics.has('coproxy_tls_quic_flows_total{action="relay"}')).toBe(false);
     expect(result.events).toContainEqual(expect.objectContaining({ type: 'closed', connectionId: result.quicHandshake.flowId, transport: 'udp', endedBy: 'rejected' }));
   });
+
+  it.skipIf(process.platform === 'win32')('takes no UDP by default on WFP, which redirects none: off Windows only the backend is missing, while an explicit udpPorts is refused', () => {
+    // The default match reaches core's checks without udpPorts: what fails is the platform.
+    expect(() => createTlsProxy({ id: uniqueId('tls-wfp'), priority: 1, backend: 'wfp' })).toThrow(expect.objectContaining({ code: 'COPROXY_BACKEND_UNAVAILABLE' }));
+    expect(() => createTlsProxy({ id: uniqueId('tls-wfp'), priority: 1, backend: 'wfp', match: { ports: [443], udpPorts: [443] } })).toThrow(
+      expect.objectContaining({ code: 'COPROXY_INVALID_OPTIONS', option: 'match.udpPorts' }),
+    );
+  });
 });

@@ -209,6 +209,8 @@ describe('the vendor CLI main loop', () => {
       destination: { port: origin.port },
       source: { address: '127.0.0.1' },
     });
+    // Only a UDP flow's line names its transport (coproxy-tls's QUIC kernel test reads one).
+    expect(logger.lines.find((line) => line.msg === 'accepted')?.fields).not.toHaveProperty('transport');
 
     process.emit('SIGTERM', 'SIGTERM');
 

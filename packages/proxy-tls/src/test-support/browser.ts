@@ -1,5 +1,5 @@
 // Headless Chromium and its test-support servers in a kernel test's network namespace, for
-// the QUIC fallback test. Not part of the build.
+// the Chromium and QUIC fallback tests. Not part of the build.
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -36,12 +36,12 @@ export async function startReporter<TReport>(
   return received;
 }
 
-/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers. */
-export async function browserHome(dir: string, caPem: string): Promise<string> {
+/** A HOME whose NSS database (where Chromium on Linux reads user-trusted roots) trusts `caPem` for TLS servers, or nothing. */
+export async function browserHome(dir: string, caPem: string | undefined): Promise<string> {
   const nssdb = path.join(dir, '.pki', 'nssdb');
   fs.mkdirSync(nssdb, { recursive: true });
   await run('certutil', ['-d', `sql:${nssdb}`, '-N', '--empty-password']);
-  await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
+  if (caPem !== undefined) await run('certutil', ['-d', `sql:${nssdb}`, '-A', '-t', 'C,,', '-n', 'coproxy-test', '-i', caPem]);
   return dir;
 }
 
@@ -88,4 +88,70 @@ export async function runChromium(
     child.kill('SIGKILL'); // a no-op once it has exited; the namespace's disposal kills what it left
   }
   return { dom, stderr };
+}
+
+/** One UDP datagram seen on the namespace's loopback. */
+export interface CapturedDatagram {
+  readonly src: string;
+  readonly dst: string;
+  readonly payload: Buffer;
+}
+
+const MARKER = 'coproxy-capture-end';
+const FIELDS = ['ip.src', 'udp.srcport', 'ip.dst', 'udp.dstport', 'udp.payload'].flatMap((field) => ['-e', field]);
+
+async function readCapture(file: string): Promise<CapturedDatagram[]> {
+  const { stdout } = await run('tshark', ['-r', file, '-T', 'fields', ...FIELDS, '-E', 'separator=,'], { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 });
+  return stdout
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => {
+      const [srcAddress, srcPort, dstAddress, dstPort, payload] = line.split(',');
+      return { src: `${srcAddress}:${srcPort}`, dst: `${dstAddress}:${dstPort}`, payload: Buffer.from(payload ?? '', 'hex') };
+    });
+}
+
+/**
+ * dumpcap on the namespace's loopback (where all its traffic goes: its addresses are on
+ * `lo`), UDP only; `stop()` gives every datagram as tshark reads the file, in capture
+ * order, then ends it. Each datagram crosses `lo` once, after the OUTPUT chain's NAT.
+ * libpcap hands packets over in blocks, and those of a block not yet handed over when
+ * dumpcap stops are lost: `stop()` first sends a marker datagram and waits until the file
+ * has it, so everything before it is in the file.
+ */
+export async function captureUdp(netns: Netns, file: string): Promise<{ stop(): Promise<CapturedDatagram[]> }> {
+  const dumpcap = netns.spawn('dumpcap', ['-i', 'lo', '-f', 'udp', '-w', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  const exited = new Promise<void>((resolve) => dumpcap.once('close', () => resolve()));
+  await within(
+    new Promise<void>((resolve, reject) => {
+      dumpcap.stderr?.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+        if (stderr.includes('Capturing on')) resolve();
+      });
+      void exited.then(() => reject(new Error(`dumpcap exited: ${stderr.trim()}`)));
+    }),
+    10_000,
+    'dumpcap to capture',
+  );
+  const marker = Buffer.from(MARKER).toString('hex');
+  const send = `const s = require('node:dgram').createSocket('udp4'); s.send(Buffer.from('${MARKER}'), 9, '127.0.0.1', () => s.close());`;
+  return {
+    async stop() {
+      const deadline = Date.now() + 10_000;
+      try {
+        for (;;) {
+          await new Promise<void>((resolve) => netns.spawn(process.execPath, ['-e', send], { stdio: 'ignore' }).once('close', () => resolve()));
+          const datagrams = await readCapture(file);
+          const end = datagrams.findIndex((d) => d.payload.toString('hex') === marker);
+          if (end !== -1) return datagrams.slice(0, end);
+          if (Date.now() > deadline) throw new Error(`the capture's end marker did not reach ${file} within 10 s`);
+          await new Promise((resolve) => setTimeout(resolve, 250));
+        }
+      } finally {
+        dumpcap.kill('SIGINT');
+        await within(exited, 10_000, 'dumpcap to stop');
+      }
+    },
+  };
 }

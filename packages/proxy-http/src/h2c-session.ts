@@ -76,8 +76,6 @@ interface StreamExchange {
   readonly endStream: boolean;
   /** The proxy reset the client's stream itself (not the client's reset). */
   resetByProxy: boolean;
-  /** The client's request trailers, kept from the moment they arrive (inspection may still be running). */
-  requestTrailers: http2.OutgoingHttpHeaders | undefined;
 }
 
 /**
@@ -185,10 +183,7 @@ class H2cConnection {
       finished: false,
       endStream,
       resetByProxy: false,
-      requestTrailers: undefined,
     };
-    // 'trailers' is emitted as they arrive, not as the body is read: kept now for the origin stream opened later.
-    stream.once('trailers', (received: http2.IncomingHttpHeaders) => (exchange.requestTrailers = withoutPseudoHeaders(received)));
     this.hooks.metrics.requests.inc({ method: METHOD_LABELS.has(method) ? method : 'other' });
     this.streams.add(stream);
     stream.on('error', (error) => this.hooks.logger.debug({ err: error, connection: this.info.id, stream: stream.id }, 'h2c stream error'));
@@ -288,9 +283,10 @@ class H2cConnection {
     // The body streams with HTTP/2's flow control on both legs: the client's window opens as the origin's does.
     if (exchange.endStream) drain(stream, exchange);
     else {
-      // Request trailers (gRPC clients', a checksum after an upload) follow the body as they
-      // came, pseudo-headers aside: the origin's stream ends with them, or with an empty end.
-      upstream.once('wantTrailers', () => upstream.sendTrailers(exchange.requestTrailers ?? {}));
+      // Request trailers are not forwarded: they arrive after the verdict, when the body has
+      // gone on, so no rule or inspector could judge them (I6), as on HTTP/1.1. The origin's
+      // stream ends with an empty end.
+      upstream.once('wantTrailers', () => upstream.sendTrailers({}));
       stream.on('data', (chunk: Buffer) => (exchange.requestBytes += chunk.length));
       stream.pipe(upstream);
     }

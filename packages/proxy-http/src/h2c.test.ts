@@ -150,7 +150,7 @@ describe('h2c with prior knowledge', () => {
     expect(await within(trailers, 5000, 'the trailers')).toMatchObject({ 'grpc-status': '0', 'grpc-message': 'ok' });
   });
 
-  it("passes on the client's request trailers after its body (a gRPC client's, a checksum)", async () => {
+  it("does not forward the client's request trailers (no rule could judge them: they follow the verdict); the body goes on", async () => {
     const received: Record<string, unknown>[] = [];
     await using origin = await startH2cOrigin((stream) => {
       stream.once('trailers', (t: Record<string, unknown>) => received.push(t));
@@ -166,7 +166,7 @@ describe('h2c with prior knowledge', () => {
     stream.end(Buffer.from('payload'));
     stream.resume();
     expect(await within(status, 5000, 'the answer')).toBe(200);
-    expect(received).toEqual([expect.objectContaining({ 'x-checksum': 'abc123' })]);
+    expect(received.some((fields) => 'x-checksum' in fields)).toBe(false);
   });
 
   it('answers 502 on the stream when the origin cannot be reached', async () => {

@@ -85,16 +85,16 @@ async function h2Post(s: Awaited<ReturnType<typeof scene>>): Promise<{ body: str
 }
 
 describe('bump passes trailers on, both ways', () => {
-  it.each(['h2', 'http/1.1'] as const)('h2 client, %s origin: the response’s trailers reach the client, the request’s reach the origin', async (protocol) => {
+  it.each(['h2', 'http/1.1'] as const)('h2 client, %s origin: the response’s trailers reach the client, the request’s are not forwarded (they follow the verdict)', async (protocol) => {
     await using s = await scene(protocol);
     const answer = await h2Post(s);
     expect(answer.body).toBe('body');
     expect(answer.trailers).toMatchObject(RESPONSE_TRAILERS);
-    expect(s.origin.requestTrailers).toEqual([expect.objectContaining({ 'x-checksum': 'abc123' })]);
+    expect(s.origin.requestTrailers.some((fields) => 'x-checksum' in fields)).toBe(false);
     expect(s.proxy.exchanges).toEqual([expect.objectContaining({ protocols: { client: 'h2', origin: protocol }, response: expect.objectContaining({ status: 200 }) as unknown })]);
   });
 
-  it('HTTP/1.1 client, h2 origin: chunked request trailers reach the origin, the origin’s trailers follow the last chunk', async () => {
+  it('HTTP/1.1 client, h2 origin: chunked request trailers are not forwarded, the origin’s trailers follow the last chunk', async () => {
     await using s = await scene('h2');
     const { socket } = await tlsClient(s.proxy.registry, s.origin.port, { servername: 'grpc.example', ca: s.proxyCa, ALPNProtocols: ['http/1.1'] });
     socket.write('POST /pkg.Service/Call HTTP/1.1\r\nHost: grpc.example\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nConnection: close\r\n\r\n7\r\nrequest\r\n0\r\nX-Checksum: abc123\r\n\r\n');
@@ -109,6 +109,6 @@ describe('bump passes trailers on, both ways', () => {
     );
     expect(text.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
     expect(text.toLowerCase()).toMatch(/\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n$/);
-    expect(s.origin.requestTrailers).toEqual([expect.objectContaining({ 'x-checksum': 'abc123' })]);
+    expect(s.origin.requestTrailers.some((fields) => 'x-checksum' in fields)).toBe(false);
   });
 });

@@ -71,8 +71,13 @@ interface OriginResponse {
 /** The origin side of one bumped connection, h1 or h2 as the origin's ALPN chose. */
 interface OriginLeg {
   readonly protocol: BumpProtocol;
-  /** Sends the head, pipes `body` after it, then `trailers()`; resolves with the response head. `signal` cancels the request. */
-  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse>;
+  /**
+   * Sends the head, pipes `body` after it; resolves with the response head. `signal`
+   * cancels the request. Request trailers are never sent: they arrive after the verdict,
+   * when the body has gone on, so no inspector could judge them (I6); coproxy-http drops
+   * them too.
+   */
+  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse>;
   destroy(): void;
 }
 
@@ -87,8 +92,6 @@ interface ClientSide {
   readonly body: Readable;
   /** Whether the request has a body to forward, however it was framed on the client's leg. */
   readonly hasBody: boolean;
-  /** The request's trailers, once `body` has ended; undefined without any. */
-  trailers(): http.OutgoingHttpHeaders | undefined;
   /** Starts the response; undefined when the client is gone. */
   respond(status: number, headers: http.OutgoingHttpHeaders): Writable | undefined;
   /** The response's trailers, given once its body is complete and before the writable is ended. */
@@ -362,7 +365,6 @@ export function createBumper({ ca, originCa, onward, reporter, inspectors, idleT
       response = await state.origin.send(
         { method: side.method, path: side.path, authority: request.authority ?? defaultAuthorityOf(state), headers, hasBody: side.hasBody },
         side.body,
-        () => trailerFields(side.trailers()),
         cancel.signal,
       );
     } catch (error) {
@@ -426,6 +428,10 @@ function defaultAuthorityOf(state: BumpedConnection): string {
 function requestInfo(state: BumpedConnection, side: ClientSide): RequestInfo | undefined {
   // Origin-form only: an absolute-form or `*` target has no place inside a TLS connection to one origin.
   if (!side.path.startsWith('/')) return undefined;
+  // No fragment, as coproxy-http refuses it: the readings take `#` for a byte of the path
+  // (`/admin#/../public` is `/public` to them), while an origin that parses the target as a
+  // URL cuts the fragment off and routes `/admin`.
+  if (side.path.includes('#')) return undefined;
   const query = side.path.indexOf('?');
   // Every reading of the path an origin could act on, canonical (`/%61dmin`, `//admin` and
   // `/x/../admin` are `/admin`), as coproxy-http gives its rules; a path origins disagree on
@@ -491,7 +497,6 @@ function h1ClientSide(req: http.IncomingMessage, res: http.ServerResponse): Clie
     body: req,
     // Node's parser read the body by one of these (and refused a request with both): the framing itself is not forwarded.
     hasBody: req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0'),
-    trailers: () => (Object.keys(req.trailers).length === 0 ? undefined : req.trailers),
     respond(status, headers) {
       if (res.destroyed) return undefined;
       res.writeHead(status, headers);
@@ -525,9 +530,6 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     if (!endedByUs && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR && (stream.aborted || !stream.headersSent)) onPeerReset();
   });
   stream.on('error', () => undefined); // the 'close' below reports it; an unhandled 'error' would crash the process
-  // 'trailers' fires as they arrive, not as the body is read: kept now for the origin request sent later.
-  let requestTrailers: http.IncomingHttpHeaders | undefined;
-  stream.once('trailers', (received: http2.IncomingHttpHeaders) => (requestTrailers = received));
   let responseTrailers: http.OutgoingHttpHeaders | undefined;
   return {
     protocol: 'h2',
@@ -537,7 +539,6 @@ function h2ClientSide(stream: http2.ServerHttp2Stream, headers: http2.IncomingHt
     headers: withoutConnectionHeaders(headers),
     body: stream,
     hasBody: !stream.endAfterHeaders,
-    trailers: () => requestTrailers,
     respond(status, responseHeaders) {
       if (stream.destroyed || stream.closed) return undefined;
       // The stream ends with the origin's trailers (gRPC's grpc-status), or an empty end without any.
@@ -587,7 +588,7 @@ class H1OriginLeg implements OriginLeg {
     this.agent = new OriginAgent(first, reconnect);
   }
 
-  send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
+  send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     return new Promise((resolve, reject) => {
       // A body without a length is sent chunked whatever the method: Node's client frames a
       // GET, HEAD, DELETE, OPTIONS body (an h2 GET with DATA, an h1 chunked GET) with neither
@@ -599,13 +600,7 @@ class H1OriginLeg implements OriginLeg {
         resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res, trailers: () => (Object.keys(res.trailers).length === 0 ? undefined : res.trailers) }),
       );
       upstream.once('error', reject);
-      // Request trailers go after the last chunk; a body sent with its Content-Length has no place for them (dropped).
-      body.pipe(upstream, { end: false });
-      body.once('end', () => {
-        const fields = trailers();
-        if (fields !== undefined && head.headers['content-length'] === undefined && head.hasBody) upstream.addTrailers(fields);
-        upstream.end();
-      });
+      body.pipe(upstream);
     });
   }
 
@@ -651,17 +646,17 @@ class H2OriginLeg implements OriginLeg {
     return this.current;
   }
 
-  async send(head: ForwardedHead, body: Readable, trailers: () => http.OutgoingHttpHeaders | undefined, signal: AbortSignal): Promise<OriginResponse> {
+  async send(head: ForwardedHead, body: Readable, signal: AbortSignal): Promise<OriginResponse> {
     const session = await this.session();
     return new Promise((resolve, reject) => {
-      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, waitForTrailers: true });
-      // The request ends with the client's trailers, or an empty end without any.
-      stream.once('wantTrailers', () => stream.sendTrailers(trailers() ?? {}));
+      // A request without a body ends with its HEADERS frame (END_STREAM), not with an empty DATA frame after it.
+      const stream = session.request({ ...head.headers, ':method': head.method, ':path': head.path, ':authority': head.authority, ':scheme': 'https' }, { signal, endStream: !head.hasBody });
       let responseTrailers: http.IncomingHttpHeaders | undefined;
       stream.once('trailers', (received: http2.IncomingHttpHeaders) => (responseTrailers = received));
       stream.once('response', (headers) => resolve({ status: Number(headers[':status']), headers, body: stream, trailers: () => responseTrailers }));
       stream.once('error', reject);
-      body.pipe(stream);
+      if (head.hasBody) body.pipe(stream);
+      else body.resume(); // nothing to send: read to its end so the client's side completes
     });
   }
 

@@ -219,6 +219,26 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
     );
   }
 
+  /**
+   * A datagram after the decision, checked before it goes on (I6): an Initial of another
+   * connection on the same flow, or CRYPTO bytes other than the hello's, would reach the
+   * server with a hello the policy never judged. On a fault the flow is rejected (the client
+   * falls back to TCP). A flow relayed unread by the unrecognised policy is not checked.
+   */
+  function checked(datagram: Buffer): boolean {
+    if (state.kind !== 'connecting' && state.kind !== 'relaying') return false;
+    if (state.handshake === undefined) return true;
+    try {
+      reader.check(datagram);
+      return true;
+    } catch (error) {
+      const code = errorCodeOf(error, TlsErrorCode.Internal);
+      reporter.fail('connection-failed', flow.id, code, (error as Error).message);
+      end({ kind: 'failed', code }, 'reject', 'an Initial the policy did not judge');
+      return false;
+    }
+  }
+
   function onDatagram(datagram: Buffer): void {
     switch (state.kind) {
       case 'reading': {
@@ -244,11 +264,13 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
         return;
       }
       case 'connecting':
+        if (!checked(datagram)) return;
         // UDP may drop: past the bound, a datagram is dropped and the client retransmits.
         if (heldBytes + datagram.length > maxHeldBytes) logger.debug({ connectionId: flow.id, bytes: datagram.length }, 'quic datagram dropped while the onward socket opens');
         else hold(datagram);
         return;
       case 'relaying':
+        if (!checked(datagram)) return;
         state.onward.send(datagram);
         return;
       case 'over':

@@ -126,7 +126,8 @@ const checkList = (text: string): string[] => {
 program
   .command('conformance')
   .description(`runs the conformance checks (version ${CONFORMANCE_VERSION}) on one vendor: one PASS/FAIL line per check, exit 0 only when all pass`)
-  .option('--vendor <command>', "the candidate: a command that starts a vendor built on core ({id} {priority} {ports} {backend} {failMode} are replaced, COPROXY_VENDOR_* set), or tls / http for a reference vendor", candidateOf, { kind: 'http' } as VendorSpec)
+  // Required: a CI script that forgot it must not pass by testing a reference vendor instead.
+  .requiredOption('--vendor <command>', "the candidate: a command that starts a vendor built on core ({id} {priority} {ports} {backend} {failMode} are replaced, COPROXY_VENDOR_* set), or tls / http for a reference vendor", candidateOf)
   .addOption(new Option('--backend <name>', 'redirect layer').choices(['embedded', 'nftables']).default('embedded'))
   .option('--checks <list>', `a subset, by name: ${CHECKS.map((c) => c.name).join(', ')}`, checkList)
   .option('--json <file>', 'write the report as JSON (every check with its full run)')

@@ -62,21 +62,47 @@ describe('coproxy-testbed run --vendor', () => {
   });
 });
 
+/** Live (not zombie) processes whose command line is exactly `argv`. */
+function running(argv: readonly string[]): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    try {
+      if (fs.readFileSync(`/proc/${entry}/cmdline`, 'latin1') !== `${argv.join('\0')}\0`) continue;
+      if (/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${entry}/stat`, 'latin1'))) continue;
+      pids.push(Number(entry));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error; // ENOENT: it ended meanwhile
+    }
+  }
+  return pids;
+}
+
+describe('coproxy-testbed run --vendor, a failed start', () => {
+  it('leaves nothing running that the failed vendor started, even out of its process group', async () => {
+    const { code, stdout } = await testbed('run', '--vendor', 'setsid sleep 301 & echo never ready; exit 7', '--flows', '3');
+    expect(code).toBe(1);
+    expect(stdout).toMatch(/vendor vendor exited \(7\) before it was ready: never ready/);
+    expect(running(['sleep', '301'])).toEqual([]);
+  });
+});
+
 describe('coproxy-testbed conformance', () => {
   it('fails a vendor that drops records, naming the check and the flow', async () => {
     const json = path.join(dir, 'dropping.json');
-    const { code, stdout } = await testbed('conformance', '--vendor', `${process.execPath} ${brokenVendor} --break drop-records ${PARAMETERS}`, '--checks', 'middle-of-chain,last-in-chain', '--json', json);
+    const { code, stdout } = await testbed('conformance', '--vendor', `${process.execPath} ${brokenVendor} --break drop-records ${PARAMETERS}`, '--checks', 'middle-of-chain,last-in-chain,records-dropping-neighbour', '--json', json);
     expect(code).toBe(1);
     // After another vendor, its onward leg carries its own record only, so the flow goes
     // back to the vendors before it: a loop. (First in line, dropping changes nothing
     // visible: there were no records before it, as on Windows.)
     expect(stdout).toMatch(/^FAIL middle-of-chain: a loop: flow (\d+) went client → tls-vendor\[NotRedirected\] → .*candidate\[RedirectedByOther\].*, flow \1$/m);
     expect(stdout).toMatch(/^FAIL last-in-chain: a loop: flow (\d+) went client → tls-vendor\[NotRedirected\] → .*candidate\[RedirectedByOther\].*, flow \1$/m);
-    expect(stdout).toMatch(/^DOES NOT CONFORM: 0 of 2 checks passed/m);
+    // Beside a neighbour that drops records, it drops them too: the flow never stops coming back.
+    expect(stdout).toMatch(/^FAIL records-dropping-neighbour: the loop did not end by itself .*cut after 4 passes: flow (\d+) went client → candidate\[NotRedirected\] → .*, flow \1$/m);
+    expect(stdout).toMatch(/^DOES NOT CONFORM: 0 of 3 checks passed/m);
     const report = readJson<ConformanceReport>(json);
-    expect(report.version).toBe(1);
+    expect(report.version).toBe(2);
     expect(report.passed).toBe(false);
-    expect(report.checks.map((c) => [c.name, c.passed, typeof c.flow])).toEqual([['middle-of-chain', false, 'number'], ['last-in-chain', false, 'number']]);
+    expect(report.checks.map((c) => [c.name, c.passed, typeof c.flow])).toEqual([['middle-of-chain', false, 'number'], ['last-in-chain', false, 'number'], ['records-dropping-neighbour', false, 'number']]);
     for (const check of report.checks) expect(check.report?.loopDetected).toBe(true);
   });
 
@@ -87,14 +113,28 @@ describe('coproxy-testbed conformance', () => {
     const line = /^FAIL alone: .*the origin received other bytes than the client sent.*, flow (\d+)$/m.exec(stdout);
     expect(line, stdout).not.toBeNull();
     const html = fs.readFileSync(page, 'utf8');
-    expect(html).toContain('coproxy conformance 1: FAIL');
+    expect(html).toContain('coproxy conformance 2: FAIL');
     // The failing flow's diagram: client → candidate → origin, its bytes differing.
     expect(html).toMatch(new RegExp(`<span class="label">#${line![1]} [a-z]+</span><span class="node client">client</span><span class="arrow">→</span><span class="node">candidate<small>NotRedirected</small></span><span class="arrow">→</span><span class="node origin">origin<small>bytes differ</small>`));
   });
 
+  it('fails a vendor that leaves a process running once stopped, naming it, and kills it', async () => {
+    // coproxy-http itself, but its command first starts a process in a session of its own,
+    // out of the vendor's process group, as a careless helper or daemonised child would be.
+    const leaking = `setsid sleep 300 & exec ${process.execPath} ${httpCli} ${PARAMETERS} --unrecognised relay`;
+    const { code, stdout } = await testbed('conformance', '--vendor', leaking, '--checks', 'alone');
+    expect(code).toBe(1);
+    const line = /^FAIL alone: the candidate left 1 process running after it was stopped: pid (\d+) \(sleep 300\)$/m.exec(stdout);
+    expect(line, stdout).not.toBeNull();
+    // Killed: gone, or a zombie until whoever inherited it reaps it (a container's pid 1 may not).
+    const stat = `/proc/${line![1]}/stat`;
+    expect(fs.existsSync(stat) ? /^\d+ \(.*\) (\S)/.exec(fs.readFileSync(stat, 'latin1'))?.[1] : 'gone').toMatch(/^(gone|Z)$/);
+  });
+
   it('exits 2 on a usage error', async () => {
-    expect((await testbed('conformance', '--checks', 'nope')).code).toBe(2);
+    expect((await testbed('conformance', '--vendor', 'http', '--checks', 'nope')).code).toBe(2);
+    expect((await testbed('conformance')).code).toBe(2); // no candidate: a usage error, not a reference vendor's pass
     expect((await testbed('conformance', '--vendor', '')).code).toBe(2);
-    expect((await testbed('conformance', '--backend', 'wfp')).code).toBe(2);
+    expect((await testbed('conformance', '--vendor', 'http', '--backend', 'wfp')).code).toBe(2);
   });
 });

@@ -9,9 +9,11 @@ import { type Backend, type FlowResult, type Report, type ScenarioOptions, type 
  * concurrent flows; a slow reader. Each check is one testbed run; its verdict is one line.
  *
  * The version changes whenever a check is added, removed or made stricter, so that a
- * vendor's "passes conformance 1" keeps one meaning.
+ * vendor's "passes conformance 2" keeps one meaning. Version 2: every check also fails a
+ * candidate that leaves a process running once it has been stopped, and
+ * records-dropping-neighbour fails a loop the kit had to cut or bytes that did not arrive.
  */
-export const CONFORMANCE_VERSION = 1;
+export const CONFORMANCE_VERSION = 2;
 
 /** The candidate's id in every check; the reference vendors keep theirs. */
 export const CANDIDATE_ID = 'candidate';
@@ -84,7 +86,7 @@ export const CHECKS: readonly CheckDefinition[] = [
   },
   {
     name: 'records-dropping-neighbour',
-    description: `the candidate first, then coproxy-http dropping records: the flows loop back to the candidate, and the kit cuts the loop (after ${LOOP_BOUND} passes) and names it`,
+    description: 'the candidate first, then coproxy-http dropping records: each flow comes back to the candidate once, which carries the records it got then, so the loop ends by itself and the bytes arrive intact',
     scenario: (spec) => ({ vendors: [candidate(spec, 5), reference('http', 20, true)], flows: 3, concurrency: 3, flowTimeoutMs: 8000 }),
     verdict: (report) => {
       const looped = report.flows.find((f) => f.looped);
@@ -96,13 +98,17 @@ export const CHECKS: readonly CheckDefinition[] = [
       if (again < 2) return { passed: false, reason: `the loop went around without the candidate: ${describeHops(looped)}`, flow: looped.index };
       // The neighbour's onward leg lost the candidate's record, so the redirect layer sent the
       // flow back: the candidate, which cannot know, inspects it again (that is the loop the
-      // records prevent); it must then carry the records it got, so the loop ends or the kit's
-      // bound cuts it.
-      return {
-        passed: true,
-        reason: `the loop was ${report.loopStopped ? `cut after ${LOOP_BOUND} passes` : 'ended by the records the candidate carried'} and named: ${describeHops(looped)}`,
-        flow: looped.index,
-      };
+      // records prevent). Its second pass sees the neighbour's record: carried onward, it ends
+      // the loop. A candidate that drops records too keeps it going until the kit's bound.
+      if (report.loopStopped) {
+        return { passed: false, reason: `the loop did not end by itself (the candidate did not carry the records it got when the flow came back), cut after ${LOOP_BOUND} passes: ${describeHops(looped)}`, flow: looped.index };
+      }
+      const broken = report.flows.find((f) => !intact(f));
+      if (broken !== undefined) {
+        const why = broken.client?.ok !== true ? `the client failed: ${broken.client?.error ?? 'no report'}` : 'bytes differ between client and origin';
+        return { passed: false, reason: `after the loop, ${why}: ${describeHops(broken)}`, flow: broken.index };
+      }
+      return { passed: true, reason: `the loop ended by the records the candidate carried, bytes intact: ${describeHops(looped)}`, flow: looped.index };
     },
   },
   {
@@ -137,21 +143,41 @@ export const CHECKS: readonly CheckDefinition[] = [
   },
 ];
 
-/** `alone: tls-vendor[NotRedirected] → candidate[…] → origin`. */
+/** `flow 2 went client → tls-vendor[NotRedirected] → candidate[…] → origin`; `… → (not to the origin)` when the origin never saw it. */
 function describeHops(flow: FlowResult | undefined): string {
   if (flow === undefined) return 'no flow';
-  return `flow ${flow.index} went client → ${[...flow.hops.map((h) => `${h.vendor}[${h.state}]`), 'origin'].join(' → ')}`;
+  const end = (flow.origin?.connections ?? 0) > 0 ? 'origin' : '(not to the origin)';
+  return `flow ${flow.index} went client → ${[...flow.hops.map((h) => `${h.vendor}[${h.state}]`), end].join(' → ')}`;
 }
+
+/** The client got its answer and client and origin saw the same bytes both ways. */
+const intact = (flow: FlowResult): boolean =>
+  flow.client?.ok === true && flow.origin !== undefined && flow.origin.received === flow.client.sent && flow.origin.sent === flow.client.received;
 
 /** The default verdict: the first flow that broke an invariant, or the whole run. */
 function everyFlow(report: Report): Verdict {
   const bad = report.flows.find((f) => f.problems.length > 0);
   if (bad === undefined) {
     const vendors = [...report.vendors].sort((a, b) => a.priority - b.priority).map((v) => v.id);
-    return { passed: true, reason: `${report.flows.length} flows, each through ${vendors.join(' → ')} as it had to, bytes intact` };
+    const down = report.flows.filter((f) => f.phase === 'vendor-down');
+    if (down.length === 0) return { passed: true, reason: `${report.flows.length} flows, each through ${vendors.join(' → ')} as it had to, bytes intact` };
+    // A restart: the flows while the candidate was down went another way, or nowhere.
+    const meanwhile = down.every((f) => f.expected.length === 0) ? 'refused, none reaching the origin' : `through ${down[0]!.expected.join(' → ')}`;
+    return {
+      passed: true,
+      reason: `${report.flows.length - down.length} flows through ${vendors.join(' → ')} before the kill and after the restart, ${down.length} while it was down ${meanwhile}, as they had to`,
+    };
   }
   const loop = bad.looped ? `a loop: ${describeHops(bad)}; ` : '';
   return { passed: false, reason: `${loop}${bad.problems.join('; ')}${bad.phase === undefined ? '' : ` (${bad.phase})`}`, flow: bad.index };
+}
+
+/** Every check: a candidate that leaves a process running once stopped (SIGTERM, or SIGKILL to its group) fails. */
+function withLeftBehind(report: Report, verdict: Verdict): Verdict {
+  const left = report.leftBehind.filter((p) => p.vendor === CANDIDATE_ID);
+  if (left.length === 0) return verdict;
+  const leak = `the candidate left ${left.length} process${left.length === 1 ? '' : 'es'} running after it was stopped: ${left.map((p) => `pid ${p.pid} (${p.command})`).join(', ')}`;
+  return verdict.passed ? { passed: false, reason: leak } : { ...verdict, reason: `${verdict.reason}; ${leak}` };
 }
 
 export interface ConformanceOptions {
@@ -192,7 +218,7 @@ export async function runConformance(options: ConformanceOptions): Promise<Confo
       try {
         // A seed per check: each run's origin takes its own block of ports.
         const report = await runScenario({ ...check.scenario(options.candidate), backend: options.backend, seed: seed * 100 + CHECKS.indexOf(check) });
-        result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, ...(check.verdict ?? everyFlow)(report), report };
+        result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, ...withLeftBehind(report, (check.verdict ?? everyFlow)(report)), report };
       } catch (error) {
         result = { name: check.name, description: check.description, durationMs: Date.now() - checkStarted, passed: false, reason: `the run failed: ${(error as Error).message}` };
       }

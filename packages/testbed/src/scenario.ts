@@ -111,7 +111,9 @@ export interface Report {
   /** The loop was cut by stopping the vendors (their flows then fail). */
   readonly loopStopped: boolean;
   readonly invariantsHold: boolean;
-  /** 0: invariants hold; 3: a loop was detected; 1: anything else. */
+  /** Processes a vendor started that still ran once every vendor had been stopped (killed then). */
+  readonly leftBehind: readonly LeftBehind[];
+  /** 0: invariants hold; 3: a loop was detected; 1: anything else (a process left behind included). */
   readonly exitCode: 0 | 1 | 3;
   readonly notes: readonly string[];
 }
@@ -252,6 +254,14 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
 
     for (const child of vendorProcesses.values()) stop(child, 'SIGTERM');
     await Promise.all([...vendorProcesses.values()].map(exited));
+    // A vendor's whole group gets the time to go; what still runs after that (a child moved
+    // to a session of its own escapes the group) is left behind: named, then killed.
+    await Promise.all([...vendorProcesses.values()].map(groupGone));
+    const left = leftBehind(tmp);
+    for (const process_ of left) {
+      notes.push(`vendor ${process_.vendor} left pid ${process_.pid} running after it was stopped (${process_.command}): killed`);
+      killPid(process_.pid);
+    }
     for (const follower of followers.splice(0)) follower.stop();
     origin.kill('SIGTERM');
     await exited(origin);
@@ -292,11 +302,14 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
       loopDetected,
       loopStopped,
       invariantsHold,
-      exitCode: loopDetected ? 3 : invariantsHold ? 0 : 1,
+      leftBehind: left,
+      exitCode: loopDetected ? 3 : invariantsHold && left.length === 0 ? 0 : 1,
       notes,
     };
   } finally {
     for (const child of inNs.children) stop(child, 'SIGKILL');
+    // A run that failed (a vendor never ready, a loop cut) leaves nothing running either.
+    for (const { pid } of leftBehind(tmp)) killPid(pid);
     for (const follower of followers) follower.stop();
     if (netns !== undefined) removeNamespace(netns);
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -605,6 +618,50 @@ function runClient(inNs: InNs, tmp: string, args: { readonly flows: readonly unk
     // 'close', not 'exit': 'exit' can come before the last IPC message has been read.
     child.once('close', (code) => reject(new Error(`the client exited with ${code} before reporting`)));
   });
+}
+
+/** A process a vendor of the run started, found by the run's event log in its environment. */
+export interface LeftBehind {
+  readonly pid: number;
+  readonly vendor: string;
+  readonly command: string;
+}
+
+/** Errors of /proc reads that mean the process is gone or not readable: not ours to judge. */
+const PROC_GONE = new Set(['ENOENT', 'ESRCH', 'EACCES', 'EPERM']);
+
+/**
+ * The processes still running that a vendor of this run started: each inherited
+ * COPROXY_EVENT_LOG under the run's directory, whatever group or session it moved to
+ * (Linux's /proc; a zombie shows no environment and is not counted).
+ */
+export function leftBehind(tmp: string): LeftBehind[] {
+  const logPrefix = `COPROXY_EVENT_LOG=${path.join(tmp, 'events-')}`;
+  const found: LeftBehind[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    let environ: string[];
+    let command: string;
+    try {
+      environ = fs.readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+      command = fs.readFileSync(`/proc/${entry}/cmdline`, 'latin1').split('\0').join(' ').trim();
+    } catch (error) {
+      if (PROC_GONE.has((error as NodeJS.ErrnoException).code ?? '')) continue;
+      throw error;
+    }
+    if (!environ.some((variable) => variable.startsWith(logPrefix))) continue;
+    const vendor = environ.find((variable) => variable.startsWith('COPROXY_VENDOR_ID='))?.slice('COPROXY_VENDOR_ID='.length) ?? 'unknown';
+    found.push({ pid: Number(entry), vendor, command: command.slice(0, 200) });
+  }
+  return found;
+}
+
+function killPid(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; // ESRCH: gone meanwhile
+  }
 }
 
 /** Resolves once no process of the child's group is left (at most 5 s). */

@@ -76,6 +76,31 @@ describe('the event log (COPROXY_EVENT_LOG)', () => {
     }
   });
 
+  it('starts the redirector without a log, with a warning, when the log cannot be opened', async () => {
+    using registry = tempRegistry();
+    await using origin = await startEchoOrigin();
+    const missing = path.join(registry.path, 'no-such-directory', 'events.jsonl');
+    process.env[EVENT_LOG_ENV] = missing;
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning.message);
+    process.on('warning', onWarning);
+    const redirector = createRedirector({ id: uniqueId('log-unopened'), priority: 10, match: { ports: [origin.port] }, registry: registry.path });
+    try {
+      const log: Acceptance[] = [];
+      const subscription = passThrough(redirector, log);
+      await redirector.installed();
+      const reply = await exchange(await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path }), 'three', Buffer.from('hello'));
+      expect(reply.toString()).toBe('FLOW three\nhello');
+      await until(() => warnings.length > 0, 5000, 'a warning');
+      expect(warnings[0]).toMatch(/^COPROXY_EVENT_LOG: cannot open .*no-such-directory.*, no event log: ENOENT/);
+      expect(fs.existsSync(missing)).toBe(false);
+      subscription.unsubscribe();
+    } finally {
+      process.off('warning', onWarning);
+      await redirector.close();
+    }
+  });
+
   it('stops the log with a warning, not the redirector, when the log cannot be written', async () => {
     using registry = tempRegistry();
     await using origin = await startEchoOrigin();

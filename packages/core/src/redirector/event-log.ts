@@ -121,7 +121,15 @@ function lineFor(redirector: Redirector<unknown>, event: RedirectorEvent): Event
 export function attachEventLog(redirector: Redirector<unknown>, env: NodeJS.ProcessEnv = process.env): void {
   const target = env[EVENT_LOG_ENV];
   if (target === undefined || target === '') return;
-  const fd = open(target);
+  let fd: number;
+  try {
+    fd = open(target);
+  } catch (error) {
+    // A log that cannot be opened (no such directory, no permission) must not stop the
+    // vendor from starting either: createRedirector would otherwise throw an untyped error.
+    process.emitWarning(`${EVENT_LOG_ENV}: cannot open ${target}, no event log: ${(error as Error).message}`, 'CoproxyEventLogWarning');
+    return;
+  }
   // Synchronous writes: a line must be in the log before the vendor acts on the
   // connection, and a process that exits right after an event must not lose it. A write
   // error (disk full, a closed descriptor) stops the log, never the redirector.

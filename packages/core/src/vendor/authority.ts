@@ -69,12 +69,32 @@ function parseAuthority(value: string): CanonicalAuthority | undefined {
     port = Number(portPart);
     if (port > 65535) return undefined;
   }
-  const host = ipv6 ? compressIPv6(hostPart) : stripTrailingDot(hostPart.toLowerCase());
+  let host = ipv6 ? compressIPv6(hostPart) : stripTrailingDot(hostPart.toLowerCase());
+  if (!ipv6 && ENDS_IN_A_NUMBER.test(host)) {
+    // An IPv4 address in any of the forms URL parsers, curl and inet_aton take (`127.1`,
+    // `0x7f.1`, `2130706433`): read as the dotted quad they stand for, or refused where
+    // WHATWG's URL refuses it (`999.1.1.1`), so a rule on 127.0.0.1 sees what the origin sees.
+    const ipv4 = wellFormedIPv4(host);
+    if (ipv4 === undefined) return undefined;
+    host = ipv4;
+  }
   const shown = ipv6 ? `[${host}]` : host;
   return { host, port, authority: port === undefined ? shown : `${shown}:${port}` };
 }
 
 const stripTrailingDot = (host: string): string => (host.endsWith('.') ? host.slice(0, -1) : host);
+
+/** WHATWG URL's "ends in a number": a last label of decimal digits or `0x` hex makes the host an IPv4 address. */
+const ENDS_IN_A_NUMBER = /(?:^|\.)(?:[0-9]+|0x[0-9a-f]*)$/;
+
+/** The dotted quad WHATWG's URL parser reads `host` as (it takes octal, hex and fewer parts), or undefined when it refuses it. */
+function wellFormedIPv4(host: string): string | undefined {
+  try {
+    return new URL(`http://${host}/`).hostname;
+  } catch {
+    return undefined; // not an IPv4 address to a URL parser either: refused
+  }
+}
 
 /** RFC 5952's form, as WHATWG's URL serialises it: lower case, longest zero run compressed. */
 function compressIPv6(address: string): string {

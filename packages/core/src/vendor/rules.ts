@@ -212,11 +212,11 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo, path: stri
     );
   }
   if (condition.path !== undefined) {
-    const canonical = canonicalPathPattern(condition.path)!;
-    const source = `^${canonical.split('*').map(escapeRegExp).join('.*')}$`;
-    const pattern = new RegExp(source, 's');
-    const folded = new RegExp(source, 'si');
-    tests.push((_request, path, fold) => (fold ? folded : pattern).test(path));
+    // Matched piece by piece, not as a regular expression: `^/.*/.*/.*/.*/z$` backtracks
+    // polynomially, and a 1 KB path of the client's took 19 s of CPU against it.
+    const parts = canonicalPathPattern(condition.path)!.split('*');
+    const foldedParts = parts.map((part) => part.toLowerCase());
+    tests.push((_request, path, fold) => (fold ? globMatches(foldedParts, path.toLowerCase()) : globMatches(parts, path)));
   }
   if (condition.header !== undefined) {
     const header = condition.header;
@@ -235,4 +235,24 @@ function compileWhen(condition: Rule['when']): (request: RequestInfo, path: stri
   return (request, path, fold) => tests.every((test) => test(request, path, fold));
 }
 
-const escapeRegExp = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/**
+ * Whether the whole of `text` matches a pattern whose `*` stands for any run of characters,
+ * given as the pieces between its stars: the first a prefix, the last a suffix, each other
+ * found leftmost after the one before (leftmost is never wrong with `*` the only wildcard).
+ * Linear in the text per piece, whatever the number of stars.
+ */
+export function globMatches(parts: readonly string[], text: string): boolean {
+  const first = parts[0]!;
+  if (parts.length === 1) return text === first;
+  const last = parts[parts.length - 1]!;
+  if (text.length < first.length + last.length || !text.startsWith(first) || !text.endsWith(last)) return false;
+  const end = text.length - last.length;
+  let at = first.length;
+  for (let i = 1; i < parts.length - 1; i++) {
+    const part = parts[i]!;
+    const found = text.indexOf(part, at);
+    if (found < 0 || found + part.length > end) return false;
+    at = found + part.length;
+  }
+  return true;
+}

@@ -102,7 +102,7 @@ export async function connectWithRecords(options: ConnectOptions, records: Redir
  * connection would let any local user who squats the path cut this one off. The app's
  * connection goes direct, with a warning; vendors cannot install there at all.
  */
-function trustedTable(dir: string): readonly TableEntry[] {
+export function trustedTable(dir: string): readonly TableEntry[] {
   try {
     return registryTable(dir).current();
   } catch (error) {
@@ -112,7 +112,8 @@ function trustedTable(dir: string): readonly TableEntry[] {
   }
 }
 
-async function resolve(options: ConnectOptions): Promise<Destination> {
+/** The destination as an address: a literal as given, a name looked up (`family` narrows it). */
+export async function resolve(options: Pick<ConnectOptions, 'host' | 'port' | 'family'>): Promise<Destination> {
   const literal = net.isIP(options.host);
   if (literal !== 0) return { address: options.host, port: options.port, family: literal as 4 | 6 };
   const { address, family } = await dns.lookup(options.host, { family: options.family ?? 0 });
@@ -128,7 +129,7 @@ function socketOptions(options: ConnectOptions): Partial<net.TcpNetConnectOpts> 
 
 /** Flows that pass a redirector uninspected are not silent, but one warning per cause is enough. */
 const warned = new Set<string>();
-function warnOnce(key: string, message: string, type: string): void {
+export function warnOnce(key: string, message: string, type: string): void {
   if (warned.has(key)) return;
   warned.add(key);
   process.emitWarning(`coproxy: ${message}`, type);

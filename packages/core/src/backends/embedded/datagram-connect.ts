@@ -1,12 +1,12 @@
-import dns from 'node:dns/promises';
 import net from 'node:net';
-import { InvalidOptionsError, RedirectorUnavailableError, RegistryError } from '../../model/errors.js';
+import { InvalidOptionsError, RedirectorUnavailableError } from '../../model/errors.js';
 import type { Destination } from '../../model/match-rule.js';
 import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
 import { type OnwardDatagramSocket, openOnwardDatagram } from '../../net/onward-datagram.js';
 import { candidates } from './classify.js';
+import { resolve, trustedTable, warnOnce } from './connect.js';
 import { encodeDatagramHeader } from './datagram-header.js';
-import { defaultRegistryDir, isProcessAlive, registryTable, type TableEntry } from './registry.js';
+import { defaultRegistryDir, isProcessAlive, type TableEntry } from './registry.js';
 
 export interface ConnectDatagramOptions {
   readonly host: string;
@@ -102,26 +102,3 @@ function datagramListener({ entry }: TableEntry): Destination | undefined {
   return { address: listen.host, port: listen.port, family: family as 4 | 6 };
 }
 
-function trustedTable(dir: string): readonly TableEntry[] {
-  try {
-    return registryTable(dir).current();
-  } catch (error) {
-    if (!(error instanceof RegistryError)) throw error;
-    warnOnce(`registry ${error.message}`, `ignoring the registry: ${error.message}`, 'CoproxyRegistryWarning');
-    return [];
-  }
-}
-
-async function resolve(options: ConnectDatagramOptions): Promise<Destination> {
-  const literal = net.isIP(options.host);
-  if (literal !== 0) return { address: options.host, port: options.port, family: literal as 4 | 6 };
-  const { address, family } = await dns.lookup(options.host, { family: options.family ?? 0 });
-  return { address, port: options.port, family: family as 4 | 6 };
-}
-
-const warned = new Set<string>();
-function warnOnce(key: string, message: string, type: string): void {
-  if (warned.has(key)) return;
-  warned.add(key);
-  process.emitWarning(`coproxy: ${message}`, type);
-}

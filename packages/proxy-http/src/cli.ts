@@ -14,13 +14,14 @@ import { createHttpProxy } from './proxy.js';
  */
 const program = addRedirectorOptions(
   new Command('coproxy-http').description('A transparent inspecting HTTP/1.1 proxy that cooperates with other coproxy vendors through redirect records'),
-  { ports: '80,8080' },
+  // --udp-ports: none by default; a UDP flow on a named port follows --unrecognised (no datagram protocol is inspected).
+  { ports: '80,8080', udpPorts: '' },
 )
   .option('--rules <file>', 'JSON rule file (see the README)')
   .option('--origin-timeout <ms>', 'no response from the origin within this long: 504', integerOption(1, 3_600_000), 30_000)
   .option('--connect-timeout <ms>', 'no connection to the origin within this long: 504', integerOption(1, 3_600_000), 10_000)
   .addOption(
-    new Option('--unrecognised <policy>', 'connections neither HTTP nor TLS, or silent for the sniff timeout: block closes them, relay passes them through (logged and counted either way)')
+    new Option('--unrecognised <policy>', 'connections neither HTTP nor TLS, silent for the sniff timeout, and every UDP flow (--udp-ports): block closes (UDP: rejects) them, relay passes them through (logged and counted either way)')
       .choices(['block', 'relay'])
       .default('block'),
   )
@@ -64,6 +65,6 @@ exitWith(
       };
     },
     isUsageError: (error) => error instanceof RulesError,
-    readyFields: ({ options, settings }) => ({ ports: settings.ports, unrecognised: options.unrecognised }),
+    readyFields: ({ options, settings }) => ({ ports: settings.ports, udpPorts: settings.udpPorts ?? [], unrecognised: options.unrecognised }),
   }),
 );

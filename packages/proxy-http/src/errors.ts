@@ -42,6 +42,8 @@ export const ProxyErrorCode = defineErrorCodes('COPROXY_HTTP', {
   ConnectMethod: 'CONNECT_METHOD',
   /** A relayed (opaque or upgraded) connection broke with an error that named no code of its own. */
   RelayReset: 'RELAY_RESET',
+  /** A relayed UDP flow's client sent more datagrams than are held while the onward socket opens: the rest were dropped (in its exchange). */
+  UdpDatagramsDropped: 'UDP_DATAGRAMS_DROPPED',
   /** An HTTP/1.1 request without a Host header (400). */
   HostMissing: 'HOST_MISSING',
   /** More than one Host header line (400): which one would the origin use? */

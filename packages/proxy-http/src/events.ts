@@ -37,6 +37,12 @@ export interface HttpExchange {
   readonly decision?: Decision;
   /** Opaque and upgraded connections: bytes relayed each way. */
   readonly tunnel?: { readonly bytesFromClient: number; readonly bytesToClient: number };
+  /**
+   * `udp`: a UDP flow relayed under the `relay` policy (`kind: 'opaque'`); `tunnel` then
+   * counts datagram payload bytes and `datagrams` the datagrams each way. Absent for TCP.
+   */
+  readonly transport?: 'udp';
+  readonly datagrams?: { readonly fromClient: number; readonly toClient: number };
   readonly error?: { readonly code: string; readonly message: string };
   readonly startedAt: number;
   readonly durationMs: number;
@@ -58,15 +64,17 @@ export type HttpProxyEvent =
     }
   /**
    * A connection neither HTTP nor TLS (`reason: 'bytes'`, the first up to 16 in hex in
-   * `firstBytes`), or a client silent for the sniff timeout (`'silent'`), and what the
-   * policy did with it.
+   * `firstBytes`), a client silent for the sniff timeout (`'silent'`), or a UDP flow
+   * (`'datagram'`, `transport: 'udp'`: this vendor inspects no datagram protocol;
+   * `firstBytes` from its first datagram), and what the policy did with it.
    */
   | {
       readonly type: 'unrecognised';
       readonly connectionId: string;
       readonly action: UnrecognisedPolicy;
-      readonly reason: 'bytes' | 'silent';
+      readonly reason: 'bytes' | 'silent' | 'datagram';
       readonly firstBytes: string;
+      readonly transport?: 'udp';
     }
   | { readonly type: 'client-error'; readonly connectionId: string; readonly code: string; readonly status?: number }
   | { readonly type: 'exchange-failed'; readonly connectionId: string; readonly code: string; readonly message: string; readonly status?: number };

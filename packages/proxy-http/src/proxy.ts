@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import { type AcceptedConnection, type Endpoint, errorCodeOf, relay } from '@coproxy/core';
+import { type AcceptedConnection, type AcceptedDatagramFlow, type Endpoint, type OnwardDatagramSocket, errorCodeOf, relay } from '@coproxy/core';
 import { type VendorRedirectorOptions, createVendorRedirector } from '@coproxy/core/vendor';
 import pino, { type Logger } from 'pino';
 import { type Observable, Subject } from 'rxjs';
@@ -34,7 +34,9 @@ export interface HttpProxyOptions extends VendorRedirectorOptions {
    * says nothing within `sniffTimeoutMs`: `block` closes it unread (the default: an inspected
    * port never turns into an uninspected relay), `relay` passes it through byte for byte.
    * Either way it is logged, counted (`coproxy_http_unrecognised_total{action}`) and
-   * reported as an `unrecognised` event.
+   * reported as an `unrecognised` event. UDP flows (a `match.udpPorts`) follow it too: this
+   * proxy reads no datagram protocol, so `block` rejects them (`reject()`) and `relay`
+   * forwards their datagrams both ways unchanged.
    */
   readonly unrecognised?: UnrecognisedPolicy;
   /** Largest request body: a larger Content-Length, or chunk sizes adding up past it, get a 413. Default 2^40 (1 TiB). */
@@ -93,6 +95,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     defaultMatch: { ports: [80, 8080] },
     metrics,
     onAccepted: (conn) => void onAccepted(conn),
+    onDatagramFlow: (flow) => onDatagramFlow(flow),
     onFailed: (error) => {
       logger.error({ err: error }, 'redirector failed');
       exchanges.error(error);
@@ -130,7 +133,7 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     Math.max(25, Math.min(1000, settings.headersTimeoutMs / 4)),
   ).unref();
 
-  function connectionInfo(conn: AcceptedConnection): ConnectionInfo {
+  function connectionInfo(conn: AcceptedConnection | AcceptedDatagramFlow): ConnectionInfo {
     return {
       id: conn.id,
       source: { address: conn.source.address, port: conn.source.port },
@@ -225,6 +228,98 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     });
   }
 
+  /**
+   * A UDP flow: no datagram protocol is one this proxy inspects, so every flow is
+   * unrecognised and the policy decides at its first datagram (a flow exists only once one
+   * came). `block` rejects the flow (on nftables the client's next datagram gets ICMP port
+   * unreachable); `relay` opens the onward socket, carrying the records, and forwards every
+   * datagram both ways unchanged until the flow ends (idle, or the origin refused).
+   */
+  function onDatagramFlow(flow: AcceptedDatagramFlow): void {
+    const info = connectionInfo(flow);
+    const action = settings.unrecognised;
+    const startedAt = Date.now();
+    /** Client datagrams that came while the onward socket was being opened, sent once it is. */
+    const pending: Buffer[] = [];
+    let pendingDropped = 0;
+    let onward: OnwardDatagramSocket | undefined;
+    let decided = false;
+    let ended = false;
+    let failure: Error | undefined;
+    const finish = (): void => {
+      if (action !== 'relay') return;
+      const counts = onward?.counts;
+      const dropped = pendingDropped > 0 ? { code: ProxyErrorCode.UdpDatagramsDropped, message: `${pendingDropped} datagrams dropped while the onward socket was opened` } : undefined;
+      const error = failure === undefined ? dropped : { code: errorCodeOf(failure, ProxyErrorCode.OriginUnreachable), message: failure.message };
+      logExchange({
+        kind: 'opaque',
+        connection: info,
+        sequence: 1,
+        transport: 'udp',
+        tunnel: { bytesFromClient: counts?.bytesOut ?? 0, bytesToClient: counts?.bytesIn ?? 0 },
+        datagrams: { fromClient: counts?.datagramsOut ?? 0, toClient: counts?.datagramsIn ?? 0 },
+        ...(error !== undefined && { error }),
+        startedAt,
+        durationMs: Date.now() - startedAt,
+      });
+    };
+    const open = async (): Promise<void> => {
+      let socket: OnwardDatagramSocket;
+      try {
+        socket = await flow.connectOnward({ propagateRecords });
+      } catch (error) {
+        failure = error as Error;
+        const code = errorCodeOf(error, ProxyErrorCode.OriginUnreachable);
+        countError(code);
+        emitEvent({ type: 'exchange-failed', connectionId: flow.id, code, message: failure.message });
+        flow.close();
+        return;
+      }
+      if (ended) return; // core closed the socket with the flow
+      onward = socket;
+      for (const datagram of pending.splice(0)) socket.send(datagram);
+      socket.datagrams$.subscribe({
+        next: (datagram) => flow.send(datagram),
+        // ECONNREFUSED: the origin answered ICMP port unreachable; nothing more will come.
+        error: (error: unknown) => {
+          failure ??= error as Error;
+          countError(errorCodeOf(error, ProxyErrorCode.RelayReset));
+          flow.close();
+        },
+      });
+    };
+    flow.datagrams$.subscribe({
+      next: (datagram) => {
+        if (!decided) {
+          decided = true;
+          const firstBytes = datagram.subarray(0, 16).toString('hex');
+          metrics.unrecognised.inc({ action });
+          metrics.connections.inc({ kind: action === 'relay' ? 'opaque' : 'blocked' });
+          logger[action === 'block' ? 'warn' : 'info'](
+            { connectionId: flow.id, source: info.source, destination: info.destination, reason: 'datagram', transport: 'udp', firstBytes, action },
+            'unrecognised protocol',
+          );
+          emitEvent({ type: 'unrecognised', connectionId: flow.id, action, reason: 'datagram', firstBytes, transport: 'udp' });
+          emitEvent({ type: 'connection-kind', connectionId: flow.id, kind: action === 'relay' ? 'opaque' : 'blocked', protocol: 'unrecognised' });
+          if (action === 'block') {
+            // After this callback: reject() completes the stream this datagram came on.
+            queueMicrotask(() => flow.reject('unrecognised: a UDP flow'));
+            return;
+          }
+          void open();
+        }
+        if (action === 'block') return;
+        if (onward !== undefined) onward.send(datagram);
+        else if (pending.length < MAX_PENDING_DATAGRAMS) pending.push(datagram);
+        else pendingDropped++;
+      },
+      complete: () => {
+        ended = true;
+        finish();
+      },
+    });
+  }
+
   let closed = false;
   // The kit counts refusals in coproxy_http_rejected_total; this vendor's errors_total has
   // always counted them too, by the same code, and still does.
@@ -254,6 +349,9 @@ export function createHttpProxy(options: HttpProxyOptions): HttpProxy {
     },
   };
 }
+
+/** Client datagrams of one UDP flow held while its onward socket opens; more are dropped (UDP has no backpressure). */
+const MAX_PENDING_DATAGRAMS = 64;
 
 interface Settings {
   readonly unrecognised: UnrecognisedPolicy;

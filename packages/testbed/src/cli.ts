@@ -6,6 +6,7 @@ import { CHECKS, CONFORMANCE_VERSION, runConformance, verdictLine } from './conf
 import { realFlowLine, runRealClients } from './real-clients.js';
 import type { RealClient } from './real-flows.js';
 import { conformanceHtml, html, summary } from './report.js';
+import { UDP_KINDS } from './flows.js';
 import { MAX_FLOWS, type Report, type ScenarioOptions, type VendorSpec, killAll, runScenario } from './scenario.js';
 
 /**
@@ -60,6 +61,7 @@ interface RunOptions {
   html?: string | undefined;
   seed: number;
   originPortBase?: number | undefined;
+  udp?: boolean | undefined;
 }
 
 const program = new Command('coproxy-testbed').description('Proves that independent coproxy vendors inspect every flow once, without loops').exitOverride();
@@ -68,12 +70,13 @@ const withRunOptions = (command: Command): Command =>
   command
     .addOption(new Option('--backend <name>', 'redirect layer').choices(BACKEND_NAMES).default('embedded'))
     .option('--vendors <list>', 'built-in vendors in start order (tls, http; the same one may repeat); default tls,http', vendorList)
-    .option('--vendor <command>', "any vendor built on core, started with sh -c: {id} {priority} {ports} {backend} {failMode} are replaced, and the same are in COPROXY_VENDOR_* (repeatable, mixed with --vendors in start order)", vendorCommand)
-    .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
+    .option('--vendor <command>', "any vendor built on core, started with sh -c: {id} {priority} {ports} {udpPorts} {backend} {failMode} are replaced, and the same are in COPROXY_VENDOR_* (repeatable, mixed with --vendors in start order)", vendorCommand)
+    .option('--flows <n>', `flows to open (http keep-alive, https, raw tcp in turn, udp with --udp), at most ${MAX_FLOWS}`, integer(1, MAX_FLOWS), 30)
     .option('--concurrency <n>', 'flows at a time', integer(1, 64), 8)
     .option('--json <file>', 'write the report as JSON')
     .option('--html <file>', 'write a self-contained HTML report with a hop diagram per flow')
     .option('--seed <n>', 'seed for payloads and priorities', integer(0, 2 ** 31), 1)
+    .option('--udp', 'add UDP echo flows (every fourth flow; the vendors get --udp-ports and relay them as an unrecognised datagram protocol)')
     .option('--origin-port-base <port>', "the origin's first port (one per flow, upwards; default: a seeded place outside the kernel's ephemeral port range)", integer(1024, 65_535));
 
 withRunOptions(program.command('run').description('one run'))
@@ -181,6 +184,7 @@ async function runOnce(options: RunOptions): Promise<number> {
     seed: options.seed,
     dropRecords: options.dropRecords,
     originPortBase: options.originPortBase,
+    ...(options.udp === true && { shape: { kinds: UDP_KINDS } }),
     onProgress: progressBar(options.flows),
   };
   process.stdout.write(`coproxy testbed: ${vendorsOf().map(vendorName).join(' + ')} on ${options.backend}, ${options.flows} flows${options.dropRecords === undefined ? '' : `, ${options.dropRecords} dropping records`}\n`);

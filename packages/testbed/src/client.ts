@@ -1,18 +1,20 @@
 /**
  * The client process of a testbed run: opens every flow with `concurrency` at a time and
  * reports what it sent and got back. On the embedded backend it dials through core's
- * `connect()` / `createAgent()`, as an app that cooperates does; on nftables it dials
- * plainly (the kernel redirects it) and runs unmodified curl for part of the HTTP flows.
+ * `connect()` / `createAgent()` / `connectDatagram()`, as an app that cooperates does; on
+ * nftables it dials plainly (the kernel redirects it, UDP included) and runs unmodified
+ * curl for part of the HTTP flows.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import { type BackendName, connect, createAgent } from '@coproxy/core';
+import { type BackendName, connect, connectDatagram, createAgent } from '@coproxy/core';
 import { type FlowSpec, payload, sha256 } from './flows.js';
 import type { ClientFlowReport, ClientMessage } from './protocol.js';
 
@@ -71,6 +73,76 @@ async function tcpFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buff
   const data = payload(flow, args.seed, 0);
   const echoed = await exchange(await dial(flow.port), data, flow.slowReader === true);
   return { sent: [data], received: echoed };
+}
+
+/** One UDP "connection": datagrams to the flow's port and those that come back from it. */
+interface DatagramChannel {
+  send(datagram: Buffer): void;
+  /** The next datagram from the destination, in arrival order. */
+  next(): Promise<Buffer>;
+  close(): void;
+}
+
+/**
+ * Embedded: core's `connectDatagram()` (each datagram framed with the records by the
+ * redirect layer). nftables: a plain connected `node:dgram` socket, redirected by the kernel.
+ */
+async function dialDatagram(port: number): Promise<DatagramChannel> {
+  const queue: Buffer[] = [];
+  const waiting: { resolve: (datagram: Buffer) => void; reject: (error: Error) => void }[] = [];
+  let failure: Error | undefined;
+  const arrive = (datagram: Buffer): void => {
+    const waiter = waiting.shift();
+    if (waiter === undefined) queue.push(datagram);
+    else waiter.resolve(datagram);
+  };
+  const fail = (error: Error): void => {
+    failure ??= error;
+    for (const waiter of waiting.splice(0)) waiter.reject(error);
+  };
+  const next = (): Promise<Buffer> => {
+    const datagram = queue.shift();
+    if (datagram !== undefined) return Promise.resolve(datagram);
+    if (failure !== undefined) return Promise.reject(failure);
+    return new Promise((resolve, reject) => waiting.push({ resolve, reject }));
+  };
+  if (args.backend === 'embedded') {
+    const socket = await connectDatagram({ host: args.host, port, registry: args.registry });
+    socket.datagrams$.subscribe({ next: arrive, error: (error: unknown) => fail(error as Error), complete: () => fail(new Error('the datagram socket closed')) });
+    return { send: (datagram) => socket.send(datagram), next, close: () => socket.close() };
+  }
+  const socket = dgram.createSocket(args.host.includes(':') ? 'udp6' : 'udp4');
+  socket.on('message', arrive);
+  // ECONNREFUSED: ICMP port unreachable for this flow (a vendor rejected it, or nothing listens).
+  socket.on('error', fail);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject);
+    socket.connect(port, args.host, () => {
+      socket.off('error', reject);
+      resolve();
+    });
+  });
+  return { send: (datagram) => socket.send(datagram), next, close: () => socket.close() };
+}
+
+/**
+ * A UDP flow: each datagram is sent once and its echo awaited before the next goes, so the
+ * answer's order is the sending order and nothing is lost to a full buffer. No resend: a
+ * lost datagram fails the flow at its timeout (a resent one would reach the origin twice).
+ */
+async function udpFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
+  const datagrams = Array.from({ length: flow.requests }, (_, n) => payload(flow, args.seed, n));
+  const channel = await dialDatagram(flow.port);
+  try {
+    const received: Buffer[] = [];
+    for (const datagram of datagrams) {
+      channel.send(datagram);
+      received.push(await channel.next());
+    }
+    return { sent: datagrams, received: Buffer.concat(received) };
+  } finally {
+    channel.close();
+  }
 }
 
 async function httpsFlow(flow: FlowSpec): Promise<{ sent: Buffer[]; received: Buffer }> {
@@ -150,7 +222,7 @@ async function run(flow: FlowSpec): Promise<ClientFlowReport> {
   const sent = createHash('sha256');
   for (const body of expected) sent.update(body);
   const sentBytes = expected.reduce((sum, body) => sum + body.length, 0);
-  const flowRun = flow.kind === 'tcp' ? tcpFlow(flow) : flow.kind === 'https' ? httpsFlow(flow) : httpFlow(flow);
+  const flowRun = flow.kind === 'tcp' ? tcpFlow(flow) : flow.kind === 'https' ? httpsFlow(flow) : flow.kind === 'udp' ? udpFlow(flow) : httpFlow(flow);
   try {
     const { received } = await withTimeout(flowRun, args.flowTimeoutMs, `flow ${flow.index}`);
     return { ...base, ok: true, sent: sent.digest('hex'), sentBytes, received: sha256(received), receivedBytes: received.length };

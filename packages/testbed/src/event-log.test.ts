@@ -13,7 +13,8 @@ const accepted = (id: string, port: number): string =>
 
 describe("the testbed's reading of core's event log", () => {
   it('takes installed, accepted and closed lines, and nothing malformed or foreign', () => {
-    expect(parseLogLine(accepted('a', 8080))).toEqual({ event: 'accepted', redirectorId: 'a', connectionId: 'a#1', port: 8080, state: 'NotRedirected', redirectedBy: ['a'] });
+    // A line without transport (written before core took UDP) is TCP.
+    expect(parseLogLine(accepted('a', 8080))).toEqual({ event: 'accepted', redirectorId: 'a', connectionId: 'a#1', transport: 'tcp', port: 8080, state: 'NotRedirected', redirectedBy: ['a'] });
     expect(parseLogLine(JSON.stringify({ v: 1, redirector: { id: 'a' }, event: 'installed', listening: { address: '127.0.0.1', port: 5 } }))).toEqual({ event: 'installed', redirectorId: 'a', port: 5 });
     for (const bad of [
       'not json',
@@ -21,10 +22,28 @@ describe("the testbed's reading of core's event log", () => {
       accepted('a', 8080).replace('"redirectedBy":["a"]', '"redirectedBy":[1]'),
       accepted('a', 8080).replace('"port":8080', '"port":-1'),
       '{"v":1,"redirector":{"id":"a"},"event":"closed","connectionId":"a#1","bytesFromClient":"many","bytesToClient":0}',
+      accepted('a', 8080).replace('"event"', '"transport":"sctp","event"'),
+      '{"v":1,"redirector":{"id":"a"},"event":"closed","connectionId":"a#1","transport":"udp","bytesFromClient":3,"bytesToClient":3,"datagramsFromClient":-1}',
       'null',
     ]) {
       expect(parseLogLine(bad), bad).toBeUndefined();
     }
+  });
+
+  it('takes a rejected line with its error, for the notes', () => {
+    expect(parseLogLine('{"v":1,"redirector":{"id":"a"},"event":"rejected","error":"COPROXY_PROXY_HEADER_MALFORMED: bad"}')).toEqual({
+      event: 'rejected',
+      redirectorId: 'a',
+      error: 'COPROXY_PROXY_HEADER_MALFORMED: bad',
+    });
+    expect(parseLogLine('{"v":1,"redirector":{"id":"a"},"event":"rejected","error":7}')).toBeUndefined();
+  });
+
+  it('tells UDP flows from TCP connections, with their datagram counts', () => {
+    expect(parseLogLine(accepted('a', 443).replace('"event"', '"transport":"udp","event"'))).toMatchObject({ event: 'accepted', transport: 'udp', port: 443 });
+    expect(
+      parseLogLine('{"v":1,"redirector":{"id":"a"},"event":"closed","connectionId":"a#1","transport":"udp","bytesFromClient":30,"bytesToClient":20,"datagramsFromClient":3,"datagramsToClient":2}'),
+    ).toEqual({ event: 'closed', redirectorId: 'a', connectionId: 'a#1', transport: 'udp', bytesFromClient: 30, bytesToClient: 20, datagramsFromClient: 3, datagramsToClient: 2 });
   });
 
   it('follows a file as another process appends to it, a line or a UTF-8 character cut across writes included', () => {

@@ -7,22 +7,38 @@ import fs from 'node:fs';
  * Every field is checked before use: the file is written by a process under test.
  */
 
-/** The lines the testbed acts on; others (onward-*, rejected, uninstalled) are kept as raw counts only. */
+/** The lines the testbed acts on; others (onward-*, uninstalled) are skipped. */
 export type LogLine =
+  /** A connection or datagram refused before it became one (not authorised, malformed, over a limit): `error` is `CODE: message`. */
+  | { readonly event: 'rejected'; readonly redirectorId: string; readonly error: string }
   | { readonly event: 'installed'; readonly redirectorId: string; readonly port: number }
   | {
       readonly event: 'accepted';
       readonly redirectorId: string;
       readonly connectionId: string;
+      /** `tcp` when the line has none (a log written before core took UDP). */
+      readonly transport: 'tcp' | 'udp';
       readonly port: number;
       readonly state: string;
       readonly redirectedBy: readonly string[];
     }
-  | { readonly event: 'closed'; readonly redirectorId: string; readonly connectionId: string; readonly bytesFromClient: number; readonly bytesToClient: number };
+  | {
+      readonly event: 'closed';
+      readonly redirectorId: string;
+      readonly connectionId: string;
+      readonly transport: 'tcp' | 'udp';
+      readonly bytesFromClient: number;
+      readonly bytesToClient: number;
+      /** UDP flows: datagrams each way. */
+      readonly datagramsFromClient?: number;
+      readonly datagramsToClient?: number;
+    };
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null;
 const isString = (value: unknown): value is string => typeof value === 'string';
 const isCount = (value: unknown): value is number => typeof value === 'number' && Number.isInteger(value) && value >= 0;
+/** A line's transport: absent is TCP (older logs); anything but `tcp`/`udp` makes the line malformed. */
+const transportOf = (value: unknown): 'tcp' | 'udp' | undefined => (value === undefined || value === 'tcp' ? 'tcp' : value === 'udp' ? 'udp' : undefined);
 
 /** One line of the log, or undefined for a line that is not one the testbed uses (or is malformed). */
 export function parseLogLine(text: string): LogLine | undefined {
@@ -39,13 +55,28 @@ export function parseLogLine(text: string): LogLine | undefined {
       return isObject(raw.listening) && isCount(raw.listening.port) ? { event: 'installed', redirectorId, port: raw.listening.port } : undefined;
     case 'accepted': {
       const destination = raw.originalDestination;
-      if (!isString(raw.connectionId) || !isObject(destination) || !isCount(destination.port) || !isString(raw.state)) return undefined;
+      const transport = transportOf(raw.transport);
+      if (!isString(raw.connectionId) || transport === undefined || !isObject(destination) || !isCount(destination.port) || !isString(raw.state)) return undefined;
       if (!Array.isArray(raw.redirectedBy) || !raw.redirectedBy.every(isString)) return undefined;
-      return { event: 'accepted', redirectorId, connectionId: raw.connectionId, port: destination.port, state: raw.state, redirectedBy: raw.redirectedBy };
+      return { event: 'accepted', redirectorId, connectionId: raw.connectionId, transport, port: destination.port, state: raw.state, redirectedBy: raw.redirectedBy };
     }
-    case 'closed':
-      if (!isString(raw.connectionId) || !isCount(raw.bytesFromClient) || !isCount(raw.bytesToClient)) return undefined;
-      return { event: 'closed', redirectorId, connectionId: raw.connectionId, bytesFromClient: raw.bytesFromClient, bytesToClient: raw.bytesToClient };
+    case 'rejected':
+      return isString(raw.error) ? { event: 'rejected', redirectorId, error: raw.error } : undefined;
+    case 'closed': {
+      const transport = transportOf(raw.transport);
+      if (!isString(raw.connectionId) || transport === undefined || !isCount(raw.bytesFromClient) || !isCount(raw.bytesToClient)) return undefined;
+      if ((raw.datagramsFromClient !== undefined && !isCount(raw.datagramsFromClient)) || (raw.datagramsToClient !== undefined && !isCount(raw.datagramsToClient))) return undefined;
+      return {
+        event: 'closed',
+        redirectorId,
+        connectionId: raw.connectionId,
+        transport,
+        bytesFromClient: raw.bytesFromClient,
+        bytesToClient: raw.bytesToClient,
+        ...(raw.datagramsFromClient !== undefined && { datagramsFromClient: raw.datagramsFromClient }),
+        ...(raw.datagramsToClient !== undefined && { datagramsToClient: raw.datagramsToClient }),
+      };
+    }
     default:
       return undefined;
   }

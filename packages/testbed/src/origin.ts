@@ -1,9 +1,11 @@
 /**
  * The origin process of a testbed run: one listener per flow (its port is the flow's
- * tag), HTTP, HTTPS (certificates minted per SNI from the run's test CA) or TCP echo. It
- * hashes what each flow brought and what it answered, and reports on request over IPC.
+ * tag), HTTP, HTTPS (certificates minted per SNI from the run's test CA), TCP echo or UDP
+ * echo. It hashes what each flow brought and what it answered, and reports on request
+ * over IPC.
  */
 import { createHash, type Hash } from 'node:crypto';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -62,13 +64,35 @@ function answer(port: () => number) {
 
 async function main(): Promise<void> {
   const ca = await CertificateAuthority.open({ dir: args.caDir });
-  const servers: net.Server[] = [];
+  const servers: (net.Server | dgram.Socket)[] = [];
   const ports: number[] = [];
   const replaced: PortReplacement[] = [];
   const taken = new Set(args.flows.map((flow) => flow.port));
+  /** The port after `port` when it cannot be bound (EADDRINUSE, EACCES); throws `error` for anything else. */
+  const replace = (flow: FlowSpec, port: number, error: NodeJS.ErrnoException): number => {
+    if ((error.code !== 'EADDRINUSE' && error.code !== 'EACCES') || replaced.length >= MAX_REPLACEMENTS) throw error;
+    const next = nextFreePort(args.ranges, taken, port);
+    if (next === undefined) throw error;
+    replaced.push({ index: flow.index, from: flow.port, to: next, code: error.code });
+    taken.add(next);
+    return next;
+  };
   for (const flow of args.flows) {
     // The flow's port is known once bound (a replacement changes it): handlers read `port`.
     let port = flow.port;
+    if (flow.kind === 'udp') {
+      for (;;) {
+        const socket = udpEcho(() => port);
+        const error = await bindUdp(socket, port, args.host);
+        if (error === undefined) {
+          servers.push(socket);
+          break;
+        }
+        port = replace(flow, port, error);
+      }
+      ports.push(port);
+      continue;
+    }
     let server: net.Server;
     if (flow.kind === 'http') {
       server = http.createServer({ keepAliveTimeout: 30_000 }, answer(() => port));
@@ -105,12 +129,7 @@ async function main(): Promise<void> {
     for (;;) {
       const error = await listen(server, port, args.host);
       if (error === undefined) break;
-      if ((error.code !== 'EADDRINUSE' && error.code !== 'EACCES') || replaced.length >= MAX_REPLACEMENTS) throw error;
-      const next = nextFreePort(args.ranges, taken, port);
-      if (next === undefined) throw error;
-      replaced.push({ index: flow.index, from: flow.port, to: next, code: error.code });
-      taken.add(next);
-      port = next;
+      port = replace(flow, port, error);
     }
     ports.push(port);
     servers.push(server);
@@ -128,6 +147,46 @@ async function main(): Promise<void> {
   });
   process.on('disconnect', () => process.exit(0));
   send({ ready: true, ports, replaced });
+}
+
+/**
+ * A UDP echo: each datagram goes back unchanged to its sender. `connections` counts the
+ * distinct senders (one per flow through a vendor: its onward socket), received and sent
+ * hash the datagrams in arrival order.
+ */
+function udpEcho(port: () => number): dgram.Socket {
+  const socket = dgram.createSocket({ type: args.host.includes(':') ? 'udp6' : 'udp4' });
+  const senders = new Set<string>();
+  socket.on('message', (message, from) => {
+    const t = tally(port());
+    const sender = `${from.address}:${from.port}`;
+    if (!senders.has(sender)) {
+      senders.add(sender);
+      t.connections++;
+    }
+    t.received.update(message);
+    t.receivedBytes += message.length;
+    t.sent.update(message);
+    socket.send(message, from.port, from.address);
+  });
+  return socket;
+}
+
+/** Binds; resolves with the error instead of throwing (the socket is then closed), so that the caller can try another port. */
+function bindUdp(socket: dgram.Socket, port: number, host: string): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    const onError = (error: NodeJS.ErrnoException): void => {
+      socket.close();
+      resolve(error);
+    };
+    socket.once('error', onError);
+    socket.bind(port, host, () => {
+      socket.off('error', onError);
+      // A later send error (a sender gone) must not end the origin, which serves every other flow: it is reported, the echo goes on.
+      socket.on('error', (error) => process.stderr.write(`testbed origin: UDP port ${port}: ${error.message}\n`));
+      resolve(undefined);
+    });
+  });
 }
 
 /** Listens; resolves with the error instead of throwing, so that the caller can try another port. */

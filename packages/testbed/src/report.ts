@@ -13,7 +13,8 @@ export function summary(report: Report): string {
       .map((v) => [v.id, String(v.priority), v.dropsRecords ? 'dropped' : 'propagated', String(report.flows.reduce((n, f) => n + f.hops.filter((h) => h.vendor === v.id).length, 0))]),
   ]));
   lines.push('');
-  const kinds = ['http', 'https', 'tcp'] as const;
+  // The UDP row only when the run had UDP flows (--udp).
+  const kinds = report.flows.some((f) => f.kind === 'udp') ? (['http', 'https', 'tcp', 'udp'] as const) : (['http', 'https', 'tcp'] as const);
   lines.push(table([
     ['KIND', 'FLOWS', 'OK', 'EACH VENDOR ONCE', 'BYTES INTACT', 'LOOPED'],
     ...kinds.map((kind) => {

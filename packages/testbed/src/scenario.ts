@@ -66,12 +66,17 @@ export interface VendorInfo {
   readonly command?: string | undefined;
 }
 
-/** What one vendor's event log said about one connection it accepted. */
+/** What one vendor's event log said about one connection (or UDP flow) it accepted. */
 export interface Acceptance {
   readonly vendor: string;
   readonly port: number;
+  readonly transport: 'tcp' | 'udp';
   readonly state: string;
   readonly redirectedBy: readonly string[];
+  /** The vendor's connection id (its `closed` line carries the same). */
+  readonly connectionId: string;
+  /** UDP flows: the datagrams each way, from the vendor's `closed` line; absent until it came. */
+  readonly datagrams?: { readonly fromClient: number; readonly toClient: number } | undefined;
 }
 
 /** Phases of a run with a restart: before the kill, while the vendor is down, after its restart. */
@@ -172,12 +177,17 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
     const flows = planned.map((flow, i) => ({ ...flow, port: listening.ports[i] ?? flow.port }));
     for (const r of listening.replaced) notes.push(`flow ${r.index}: port ${r.from} could not be bound (${r.code}), the origin listened on ${r.to} instead`);
     const range = portList(flows.map((flow) => flow.port));
+    const udpFlows = flows.filter((flow) => flow.kind === 'udp');
+    const udpRange = udpFlows.length === 0 ? undefined : portList(udpFlows.map((flow) => flow.port));
 
     const vendorProcesses = new Map<string, ChildProcess>();
     // Acceptances per vendor and port, counted as they come: a filter over all of them per
     // line made a 10,000-flow run quadratic.
     const counts = new Map<string, number>();
+    /** Where each vendor's connection is in `acceptances`, for its closed line (a restarted vendor's ids start again: the latest wins). */
+    const acceptanceAt = new Map<string, number>();
     const onAccepted = (acceptance: Acceptance): void => {
+      acceptanceAt.set(`${acceptance.vendor} ${acceptance.connectionId}`, acceptances.length);
       acceptances.push(acceptance);
       const key = `${acceptance.vendor} ${acceptance.port}`;
       const count = (counts.get(key) ?? 0) + 1;
@@ -189,12 +199,17 @@ export async function runScenario(options: ScenarioOptions): Promise<Report> {
         for (const child of vendorProcesses.values()) stop(child, 'SIGKILL');
       }
     };
+    // A UDP flow's datagram counts come in its `closed` line, after its `accepted` one.
+    const onClosed = (vendor: string, connectionId: string, datagrams: { fromClient: number; toClient: number }): void => {
+      const i = acceptanceAt.get(`${vendor} ${connectionId}`);
+      if (i !== undefined) acceptances[i] = { ...acceptances[i]!, datagrams };
+    };
     const starts = new Map<string, number>();
     const launch = async (vendor: VendorInfo): Promise<void> => {
       const n = (starts.get(vendor.id) ?? 0) + 1;
       starts.set(vendor.id, n);
       const log = path.join(tmp, `events-${vendor.id}-${n}.jsonl`);
-      const child = await startVendor(inNs, vendor, { range, backend: options.backend, env, log, followers, notes, onAccepted });
+      const child = await startVendor(inNs, vendor, { range, udpRange, backend: options.backend, env, log, followers, notes, onAccepted, onClosed });
       vendorProcesses.set(vendor.id, child);
     };
     for (const vendor of vendors) await launch(vendor);
@@ -372,6 +387,16 @@ function judge(
     if (n !== connections) problems.push(`${id} accepted it ${n} times`);
   }
   for (const [id, n] of perVendor) if (!expected.vendors.includes(id)) problems.push(`${id} accepted it ${n} times while it was down`);
+  const transport = flow.kind === 'udp' ? 'udp' : 'tcp';
+  for (const hop of hops) if (hop.transport !== transport) problems.push(`${hop.vendor} accepted it as ${hop.transport}, expected ${transport}`);
+  if (!looped && flow.kind === 'udp') {
+    // Every datagram through every vendor, each way: what each vendor's closed line counted.
+    for (const hop of hops) {
+      if (hop.datagrams === undefined) problems.push(`${hop.vendor} logged no end of the UDP flow`);
+      else if (hop.datagrams.fromClient !== flow.requests || hop.datagrams.toClient !== flow.requests)
+        problems.push(`${hop.vendor} carried ${hop.datagrams.fromClient} datagrams from the client and ${hop.datagrams.toClient} back, expected ${flow.requests} each way`);
+    }
+  }
   if (!looped) {
     hops.forEach((hop, i) => {
       const chain = expected.vendors.slice(0, i + 1);
@@ -487,24 +512,32 @@ export interface VendorStart {
   readonly followers: LogFollower[];
   readonly notes: string[];
   readonly onAccepted: (acceptance: Acceptance) => void;
+  /** A UDP flow the vendor accepted ended: its datagram counts. */
+  readonly onClosed?: (vendor: string, connectionId: string, datagrams: { fromClient: number; toClient: number }) => void;
+  /** The UDP ports to redirect (`--udp-ports`), when the run has UDP flows. */
+  readonly udpRange?: string | undefined;
 }
 
-/** What a vendor command is told: in its environment, and in place of `{name}` in the command. */
-export function vendorParameters(vendor: VendorInfo, range: string, backend: Backend): Record<string, string> {
-  return { id: vendor.id, priority: String(vendor.priority), ports: range, backend, failMode: vendor.failMode };
+/**
+ * What a vendor command is told: in its environment, and in place of `{name}` in the
+ * command. `udpPorts` is `none` when the run has no UDP flows (the kit's `--udp-ports` takes it).
+ */
+export function vendorParameters(vendor: VendorInfo, range: string, backend: Backend, udpRange?: string): Record<string, string> {
+  return { id: vendor.id, priority: String(vendor.priority), ports: range, udpPorts: udpRange ?? 'none', backend, failMode: vendor.failMode };
 }
 
 const PARAMETER_ENV: Record<string, string> = {
   id: 'COPROXY_VENDOR_ID',
   priority: 'COPROXY_VENDOR_PRIORITY',
   ports: 'COPROXY_VENDOR_PORTS',
+  udpPorts: 'COPROXY_VENDOR_UDP_PORTS',
   backend: 'COPROXY_VENDOR_BACKEND',
   failMode: 'COPROXY_VENDOR_FAIL_MODE',
 };
 
-/** `{id}`, `{priority}`, `{ports}`, `{backend}`, `{failMode}` replaced; their values are shell-safe (ids are [a-z0-9-]). */
+/** `{id}`, `{priority}`, `{ports}`, `{udpPorts}`, `{backend}`, `{failMode}` replaced; their values are shell-safe (ids are [a-z0-9-]). */
 export function expandCommand(command: string, parameters: Record<string, string>): string {
-  return command.replace(/\{(id|priority|ports|backend|failMode)\}/g, (_, name: string) => parameters[name]!);
+  return command.replace(/\{(id|priority|ports|udpPorts|backend|failMode)\}/g, (_, name: string) => parameters[name]!);
 }
 
 /**
@@ -513,7 +546,7 @@ export function expandCommand(command: string, parameters: Record<string, string
  * vendor is started through its CLI; any other through `sh -c` with its parameters.
  */
 export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart): Promise<ChildProcess> {
-  const parameters = vendorParameters(vendor, start.range, start.backend);
+  const parameters = vendorParameters(vendor, start.range, start.backend, start.udpRange);
   const env: NodeJS.ProcessEnv = { ...start.env, COPROXY_EVENT_LOG: start.log };
   for (const [name, value] of Object.entries(parameters)) env[PARAMETER_ENV[name]!] = value;
   let argv: [string, string[]];
@@ -526,6 +559,8 @@ export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart):
       vendorCli[vendor.kind], '--id', vendor.id, '--priority', parameters.priority!, '--ports', start.range, '--backend', start.backend,
       '--fail-mode', vendor.failMode, '--unrecognised', 'relay', '--log-level', 'warn',
     ];
+    // UDP flows (the run's --udp): both vendors follow --unrecognised for a datagram protocol they do not know.
+    if (start.udpRange !== undefined) cliArgs.push('--udp-ports', start.udpRange);
     if (vendor.dropsRecords) cliArgs.push('--drop-records');
     argv = inNs(process.execPath, cliArgs);
   }
@@ -553,7 +588,13 @@ export function startVendor(inNs: InNs, vendor: VendorInfo, start: VendorStart):
           clearTimeout(timer);
           resolve(child);
         } else if (line.event === 'accepted') {
-          start.onAccepted({ vendor: vendor.id, port: line.port, state: line.state, redirectedBy: line.redirectedBy });
+          start.onAccepted({ vendor: vendor.id, port: line.port, transport: line.transport, state: line.state, redirectedBy: line.redirectedBy, connectionId: line.connectionId });
+        } else if (line.event === 'rejected') {
+          // Reported once per vendor and error: a flow that never arrived may have been refused here.
+          const note = `vendor ${vendor.id} refused a connection or datagram: ${line.error}`;
+          if (!start.notes.includes(note)) start.notes.push(note);
+        } else if (line.event === 'closed' && line.transport === 'udp') {
+          start.onClosed?.(vendor.id, line.connectionId, { fromClient: line.datagramsFromClient ?? 0, toClient: line.datagramsToClient ?? 0 });
         }
       }),
     );

@@ -1,5 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -78,6 +79,19 @@ function expectCooperative(report: Report, vendors: number): void {
   }
 }
 
+/** Every fourth flow is UDP: each vendor took it as a UDP flow, and its closed line counted every datagram both ways. */
+function expectUdpFlows(report: Report, flows: number): void {
+  const udp = report.flows.filter((f) => f.kind === 'udp');
+  expect(udp).toHaveLength(flows);
+  for (const flow of udp) {
+    expect(flow.hops.map((h) => h.transport)).toEqual(report.vendors.map(() => 'udp'));
+    expect(flow.hops.map((h) => h.datagrams)).toEqual(report.vendors.map(() => ({ fromClient: 8, toClient: 8 })));
+    expect(flow.client?.receivedBytes).toBe(flow.client?.sentBytes);
+    expect(flow.origin?.connections).toBe(1);
+  }
+  for (const flow of report.flows.filter((f) => f.kind !== 'udp')) expect(flow.hops.map((h) => h.transport)).toEqual(report.vendors.map(() => 'tcp'));
+}
+
 describe('coproxy-testbed', () => {
   it('demo on the embedded backend: cooperative run passes, the records-dropping run shows the loop', async () => {
     const json = path.join(dir, 'demo.json');
@@ -123,6 +137,44 @@ describe('coproxy-testbed', () => {
     expect(bytes.subarray(0, 8)).toEqual(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
     // A blank 1200x900 page compresses to a few hundred bytes; this one has text and boxes.
     expect(bytes.length).toBeGreaterThan(20_000);
+  });
+
+  it('demo --udp on the embedded backend: UDP flows through both vendors once each, as UDP flows with the records, every datagram intact; the loop still shows', async () => {
+    const json = path.join(dir, 'udp-demo.json');
+    const { code, stdout } = await testbed('demo', '--udp', '--flows', '8', '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(path.join(dir, 'udp-demo-cooperative.json'));
+    expectCooperative(report, 2);
+    expectUdpFlows(report, 2);
+    const dropped = readReport(path.join(dir, 'udp-demo-dropped.json'));
+    expect(dropped.exitCode).toBe(3);
+    // The UDP flows loop too: the first vendor takes each one again after the dropper.
+    const first = [...dropped.vendors].sort((a, b) => a.priority - b.priority)[0]!;
+    for (const flow of dropped.flows.filter((f) => f.kind === 'udp')) expect(flow.hops.filter((h) => h.vendor === first.id).length).toBeGreaterThan(1);
+    expect(leftBehind()).toEqual([]);
+  });
+
+  it('hands a --vendor command the UDP ports as {udpPorts}: coproxy-http started by hand takes the UDP flows after coproxy-tls', async () => {
+    const httpCli = path.join(path.dirname(createRequire(import.meta.url).resolve('@coproxy/proxy-http/package.json')), 'dist/cli.js');
+    const json = path.join(dir, 'udp-command.json');
+    const command = `${process.execPath} ${httpCli} --id {id} --priority {priority} --ports {ports} --udp-ports {udpPorts} --backend {backend} --fail-mode {failMode} --unrecognised relay --log-level warn`;
+    const { code, stdout } = await testbed('run', '--udp', '--flows', '8', '--vendors', 'tls', '--vendor', command, '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expectUdpFlows(report, 2);
+    expect(leftBehind()).toEqual([]);
+  });
+
+  it.skipIf(skipKernel)('runs UDP flows on the nftables backend: a plain dgram client redirected by the kernel through both vendors', async () => {
+    if (process.getuid?.() !== 0) throw new Error('the nftables run needs root; set COPROXY_SKIP_KERNEL_TESTS=1 to skip it on a developer machine');
+    const json = path.join(dir, 'udp-nft.json');
+    const { code, stdout } = await testbed('run', '--backend', 'nftables', '--udp', '--flows', '8', '--json', json);
+    expect({ code, stdout: code === 0 ? '' : stdout }).toEqual({ code: 0, stdout: '' });
+    const report = readReport(json);
+    expectCooperative(report, 2);
+    expectUdpFlows(report, 2);
+    expect(leftBehind()).toEqual([]);
   });
 
   it('exits 2 on a usage error', async () => {

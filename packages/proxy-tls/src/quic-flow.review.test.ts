@@ -3,7 +3,7 @@ import { Subject } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { TlsProxyMetrics } from './metrics.js';
 import { compilePolicy, parsePolicy } from './policy.js';
-import { type AcceptedDatagramFlow, type OnwardDatagramSocket, serveQuicFlow } from './quic-flow.js';
+import { type QuicFlow, type QuicOnwardSocket, serveQuicFlow } from './quic-flow.js';
 import { Reporter } from './reporter.js';
 import { buildInitialDatagram, cryptoFrame, sampleHelloMessage } from './test-support/quic-builder.js';
 
@@ -14,7 +14,7 @@ import { buildInitialDatagram, cryptoFrame, sampleHelloMessage } from './test-su
  * §12.3); the reader did neither, and read nothing after its decision.
  */
 
-class Onward implements OnwardDatagramSocket {
+class Onward implements QuicOnwardSocket {
   readonly sent: Buffer[] = [];
   readonly datagrams$ = new Subject<Buffer>().asObservable();
   send(payload: Buffer): void {
@@ -23,17 +23,17 @@ class Onward implements OnwardDatagramSocket {
   close(): void {}
 }
 
-class Flow implements AcceptedDatagramFlow {
+class Flow implements QuicFlow {
   readonly transport = 'udp' as const;
   readonly id = 'flow-review';
-  readonly originalDestination = { address: '10.200.0.1', port: 443 };
+  readonly originalDestination = { address: '10.200.0.1', port: 443, family: 4 as const };
   readonly source = { address: '10.200.0.2', port: 50_000 };
   readonly client = new Subject<Buffer>();
   readonly datagrams$ = this.client.asObservable();
   readonly onward = new Onward();
   readonly calls: string[] = [];
   send(): void {}
-  connectOnward(): Promise<OnwardDatagramSocket> {
+  connectOnward(): Promise<QuicOnwardSocket> {
     this.calls.push('connect');
     return Promise.resolve(this.onward);
   }

@@ -27,7 +27,8 @@ export interface DatagramCounts {
 }
 
 /** Why a flow ended. */
-export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed';
+/** `superseded`: the client's address and port began another flow (a new socket got the port; embedded backend). */
+export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded';
 
 /** One client's flow on a shared listening socket. */
 export class DatagramFlowEndpoint {
@@ -119,7 +120,7 @@ export interface DatagramFlowTableOptions<THeader = undefined> {
    * header): returns the payload and the header; `flow` is the open flow of this peer,
    * undefined for a new one. Throwing drops the datagram; the error goes to `refused`.
    */
-  readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader };
+  readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader; readonly newFlow?: boolean };
   /** A new client's datagram was dropped: the table is full, or `opened` threw. */
   refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
 }
@@ -155,14 +156,20 @@ export class DatagramFlowTable<THeader = undefined> {
     const peer: DatagramPeer = { address: remote.address, port: remote.port, family: remote.family === 'IPv6' ? 6 : 4 };
     let payload = datagram;
     let header = undefined as THeader;
+    let newFlow = false;
     if (this.options.unwrap !== undefined) {
       try {
-        ({ payload, header } = this.options.unwrap(datagram, peer, existing));
+        ({ payload, header, newFlow = false } = this.options.unwrap(datagram, peer, existing));
       } catch (error) {
         return this.options.refused(peer, { kind: 'failed', error });
       }
     }
-    if (existing !== undefined) return existing.push(payload);
+    if (existing !== undefined) {
+      if (!newFlow) return existing.push(payload);
+      // The framing says this datagram begins another flow from the same address and port:
+      // the old one ends, the new one is opened (and judged) from its first datagram.
+      existing.end('superseded');
+    }
     if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
     // One timer per flow, restarted (not recreated) on every datagram either way.
     const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();

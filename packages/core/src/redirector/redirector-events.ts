@@ -64,7 +64,7 @@ export interface ClosedEvent extends EventBase {
   readonly datagramsFromClient?: number;
   readonly datagramsToClient?: number;
   /** Datagram flows: why it ended (idle timeout, closed or rejected by the vendor, listener closed). */
-  readonly endedBy?: 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed';
+  readonly endedBy?: 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded';
 }
 
 /**

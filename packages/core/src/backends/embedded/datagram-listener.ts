@@ -1,7 +1,7 @@
 import type { KeyObject } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { type CoproxyError, DatagramFlowLimitError, PeerNotAuthorisedError, ProxyHeaderMalformedError, RecordsMismatchError } from '../../model/errors.js';
+import { type CoproxyError, DatagramFlowLimitError, PeerNotAuthorisedError, RecordsMismatchError } from '../../model/errors.js';
 import { encodeRecords } from '../../model/records-codec.js';
 import { DatagramFlowTable, type DatagramPeer } from '../../net/datagram-flows.js';
 import type { DatagramLimits, FlowSink, InstallSpec } from '../backend.js';
@@ -58,10 +58,11 @@ export async function listenDatagrams(options: {
     unwrap(datagram, peer, flow) {
       const decoded = decodeDatagram(datagram, key, { redirectorId: spec.id, maxHeaderBytes: spec.maxHeaderBytes, peerUid: peerUid(peer) });
       const first = flow === undefined ? undefined : firstHeaders.get(flow);
-      if (first !== undefined && !sameFlow(first, decoded.flow)) {
-        throw new ProxyHeaderMalformedError('a datagram names another destination or other records than its flow');
-      }
-      return { payload: decoded.payload, header: decoded.flow };
+      // A signed header naming another destination or other records than the open flow of
+      // this address and port: the client's socket is gone and a new one got its port (a
+      // connectDatagram() socket always sends one header). It begins a new flow, accepted
+      // and judged from its first datagram; nothing of it joins the old flow.
+      return { payload: decoded.payload, header: decoded.flow, newFlow: first !== undefined && !sameFlow(first, decoded.flow) };
     },
     opened(endpoint, flow) {
       if (owner !== undefined) {

@@ -109,7 +109,7 @@ describe('embedded backend, UDP flows', () => {
     expect(origin.from).toEqual([`127.0.0.1:${socket.local.port}`]);
   });
 
-  it('refuses datagrams without the registry secret, or naming another flow, with typed events, and keeps serving', async () => {
+  it('refuses datagrams without the registry secret with typed events and keeps serving; a header naming another flow begins a new flow', async () => {
     using registry = tempRegistry();
     const origin = await echoOrigin();
     const solo = await vendor(uniqueId('solo'), 10, registry.path, origin.port);
@@ -135,16 +135,21 @@ describe('embedded backend, UDP flows', () => {
     expect(rejectedCodes()).toEqual(['COPROXY_PROXY_HEADER_MALFORMED', 'COPROXY_PEER_NOT_AUTHORISED', 'COPROXY_PROXY_HEADER_MALFORMED']);
     expect(solo.accepted).toHaveLength(0);
 
-    // A good first datagram opens the flow; a later one naming another destination is dropped.
+    // A good first datagram opens the flow; a later one from the same port naming other
+    // records (a new socket that got the port, after another vendor) ends it and begins a
+    // flow of its own, accepted and relayed on its own: nothing of it joins the first flow.
     const reply = once(raw, 'message');
     send(Buffer.concat([encodeDatagramHeader(flow, key), Buffer.from('one')]));
-    const other = { ...flow, destination: { ...flow.destination, port: origin.port === 65535 ? 1 : origin.port + 1 } };
-    send(Buffer.concat([encodeDatagramHeader(other, key), Buffer.from('two')]));
-    await until(() => rejectedCodes().length === 4, 5000, 'the mismatched datagram refused');
-    expect(rejectedCodes()[3]).toBe('COPROXY_PROXY_HEADER_MALFORMED');
-    expect(solo.accepted).toHaveLength(1);
     expect(String((await reply)[0])).toBe('one');
-    expect(origin.from).toHaveLength(1);
+    const other = { ...flow, records: RedirectRecords.empty.withRedirect('another-vendor').withRedirect(solo.redirector.id) };
+    const second = once(raw, 'message');
+    send(Buffer.concat([encodeDatagramHeader(other, key), Buffer.from('two')]));
+    expect(String((await second)[0])).toBe('two');
+    expect(solo.accepted.map((f) => f.records.redirectedBy)).toEqual([[solo.redirector.id], ['another-vendor', solo.redirector.id]]);
+    await until(() => solo.events.some((e) => e.type === 'closed' && e.connectionId === solo.accepted[0]!.id), 5000, 'the first flow closed');
+    expect(solo.events.find((e) => e.type === 'closed' && e.connectionId === solo.accepted[0]!.id)).toMatchObject({ endedBy: 'superseded' });
+    expect(rejectedCodes()).toHaveLength(3);
+    expect(origin.from).toHaveLength(2); // each flow through its own onward socket
   });
 
   // I7: UDP has no peer credentials; the listener asks sock_diag who owns the sending

@@ -111,7 +111,10 @@ describe('metrics', () => {
       const scraped = await get(port, '/metrics');
       expect(scraped.status).toBe(200);
       expect(scraped.contentType).toMatch(/^text\/plain; version=0\.0\.4/);
-      expect(samples(scraped.body)).toEqual(s);
+      // The heap gauge is read at each scrape, so it moves between two; every counter must not.
+      const withoutHeap = (m: Map<string, number>) => new Map([...m].filter(([k]) => !k.endsWith('_heap_used_bytes')));
+      expect(withoutHeap(samples(scraped.body))).toEqual(withoutHeap(s));
+      expect(samples(scraped.body).get('coproxy_http_heap_used_bytes')).toBeGreaterThan(1_000_000);
       expect((await get(port, '/other')).status).toBe(404);
     } finally {
       server.closeAllConnections();

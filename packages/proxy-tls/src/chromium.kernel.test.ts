@@ -53,7 +53,7 @@ async function assertBrowserTestsCanRun(): Promise<void> {
 
 function tempDir(): Disposable & { readonly path: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-tls-chromium-'));
-  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) };
 }
 
 /** What the page origin reports of each request (test-support/page-origin.mjs). */
@@ -82,7 +82,7 @@ function netnsEtc(netns: Netns, files: Readonly<Record<string, string>>): Dispos
   const dir = path.join('/etc/netns', netns.name);
   fs.mkdirSync(dir, { recursive: true });
   for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), content);
-  return { [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return { [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) };
 }
 
 /**

@@ -47,7 +47,7 @@ interface OriginRequest {
 
 function tempDir(): Disposable & { readonly path: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-tls-quic-fallback-'));
-  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }) };
 }
 
 /** The QUIC handshake lines the CLI logged. */
@@ -102,17 +102,18 @@ describe.skipIf(skipKernelTests || skipBrowserTests)('Chromium trying QUIC throu
     const first = await loadPage(netns, dir.path, proxyCa, false);
     expect(first.dom, first.stderr).toContain('<p id="result">fetched: forty-two</p>');
     await until(() => quicHandshakes(proxy).length >= 1, 5000, 'the first QUIC attempt in the log');
-    const attemptsAfterFirst = quicHandshakes(proxy).length;
     const requestsAfterFirst = originReceived.length;
-    // Second visit, same profile: h3 is known for the origin, so QUIC comes first.
+    // Second visit, same profile: h3 is known for the origin, so Chromium may try QUIC first
+    // again, or skip it if it has already marked QUIC broken for the origin after the
+    // refused attempt (that state is written to the profile lazily, so which one happens
+    // depends on timing: under CI load it skipped it). Either way the page must come over TCP.
     const second = await loadPage(netns, dir.path, proxyCa, false);
 
     // What the user sees: the page and its script's fetch, both times.
     expect(second.dom, second.stderr).toContain('<p id="result">fetched: forty-two</p>');
     expect(second.stderr).not.toContain('ERR_QUIC');
     // Each QUIC attempt: read, logged with its SNI and JA4 (q prefix), blocked because a bump policy cannot bump QUIC.
-    const quic = quicHandshakes(proxy);
-    expect(quic.length).toBeGreaterThan(attemptsAfterFirst);
+    const quic = quicHandshakes(proxy); // at least the first visit's attempt (awaited above)
     for (const attempt of quic) {
       expect(attempt).toMatchObject({ transport: 'quic', quicVersion: 'v1', sni: NAME, alpn: ['h3'], action: 'block', destination: { address: NETNS_V4, port: 443 } });
       expect(attempt.ja4).toMatch(/^q13d\d{4}h3_[0-9a-f]{12}_[0-9a-f]{12}$/);

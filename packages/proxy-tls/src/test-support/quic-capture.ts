@@ -66,6 +66,7 @@ export async function captureChromiumInitials(netns: Netns, name: string): Promi
   } finally {
     browser?.kill('SIGKILL');
     listener.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+    // Retried: Chromium's child processes may still write to the profile a moment after the kill (ENOTEMPTY in CI).
+    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 }

@@ -2,7 +2,7 @@
 // namespace records the first datagrams of Chromium forced onto QUIC for one origin
 // (--origin-to-force-quic-on). No QUIC server is needed: the client's Initials come before
 // any answer, and Chromium retransmits them until it gives up. Not part of the build.
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,7 +66,28 @@ export async function captureChromiumInitials(netns: Netns, name: string): Promi
   } finally {
     browser?.kill('SIGKILL');
     listener.kill('SIGKILL');
-    // Retried: Chromium's child processes may still write to the profile a moment after the kill (ENOTEMPTY in CI).
+    // Chromium's zygote and renderers outlive the browser's kill for a while and go on
+    // writing to the profile (ENOTEMPTY in CI): every process of the namespace is killed,
+    // and awaited, before the profile is removed.
+    await killEveryProcessIn(netns);
     fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  }
+}
+
+/** SIGKILLs what runs in the namespace until nothing does (bounded: 5 s, then it throws). */
+async function killEveryProcessIn(netns: Netns): Promise<void> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const pids = execFileSync('ip', ['netns', 'pids', netns.name], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    if (pids.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`processes ${pids.join(', ')} in ${netns.name} survive SIGKILL`);
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; // gone meanwhile is fine
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }

@@ -45,7 +45,8 @@ const leftBehind = (): string[] => leftovers().filter((entry) => !before.has(ent
 function leftovers(): string[] {
   const found: string[] = [];
   const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' });
-  // Only the testbed's own processes: other packages' tests run vendor CLIs concurrently.
+  // Only the testbed's own processes: other packages' tests run vendor CLIs concurrently. The example
+  // vendor's conformance tests run the testbed CLI (its ids and origin): turbo.json starts them after these.
   const ours = /proxy-(http|tls)\/dist\/cli\.js --id (tls|http)-vendor|testbed\/dist\/(origin|client)\.js/;
   for (const line of ps.split('\n')) if (ours.test(line)) found.push(`process: ${line.trim()}`);
   for (const entry of fs.readdirSync(os.tmpdir())) if (/^coproxy-testbed-(?!test-)/.test(entry)) found.push(`temp dir: ${entry}`);

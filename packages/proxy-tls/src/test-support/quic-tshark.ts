@@ -5,20 +5,14 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
+import { pcapGlobalHeader } from './tshark.js';
 
 const run = promisify(execFile);
 
-const LINKTYPE_RAW = 101;
 
 /** A classic pcap file holding `datagrams` as IPv4/UDP packets from `clientPort` to port 443. */
 export function udpPcap(datagrams: readonly Buffer[], clientPort = 50_000): Buffer {
-  const header = Buffer.alloc(24);
-  header.writeUInt32LE(0xa1b2c3d4, 0);
-  header.writeUInt16LE(2, 4);
-  header.writeUInt16LE(4, 6);
-  header.writeUInt32LE(65_535, 16);
-  header.writeUInt32LE(LINKTYPE_RAW, 20);
-  const out: Buffer[] = [header];
+  const out: Buffer[] = [pcapGlobalHeader()];
   let time = 1_700_000_000;
   for (const payload of datagrams) {
     if (payload.length > 65_535 - 28) throw new RangeError('a datagram too large for one IPv4 packet');

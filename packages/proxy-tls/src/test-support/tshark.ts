@@ -26,15 +26,20 @@ export interface Flow {
 
 const LINKTYPE_RAW = 101;
 
-/** A classic pcap file (microsecond timestamps) holding each flow's segments as IPv4/TCP packets. */
-export function pcap(flows: readonly Flow[]): Buffer {
+/** A classic pcap file's global header: version 2.4, snap length 65,535, raw IPv packets. */
+export function pcapGlobalHeader(): Buffer {
   const header = Buffer.alloc(24);
   header.writeUInt32LE(0xa1b2c3d4, 0);
   header.writeUInt16LE(2, 4);
   header.writeUInt16LE(4, 6);
   header.writeUInt32LE(65_535, 16);
   header.writeUInt32LE(LINKTYPE_RAW, 20);
-  const out: Buffer[] = [header];
+  return header;
+}
+
+/** A classic pcap file (microsecond timestamps) holding each flow's segments as IPv4/TCP packets. */
+export function pcap(flows: readonly Flow[]): Buffer {
+  const out: Buffer[] = [pcapGlobalHeader()];
   let time = 1_700_000_000;
   for (const flow of flows) {
     let sequence = 1000;

@@ -210,8 +210,43 @@ function tapSummary(tap) {
   return { tests: count('tests'), pass: count('pass'), fail: count('fail'), cancelled: count('cancelled'), skipped: count('skipped'), todo: count('todo') };
 }
 
+/**
+ * One lane per cache at a time: two would share the Wine prefix, the wineserver and the
+ * run directory, and each would read the other's reports. A lock left by a lane that died
+ * is taken over.
+ */
+function lockCache() {
+  fs.mkdirSync(cache, { recursive: true });
+  const lock = path.join(cache, 'lane.pid');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(lock, String(process.pid), { flag: 'wx' });
+      process.on('exit', () => fs.rmSync(lock, { force: true }));
+      return;
+    } catch (error) {
+      if (error.code !== 'EEXIST') throw error;
+      const holder = Number(fs.readFileSync(lock, 'utf8'));
+      if (Number.isInteger(holder) && holder > 0 && alive(holder)) {
+        fatal(`another lane (pid ${holder}) is using ${cache}; wait for it, or give this one its own COPROXY_WINE_CACHE`);
+      }
+      fs.rmSync(lock, { force: true });
+    }
+  }
+  fatal(`could not lock ${cache}`);
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return error.code === 'EPERM';
+  }
+}
+
 function main() {
   if (wine === undefined || wineserver === undefined) fatal('wine64 is not installed (apt-get install wine64)');
+  lockCache();
   const linuxNode = process.version.slice(1);
   if (linuxNode !== NODE_WIN.version) log(`note: Linux Node is ${linuxNode}, the lane runs the Windows build of ${NODE_WIN.version}`);
 
@@ -267,7 +302,7 @@ function main() {
   spawnSync(wineserver, ['-k'], { env, timeout: SETUP_TIMEOUT_MS });
 
   if (fs.existsSync(spec)) process.stdout.write(fs.readFileSync(spec, 'utf8'));
-  const errors = fs.readFileSync(stderr, 'utf8').trim();
+  const errors = fs.existsSync(stderr) ? fs.readFileSync(stderr, 'utf8').trim() : '';
   const summary = fs.existsSync(tap) ? tapSummary(fs.readFileSync(tap, 'utf8')) : undefined;
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   const timedOut = result.error !== undefined || result.signal !== null;

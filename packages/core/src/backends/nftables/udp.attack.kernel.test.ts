@@ -1,0 +1,124 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { until } from '../../testing/harness.js';
+import { NETNS_V4, assertKernelTestsCanRun, createNetns, skipKernelTests, type Netns } from '../../testing/netns.js';
+
+// An attacker's pass over UDP on the nftables backend (issue #18): what conntrack and the
+// vendor's flow table may disagree about. Each test makes its own network namespace; the
+// vendor and the echo origins are separate processes in it, the client plain node:dgram.
+const fixtures = fileURLToPath(new URL('../../../test-fixtures/', import.meta.url));
+const ORIGIN_PORT = 5353;
+/** A second origin address in the namespace (added by the test, on lo like NETNS_V4). */
+const OTHER_V4 = '10.200.0.2';
+
+interface Vendor {
+  readonly accepted: { destination: { address: string; port: number }; source: { address: string; port: number } }[];
+  readonly closed: { endedBy: string }[];
+  readonly ready: Promise<unknown>;
+}
+
+function startVendor(netns: Netns, options: { readonly udpIdleTimeoutMs: number }): Vendor {
+  const child = netns.spawn(process.execPath, [path.join(fixtures, 'udp-vendor.mjs'), JSON.stringify({ id: 'attacked', priority: 0, udpPorts: [ORIGIN_PORT], ...options })], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const vendor: Vendor = { accepted: [], closed: [], ready: undefined as unknown as Promise<unknown> };
+  const ready = new Promise((resolve, reject) => {
+    child.on('message', (message: { ready?: unknown; accepted?: Vendor['accepted'][number]; closed?: Vendor['closed'][number]; failed?: { message: string } }) => {
+      if (message.ready !== undefined) resolve(message.ready);
+      if (message.accepted !== undefined) vendor.accepted.push(message.accepted);
+      if (message.closed !== undefined) vendor.closed.push(message.closed);
+      if (message.failed !== undefined) reject(new Error(message.failed.message));
+    });
+    child.once('exit', (code) => reject(new Error(`vendor exited early (${code})`)));
+  });
+  return Object.assign(vendor, { ready });
+}
+
+/** Echo origins on each address; returns what each received, by its own address. */
+async function startEcho(netns: Netns, addresses: readonly string[]): Promise<{ local: string; from: string; bytes: number }[]> {
+  const child = netns.spawn(process.execPath, [path.join(fixtures, 'udp-echo.mjs'), String(ORIGIN_PORT), ...addresses], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const received: { local: string; from: string; bytes: number }[] = [];
+  await new Promise<void>((resolve, reject) => {
+    child.on('message', (message: { ready?: boolean; received?: (typeof received)[number] }) => {
+      if (message.ready === true) resolve();
+      if (message.received !== undefined) received.push(message.received);
+    });
+    child.once('exit', (code) => reject(new Error(`echo origin exited early with ${code}`)));
+  });
+  return received;
+}
+
+/**
+ * One unconnected client socket (as DNS resolvers and QUIC stacks with several servers
+ * use them) sends `first` to NETNS_V4, waits `pauseMs`, then sends `second` to OTHER_V4;
+ * prints each reply's source and bytes. Bounded: gives up after 4 s past the pause.
+ */
+function twoDestinationsClient(pauseMs: number): string {
+  return `
+    const dgram = require('node:dgram');
+    const socket = dgram.createSocket('udp4');
+    const replies = [];
+    const done = () => { process.stdout.write(JSON.stringify(replies) + '\\n'); socket.close(); };
+    const overall = setTimeout(done, ${pauseMs} + 4000);
+    socket.on('message', (payload, remote) => {
+      replies.push({ from: remote.address + ':' + remote.port, text: payload.toString() });
+      if (replies.length === 2) { clearTimeout(overall); done(); }
+    });
+    socket.bind(0, '${NETNS_V4}', () => {
+      socket.send('first', ${ORIGIN_PORT}, '${NETNS_V4}');
+      setTimeout(() => socket.send('second', ${ORIGIN_PORT}, '${OTHER_V4}'), ${pauseMs});
+    });`;
+}
+
+describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in network namespaces', () => {
+  beforeAll(assertKernelTestsCanRun);
+
+  it('sends one socket’s datagrams to two destinations each to its own destination, as two flows', async () => {
+    await using netns = await createNetns('udpatk-two');
+    await netns.run('ip', ['addr', 'add', `${OTHER_V4}/24`, 'dev', 'lo']);
+    const received = await startEcho(netns, [NETNS_V4, OTHER_V4]);
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000 });
+    await vendor.ready;
+
+    const replies = JSON.parse((await netns.run('node', ['-e', twoDestinationsClient(200)])).stdout) as { from: string; text: string }[];
+    expect(replies).toEqual([
+      { from: `${NETNS_V4}:${ORIGIN_PORT}`, text: 'first' },
+      { from: `${OTHER_V4}:${ORIGIN_PORT}`, text: 'second' },
+    ]);
+    // Each datagram reached the origin it was sent to; the vendor judged each destination.
+    expect(received.map((r) => [r.local, r.bytes])).toEqual([
+      [`${NETNS_V4}:${ORIGIN_PORT}`, 5],
+      [`${OTHER_V4}:${ORIGIN_PORT}`, 6],
+    ]);
+    expect(vendor.accepted.map((a) => a.destination.address)).toEqual([NETNS_V4, OTHER_V4]);
+  });
+
+  it('never relays a datagram to the destination of an older flow after conntrack forgot that flow (nor shows its reply as another address’s)', async () => {
+    await using netns = await createNetns('udpatk-expiry');
+    await netns.run('ip', ['addr', 'add', `${OTHER_V4}/24`, 'dev', 'lo']);
+    const received = await startEcho(netns, [NETNS_V4, OTHER_V4]);
+    // The vendor keeps an idle flow far longer than conntrack keeps its entry (a host with
+    // shortened conntrack timeouts, or a vendor with a long udpIdleTimeoutMs).
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000 });
+    await vendor.ready;
+    await netns.run('sysctl', ['-w', 'net.netfilter.nf_conntrack_udp_timeout=1', 'net.netfilter.nf_conntrack_udp_timeout_stream=1']);
+
+    // Past the pause the client's conntrack entry (to NETNS_V4) is gone; the same socket's
+    // next datagram, to OTHER_V4, makes a new entry with the same reply tuple, so the
+    // vendor's listener sees it from the same client address and port as the old flow.
+    const replies = JSON.parse((await netns.run('node', ['-e', twoDestinationsClient(3000)])).stdout) as { from: string; text: string }[];
+    await until(() => received.length === 2, 5000, 'both datagrams at an origin');
+    // The second datagram was for OTHER_V4: it must reach OTHER_V4, not NETNS_V4.
+    expect(received.map((r) => r.local)).toEqual([`${NETNS_V4}:${ORIGIN_PORT}`, `${OTHER_V4}:${ORIGIN_PORT}`]);
+    expect(replies).toEqual([
+      { from: `${NETNS_V4}:${ORIGIN_PORT}`, text: 'first' },
+      { from: `${OTHER_V4}:${ORIGIN_PORT}`, text: 'second' },
+    ]);
+    // Two flows, each accepted (and so judged) with its own destination; the first was superseded.
+    expect(vendor.accepted.map((a) => a.destination.address)).toEqual([NETNS_V4, OTHER_V4]);
+    expect(vendor.accepted[1]!.source).toEqual(vendor.accepted[0]!.source);
+    await until(() => vendor.closed.length >= 1, 5000, 'the first flow to end');
+    expect(vendor.closed[0]!.endedBy).toBe('superseded');
+  });
+});

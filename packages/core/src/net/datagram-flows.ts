@@ -41,6 +41,8 @@ export class DatagramFlowEndpoint {
   private readonly subscribers = new Set<Subscriber<Buffer>>();
   private endedBy: DatagramFlowEnd | undefined;
   private readonly endListeners: ((reason: DatagramFlowEnd) => void)[] = [];
+  /** When the last datagram either way was seen (Date.now()). */
+  private lastActivity = Date.now();
 
   constructor(
     private readonly socket: dgram.Socket,
@@ -66,11 +68,17 @@ export class DatagramFlowEndpoint {
     return this.endedBy;
   }
 
+  /** How long no datagram went either way (ms): a backend may ask the kernel again after a silence. */
+  get idleMs(): number {
+    return Date.now() - this.lastActivity;
+  }
+
   /** A datagram from the client. */
   push(payload: Buffer): void {
     if (this.endedBy !== undefined) return;
     this.counts.datagramsIn++;
     this.counts.bytesIn += payload.length;
+    this.lastActivity = Date.now();
     this.touch();
     if (this.queue !== undefined) {
       if (this.queue.length < this.maxQueued) this.queue.push(payload);
@@ -85,6 +93,7 @@ export class DatagramFlowEndpoint {
     if (this.endedBy !== undefined) return;
     this.counts.datagramsOut++;
     this.counts.bytesOut += payload.length;
+    this.lastActivity = Date.now();
     this.touch();
     this.socket.send(payload, this.peer.port, this.peer.address, (error) => {
       if (error !== null && error !== undefined) this.sendError ??= error;

@@ -5,7 +5,7 @@ import type { RedirectRecords } from '../../model/redirect-records.js';
 import { type DatagramFlowEndpoint, DatagramFlowTable, type DatagramPeer } from '../../net/datagram-flows.js';
 import { openOnwardDatagram } from '../../net/onward-datagram.js';
 import type { DatagramLimits, FlowSink, InstallSpec, OnwardRecords } from '../backend.js';
-import { lookupUdpFlow } from './conntrack.js';
+import { type ConntrackEntry, lookupUdpFlow } from './conntrack.js';
 import { openMarkedSocket } from './libc.js';
 import { type TableInfo, matchSelector, tableName } from './tables.js';
 
@@ -29,6 +29,18 @@ import { type TableInfo, matchSelector, tableName } from './tables.js';
  * outside libuv's event loop, plus a reply socket bound to each original address, and a
  * route and rule that outlive the process if it is killed. `redirect` needs none of that.
  *
+ * Conntrack and the flow table must agree on what a client address and port stands for.
+ * Conntrack forgets an idle UDP entry after `nf_conntrack_udp_timeout` (30 s by default,
+ * often less on busy hosts), possibly before this listener's flow idles out; the same
+ * socket's next datagram then makes a new entry, maybe to another destination, with the
+ * same reply tuple, so it arrives here from the same client address and port. Pushed into
+ * the old flow it would go to the old destination, and that destination's answer would
+ * reach the client as the new one's. So a datagram after a silence of
+ * {@link RECHECK_AFTER_IDLE_MS} asks conntrack again (one lookup per silence, not per
+ * datagram): another destination or mark ends the old flow (`superseded`) and begins a new
+ * one, judged from this datagram. Not covered: conntrack timeouts under that silence, or an
+ * entry flushed by an administrator and remade within it.
+ *
  * A rejected flow's client address and port go into a set of this table with a timeout;
  * an input-hook rule answers the client's next datagram of that flow with ICMP port
  * unreachable (conntrack translates it to come from the original destination), which a
@@ -36,6 +48,9 @@ import { type TableInfo, matchSelector, tableName } from './tables.js';
  */
 
 const REJECT_SECONDS = 120; // as long as conntrack keeps a UDP flow that has seen replies
+
+/** A flow silent this long may have lost its conntrack entry: its next datagram asks again (conntrack counts in whole seconds). */
+export const RECHECK_AFTER_IDLE_MS = 500;
 
 /** The rules a UDP-matching redirector adds to its table, after its output chain exists. */
 export function renderUdpRules(info: TableInfo, match: MatchRule, port: number, families: ReadonlySet<4 | 6>): string {
@@ -85,9 +100,18 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
   const port = sockets[0]!.port;
   const tables = sockets.map(({ socket, family }) => {
     const listener = { address: family === 6 ? '::1' : '127.0.0.1', port, family };
+    /** Each open flow's conntrack entry, as read when it was opened. */
+    const entries = new WeakMap<DatagramFlowEndpoint, ConntrackEntry>();
     const table: DatagramFlowTable = new DatagramFlowTable(socket, {
       ...options.limits,
-      opened: (endpoint) => openFlow(endpoint, listener, options),
+      unwrap: (datagram, peer, flow) => {
+        const known = flow === undefined ? undefined : entries.get(flow);
+        if (known === undefined || flow!.idleMs < RECHECK_AFTER_IDLE_MS) return { payload: datagram, header: undefined };
+        // A lookup that fails drops this datagram (refused); the flow stays as it was.
+        const now = lookupUdpFlow(listener, peer);
+        return { payload: datagram, header: undefined, newFlow: now === undefined || !sameEntry(known, now) };
+      },
+      opened: (endpoint) => entries.set(endpoint, openFlow(endpoint, listener, options)),
       refused: (peer, reason) => {
         const error: CoproxyError =
           reason.kind === 'full'
@@ -111,7 +135,13 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
   };
 }
 
-function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, options: UdpListenerOptions): void {
+function sameEntry(a: ConntrackEntry, b: ConntrackEntry): boolean {
+  const [x, y] = [a.originalDestination, b.originalDestination];
+  return a.mark === b.mark && x.address === y.address && x.port === y.port && x.family === y.family;
+}
+
+/** Hands the flow to the sink; returns the conntrack entry it was judged by. */
+function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, options: UdpListenerOptions): ConntrackEntry {
   const { spec, info } = options;
   const client = endpoint.peer;
   const entry = lookupUdpFlow(listener, client);
@@ -136,6 +166,7 @@ function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, option
         open: () => openMarkedSocket(entry.originalDestination.family, options.onwardMark(onward, incoming, mark), 'udp'),
       }),
   });
+  return entry;
 }
 
 interface BoundSocket {

@@ -71,6 +71,26 @@ function twoDestinationsClient(pauseMs: number): string {
     });`;
 }
 
+/**
+ * A connected client socket that sends `one`, then waits for a line on stdin, then sends
+ * `two`; prints each reply. Bounded: gives up 8 s after starting.
+ */
+const stepClient = `
+  const dgram = require('node:dgram');
+  const socket = dgram.createSocket('udp4');
+  const replies = [];
+  const done = () => { process.stdout.write(JSON.stringify(replies) + '\\n'); socket.close(); process.stdin.destroy(); };
+  const overall = setTimeout(done, 8000);
+  socket.on('message', (payload) => {
+    replies.push(payload.toString());
+    process.stdout.write('reply\\n');
+    if (replies.length === 2) { clearTimeout(overall); done(); }
+  });
+  socket.connect(${ORIGIN_PORT}, '${NETNS_V4}', () => {
+    socket.send('one');
+    process.stdin.once('data', () => socket.send('two'));
+  });`;
+
 describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in network namespaces', () => {
   beforeAll(assertKernelTestsCanRun);
 
@@ -120,5 +140,30 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in n
     expect(vendor.accepted[1]!.source).toEqual(vendor.accepted[0]!.source);
     await until(() => vendor.closed.length >= 1, 5000, 'the first flow to end');
     expect(vendor.closed[0]!.endedBy).toBe('superseded');
+  });
+
+  it('keeps relaying a flow after an ICMP "fragmentation needed" or "host unreachable" about its onward datagrams (a router on a smaller path, or a spoofer)', async () => {
+    await using netns = await createNetns('udpatk-icmp');
+    const received = await startEcho(netns, [NETNS_V4]);
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000 });
+    await vendor.ready;
+    const client = netns.spawn('node', ['-e', stepClient], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let output = '';
+    client.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise((resolve) => client.once('exit', resolve));
+    await until(() => output.includes('reply'), 5000, 'the first reply');
+    // The vendor's onward socket is where the origin saw the datagram come from.
+    const onward = received[0]!.from.split(':');
+    const icmp = path.join(fixtures, 'icmp-error.attack.mjs');
+    await netns.run('node', [icmp, onward[0]!, onward[1]!, NETNS_V4, String(ORIGIN_PORT), '4', '1280']);
+    await netns.run('node', [icmp, onward[0]!, onward[1]!, NETNS_V4, String(ORIGIN_PORT), '1']);
+    client.stdin!.write('go\n');
+    await exited;
+    expect(JSON.parse(output.trim().split('\n').at(-1)!)).toEqual(['one', 'two']);
+    // One flow throughout, the second datagram on the same onward socket: the ICMP errors
+    // cost nothing but (at most) the datagram they were about.
+    expect(vendor.accepted).toHaveLength(1);
+    expect(received.map((r) => r.from)).toEqual([received[0]!.from, received[0]!.from]);
+    expect(vendor.closed).toEqual([]);
   });
 });

@@ -6,7 +6,7 @@ import { TlsProxyMetrics } from './metrics.js';
 import { compilePolicy, parsePolicy } from './policy.js';
 import { type QuicFlow, type QuicFlowOptions, type QuicOnwardSocket, serveQuicFlow } from './quic-flow.js';
 import { Reporter } from './reporter.js';
-import { buildInitialDatagram, cryptoFrame, sampleHelloMessage } from './test-support/quic-builder.js';
+import { buildInitial, buildInitialDatagram, cryptoFrame, sampleHelloMessage } from './test-support/quic-builder.js';
 
 /**
  * An attacker's pass over the QUIC flows of coproxy-tls (issue #18): what a flood of flows
@@ -56,7 +56,7 @@ const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve)
 function proxyLike(extra: Partial<QuicFlowOptions> = {}) {
   const events: TlsOwnEvent[] = [];
   const reporter = new Reporter(new TlsProxyMetrics(), pino({ level: 'silent' }), (event) => events.push(event));
-  const policy = compilePolicy(parsePolicy({ default: 'splice' }));
+  const policy = compilePolicy(parsePolicy({ default: 'splice', rules: [{ name: 'no-blocked', when: { sni: 'blocked.example' }, action: 'block' }] }));
   // One options object for every flow, as proxy.ts passes it.
   const options: QuicFlowOptions = { policy, unrecognised: 'relay', reporter, ...extra };
   let n = 0;
@@ -130,5 +130,63 @@ describe('QUIC flows that never finish their hello, many at once (attack)', () =
     expect(used).toBeLessThan(16 * 1024);
     honest.handle.close();
     expect(used).toBe(0);
+  });
+});
+
+/**
+ * Hellos arranged so that a reader with fixed bounds cannot see the SNI the server will
+ * read: past the coalesced-packet bound, past the datagram bound, across Initials of
+ * several connections, or behind a version it has no keys for. Under the CLI's default
+ * `--unrecognised block` each flow must be rejected with nothing sent onward (I6): a
+ * blocked name never reaches the server because the reader gave up.
+ */
+describe('QUIC hellos shaped to outrun the reader (attack, holds)', () => {
+  const blocked = sampleHelloMessage('blocked.example', ['h3']);
+  const dcid = Buffer.alloc(8, 0x5a);
+
+  async function served(datagrams: readonly Buffer[]) {
+    const proxy = proxyLike({ unrecognised: 'block' });
+    const { flow } = proxy.serve();
+    for (const datagram of datagrams) flow.client.next(datagram);
+    await tick();
+    return { flow, events: proxy.events };
+  }
+
+  const expectRejectedUnsent = ({ flow, events }: Awaited<ReturnType<typeof served>>, code: string): void => {
+    expect(flow.calls).toEqual(['reject']);
+    expect(flow.onward.sent).toEqual([]);
+    expect(events.filter((event) => event.type === 'unrecognised')).toEqual([expect.objectContaining({ action: 'block', reason: 'malformed-quic', code })]);
+  };
+
+  it('rejects a hello whose SNI is in a 9th Initial coalesced in one datagram', async () => {
+    const step = Math.ceil(blocked.length / 9);
+    const packets = Array.from({ length: 9 }, (_, i) => buildInitial({ dcid, packetNumber: i, frames: [cryptoFrame(i * step, blocked.subarray(i * step, (i + 1) * step))], payloadLength: 140 }));
+    expectRejectedUnsent(await served([Buffer.concat(packets)]), 'COPROXY_TLS_QUIC_MALFORMED');
+  });
+
+  it('rejects a hello cut over 17 datagrams (the SNI in the last ones), before the 17th is read', async () => {
+    const step = Math.floor(blocked.length / 17);
+    const slice = (i: number): Buffer => blocked.subarray(i * step, i === 16 ? blocked.length : (i + 1) * step);
+    const datagrams = Array.from({ length: 17 }, (_, i) => buildInitialDatagram({ dcid, packetNumber: i, frames: [cryptoFrame(i * step, slice(i))] }));
+    expectRejectedUnsent(await served(datagrams), 'COPROXY_TLS_QUIC_TOO_LARGE');
+  });
+
+  it('rejects a flow that sends Initials of two connections (two DCIDs) before either hello is whole', async () => {
+    const half = Math.ceil(blocked.length / 2);
+    const first = buildInitialDatagram({ dcid, packetNumber: 0, frames: [cryptoFrame(0, blocked.subarray(0, half))] });
+    const other = buildInitialDatagram({ dcid: Buffer.alloc(8, 0x6b), packetNumber: 1, frames: [cryptoFrame(half, blocked.subarray(half))] });
+    expectRejectedUnsent(await served([first, other]), 'COPROXY_TLS_QUIC_MALFORMED');
+  });
+
+  it('rejects a first datagram in a version without known Initial keys (a version negotiation packet, version 0)', async () => {
+    const negotiation = Buffer.concat([Buffer.from([0xc0, 0, 0, 0, 0, 8]), dcid, Buffer.from([0]), Buffer.from([0, 0, 0, 1]), Buffer.alloc(1200)]);
+    expectRejectedUnsent(await served([negotiation]), 'COPROXY_TLS_QUIC_UNSUPPORTED_VERSION');
+  });
+
+  it('blocks the same hello sent whole in one datagram by its SNI (the control: the shapes above, not the name, made the reader refuse)', async () => {
+    const { flow, events } = await served([buildInitialDatagram({ dcid, packetNumber: 0, frames: [cryptoFrame(0, blocked)] })]);
+    expect(flow.calls).toEqual(['reject']);
+    expect(flow.onward.sent).toEqual([]);
+    expect(events.filter((event) => event.type === 'quic-handshake')).toEqual([expect.objectContaining({ handshake: expect.objectContaining({ sni: 'blocked.example', action: 'block' }) })]);
   });
 });

@@ -9,8 +9,20 @@ import { Observable, type Subscriber } from 'rxjs';
  *
  * Datagrams have no backpressure: a flow queues what arrives before its first
  * subscriber (the vendor is still dialling onward, say) up to `maxQueued` datagrams and
- * drops the rest, counted; after that each is handed on as it arrives.
+ * {@link MAX_QUEUED_BYTES_PER_FLOW}, all the flows of one table together up to
+ * {@link MAX_QUEUED_BYTES_PER_TABLE}, and drops the rest, counted; after that each is
+ * handed on as it arrives. A count alone would let 64 KiB datagrams hold 4 MiB a flow.
  */
+
+/** Bytes one flow may queue before its first subscriber. */
+export const MAX_QUEUED_BYTES_PER_FLOW = 256 * 1024;
+/** Bytes all the flows of one listening socket may queue together (flows are one datagram each to open). */
+export const MAX_QUEUED_BYTES_PER_TABLE = 16 * 1024 * 1024;
+
+/** What the flows of one table have queued, shared by them. */
+interface QueueShare {
+  bytes: number;
+}
 export interface DatagramPeer {
   readonly address: string;
   readonly port: number;
@@ -38,6 +50,7 @@ export class DatagramFlowEndpoint {
   /** The first error sending to the client, if any. */
   sendError: Error | undefined;
   private queue: Buffer[] | undefined = [];
+  private queuedBytes = 0;
   private readonly subscribers = new Set<Subscriber<Buffer>>();
   private endedBy: DatagramFlowEnd | undefined;
   private readonly endListeners: ((reason: DatagramFlowEnd) => void)[] = [];
@@ -50,10 +63,13 @@ export class DatagramFlowEndpoint {
     private readonly maxQueued: number,
     /** Called on every datagram either way, to restart the idle clock. */
     private readonly touch: () => void,
+    /** The table's queued bytes, which this flow's count towards until it is subscribed or ends. */
+    private readonly share: QueueShare = { bytes: 0 },
   ) {
     this.datagrams$ = new Observable<Buffer>((subscriber) => {
       const queued = this.queue;
       this.queue = undefined;
+      this.releaseQueue();
       for (const payload of queued ?? []) subscriber.next(payload);
       if (this.endedBy !== undefined) {
         subscriber.complete();
@@ -81,8 +97,12 @@ export class DatagramFlowEndpoint {
     this.lastActivity = Date.now();
     this.touch();
     if (this.queue !== undefined) {
-      if (this.queue.length < this.maxQueued) this.queue.push(payload);
-      else this.counts.dropped++;
+      const bytes = payload.length;
+      if (this.queue.length < this.maxQueued && this.queuedBytes + bytes <= MAX_QUEUED_BYTES_PER_FLOW && this.share.bytes + bytes <= MAX_QUEUED_BYTES_PER_TABLE) {
+        this.queue.push(payload);
+        this.queuedBytes += bytes;
+        this.share.bytes += bytes;
+      } else this.counts.dropped++;
       return;
     }
     for (const subscriber of this.subscribers) subscriber.next(payload);
@@ -105,10 +125,20 @@ export class DatagramFlowEndpoint {
     else this.endListeners.push(listener);
   }
 
-  /** Ends the flow: completes `datagrams$` (after any still queued), once. */
+  /** The queue no longer counts towards the table's share (subscribed, or the flow ended). */
+  private releaseQueue(): void {
+    this.share.bytes -= this.queuedBytes;
+    this.queuedBytes = 0;
+  }
+
+  /**
+   * Ends the flow: completes `datagrams$` (after any still queued, for a late subscriber),
+   * once. Its queue stops counting towards the table's share: the flow has left the table.
+   */
   end(reason: DatagramFlowEnd): void {
     if (this.endedBy !== undefined) return;
     this.endedBy = reason;
+    this.releaseQueue();
     for (const subscriber of [...this.subscribers]) subscriber.complete();
     this.subscribers.clear();
     for (const listener of this.endListeners.splice(0)) listener(reason);
@@ -139,6 +169,7 @@ const key = (address: string, port: number): string => `${address}|${port}`;
 /** The flows of one listening socket. */
 export class DatagramFlowTable<THeader = undefined> {
   private readonly flows = new Map<string, DatagramFlowEndpoint>();
+  private readonly queued: QueueShare = { bytes: 0 };
   private closed = false;
 
   constructor(
@@ -182,7 +213,7 @@ export class DatagramFlowTable<THeader = undefined> {
     if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
     // One timer per flow, restarted (not recreated) on every datagram either way.
     const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();
-    const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh());
+    const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh(), this.queued);
     this.flows.set(id, flow);
     flow.onEnd(() => {
       clearTimeout(timer);

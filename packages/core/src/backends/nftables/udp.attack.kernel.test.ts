@@ -166,4 +166,26 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in n
     expect(received.map((r) => r.from)).toEqual([received[0]!.from, received[0]!.from]);
     expect(vendor.closed).toEqual([]);
   });
+
+  it('never passes to the client a datagram sent to the onward socket by anyone but the destination', async () => {
+    await using netns = await createNetns('udpatk-spoof');
+    const received = await startEcho(netns, [NETNS_V4]);
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000 });
+    await vendor.ready;
+    const client = netns.spawn('node', ['-e', stepClient], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let output = '';
+    client.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise((resolve) => client.once('exit', resolve));
+    await until(() => output.includes('reply'), 5000, 'the first reply');
+    const [address, port] = received[0]!.from.split(':');
+    // Another local process, and another address, aim at the vendor's onward socket.
+    for (const from of [NETNS_V4, '127.0.0.1']) {
+      const spoof = `const s=require('dgram').createSocket('udp4');s.bind(0,'${from}',()=>s.send('spoof',${port},'${address}',()=>setTimeout(()=>s.close(),100)))`;
+      await netns.run('node', ['-e', spoof]);
+    }
+    client.stdin!.write('go\n');
+    await exited;
+    expect(JSON.parse(output.trim().split('\n').at(-1)!)).toEqual(['one', 'two']);
+    expect(vendor.accepted).toHaveLength(1);
+  });
 });

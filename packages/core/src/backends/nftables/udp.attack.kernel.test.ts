@@ -15,17 +15,20 @@ const OTHER_V4 = '10.200.0.2';
 interface Vendor {
   readonly accepted: { destination: { address: string; port: number }; source: { address: string; port: number } }[];
   readonly closed: { endedBy: string }[];
+  readonly rejected: { code: string }[];
   readonly ready: Promise<unknown>;
 }
 
-function startVendor(netns: Netns, options: { readonly udpIdleTimeoutMs: number }): Vendor {
+function startVendor(netns: Netns, options: { readonly udpIdleTimeoutMs: number; readonly maxUdpFlows?: number }): Vendor {
   const child = netns.spawn(process.execPath, [path.join(fixtures, 'udp-vendor.mjs'), JSON.stringify({ id: 'attacked', priority: 0, udpPorts: [ORIGIN_PORT], ...options })], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const vendor: Vendor = { accepted: [], closed: [], ready: undefined as unknown as Promise<unknown> };
+  const vendor: Vendor = { accepted: [], closed: [], rejected: [], ready: undefined as unknown as Promise<unknown> };
   const ready = new Promise((resolve, reject) => {
-    child.on('message', (message: { ready?: unknown; accepted?: Vendor['accepted'][number]; closed?: Vendor['closed'][number]; failed?: { message: string } }) => {
+    type Message = { ready?: unknown; accepted?: Vendor['accepted'][number]; closed?: Vendor['closed'][number]; rejected?: { code: string }; failed?: { message: string } };
+    child.on('message', (message: Message) => {
       if (message.ready !== undefined) resolve(message.ready);
+      if (message.rejected !== undefined) vendor.rejected.push(message.rejected);
       if (message.accepted !== undefined) vendor.accepted.push(message.accepted);
       if (message.closed !== undefined) vendor.closed.push(message.closed);
       if (message.failed !== undefined) reject(new Error(message.failed.message));
@@ -187,5 +190,49 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in n
     await exited;
     expect(JSON.parse(output.trim().split('\n').at(-1)!)).toEqual(['one', 'two']);
     expect(vendor.accepted).toHaveLength(1);
+  });
+
+  it('gives a user a flow when another user holds every flow of the table: the largest holder’s least recently active flow is evicted', async () => {
+    await using netns = await createNetns('udpatk-fair');
+    const received = await startEcho(netns, [NETNS_V4]);
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000, maxUdpFlows: 4 });
+    await vendor.ready;
+    // Another user (uid 65534) opens four flows, one datagram each, and keeps the sockets.
+    const hold = `
+      const dgram = require('node:dgram');
+      const sockets = [];
+      let sent = 0;
+      for (let i = 0; i < Number(process.argv[1]); i++) {
+        const socket = dgram.createSocket('udp4');
+        sockets.push(socket);
+        socket.connect(${ORIGIN_PORT}, '${NETNS_V4}', () => socket.send('hog', () => { if (++sent === sockets.length) process.stdout.write('sent\\n'); }));
+      }
+      const end = () => { for (const socket of sockets) socket.close(); process.exit(0); };
+      process.stdin.on('end', end);
+      process.stdin.resume();
+      setTimeout(end, 15_000);`;
+    const hog = (flows: number) => {
+      const child = netns.spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'node', '-e', hold, String(flows)], { stdio: ['pipe', 'pipe', 'inherit'] });
+      let output = '';
+      child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      return { child, sent: () => output.includes('sent') };
+    };
+    const first = hog(4);
+    await until(() => first.sent() && vendor.accepted.length === 4, 5000, 'four flows of uid 65534');
+    // The table is full. Root's client (another user) still gets its flow, and its echo.
+    const { stdout } = await netns.run('node', [path.join(fixtures, 'udp-client.mjs'), NETNS_V4, String(ORIGIN_PORT), 'echo', '100']);
+    expect(JSON.parse(stdout)).toMatchObject({ replies: [{ intact: true, bytes: 100, from: `${NETNS_V4}:${ORIGIN_PORT}` }] });
+    expect(vendor.accepted).toHaveLength(5);
+    await until(() => vendor.closed.length >= 1, 5000, 'an evicted flow');
+    expect(vendor.closed.map((c) => c.endedBy)).toEqual(['evicted']);
+    // The user holding the most flows gets no more: a fifth one of uid 65534 is refused.
+    const second = hog(1);
+    await until(() => vendor.rejected.length >= 1, 5000, 'the refusal');
+    expect(second.sent()).toBe(true);
+    expect(vendor.rejected.map((r) => r.code)).toEqual(['COPROXY_UDP_FLOW_LIMIT']);
+    expect(vendor.accepted).toHaveLength(5);
+    expect(received.filter((r) => r.bytes === 3)).toHaveLength(4);
+    first.child.stdin!.end();
+    second.child.stdin!.end();
   });
 });

@@ -39,8 +39,12 @@ export interface DatagramCounts {
 }
 
 /** Why a flow ended. */
-/** `superseded`: the client's address and port began another flow (a new socket got the port; embedded backend). */
-export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded';
+/**
+ * `superseded`: the client's address and port began another flow (a new socket got the
+ * port, or conntrack forgot the flow and the port now sends elsewhere). `evicted`: the
+ * table was full and another owner's new flow took this one's place (see `owner`).
+ */
+export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded' | 'evicted';
 
 /** One client's flow on a shared listening socket. */
 export class DatagramFlowEndpoint {
@@ -162,6 +166,15 @@ export interface DatagramFlowTableOptions<THeader = undefined> {
   readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader; readonly newFlow?: boolean };
   /** A new client's datagram was dropped: the table is full, or `opened` threw. */
   refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
+  /**
+   * Who owns the socket that sent a new flow's first datagram (a uid; undefined when the
+   * kernel cannot say, one owner for all such flows). With it a full table is shared
+   * fairly rather than first come, first served: a new flow whose owner holds fewer
+   * flows than the largest holder, by two or more, evicts that holder's least recently
+   * active flow (`evicted`); otherwise it is refused as before. One user opening
+   * `maxFlows` flows (one datagram each) no longer shuts every other user out.
+   */
+  readonly owner?: (peer: DatagramPeer, header: THeader) => number | undefined;
 }
 
 const key = (address: string, port: number): string => `${address}|${port}`;
@@ -169,6 +182,8 @@ const key = (address: string, port: number): string => `${address}|${port}`;
 /** The flows of one listening socket. */
 export class DatagramFlowTable<THeader = undefined> {
   private readonly flows = new Map<string, DatagramFlowEndpoint>();
+  /** The open flows of each owner, when the table has an `owner` function. */
+  private readonly byOwner = new Map<number | undefined, Set<DatagramFlowEndpoint>>();
   private readonly queued: QueueShare = { bytes: 0 };
   private closed = false;
 
@@ -210,14 +225,25 @@ export class DatagramFlowTable<THeader = undefined> {
       // the old one ends, the new one is opened (and judged) from its first datagram.
       existing.end('superseded');
     }
-    if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
+    const owner = this.options.owner?.(peer, header);
+    if (this.flows.size >= this.options.maxFlows) {
+      const victim = this.options.owner === undefined ? undefined : this.evictable(owner);
+      if (victim === undefined) return this.options.refused(peer, { kind: 'full' });
+      victim.end('evicted');
+    }
     // One timer per flow, restarted (not recreated) on every datagram either way.
     const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();
     const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh(), this.queued);
     this.flows.set(id, flow);
+    if (this.options.owner !== undefined) {
+      const owned = this.byOwner.get(owner) ?? new Set();
+      this.byOwner.set(owner, owned.add(flow));
+    }
     flow.onEnd(() => {
       clearTimeout(timer);
       if (this.flows.get(id) === flow) this.flows.delete(id);
+      const owned = this.byOwner.get(owner);
+      if (owned?.delete(flow) === true && owned.size === 0) this.byOwner.delete(owner);
     });
     flow.push(payload);
     try {
@@ -226,5 +252,21 @@ export class DatagramFlowTable<THeader = undefined> {
       flow.end('failed');
       this.options.refused(peer, { kind: 'failed', error });
     }
+  }
+
+  /**
+   * The flow a new flow of `owner` may take the place of: the least recently active flow
+   * of the largest holder, if that holder has at least two more flows than `owner` (so
+   * two owners never take turns evicting each other). O(flows of that holder), and only
+   * when the table is full.
+   */
+  private evictable(owner: number | undefined): DatagramFlowEndpoint | undefined {
+    const mine = this.byOwner.get(owner)?.size ?? 0;
+    let largest: Set<DatagramFlowEndpoint> | undefined;
+    for (const owned of this.byOwner.values()) if (owned.size > (largest?.size ?? 0)) largest = owned;
+    if (largest === undefined || largest.size < mine + 2) return undefined;
+    let victim: DatagramFlowEndpoint | undefined;
+    for (const flow of largest) if (victim === undefined || flow.idleMs > victim.idleMs) victim = flow;
+    return victim;
   }
 }

@@ -5,6 +5,7 @@ import type { RedirectRecords } from '../../model/redirect-records.js';
 import { type DatagramFlowEndpoint, DatagramFlowTable, type DatagramPeer } from '../../net/datagram-flows.js';
 import { openOnwardDatagram } from '../../net/onward-datagram.js';
 import type { DatagramLimits, FlowSink, InstallSpec, OnwardRecords } from '../backend.js';
+import { udpPeerUid } from '../../net/peer-uid.js';
 import { type ConntrackEntry, lookupUdpFlow } from './conntrack.js';
 import { openMarkedSocket } from './libc.js';
 import { type TableInfo, matchSelector, tableName } from './tables.js';
@@ -102,16 +103,30 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
     const listener = { address: family === 6 ? '::1' : '127.0.0.1', port, family };
     /** Each open flow's conntrack entry, as read when it was opened. */
     const entries = new WeakMap<DatagramFlowEndpoint, ConntrackEntry>();
-    const table: DatagramFlowTable = new DatagramFlowTable(socket, {
+    // The "header" of a datagram is its flow's conntrack entry: asked for a new client
+    // address and port (before the table counts it, so a datagram sent to the listener
+    // itself is refused without taking a place or evicting anyone), and again after a
+    // silence (a lookup that fails then drops this datagram; the flow stays as it was).
+    const table: DatagramFlowTable<ConntrackEntry | undefined> = new DatagramFlowTable(socket, {
       ...options.limits,
       unwrap: (datagram, peer, flow) => {
-        const known = flow === undefined ? undefined : entries.get(flow);
-        if (known === undefined || flow!.idleMs < RECHECK_AFTER_IDLE_MS) return { payload: datagram, header: undefined };
-        // A lookup that fails drops this datagram (refused); the flow stays as it was.
+        if (flow === undefined) return { payload: datagram, header: redirected(lookupUdpFlow(listener, peer), listener, options.spec.id) };
+        const known = entries.get(flow);
+        if (known === undefined || flow.idleMs < RECHECK_AFTER_IDLE_MS) return { payload: datagram, header: known };
         const now = lookupUdpFlow(listener, peer);
-        return { payload: datagram, header: undefined, newFlow: now === undefined || !sameEntry(known, now) };
+        if (now !== undefined && sameEntry(known, now)) return { payload: datagram, header: known };
+        // Another flow now: the old one ends, and the new one is opened (and refused by
+        // `opened` if it is no redirected flow) from this datagram.
+        return { payload: datagram, header: now !== undefined && isRedirected(now, listener) ? now : undefined, newFlow: true };
       },
-      opened: (endpoint) => entries.set(endpoint, openFlow(endpoint, listener, options)),
+      // The sending socket's owner, for a full table's fair share (an unconnected or
+      // already closed socket, or no original source: one owner, undefined).
+      owner: (_peer, entry) => (entry?.originalSource === undefined ? undefined : udpPeerUid(entry.originalSource, entry.originalDestination)),
+      opened: (endpoint, entry) => {
+        if (entry === undefined) throw new RecordsMismatchError(options.spec.id, []);
+        openFlow(endpoint, entry, options);
+        entries.set(endpoint, entry);
+      },
       refused: (peer, reason) => {
         const error: CoproxyError =
           reason.kind === 'full'
@@ -140,17 +155,22 @@ function sameEntry(a: ConntrackEntry, b: ConntrackEntry): boolean {
   return a.mark === b.mark && x.address === y.address && x.port === y.port && x.family === y.family;
 }
 
-/** Hands the flow to the sink; returns the conntrack entry it was judged by. */
-function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, options: UdpListenerOptions): ConntrackEntry {
+/** Sent to the listener itself, not redirected (conntrack tracks that flow too, with the listener as its original destination): forwarding it would loop. */
+function isRedirected(entry: ConntrackEntry, listener: DatagramPeer): boolean {
+  const original = entry.originalDestination;
+  return !(original.address === listener.address && original.port === listener.port);
+}
+
+/** The entry of a new client's flow, or `COPROXY_RECORDS_MISMATCH` if there is none or it names the listener. */
+function redirected(entry: ConntrackEntry | undefined, listener: DatagramPeer, id: string): ConntrackEntry {
+  if (entry === undefined || !isRedirected(entry, listener)) throw new RecordsMismatchError(id, []);
+  return entry;
+}
+
+/** Hands the flow, judged by its conntrack entry, to the sink. */
+function openFlow(endpoint: DatagramFlowEndpoint, entry: ConntrackEntry, options: UdpListenerOptions): void {
   const { spec, info } = options;
   const client = endpoint.peer;
-  const entry = lookupUdpFlow(listener, client);
-  // Sent to the listener itself, not redirected (conntrack tracks that flow too, with the
-  // listener as its original destination; or it has no entry): forwarding it would loop.
-  const original = entry?.originalDestination;
-  if (entry === undefined || (original!.address === listener.address && original!.port === listener.port)) {
-    throw new RecordsMismatchError(spec.id, []);
-  }
   const { mark } = entry;
   const incoming = options.records(mark);
   options.sink.acceptedDatagram?.({
@@ -166,7 +186,6 @@ function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, option
         open: () => openMarkedSocket(entry.originalDestination.family, options.onwardMark(onward, incoming, mark), 'udp'),
       }),
   });
-  return entry;
 }
 
 interface BoundSocket {

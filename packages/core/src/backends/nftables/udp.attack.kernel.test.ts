@@ -17,16 +17,30 @@ interface Vendor {
   readonly closed: { endedBy: string }[];
   readonly rejected: { code: string }[];
   readonly ready: Promise<unknown>;
+  /** Closes the redirector (the process stays), as a vendor being stopped or upgraded does. */
+  close(): Promise<void>;
 }
 
 function startVendor(netns: Netns, options: { readonly udpIdleTimeoutMs: number; readonly maxUdpFlows?: number }): Vendor {
   const child = netns.spawn(process.execPath, [path.join(fixtures, 'udp-vendor.mjs'), JSON.stringify({ id: 'attacked', priority: 0, udpPorts: [ORIGIN_PORT], ...options })], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const vendor: Vendor = { accepted: [], closed: [], rejected: [], ready: undefined as unknown as Promise<unknown> };
+  let onClosed: (() => void) | undefined;
+  const vendor: Vendor = {
+    accepted: [],
+    closed: [],
+    rejected: [],
+    ready: undefined as unknown as Promise<unknown>,
+    close() {
+      const done = new Promise<void>((resolve) => (onClosed = resolve));
+      child.send('close');
+      return done;
+    },
+  };
   const ready = new Promise((resolve, reject) => {
-    type Message = { ready?: unknown; accepted?: Vendor['accepted'][number]; closed?: Vendor['closed'][number]; rejected?: { code: string }; failed?: { message: string } };
+    type Message = { ready?: unknown; accepted?: Vendor['accepted'][number]; closed?: Vendor['closed'][number]; rejected?: { code: string }; failed?: { message: string }; closedRedirector?: boolean };
     child.on('message', (message: Message) => {
+      if (message.closedRedirector === true) onClosed?.();
       if (message.ready !== undefined) resolve(message.ready);
       if (message.rejected !== undefined) vendor.rejected.push(message.rejected);
       if (message.accepted !== undefined) vendor.accepted.push(message.accepted);
@@ -227,12 +241,53 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows under attack, in n
     expect(vendor.closed.map((c) => c.endedBy)).toEqual(['evicted']);
     // The user holding the most flows gets no more: a fifth one of uid 65534 is refused.
     const second = hog(1);
-    await until(() => vendor.rejected.length >= 1, 5000, 'the refusal');
-    expect(second.sent()).toBe(true);
+    await until(() => second.sent() && vendor.rejected.length >= 1, 5000, 'the fifth flow sent and refused');
     expect(vendor.rejected.map((r) => r.code)).toEqual(['COPROXY_UDP_FLOW_LIMIT']);
     expect(vendor.accepted).toHaveLength(5);
     expect(received.filter((r) => r.bytes === 3)).toHaveLength(4);
     first.child.stdin!.end();
     second.child.stdin!.end();
+  });
+
+  it('leaves no redirected flow to whoever binds the UDP port of a vendor that closed, with another NAT chain on the host (another user squatting it gets nothing, and cannot answer as the origin)', async () => {
+    await using netns = await createNetns('udpatk-squat');
+    // Another NAT chain on the host (Docker's, another vendor's): with it the kernel's NAT
+    // hook stays registered after the vendor's table goes, so conntrack entries made by the
+    // vendor's redirect keep being translated to its port. Without any, none are.
+    await netns.run('nft', ['add table ip host-nat; add chain ip host-nat output { type nat hook output priority 100; }']);
+    const received = await startEcho(netns, [NETNS_V4]);
+    const vendor = startVendor(netns, { udpIdleTimeoutMs: 60_000 });
+    await vendor.ready;
+    const listing = (await netns.run('nft', ['list', 'table', 'inet', 'coproxy-attacked'])).stdout;
+    const port = Number(/ct mark set meta mark redirect to :(\d+)/.exec(listing)?.[1]);
+    expect(port).toBeGreaterThan(0);
+    const client = netns.spawn('node', ['-e', stepClient], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let output = '';
+    client.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise((resolve) => client.once('exit', resolve));
+    await until(() => output.includes('reply'), 5000, 'the first reply');
+    await vendor.close(); // stopped or upgraded: its table is gone, its port free
+    // Another user binds the freed port and answers whatever comes as if it were the origin.
+    const squat = `
+      const socket = require('node:dgram').createSocket('udp4');
+      const got = [];
+      socket.on('message', (payload, remote) => { got.push(payload.toString()); socket.send('spoofed', remote.port, remote.address); });
+      socket.bind(${port}, '127.0.0.1', () => process.stdout.write('bound\\n'));
+      process.stdin.on('end', () => { process.stdout.write(JSON.stringify(got) + '\\n'); socket.close(); process.exit(0); });
+      process.stdin.resume();
+      setTimeout(() => process.exit(0), 15_000);`;
+    const squatter = netns.spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'node', '-e', squat], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let squatted = '';
+    squatter.stdout!.on('data', (chunk: Buffer) => (squatted += chunk.toString()));
+    const squatterExited = new Promise((resolve) => squatter.once('exit', resolve));
+    await until(() => squatted.includes('bound'), 5000, 'the squatter to bind the port');
+    client.stdin!.write('go\n');
+    await exited;
+    squatter.stdin!.end();
+    await squatterExited;
+    // The client's next datagram went to the origin itself, and the origin answered it.
+    expect(JSON.parse(output.trim().split('\n').at(-1)!)).toEqual(['one', 'two']);
+    expect(JSON.parse(squatted.trim().split('\n').at(-1)!)).toEqual([]);
+    expect(received.map((r) => r.bytes)).toEqual([3, 3]);
   });
 });

@@ -42,7 +42,7 @@ async function startOrigin(netns: Netns): Promise<OriginRequest[]> {
     });
     child.once('exit', (code) => reject(new Error(`the origin exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, 'the origin to listen');
+  await within(ready, 30_000, 'the origin to listen');
   return received;
 }
 
@@ -107,7 +107,7 @@ function startCli(netns: Netns, args: readonly string[]): CliProcess {
     child,
     lines,
     garbage,
-    ready: within(ready, 15_000, 'the CLI to be ready'),
+    ready: within(ready, 30_000, 'the CLI to be ready'),
     exited,
     exchanges: () => lines.flatMap((line) => (line.msg === 'exchange' && line.exchange !== undefined ? [line.exchange] : [])),
   };

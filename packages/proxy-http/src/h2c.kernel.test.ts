@@ -31,7 +31,7 @@ async function startOrigin(netns: Netns): Promise<Seen[]> {
     });
     child.once('exit', (code) => reject(new Error(`the origin exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, 'the origin to listen');
+  await within(ready, 30_000, 'the origin to listen');
   return received;
 }
 
@@ -53,7 +53,7 @@ function startCli(netns: Netns, args: readonly string[]): { child: ChildProcess;
     onReady = resolve;
     child.once('exit', (code) => reject(new Error(`the CLI exited before it was ready (${String(code)})`)));
   });
-  return { child, exchanges, ready: within(ready, 15_000, 'the CLI to be ready') };
+  return { child, exchanges, ready: within(ready, 30_000, 'the CLI to be ready') };
 }
 
 async function run(netns: Netns, command: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -53,7 +53,7 @@ async function startOrigin(netns: Netns, caDir: string): Promise<OriginRequest[]
     });
     child.once('exit', (code) => reject(new Error(`the origin exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, 'the origin to listen');
+  await within(ready, 30_000, 'the origin to listen');
   return received;
 }
 

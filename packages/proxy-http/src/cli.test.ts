@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
-import { dial, readAll, request, startHttpOrigin, startTcpOrigin, tempDir, uniqueId, unusedPort, until, within } from './test-support/harness.js';
+import { dial, readAll, request, startHttpOrigin, startTcpOrigin, tempDir, uniqueId, until, within } from './test-support/harness.js';
 
 // The built CLI (dist/): vitest's global setup rebuilds it when stale.
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -114,16 +114,19 @@ describe('coproxy-http (CLI)', () => {
   it('serves requests on the embedded backend, logs JSON lines, and exits 0 on SIGTERM', async () => {
     using registry = tempDir('coproxy-http-registry-');
     await using origin = await startHttpOrigin((req, res) => res.end(`hello ${req.url ?? ''}`));
-    const metricsPort = await unusedPort();
     const id = uniqueId('cli');
+    // Port 0, read back from the ready line: a port found free beforehand may be bound by
+    // another test (packages run in parallel) before the CLI binds it.
     const running = start(
-      ['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded', '--metrics', `127.0.0.1:${metricsPort}`],
+      ['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded', '--metrics', '127.0.0.1:0'],
       { COPROXY_REGISTRY: registry.path },
     );
     const agent = createAgent({ registry: registry.path });
     try {
       await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
       expect(fs.readdirSync(registry.path)).toContain(`${id}.json`);
+      const metricsPort = (jsonLines(running.output.stdout).find((line) => line.msg === 'ready')?.metrics as { port?: number } | undefined)?.port;
+      expect(metricsPort).toBeGreaterThan(0);
 
       const response = await request({ agent, port: origin.port, path: '/through-cli' });
       expect([response.status, response.body.toString()]).toEqual([200, 'hello /through-cli']);

@@ -207,6 +207,9 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
     expect(blocked.leaf).toBeUndefined();
 
     expect(originReceived.map((r) => `${r.sni} ${r.method} ${r.url}`)).toEqual(['splice.test GET /spliced?x=1', 'bump.test POST /inspect/me?q=1']);
+    // The CLI logs a blocked handshake after its alert is on the wire: curl may have exited
+    // (and the test read the log) before the line arrives. Under load it did.
+    await until(() => proxy.handshakes().length >= 4, 5000, 'four handshake log lines');
     const handshakes = proxy.handshakes();
     expect(handshakes.map((h) => [h.sni, h.action, h.rule])).toEqual([
       ['splice.test', 'splice', undefined],

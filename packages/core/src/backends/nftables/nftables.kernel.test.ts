@@ -155,7 +155,8 @@ async function curl(netns: Netns, host: string, body: Buffer): Promise<{ reply: 
     let stderr = '';
     child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    // 'close', not 'exit': 'exit' may come before the last of curl's output has been read.
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     if (code !== 0) throw Object.assign(new Error(`curl ${url} exited with ${code}: ${stderr.trim()}`), { exitCode: code });
     return { reply: JSON.parse(stdout) as OriginReply, pid: child.pid ?? -1 };
   } finally {

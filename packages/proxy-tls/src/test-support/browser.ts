@@ -32,7 +32,8 @@ export async function startReporter<TReport>(
     });
     child.once('exit', (code) => reject(new Error(`${script} exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, `${script} to listen`);
+  // A hang guard: on a loaded 2-core machine (load 18-22) an origin took over 10 s to listen.
+  await within(ready, 30_000, `${script} to listen`);
   return received;
 }
 

@@ -183,7 +183,9 @@ async function bitOf(netns: Netns, id: string): Promise<number> {
 
 const coproxyCli = (netns: Netns, ...args: string[]) => netns.run(process.execPath, [cli, ...args]);
 
-describe.skipIf(skipKernelTests)('nftables backend, in network namespaces', () => {
+// Each test starts vendor and origin processes in a namespace: on a 2-core machine at load
+// 18-22 a child took over 10 s to start, so the hang guard is wider than the package's 30 s.
+describe.skipIf(skipKernelTests)('nftables backend, in network namespaces', { timeout: 120_000 }, () => {
   beforeAll(assertKernelTestsCanRun);
   afterAll(() => {
     if (readableCopy !== undefined) fs.rmSync(readableCopy, { recursive: true, force: true });

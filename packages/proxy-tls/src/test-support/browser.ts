@@ -83,7 +83,8 @@ export async function runChromium(
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const poll = stopWhen === undefined ? undefined : setInterval(() => stopWhen() && child.kill('SIGKILL'), 50);
   try {
-    await within(new Promise((resolve) => child.once('close', resolve)), 60_000, `chromium ${url}`);
+    // A hang guard: ~8 s a run here at load 5; CI runs every package's tests at once on 2 cores.
+    await within(new Promise((resolve) => child.once('close', resolve)), 120_000, `chromium ${url}`);
   } finally {
     clearInterval(poll);
     child.kill('SIGKILL'); // a no-op once it has exited

@@ -130,14 +130,14 @@ interface CurlResult {
 
 /** Unmodified curl inside the namespace; resolves whatever curl's exit code. */
 async function curl(netns: Netns, url: string, extra: readonly string[] = []): Promise<CurlResult> {
-  const child = netns.spawn('curl', ['-sS', '-g', '--max-time', '10', '--write-out', '\n%{http_code}', ...extra, url], {
+  const child = netns.spawn('curl', ['-sS', '-g', '--max-time', '30', '--write-out', '\n%{http_code}', ...extra, url], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS, `curl ${url}`);
+  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS + 15_000, `curl ${url}`);
   const cut = stdout.lastIndexOf('\n');
   return { exitCode, status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, Math.max(cut, 0)), stderr };
 }
@@ -257,7 +257,7 @@ describe.skipIf(skipKernelTests)('coproxy-http CLI on the nftables backend, in a
 
     // SIGTERM: a clean exit, and the redirect is gone with the process.
     proxy.child.kill('SIGTERM');
-    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await within(proxy.exited, 30_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
     expect(proxy.lines.find((line) => line.msg === 'shutting down')).toMatchObject({ level: 30, signal: 'SIGTERM' });
     expect(await nftTables(netns)).not.toContain('coproxy-');
     expect((await curl(netns, `http://127.0.0.1:${listening.port}/`)).exitCode).toBe(7); // refused: nothing listens

@@ -67,7 +67,7 @@ async function run(netns: Netns, command: string, args: readonly string[]): Prom
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000, command);
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS + 15_000, command);
   return { code, stdout, stderr };
 }
 
@@ -85,7 +85,7 @@ describe.skipIf(skipKernelTests)('h2c through the coproxy-http CLI on nftables, 
     const v4 = `http://${NETNS_V4}:${PORT}`;
 
     // curl with prior knowledge: allowed and blocked, each answered over HTTP/2.
-    const curl = (url: string) => run(netns, 'curl', ['-sS', '--http2-prior-knowledge', '--max-time', '10', '--write-out', '\n%{http_version} %{http_code}', url]);
+    const curl = (url: string) => run(netns, 'curl', ['-sS', '--http2-prior-knowledge', '--max-time', '30', '--write-out', '\n%{http_version} %{http_code}', url]);
     const hello = await curl(`${v4}/hello`);
     expect(hello.stdout.split('\n').at(-1)).toBe('2 200');
     expect(JSON.parse(hello.stdout.split('\n')[0]!)).toMatchObject({ headers: { ':method': 'GET', ':path': '/hello', ':authority': `${NETNS_V4}:${PORT}` }, local: NETNS_V4 });

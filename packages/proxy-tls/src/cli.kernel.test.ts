@@ -71,12 +71,12 @@ interface CurlResult {
 
 /** Unmodified curl inside the namespace; resolves whatever curl's exit code. */
 async function curl(netns: Netns, args: readonly string[]): Promise<CurlResult> {
-  const child = netns.spawn('curl', ['-sS', '--max-time', '10', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = netns.spawn('curl', ['-sS', '--max-time', '30', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS, `curl ${args.join(' ')}`);
+  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS + 15_000, `curl ${args.join(' ')}`);
   return { exitCode, stdout, stderr };
 }
 
@@ -243,7 +243,7 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
 
     // (5) SIGTERM: a clean exit, and the redirect is gone with the process.
     proxy.child.kill('SIGTERM');
-    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await within(proxy.exited, 30_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
     expect(proxy.lines.at(-1)).toMatchObject({ msg: 'shutting down', signal: 'SIGTERM' });
     expect(await nftTables(netns)).not.toContain('coproxy-');
     // curl now reaches the origin directly: its own certificate for bump.test too.
@@ -290,6 +290,6 @@ describe.skipIf(skipKernelTests)('coproxy-tls CLI on the nftables backend, in a 
     expect(originReceived.length).toBe(20);
     expect(originReceived.every((r) => r.sni === 'h2.test' && r.url === '/load')).toBe(true);
     proxy.child.kill('SIGTERM');
-    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await within(proxy.exited, 30_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
   }, 180_000);
 });

@@ -150,7 +150,7 @@ async function curl(netns: Netns, host: string, body: Buffer): Promise<{ reply: 
   fs.writeFileSync(file, body);
   try {
     const url = `http://${host.includes(':') ? `[${host}]` : host}:${ORIGIN_PORT}/`;
-    const child = netns.spawn('curl', ['-sS', '--max-time', '10', '-g', '--data-binary', `@${file}`, url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = netns.spawn('curl', ['-sS', '--max-time', '30', '-g', '--data-binary', `@${file}`, url], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

@@ -94,7 +94,7 @@ describe('memory per connection', () => {
     };
     const proxy = createHttpProxy({ id: uniqueId('http'), priority: 1, match: { ports: [origin.port] }, registry: registry.path, inspectors: [watcher] });
     try {
-      await within(proxy.listening(), 5000, 'the proxy to listen');
+      await within(proxy.listening(), 20_000, 'the proxy to listen');
       for (let i = 0; i < 200; i++) {
         const reply = await rawRequest(registry.path, origin.port, `GET /${i} HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n`);
         expect(reply).toMatch(/^HTTP\/1\.1 200 /);

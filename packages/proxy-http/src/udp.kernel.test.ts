@@ -34,7 +34,7 @@ async function startEcho(netns: Netns): Promise<Received[]> {
     });
     child.once('exit', (code) => reject(new Error(`the UDP origin exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, 'the UDP origin to listen');
+  await within(ready, 20_000, 'the UDP origin to listen');
   return received;
 }
 

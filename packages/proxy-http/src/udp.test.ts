@@ -46,7 +46,7 @@ async function startUdpProxy(udpPort: number, unrecognised: 'block' | 'relay'): 
     for (const subscription of subscriptions) subscription.unsubscribe();
     registry[Symbol.dispose]();
   });
-  await within(proxy.listening(), 5000, 'the proxy to listen');
+  await within(proxy.listening(), 20_000, 'the proxy to listen');
   return { proxy, registry: registry.path, events, exchanges };
 }
 
@@ -134,7 +134,7 @@ describe('UDP flows (embedded)', () => {
       subscription.unsubscribe();
       registry[Symbol.dispose]();
     });
-    await within(proxy.listening(), 5000, 'the proxy to listen');
+    await within(proxy.listening(), 20_000, 'the proxy to listen');
 
     const dead = await connectDatagram({ host: '127.0.0.1', port: deadPort, registry: registry.path });
     cleanup.push(() => dead.close());

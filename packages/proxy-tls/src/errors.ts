@@ -31,6 +31,8 @@ export const TlsErrorCode = defineErrorCodes('COPROXY_TLS', {
   QuicDecryptFailed: 'QUIC_DECRYPT_FAILED',
   /** The Initials exceed a bound: CRYPTO data past the hello bound, or too many datagrams before the hello is whole. */
   QuicTooLarge: 'QUIC_TOO_LARGE',
+  /** The proxy's QUIC flows awaiting a decision together hold their memory budget: this flow is rejected (the client falls back to TCP), whatever the unrecognised policy. */
+  QuicBusy: 'QUIC_BUSY',
   // Reading the first bytes.
   /** A stream that started as TLS was no complete ClientHello within `helloTimeoutMs`. */
   HelloTimeout: 'HELLO_TIMEOUT',

@@ -10,7 +10,7 @@ import { peekFirstBytes } from './hello-peek.js';
 import { TlsProxyMetrics } from './metrics.js';
 import { type TlsProxyOptions, resolveSettings } from './options.js';
 import { compilePolicy, loadPolicy, parsePolicy } from './policy.js';
-import { type QuicFlowHandle, serveQuicFlow } from './quic-flow.js';
+import { type QuicFlowHandle, QuicMemoryBudget, serveQuicFlow } from './quic-flow.js';
 import { Reporter } from './reporter.js';
 import { type EarlyOnward, type OnwardSettings, cancelOnward, dialOnward, splice } from './splice.js';
 import { tlsAlertRecord } from './tls-alert.js';
@@ -84,7 +84,15 @@ export function createTlsProxy(options: TlsProxyOptions): TlsProxy {
   let closed = false;
   /** QUIC flows being read or relayed: closed with the proxy. */
   const quicFlows = new Set<QuicFlowHandle>();
-  const quicOptions = { policy, unrecognised: settings.unrecognised, reporter, helloTimeoutMs: settings.peek.helloTimeoutMs, maxHelloBytes: settings.peek.maxHelloBytes };
+  // One memory budget for all of this proxy's QUIC flows (quic-flow.ts): many flows, each within its own bounds, still add up.
+  const quicOptions = {
+    policy,
+    unrecognised: settings.unrecognised,
+    reporter,
+    helloTimeoutMs: settings.peek.helloTimeoutMs,
+    maxHelloBytes: settings.peek.maxHelloBytes,
+    budget: new QuicMemoryBudget(),
+  };
 
   function onQuicFlow(flow: AcceptedDatagramFlow): void {
     if (closed) {

@@ -5,7 +5,7 @@ import { TlsErrorCode } from './errors.js';
 import type { QuicAction, QuicHandshake, UnrecognisedAction, UnrecognisedReason } from './events.js';
 import { ja3, ja4 } from './fingerprint.js';
 import type { Action, HandshakeFacts, PolicyDecision } from './policy.js';
-import { QuicInitialError, QuicInitialReader, type QuicInitialSummary } from './quic-initial.js';
+import { type MemoryAccount, QuicInitialError, QuicInitialReader, type QuicInitialSummary } from './quic-initial.js';
 import type { Reporter } from './reporter.js';
 
 /**
@@ -44,6 +44,36 @@ export interface QuicFlowOptions {
   readonly maxDatagrams?: number;
   /** The most bytes held unforwarded, before the decision and while the onward socket opens (default 256 KiB). */
   readonly maxHeldBytes?: number;
+  /** Shared by every flow of the proxy: see {@link QuicMemoryBudget} (default: unbounded, for one flow in a test). */
+  readonly budget?: MemoryAccount;
+}
+
+/** The default {@link QuicMemoryBudget}: some 13,000 honest handshakes (Chromium's Initials hold ~2.5 KB), a few hundred hostile ones. */
+export const DEFAULT_QUIC_MEMORY_BYTES = 32 * 1024 * 1024;
+
+/**
+ * What every QUIC flow of one proxy holds together: the datagrams kept until the decision
+ * (and while the onward socket opens) and each reader's CRYPTO stream (kept, shrunk to the
+ * hello, while the flow is relayed). Per-flow bounds alone let many flows add up: a UDP
+ * flow costs its sender one datagram, and one 1,200-byte Initial could make a reader
+ * allocate ~130 KB. A flow that would pass the budget is rejected (`QUIC_BUSY`, the client
+ * falls back to TCP, where it is inspected), whatever the unrecognised policy: under load
+ * QUIC degrades to TCP, the proxy's memory does not grow.
+ */
+export class QuicMemoryBudget implements MemoryAccount {
+  private usedBytes = 0;
+  constructor(readonly limit = DEFAULT_QUIC_MEMORY_BYTES) {}
+  get used(): number {
+    return this.usedBytes;
+  }
+  take(bytes: number): boolean {
+    if (this.usedBytes + bytes > this.limit) return false;
+    this.usedBytes += bytes;
+    return true;
+  }
+  give(bytes: number): void {
+    this.usedBytes -= bytes;
+  }
 }
 
 /** How a flow ended, for the caller and the tests. */
@@ -84,9 +114,23 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
   const { reporter, policy, unrecognised } = options;
   const { logger } = reporter;
   const maxHeldBytes = options.maxHeldBytes ?? 262_144;
+  /** This flow's share of the budget, all given back when it ends. */
+  let charged = 0;
+  const account: MemoryAccount = {
+    take(bytes) {
+      if (options.budget !== undefined && !options.budget.take(bytes)) return false;
+      charged += bytes;
+      return true;
+    },
+    give(bytes) {
+      charged -= bytes;
+      options.budget?.give(bytes);
+    },
+  };
   const reader = new QuicInitialReader({
     ...(options.maxHelloBytes !== undefined && { maxHelloBytes: options.maxHelloBytes }),
     ...(options.maxDatagrams !== undefined && { maxDatagrams: options.maxDatagrams }),
+    memory: account,
   });
   const held: Buffer[] = [];
   let heldBytes = 0;
@@ -111,6 +155,8 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
     state = { kind: 'over' };
     clearTimeout(timer);
     held.length = 0;
+    heldBytes = 0;
+    account.give(charged);
     client.subscription?.unsubscribe();
     if (previous.kind === 'relaying') {
       previous.subscription.unsubscribe();
@@ -121,11 +167,17 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
     settle(outcome);
   }
 
-  /** Holds a datagram; false once the bound is passed (the last one is still held, so a relay stays byte for byte). */
+  /** Holds a datagram; false once the bound is passed (the last one is still held, so a relay stays byte for byte). The caller charged it to the budget. */
   function hold(datagram: Buffer): boolean {
     heldBytes += datagram.length;
     held.push(datagram);
     return heldBytes <= maxHeldBytes;
+  }
+
+  /** The budget shared by the proxy's flows is spent: this flow is rejected, never relayed unread. */
+  function busy(message: string): void {
+    reporter.fail('hello-rejected', flow.id, TlsErrorCode.QuicBusy, message);
+    end({ kind: 'failed', code: TlsErrorCode.QuicBusy }, 'reject', 'QUIC memory budget spent');
   }
 
   function decide(hello: ClientHello, summary: QuicInitialSummary): void {
@@ -208,6 +260,7 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
         }
         state = { kind: 'relaying', handshake, onward, subscription };
         for (const datagram of held.splice(0)) onward.send(datagram);
+        account.give(heldBytes);
         heldBytes = 0;
       },
       (error: unknown) => {
@@ -242,6 +295,7 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
   function onDatagram(datagram: Buffer): void {
     switch (state.kind) {
       case 'reading': {
+        if (!account.take(datagram.length)) return busy(`QUIC flows hold their memory budget; a ${datagram.length}-byte datagram was not held`);
         if (!hold(datagram)) {
           const error = new QuicInitialError(TlsErrorCode.QuicTooLarge, `more than ${maxHeldBytes} bytes before a whole ClientHello`, held.length, 0);
           onUnreadable(error, held[0]!);
@@ -251,6 +305,7 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
         try {
           result = reader.push(datagram);
         } catch (error) {
+          if (error instanceof QuicInitialError && error.code === TlsErrorCode.QuicBusy) return busy(error.message);
           if (error instanceof QuicInitialError || error instanceof ClientHelloError) {
             onUnreadable(error, held[0]!);
             return;
@@ -266,8 +321,9 @@ export function serveQuicFlow(flow: QuicFlow, options: QuicFlowOptions): QuicFlo
       case 'connecting':
         if (!checked(datagram)) return;
         // UDP may drop: past the bound, a datagram is dropped and the client retransmits.
-        if (heldBytes + datagram.length > maxHeldBytes) logger.debug({ connectionId: flow.id, bytes: datagram.length }, 'quic datagram dropped while the onward socket opens');
-        else hold(datagram);
+        if (heldBytes + datagram.length > maxHeldBytes || !account.take(datagram.length)) {
+          logger.debug({ connectionId: flow.id, bytes: datagram.length }, 'quic datagram dropped while the onward socket opens');
+        } else hold(datagram);
         return;
       case 'relaying':
         if (!checked(datagram)) return;

@@ -60,7 +60,20 @@ export type QuicInitialErrorCode =
   | typeof TlsErrorCode.QuicUnsupportedVersion
   | typeof TlsErrorCode.QuicMalformed
   | typeof TlsErrorCode.QuicDecryptFailed
-  | typeof TlsErrorCode.QuicTooLarge;
+  | typeof TlsErrorCode.QuicTooLarge
+  | typeof TlsErrorCode.QuicBusy;
+
+/**
+ * Where the reader's own memory is charged: the CRYPTO stream asks before it grows (a
+ * refusal fails the read with `QUIC_BUSY`, nothing allocated) and gives back what it
+ * frees. A proxy shares one budget across its flows (quic-flow.ts).
+ */
+export interface MemoryAccount {
+  take(bytes: number): boolean;
+  give(bytes: number): void;
+}
+
+const UNBOUNDED: MemoryAccount = { take: () => true, give: () => undefined };
 
 export class QuicInitialError extends TlsProxyError<QuicInitialErrorCode> {
   override readonly name = 'QuicInitialError';
@@ -327,22 +340,33 @@ function walkFrames(payload: Buffer, datagram: number, packetOffset: number, cry
  * let an inspector read one and the server the other.
  */
 class CryptoStream {
-  /** Grown on demand (doubling, up to `limit`): a flow that sends one small Initial costs little. */
+  /**
+   * Grown on demand (doubling, up to `limit`): a flow that sends one small Initial costs
+   * little. Dense, so one byte far into the stream costs everything before it: each growth
+   * is charged to `memory` first (a 1,200-byte datagram can ask for ~130 KB).
+   */
   private bytes = Buffer.alloc(0);
   private filled = new Uint8Array(0);
   /** How many bytes from offset 0 are in. */
   private contiguous = 0;
   private highest = 0;
+  private sealed = false;
 
-  constructor(private readonly limit: number) {}
+  constructor(
+    private limit: number,
+    private readonly memory: MemoryAccount,
+  ) {}
 
   /** Adds `data` at `offset`; returns the fault, undefined when accepted. */
   add(offset: number, data: Buffer): { code: QuicInitialErrorCode; message: string } | undefined {
     const end = offset + data.length;
     if (end > this.limit) {
+      if (this.sealed) return { code: TlsErrorCode.QuicMalformed, message: `CRYPTO data up to byte ${end} runs past the ${this.limit}-byte ClientHello` };
       return { code: TlsErrorCode.QuicTooLarge, message: `CRYPTO data up to byte ${end} exceeds the ${this.limit}-byte bound` };
     }
-    if (end > this.bytes.length) this.grow(end);
+    if (end > this.bytes.length && !this.grow(end)) {
+      return { code: TlsErrorCode.QuicBusy, message: `no memory left in the QUIC budget for CRYPTO data up to byte ${end}` };
+    }
     if (this.filled.subarray(offset, end).indexOf(1) === -1) {
       // New data only (the usual case): one copy.
       data.copy(this.bytes, offset);
@@ -364,14 +388,31 @@ class CryptoStream {
     return undefined;
   }
 
-  private grow(end: number): void {
+  /** The buffer and its fill map, grown to hold `end`; false (nothing allocated) when the memory account refuses. */
+  private grow(end: number): boolean {
     const size = Math.min(this.limit, Math.max(end, this.bytes.length * 2, 2048));
+    if (!this.memory.take(2 * (size - this.bytes.length))) return false;
     const bytes = Buffer.alloc(size);
     this.bytes.copy(bytes);
     const filled = new Uint8Array(size);
     filled.set(this.filled);
     this.bytes = bytes;
     this.filled = filled;
+    return true;
+  }
+
+  /**
+   * Once the hello is whole: nothing past `end` may come any more (later data there is
+   * refused without growing), and the buffer shrinks to it, the rest given back.
+   */
+  seal(end: number): void {
+    this.limit = end;
+    this.sealed = true;
+    if (this.bytes.length <= end) return;
+    const freed = this.bytes.length - end;
+    this.bytes = Buffer.from(this.bytes.subarray(0, end));
+    this.filled = this.filled.slice(0, end);
+    this.memory.give(2 * freed);
   }
 
   /** The bytes from offset 0 received so far without a gap. */
@@ -410,6 +451,8 @@ export interface QuicInitialReaderOptions {
   readonly maxHelloBytes?: number;
   /** The most datagrams read before the hello is whole (default 16: Chromium's hello takes 1 or 2). */
   readonly maxDatagrams?: number;
+  /** Where the reader's CRYPTO stream memory is charged (default: unbounded). */
+  readonly memory?: MemoryAccount;
 }
 
 /**
@@ -442,7 +485,7 @@ export class QuicInitialReader {
     this.maxHelloBytes = options.maxHelloBytes ?? 65_536;
     this.maxDatagrams = options.maxDatagrams ?? 16;
     // The hello and its 4-byte handshake header.
-    this.crypto = new CryptoStream(this.maxHelloBytes + 4);
+    this.crypto = new CryptoStream(this.maxHelloBytes + 4, options.memory ?? UNBOUNDED);
   }
 
   /** Reads one datagram of the flow. After `done`, or after a throw, the reader takes no more. */
@@ -467,6 +510,8 @@ export class QuicInitialReader {
     }
     const first = this.first!;
     this.helloEnd = 4 + this.crypto.prefix.readUIntBE(1, 3);
+    // Kept for `check` while the flow is relayed: the hello's bytes only.
+    this.crypto.seal(this.helloEnd);
     return {
       done: true,
       hello,

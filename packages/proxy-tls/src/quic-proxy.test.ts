@@ -45,7 +45,7 @@ async function sendThroughProxy(policy: PolicyFile) {
   const events: TlsProxyEvent[] = [];
   const subscriptions: Subscription[] = [proxy.quicHandshakes$.subscribe((h) => quicHandshakes.push(h)), proxy.events$.subscribe((e) => events.push(e))];
   try {
-    await within(proxy.listening(), 10_000, 'the proxy to listen');
+    await within(proxy.listening(), 20_000, 'the proxy to listen');
     const client = await within(connectDatagram({ host: '127.0.0.1', port: origin.port, registry: registry.path }), 5000, 'the client socket');
     const answers: Buffer[] = [];
     client.datagrams$.subscribe({ next: (answer) => answers.push(answer), error: () => undefined });

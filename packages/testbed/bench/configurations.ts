@@ -386,6 +386,9 @@ async function startVendor(ctx: BenchContext, spec: VendorSpec): Promise<Running
     '--log-level', 'warn',
     '--metrics', `127.0.0.1:${metricsPort}`,
     ...(spec.bump === true ? bumpArgs(ctx, spec.id) : []),
+    // TCP only: the bench moves no UDP, and the peers intercept none, so coproxy-tls's
+    // default UDP/443 rules and datagram listener would be rules with no counterpart.
+    ...(spec.kind === 'tls' ? ['--udp-ports', 'none'] : []),
     ...(spec.recordsOff === undefined ? [] : ['--drop-records', '--fail-mode', 'closed']),
   ];
   const child = ctx.ns.spawn(process.execPath, args, {

@@ -7,6 +7,7 @@ export const DEBIAN_PACKAGES = [
   { name: 'squid', command: 'squid' },
   { name: 'mitmproxy', command: 'mitmdump' },
   { name: 'haproxy', command: 'haproxy' },
+  { name: 'nghttp2-client', command: 'h2load' },
   { name: 'nftables', command: 'nft' },
   { name: 'iproute2', command: 'ip' },
   { name: 'curl', command: 'curl' },

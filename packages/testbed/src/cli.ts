@@ -151,7 +151,7 @@ program
 
 program
   .command('clients')
-  .description('real clients (curl, Python urllib) through the vendors on nftables (root), each flow compared byte for byte with the same client without vendors')
+  .description('real clients (curl, Python urllib, headless Chromium) through the vendors on nftables (root), each flow compared byte for byte with the same client without vendors')
   .option('--vendors <list>', 'built-in vendors in start order; default tls,http', vendorList)
   .option('--vendor <command>', 'any vendor built on core (as for run)', vendorCommand)
   .option('--clients <list>', 'a subset of curl, python-urllib, chromium', (text: string) => {

@@ -9,8 +9,20 @@ import { Observable, type Subscriber } from 'rxjs';
  *
  * Datagrams have no backpressure: a flow queues what arrives before its first
  * subscriber (the vendor is still dialling onward, say) up to `maxQueued` datagrams and
- * drops the rest, counted; after that each is handed on as it arrives.
+ * {@link MAX_QUEUED_BYTES_PER_FLOW}, all the flows of one table together up to
+ * {@link MAX_QUEUED_BYTES_PER_TABLE}, and drops the rest, counted; after that each is
+ * handed on as it arrives. A count alone would let 64 KiB datagrams hold 4 MiB a flow.
  */
+
+/** Bytes one flow may queue before its first subscriber. */
+export const MAX_QUEUED_BYTES_PER_FLOW = 256 * 1024;
+/** Bytes all the flows of one listening socket may queue together (flows are one datagram each to open). */
+export const MAX_QUEUED_BYTES_PER_TABLE = 16 * 1024 * 1024;
+
+/** What the flows of one table have queued, shared by them. */
+interface QueueShare {
+  bytes: number;
+}
 export interface DatagramPeer {
   readonly address: string;
   readonly port: number;
@@ -27,8 +39,12 @@ export interface DatagramCounts {
 }
 
 /** Why a flow ended. */
-/** `superseded`: the client's address and port began another flow (a new socket got the port; embedded backend). */
-export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded';
+/**
+ * `superseded`: the client's address and port began another flow (a new socket got the
+ * port, or conntrack forgot the flow and the port now sends elsewhere). `evicted`: the
+ * table was full and another owner's new flow took this one's place (see `owner`).
+ */
+export type DatagramFlowEnd = 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded' | 'evicted';
 
 /** One client's flow on a shared listening socket. */
 export class DatagramFlowEndpoint {
@@ -38,9 +54,12 @@ export class DatagramFlowEndpoint {
   /** The first error sending to the client, if any. */
   sendError: Error | undefined;
   private queue: Buffer[] | undefined = [];
+  private queuedBytes = 0;
   private readonly subscribers = new Set<Subscriber<Buffer>>();
   private endedBy: DatagramFlowEnd | undefined;
   private readonly endListeners: ((reason: DatagramFlowEnd) => void)[] = [];
+  /** When the last datagram either way was seen (Date.now()). */
+  private lastActivity = Date.now();
 
   constructor(
     private readonly socket: dgram.Socket,
@@ -48,10 +67,13 @@ export class DatagramFlowEndpoint {
     private readonly maxQueued: number,
     /** Called on every datagram either way, to restart the idle clock. */
     private readonly touch: () => void,
+    /** The table's queued bytes, which this flow's count towards until it is subscribed or ends. */
+    private readonly share: QueueShare = { bytes: 0 },
   ) {
     this.datagrams$ = new Observable<Buffer>((subscriber) => {
       const queued = this.queue;
       this.queue = undefined;
+      this.releaseQueue();
       for (const payload of queued ?? []) subscriber.next(payload);
       if (this.endedBy !== undefined) {
         subscriber.complete();
@@ -66,15 +88,25 @@ export class DatagramFlowEndpoint {
     return this.endedBy;
   }
 
+  /** How long no datagram went either way (ms): a backend may ask the kernel again after a silence. */
+  get idleMs(): number {
+    return Date.now() - this.lastActivity;
+  }
+
   /** A datagram from the client. */
   push(payload: Buffer): void {
     if (this.endedBy !== undefined) return;
     this.counts.datagramsIn++;
     this.counts.bytesIn += payload.length;
+    this.lastActivity = Date.now();
     this.touch();
     if (this.queue !== undefined) {
-      if (this.queue.length < this.maxQueued) this.queue.push(payload);
-      else this.counts.dropped++;
+      const bytes = payload.length;
+      if (this.queue.length < this.maxQueued && this.queuedBytes + bytes <= MAX_QUEUED_BYTES_PER_FLOW && this.share.bytes + bytes <= MAX_QUEUED_BYTES_PER_TABLE) {
+        this.queue.push(payload);
+        this.queuedBytes += bytes;
+        this.share.bytes += bytes;
+      } else this.counts.dropped++;
       return;
     }
     for (const subscriber of this.subscribers) subscriber.next(payload);
@@ -85,6 +117,7 @@ export class DatagramFlowEndpoint {
     if (this.endedBy !== undefined) return;
     this.counts.datagramsOut++;
     this.counts.bytesOut += payload.length;
+    this.lastActivity = Date.now();
     this.touch();
     this.socket.send(payload, this.peer.port, this.peer.address, (error) => {
       if (error !== null && error !== undefined) this.sendError ??= error;
@@ -96,10 +129,20 @@ export class DatagramFlowEndpoint {
     else this.endListeners.push(listener);
   }
 
-  /** Ends the flow: completes `datagrams$` (after any still queued), once. */
+  /** The queue no longer counts towards the table's share (subscribed, or the flow ended). */
+  private releaseQueue(): void {
+    this.share.bytes -= this.queuedBytes;
+    this.queuedBytes = 0;
+  }
+
+  /**
+   * Ends the flow: completes `datagrams$` (after any still queued, for a late subscriber),
+   * once. Its queue stops counting towards the table's share: the flow has left the table.
+   */
   end(reason: DatagramFlowEnd): void {
     if (this.endedBy !== undefined) return;
     this.endedBy = reason;
+    this.releaseQueue();
     for (const subscriber of [...this.subscribers]) subscriber.complete();
     this.subscribers.clear();
     for (const listener of this.endListeners.splice(0)) listener(reason);
@@ -123,6 +166,15 @@ export interface DatagramFlowTableOptions<THeader = undefined> {
   readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader; readonly newFlow?: boolean };
   /** A new client's datagram was dropped: the table is full, or `opened` threw. */
   refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
+  /**
+   * Who owns the socket that sent a new flow's first datagram (a uid; undefined when the
+   * kernel cannot say, one owner for all such flows). With it a full table is shared
+   * fairly rather than first come, first served: a new flow whose owner holds fewer
+   * flows than the largest holder, by two or more, evicts that holder's least recently
+   * active flow (`evicted`); otherwise it is refused as before. One user opening
+   * `maxFlows` flows (one datagram each) no longer shuts every other user out.
+   */
+  readonly owner?: (peer: DatagramPeer, header: THeader) => number | undefined;
 }
 
 const key = (address: string, port: number): string => `${address}|${port}`;
@@ -130,6 +182,9 @@ const key = (address: string, port: number): string => `${address}|${port}`;
 /** The flows of one listening socket. */
 export class DatagramFlowTable<THeader = undefined> {
   private readonly flows = new Map<string, DatagramFlowEndpoint>();
+  /** The open flows of each owner, when the table has an `owner` function. */
+  private readonly byOwner = new Map<number | undefined, Set<DatagramFlowEndpoint>>();
+  private readonly queued: QueueShare = { bytes: 0 };
   private closed = false;
 
   constructor(
@@ -170,14 +225,25 @@ export class DatagramFlowTable<THeader = undefined> {
       // the old one ends, the new one is opened (and judged) from its first datagram.
       existing.end('superseded');
     }
-    if (this.flows.size >= this.options.maxFlows) return this.options.refused(peer, { kind: 'full' });
+    const owner = this.options.owner?.(peer, header);
+    if (this.flows.size >= this.options.maxFlows) {
+      const victim = this.options.owner === undefined ? undefined : this.evictable(owner);
+      if (victim === undefined) return this.options.refused(peer, { kind: 'full' });
+      victim.end('evicted');
+    }
     // One timer per flow, restarted (not recreated) on every datagram either way.
     const timer = setTimeout(() => flow.end('idle'), this.options.idleTimeoutMs).unref();
-    const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh());
+    const flow = new DatagramFlowEndpoint(this.socket, peer, this.options.maxQueued, () => timer.refresh(), this.queued);
     this.flows.set(id, flow);
+    if (this.options.owner !== undefined) {
+      const owned = this.byOwner.get(owner) ?? new Set();
+      this.byOwner.set(owner, owned.add(flow));
+    }
     flow.onEnd(() => {
       clearTimeout(timer);
       if (this.flows.get(id) === flow) this.flows.delete(id);
+      const owned = this.byOwner.get(owner);
+      if (owned?.delete(flow) === true && owned.size === 0) this.byOwner.delete(owner);
     });
     flow.push(payload);
     try {
@@ -186,5 +252,21 @@ export class DatagramFlowTable<THeader = undefined> {
       flow.end('failed');
       this.options.refused(peer, { kind: 'failed', error });
     }
+  }
+
+  /**
+   * The flow a new flow of `owner` may take the place of: the least recently active flow
+   * of the largest holder, if that holder has at least two more flows than `owner` (so
+   * two owners never take turns evicting each other). O(flows of that holder), and only
+   * when the table is full.
+   */
+  private evictable(owner: number | undefined): DatagramFlowEndpoint | undefined {
+    const mine = this.byOwner.get(owner)?.size ?? 0;
+    let largest: Set<DatagramFlowEndpoint> | undefined;
+    for (const owned of this.byOwner.values()) if (owned.size > (largest?.size ?? 0)) largest = owned;
+    if (largest === undefined || largest.size < mine + 2) return undefined;
+    let victim: DatagramFlowEndpoint | undefined;
+    for (const flow of largest) if (victim === undefined || flow.idleMs > victim.idleMs) victim = flow;
+    return victim;
   }
 }

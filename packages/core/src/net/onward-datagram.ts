@@ -12,7 +12,8 @@ export interface OnwardDatagramSocket {
   /**
    * Datagrams from the destination, to subscribers present when they arrive; completes
    * on `close()`, errors if the socket fails (e.g. `ECONNREFUSED`: the destination
-   * answered ICMP port unreachable), and the socket is then closed.
+   * answered ICMP port unreachable), and the socket is then closed. ICMP errors about one
+   * datagram (fragmentation needed, host or network unreachable) do not end it.
    */
   readonly datagrams$: Observable<Buffer>;
   readonly counts: { readonly datagramsOut: number; readonly bytesOut: number; readonly datagramsIn: number; readonly bytesIn: number };
@@ -30,6 +31,17 @@ export interface OpenDatagramOptions {
   readonly open?: () => number;
 }
 
+/**
+ * ICMP errors about one datagram, not about the destination: Linux reports them on a
+ * connected UDP socket like a refusal, but they are RFC 1122's soft errors (§4.2.3.9:
+ * network or host unreachable may be transient) and path MTU news (fragmentation needed,
+ * which QUIC's path-MTU probes meet on any path with a smaller MTU). Ending the flow on one
+ * would let a router's routine message, or anyone who guesses the onward port, cut a
+ * relayed flow; the datagram is lost as if dropped, and the flow idles out if nothing
+ * comes back. Port and protocol unreachable (ECONNREFUSED...) still end it.
+ */
+const SOFT_ERRORS = new Set(['EMSGSIZE', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENONET']);
+
 export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<OnwardDatagramSocket> {
   const { destination } = options;
   const socket = dgram.createSocket({ type: destination.family === 6 ? 'udp6' : 'udp4' });
@@ -37,10 +49,11 @@ export async function openOnwardDatagram(options: OpenDatagramOptions): Promise<
   let closed = false;
   let failure: Error | undefined;
   let ready = false;
-  // Once set up, an error ends the socket: a connected UDP socket reports an ICMP port
+  // Once set up, a hard error ends the socket: a connected UDP socket reports an ICMP port
   // unreachable from the destination as ECONNREFUSED, and nothing more will come.
-  // `datagrams$` subscribers then get the error (on 'close').
+  // `datagrams$` subscribers then get the error (on 'close'). Soft ones do not (see below).
   socket.on('error', (error) => {
+    if (ready && SOFT_ERRORS.has((error as NodeJS.ErrnoException).code ?? '')) return;
     failure ??= error;
     if (ready && !closed) {
       closed = true;

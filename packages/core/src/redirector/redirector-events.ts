@@ -63,8 +63,8 @@ export interface ClosedEvent extends EventBase {
   readonly transport?: 'udp';
   readonly datagramsFromClient?: number;
   readonly datagramsToClient?: number;
-  /** Datagram flows: why it ended (idle timeout, closed or rejected by the vendor, listener closed). */
-  readonly endedBy?: 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded';
+  /** Datagram flows: why it ended (idle timeout, closed or rejected by the vendor, listener closed, superseded by a new flow of the same client port, evicted from a full table for another user's flow). */
+  readonly endedBy?: 'idle' | 'closed' | 'rejected' | 'listener-closed' | 'failed' | 'superseded' | 'evicted';
 }
 
 /**

@@ -25,7 +25,7 @@ export interface CliProcess {
   readonly lines: LogLine[];
   /** stdout lines that were not JSON (logs are JSON lines only: a test asserts this is empty). */
   readonly garbage: string[];
-  /** The listener, from the CLI's `ready` line; rejects if it exits first or within 30 s. */
+  /** The listener, from the CLI's `ready` line; rejects if it exits first or within 30 s (a loaded 2-core CI machine starts Node slowly). */
   readonly ready: Promise<{ address: string; port: number }>;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   handshakes(): Handshake[];
@@ -90,7 +90,6 @@ export function startCli(netns: Netns, args: readonly string[]): CliProcess {
     child,
     lines,
     garbage,
-    // A hang guard: on a loaded 2-core machine (load 18-22) a child took over 10 s to start.
     ready: within(ready, 30_000, 'the CLI to be ready'),
     exited,
     handshakes: () => logged('handshake'),

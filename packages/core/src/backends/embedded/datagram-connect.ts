@@ -1,8 +1,10 @@
 import net from 'node:net';
+import { Observable, share } from 'rxjs';
 import { InvalidOptionsError, RedirectorUnavailableError } from '../../model/errors.js';
 import type { Destination } from '../../model/match-rule.js';
 import { MAX_REDIRECTS, RedirectRecords } from '../../model/redirect-records.js';
 import { type OnwardDatagramSocket, openOnwardDatagram } from '../../net/onward-datagram.js';
+import { udpPeerUid } from '../../net/peer-uid.js';
 import { candidates } from './classify.js';
 import { resolve, trustedTable, warnOnce } from './connect.js';
 import { encodeDatagramHeader } from './datagram-header.js';
@@ -84,11 +86,41 @@ async function openRedirected(candidate: TableEntry, listener: Destination, dest
     socket.close();
     throw error;
   }
+  // The socket is only connected to the listener's address and port: once the redirector
+  // is gone, whoever binds that port next would get every datagram (header and payload)
+  // and could answer as the destination. So each datagram, either way, first asks the
+  // kernel (sock_diag, ~11 µs) who owns the socket on that port now: not this user (the
+  // registry's owner, I7), and the flow ends with COPROXY_REDIRECTOR_UNAVAILABLE, nothing
+  // sent, nothing taken. Nobody on the port (undefined) is a refusal the socket reports itself.
+  const owner = process.getuid?.();
+  const ours = (): boolean => {
+    if (owner === undefined) return true;
+    const uid = udpPeerUid(listener, socket.local);
+    return uid === undefined || uid === owner;
+  };
+  let gone: RedirectorUnavailableError | undefined;
+  const lost = (): RedirectorUnavailableError => {
+    gone ??= new RedirectorUnavailableError(entry.id, 'its datagram listener port now belongs to another user');
+    socket.close();
+    return gone;
+  };
+  const datagrams$ = new Observable<Buffer>((subscriber) => {
+    if (gone !== undefined) return subscriber.error(gone);
+    return socket.datagrams$.subscribe({
+      next: (payload) => (ours() ? subscriber.next(payload) : subscriber.error(lost())),
+      error: (error: unknown) => subscriber.error(gone ?? error),
+      complete: () => (gone === undefined ? subscriber.complete() : subscriber.error(gone)),
+    });
+  }).pipe(share());
   return {
     local: socket.local,
-    datagrams$: socket.datagrams$,
+    datagrams$,
     counts: socket.counts,
-    send: (payload) => socket.send(Buffer.concat([header, payload])),
+    send: (payload) => {
+      if (gone !== undefined) return;
+      if (!ours()) return void lost();
+      socket.send(Buffer.concat([header, payload]));
+    },
     close: () => socket.close(),
   };
 }

@@ -18,6 +18,12 @@ import { decodeSockaddr } from './libc.js';
  */
 export interface ConntrackEntry {
   readonly originalDestination: Destination;
+  /**
+   * Where the client's socket sent from, before any NAT (conntrack may have given the
+   * datagram another source port: two destinations from one socket); undefined if the
+   * kernel left it out. Who owns that socket is asked of sock_diag by it.
+   */
+  readonly originalSource?: Destination | undefined;
   /** The conntrack mark (`ct mark`). */
   readonly mark: number;
 }
@@ -134,9 +140,10 @@ function attributes(bytes: Buffer): Map<number, Buffer> {
 /**
  * Decodes the kernel's answer (an IPCTNL_MSG_CT_NEW message, or an NLMSG_ERROR);
  * `undefined` when there is no such entry. Exported for tests: the kernel is trusted here,
- * but a short or odd answer is still an error, never a guess.
+ * but a short or odd answer is still an error, never a guess. `withSource` also reads the
+ * original tuple's source (for the flow table's owner lookup).
  */
-export function decodeEntry(message: Buffer, family: 4 | 6): ConntrackEntry | undefined {
+export function decodeEntry(message: Buffer, family: 4 | 6, options: { readonly withSource?: boolean } = {}): ConntrackEntry | undefined {
   const fail = (detail: string): never => {
     throw new SyscallError('ctnetlink(IPCTNL_MSG_CT_GET)', 0, detail);
   };
@@ -156,12 +163,23 @@ export function decodeEntry(message: Buffer, family: 4 | 6): ConntrackEntry | un
   const address = ip.get(family === 6 ? CTA_IP_V6_DST : CTA_IP_V4_DST);
   const port = proto.get(CTA_PROTO_DST_PORT);
   if (address?.length !== (family === 6 ? 16 : 4) || port?.length !== 2) fail('malformed original tuple');
+  const mark = top.get(CTA_MARK);
+  const sourceAddress = ip.get(family === 6 ? CTA_IP_V6_SRC : CTA_IP_V4_SRC);
+  const sourcePort = proto.get(CTA_PROTO_SRC_PORT);
+  const hasSource = options.withSource === true && sourceAddress?.length === (family === 6 ? 16 : 4) && sourcePort?.length === 2;
+  return {
+    originalDestination: endpoint(family, address!, port!),
+    ...(hasSource && { originalSource: endpoint(family, sourceAddress, sourcePort) }),
+    mark: mark?.length === 4 ? mark.readUInt32BE(0) : 0,
+  };
+}
+
+function endpoint(family: 4 | 6, address: Buffer, port: Buffer): Destination {
   const sockaddr = Buffer.alloc(28);
   sockaddr.writeUInt16LE(family === 6 ? AF_INET6 : AF_INET, 0);
-  port!.copy(sockaddr, 2);
-  address!.copy(sockaddr, family === 6 ? 8 : 4);
-  const mark = top.get(CTA_MARK);
-  return { originalDestination: decodeSockaddr(sockaddr), mark: mark?.length === 4 ? mark.readUInt32BE(0) : 0 };
+  port.copy(sockaddr, 2);
+  address.copy(sockaddr, family === 6 ? 8 : 4);
+  return decodeSockaddr(sockaddr);
 }
 
 /**
@@ -187,7 +205,7 @@ export function lookupUdpFlow(listener: Destination, client: Destination): Connt
     }
     const message = reply.subarray(0, received);
     if (received >= NLMSG_HEADER_BYTES && message.readUInt32LE(8) !== seq) continue;
-    return decodeEntry(message, client.family);
+    return decodeEntry(message, client.family, { withSource: true });
   }
   throw new SyscallError('recv(NETLINK_NETFILTER)', 0, 'no reply to this request');
 }

@@ -203,9 +203,12 @@ describe.skipIf(skipKernelTests)('nftables backend, UDP flows, in network namesp
       const result = await client<{ refused: boolean; code?: string }>(netns, host, 'refused');
       expect(result).toMatchObject({ refused: true, code: 'ECONNREFUSED' });
     }
-    expect(vendor.accepted).toHaveLength(2);
-    await until(() => vendor.closed.length === 2, 5000, 'the rejected flows to be reported closed');
-    expect(vendor.closed.map((c) => c.endedBy)).toEqual(['rejected', 'rejected']);
+    // One flow per client at least: the client sends again every 100 ms until refused, and
+    // on a loaded machine a datagram may come before the rejection is in the kernel; it is
+    // then a new flow of the same client, rejected in turn. None is ever dialled.
+    expect(new Set(vendor.accepted.map((a) => a.destination.address))).toEqual(new Set([NETNS_V4, NETNS_V6]));
+    await until(() => vendor.closed.length === vendor.accepted.length, 5000, 'the rejected flows to be reported closed');
+    expect(new Set(vendor.closed.map((c) => c.endedBy))).toEqual(new Set(['rejected']));
     expect(received).toEqual([]);
   });
 

@@ -5,7 +5,8 @@ import type { RedirectRecords } from '../../model/redirect-records.js';
 import { type DatagramFlowEndpoint, DatagramFlowTable, type DatagramPeer } from '../../net/datagram-flows.js';
 import { openOnwardDatagram } from '../../net/onward-datagram.js';
 import type { DatagramLimits, FlowSink, InstallSpec, OnwardRecords } from '../backend.js';
-import { lookupUdpFlow } from './conntrack.js';
+import { udpPeerUid } from '../../net/peer-uid.js';
+import { type ConntrackEntry, lookupUdpFlow } from './conntrack.js';
 import { openMarkedSocket } from './libc.js';
 import { type TableInfo, matchSelector, tableName } from './tables.js';
 
@@ -29,6 +30,18 @@ import { type TableInfo, matchSelector, tableName } from './tables.js';
  * outside libuv's event loop, plus a reply socket bound to each original address, and a
  * route and rule that outlive the process if it is killed. `redirect` needs none of that.
  *
+ * Conntrack and the flow table must agree on what a client address and port stands for.
+ * Conntrack forgets an idle UDP entry after `nf_conntrack_udp_timeout` (30 s by default,
+ * often less on busy hosts), possibly before this listener's flow idles out; the same
+ * socket's next datagram then makes a new entry, maybe to another destination, with the
+ * same reply tuple, so it arrives here from the same client address and port. Pushed into
+ * the old flow it would go to the old destination, and that destination's answer would
+ * reach the client as the new one's. So a datagram after a silence of
+ * {@link RECHECK_AFTER_IDLE_MS} asks conntrack again (one lookup per silence, not per
+ * datagram): another destination or mark ends the old flow (`superseded`) and begins a new
+ * one, judged from this datagram. Not covered: conntrack timeouts under that silence, or an
+ * entry flushed by an administrator and remade within it.
+ *
  * A rejected flow's client address and port go into a set of this table with a timeout;
  * an input-hook rule answers the client's next datagram of that flow with ICMP port
  * unreachable (conntrack translates it to come from the original destination), which a
@@ -36,6 +49,9 @@ import { type TableInfo, matchSelector, tableName } from './tables.js';
  */
 
 const REJECT_SECONDS = 120; // as long as conntrack keeps a UDP flow that has seen replies
+
+/** A flow silent this long may have lost its conntrack entry: its next datagram asks again (conntrack counts in whole seconds). */
+export const RECHECK_AFTER_IDLE_MS = 500;
 
 /** The rules a UDP-matching redirector adds to its table, after its output chain exists. */
 export function renderUdpRules(info: TableInfo, match: MatchRule, port: number, families: ReadonlySet<4 | 6>): string {
@@ -85,9 +101,32 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
   const port = sockets[0]!.port;
   const tables = sockets.map(({ socket, family }) => {
     const listener = { address: family === 6 ? '::1' : '127.0.0.1', port, family };
-    const table: DatagramFlowTable = new DatagramFlowTable(socket, {
+    /** Each open flow's conntrack entry, as read when it was opened. */
+    const entries = new WeakMap<DatagramFlowEndpoint, ConntrackEntry>();
+    // The "header" of a datagram is its flow's conntrack entry: asked for a new client
+    // address and port (before the table counts it, so a datagram sent to the listener
+    // itself is refused without taking a place or evicting anyone), and again after a
+    // silence (a lookup that fails then drops this datagram; the flow stays as it was).
+    const table: DatagramFlowTable<ConntrackEntry | undefined> = new DatagramFlowTable(socket, {
       ...options.limits,
-      opened: (endpoint) => openFlow(endpoint, listener, options),
+      unwrap: (datagram, peer, flow) => {
+        if (flow === undefined) return { payload: datagram, header: redirected(lookupUdpFlow(listener, peer), listener, options.spec.id) };
+        const known = entries.get(flow);
+        if (known === undefined || flow.idleMs < RECHECK_AFTER_IDLE_MS) return { payload: datagram, header: known };
+        const now = lookupUdpFlow(listener, peer);
+        if (now !== undefined && sameEntry(known, now)) return { payload: datagram, header: known };
+        // Another flow now: the old one ends, and the new one is opened (and refused by
+        // `opened` if it is no redirected flow) from this datagram.
+        return { payload: datagram, header: now !== undefined && isRedirected(now, listener) ? now : undefined, newFlow: true };
+      },
+      // The sending socket's owner, for a full table's fair share (an unconnected or
+      // already closed socket, or no original source: one owner, undefined).
+      owner: (_peer, entry) => (entry?.originalSource === undefined ? undefined : udpPeerUid(entry.originalSource, entry.originalDestination)),
+      opened: (endpoint, entry) => {
+        if (entry === undefined) throw new RecordsMismatchError(options.spec.id, []);
+        openFlow(endpoint, entry, options);
+        entries.set(endpoint, entry);
+      },
       refused: (peer, reason) => {
         const error: CoproxyError =
           reason.kind === 'full'
@@ -111,16 +150,27 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
   };
 }
 
-function openFlow(endpoint: DatagramFlowEndpoint, listener: DatagramPeer, options: UdpListenerOptions): void {
+function sameEntry(a: ConntrackEntry, b: ConntrackEntry): boolean {
+  const [x, y] = [a.originalDestination, b.originalDestination];
+  return a.mark === b.mark && x.address === y.address && x.port === y.port && x.family === y.family;
+}
+
+/** Sent to the listener itself, not redirected (conntrack tracks that flow too, with the listener as its original destination): forwarding it would loop. */
+function isRedirected(entry: ConntrackEntry, listener: DatagramPeer): boolean {
+  const original = entry.originalDestination;
+  return !(original.address === listener.address && original.port === listener.port);
+}
+
+/** The entry of a new client's flow, or `COPROXY_RECORDS_MISMATCH` if there is none or it names the listener. */
+function redirected(entry: ConntrackEntry | undefined, listener: DatagramPeer, id: string): ConntrackEntry {
+  if (entry === undefined || !isRedirected(entry, listener)) throw new RecordsMismatchError(id, []);
+  return entry;
+}
+
+/** Hands the flow, judged by its conntrack entry, to the sink. */
+function openFlow(endpoint: DatagramFlowEndpoint, entry: ConntrackEntry, options: UdpListenerOptions): void {
   const { spec, info } = options;
   const client = endpoint.peer;
-  const entry = lookupUdpFlow(listener, client);
-  // Sent to the listener itself, not redirected (conntrack tracks that flow too, with the
-  // listener as its original destination; or it has no entry): forwarding it would loop.
-  const original = entry?.originalDestination;
-  if (entry === undefined || (original!.address === listener.address && original!.port === listener.port)) {
-    throw new RecordsMismatchError(spec.id, []);
-  }
   const { mark } = entry;
   const incoming = options.records(mark);
   options.sink.acceptedDatagram?.({

@@ -57,7 +57,10 @@ async function startVendor(name: VendorName, args: string[], registry: string): 
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const lines: LogLine[] = [];
   readline.createInterface({ input: child.stdout }).on('line', (line) => lines.push(JSON.parse(line) as LogLine));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  // 'close', not 'exit': after 'exit' the last stdout and stderr may still be unread.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
+  );
   const vendor = { id, child, lines, stderr: () => stderr, exited };
   running.push(vendor);
   await until(() => lines.some((line) => line.msg === 'ready') || child.exitCode !== null, `${name} to be ready`);
@@ -94,14 +97,6 @@ function scrape(port: number): Promise<string> {
   });
 }
 
-async function unusedPort(): Promise<number> {
-  const server = http.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 describe('the example vendor chained with the two reference vendors', () => {
   it('inspects a request once in each vendor, in priority order, blocks what its rule says, and loops nowhere', async () => {
     const registry = fs.mkdtempSync(path.join(os.tmpdir(), 'coproxy-example-'));
@@ -114,10 +109,13 @@ describe('the example vendor chained with the two reference vendors', () => {
     await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
     cleanups.push(() => origin.close());
     const port = String((origin.address() as net.AddressInfo).port);
-    const metricsPort = await unusedPort();
 
     // Lower priority runs first: the word filter, then the HTTP vendor, then the TLS vendor.
-    const filter = await startVendor('word-filter', ['--priority', '5', '--ports', port, '--word', 'forbidden', '--metrics', `127.0.0.1:${metricsPort}`], registry);
+    // Metrics on port 0, read back from the ready line: a port picked free beforehand could be
+    // bound by another package's test (they run in parallel) before the filter binds it.
+    const filter = await startVendor('word-filter', ['--priority', '5', '--ports', port, '--word', 'forbidden', '--metrics', '127.0.0.1:0'], registry);
+    const metricsPort = (filter.lines.find((line) => line.msg === 'ready')?.metrics as { port?: number } | undefined)?.port;
+    expect(metricsPort).toBeGreaterThan(0);
     const httpVendor = await startVendor('coproxy-http', ['--priority', '10', '--ports', port], registry);
     const tlsVendor = await startVendor('coproxy-tls', ['--priority', '20', '--ports', port], registry);
     const vendors = [filter, httpVendor, tlsVendor];
@@ -131,6 +129,9 @@ describe('the example vendor chained with the two reference vendors', () => {
       [filter.id, httpVendor.id, tlsVendor.id],
     ]);
     expect(vendors.map((vendor) => accepted(vendor)[0]?.state)).toEqual(['NotRedirected', 'RedirectedByOther', 'RedirectedByOther']);
+    // pino writes asynchronously: the filter's inspected line (logged after its accepted line)
+    // may reach us after the client has its answer and the other vendors' lines.
+    await until(() => filter.lines.some((line) => line.msg === 'inspected'), 'the filter\'s inspected line');
     expect(filter.lines.find((line) => line.msg === 'inspected')).toMatchObject({ verdict: 'pass' });
     // coproxy-http logs an exchange once its response has gone out, which may be just after the client has it.
     await until(() => httpVendor.lines.some((line) => line.msg === 'exchange'), 'coproxy-http\'s exchange line');
@@ -146,7 +147,7 @@ describe('the example vendor chained with the two reference vendors', () => {
     expect(seenByOrigin).toEqual(['/hello']);
 
     // What an operator scrapes from the example: the kit's redirector metrics and its own.
-    const metrics = await scrape(metricsPort);
+    const metrics = await scrape(metricsPort!);
     expect(metrics).toContain('word_filter_flows_total{verdict="pass"} 1');
     expect(metrics).toContain('word_filter_flows_total{verdict="block"} 1');
     expect(metrics).toContain('word_filter_accepted_total{state="NotRedirected"} 2');

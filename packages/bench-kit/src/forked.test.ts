@@ -52,9 +52,11 @@ describe('forked children', () => {
   });
 
   it('kills a child that never says it is ready, once the time is up', async () => {
-    const children = new ForkedChildren(script, 1000);
+    // Long enough for the child to start and write its pid on a loaded machine (Node and the
+    // kit's import, ~250 ms here at load 8; 1 s was within reach of a busy CI).
+    const children = new ForkedChildren(script, 5000);
     const marker = tempMarker();
-    await expect(children.start('silent', ['silent', marker])).rejects.toThrow('silent not ready within 1000 ms');
+    await expect(children.start('silent', ['silent', marker])).rejects.toThrow('silent not ready within 5000 ms');
     await children.stopAll();
     const pid = Number(fs.readFileSync(marker, 'utf8'));
     expect(pid).toBeGreaterThan(0);

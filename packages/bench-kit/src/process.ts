@@ -88,7 +88,7 @@ export function captureOutput(child: ChildProcess): CapturedOutput {
 
 /**
  * The first line the child writes on its (piped) stdout: its ready line or its report.
- * Rejects when the child exits first (with its stderr, trimmed) or when `timeoutMs` has
+ * Rejects when the child exits (and its output has ended) first (with its stderr, trimmed) or when `timeoutMs` has
  * passed, then killing it with SIGKILL. `what` names the child in those errors.
  */
 export function firstLine(child: ChildProcess, what: string, timeoutMs: number): Promise<string> {
@@ -102,7 +102,7 @@ export function firstLine(child: ChildProcess, what: string, timeoutMs: number):
     // The interface stays open: closing it would pause stdout, and a chatty child would block.
     const finish = (): void => {
       clearTimeout(timer);
-      child.off('exit', onExit);
+      child.off('close', onExit);
       child.stderr?.off('data', onStderr);
     };
     const timer = setTimeout(() => {
@@ -118,6 +118,8 @@ export function firstLine(child: ChildProcess, what: string, timeoutMs: number):
       finish();
       resolve(line);
     });
-    child.once('exit', onExit);
+    // 'close', not 'exit': at 'exit' the pipes may still hold the child's line or its stderr
+    // (a client that prints its report and exits would be taken for one that said nothing).
+    child.once('close', onExit);
   });
 }

@@ -18,6 +18,11 @@ const ID = 'acme-web';
 const ORIGIN_PORT = 8080;
 /** Not an inspected port, so scraping the metrics is not itself an exchange. */
 const METRICS_PORT = 9464;
+/**
+ * How long a child (the origin, the CLI, curl) may take to start: a hang guard, not a
+ * measure. On a 2-core machine at load 18-22 an origin took over 10 s to listen.
+ */
+const START_MS = 30_000;
 
 /** What the origin reports of each request it received (test-support/echo-origin.mjs). */
 interface OriginRequest {
@@ -42,7 +47,7 @@ async function startOrigin(netns: Netns): Promise<OriginRequest[]> {
     });
     child.once('exit', (code) => reject(new Error(`the origin exited early with ${String(code)}`)));
   });
-  await within(ready, 30_000, 'the origin to listen');
+  await within(ready, START_MS, 'the origin to listen');
   return received;
 }
 
@@ -94,8 +99,9 @@ function startCli(netns: Netns, args: readonly string[]): CliProcess {
       onLine?.(line);
     }
   });
+  // 'close', not 'exit': 'exit' may come before the last stdout lines are read.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
   );
   const ready = new Promise<{ address: string; port: number }>((resolve, reject) => {
     onLine = (line) => {
@@ -107,7 +113,7 @@ function startCli(netns: Netns, args: readonly string[]): CliProcess {
     child,
     lines,
     garbage,
-    ready: within(ready, 30_000, 'the CLI to be ready'),
+    ready: within(ready, START_MS, 'the CLI to be ready'),
     exited,
     exchanges: () => lines.flatMap((line) => (line.msg === 'exchange' && line.exchange !== undefined ? [line.exchange] : [])),
   };
@@ -124,14 +130,14 @@ interface CurlResult {
 
 /** Unmodified curl inside the namespace; resolves whatever curl's exit code. */
 async function curl(netns: Netns, url: string, extra: readonly string[] = []): Promise<CurlResult> {
-  const child = netns.spawn('curl', ['-sS', '-g', '--max-time', '10', '--write-out', '\n%{http_code}', ...extra, url], {
+  const child = netns.spawn('curl', ['-sS', '-g', '--max-time', '30', '--write-out', '\n%{http_code}', ...extra, url], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 15_000, `curl ${url}`);
+  const exitCode = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS + 15_000, `curl ${url}`);
   const cut = stdout.lastIndexOf('\n');
   return { exitCode, status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, Math.max(cut, 0)), stderr };
 }
@@ -251,7 +257,7 @@ describe.skipIf(skipKernelTests)('coproxy-http CLI on the nftables backend, in a
 
     // SIGTERM: a clean exit, and the redirect is gone with the process.
     proxy.child.kill('SIGTERM');
-    expect(await within(proxy.exited, 10_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
+    expect(await within(proxy.exited, 30_000, 'the CLI to exit after SIGTERM')).toEqual({ code: 0, signal: null });
     expect(proxy.lines.find((line) => line.msg === 'shutting down')).toMatchObject({ level: 30, signal: 'SIGTERM' });
     expect(await nftTables(netns)).not.toContain('coproxy-');
     expect((await curl(netns, `http://127.0.0.1:${listening.port}/`)).exitCode).toBe(7); // refused: nothing listens
@@ -262,5 +268,5 @@ describe.skipIf(skipKernelTests)('coproxy-http CLI on the nftables backend, in a
     expect(originReceived.at(-1)).toMatchObject({ method: 'GET', url: '/admin/users' });
     expect(proxy.exchanges()).toHaveLength(5);
     expect(proxy.garbage).toEqual([]);
-  }, 60_000);
+  }, 180_000);
 });

@@ -5,10 +5,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
-import { dial, readAll, request, startHttpOrigin, startTcpOrigin, tempDir, uniqueId, unusedPort, until, within } from './test-support/harness.js';
+import { dial, readAll, request, startHttpOrigin, startTcpOrigin, tempDir, uniqueId, until, within } from './test-support/harness.js';
 
 // The built CLI (dist/): vitest's global setup rebuilds it when stale.
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+/**
+ * How long the CLI may take to start or to stop: a hang guard, not a measure. On a 2-core
+ * machine at load 18-22 a child process took over 10 s just to start.
+ */
+const START_MS = 30_000;
 
 interface Finished {
   readonly code: number | null;
@@ -34,7 +40,7 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
 }
 
 /** Runs the CLI to its end; kills it if it outlives `timeoutMs`. */
-async function run(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 10_000): Promise<Finished> {
+async function run(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = START_MS): Promise<Finished> {
   const running = start(args, env);
   try {
     return await within(running.finished, timeoutMs, `coproxy-http ${args.join(' ')}`);
@@ -49,7 +55,7 @@ const jsonLines = (text: string): Record<string, unknown>[] =>
     .filter((line) => line !== '')
     .map((line) => JSON.parse(line) as Record<string, unknown>);
 
-describe('coproxy-http (CLI)', () => {
+describe('coproxy-http (CLI)', { timeout: 120_000 }, () => {
   it('prints its usage for --help and exits 0', async () => {
     const result = await run(['--help']);
 
@@ -83,7 +89,7 @@ describe('coproxy-http (CLI)', () => {
     await using echo = await startTcpOrigin((socket) => socket.pipe(socket));
     const running = start(['--id', uniqueId('cli'), '--priority', '5', '--ports', String(echo.port), '--unrecognised', 'relay'], { COPROXY_REGISTRY: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       const payload = Buffer.from([0x00, 0x01, 0x02, 0xff]);
       const client = await dial(registry.path, echo.port);
       const echoed = readAll(client);
@@ -95,7 +101,7 @@ describe('coproxy-http (CLI)', () => {
       expect(jsonLines(running.output.stdout).find((l) => l.msg === 'ready')).toMatchObject({ unrecognised: 'relay' });
     } finally {
       running.child.kill('SIGTERM');
-      await within(running.finished, 10_000, 'the CLI to exit');
+      await within(running.finished, START_MS, 'the CLI to exit');
     }
   });
 
@@ -114,16 +120,19 @@ describe('coproxy-http (CLI)', () => {
   it('serves requests on the embedded backend, logs JSON lines, and exits 0 on SIGTERM', async () => {
     using registry = tempDir('coproxy-http-registry-');
     await using origin = await startHttpOrigin((req, res) => res.end(`hello ${req.url ?? ''}`));
-    const metricsPort = await unusedPort();
     const id = uniqueId('cli');
+    // Port 0, read back from the ready line: a port found free beforehand may be bound by
+    // another test (packages run in parallel) before the CLI binds it.
     const running = start(
-      ['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded', '--metrics', `127.0.0.1:${metricsPort}`],
+      ['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded', '--metrics', '127.0.0.1:0'],
       { COPROXY_REGISTRY: registry.path },
     );
     const agent = createAgent({ registry: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       expect(fs.readdirSync(registry.path)).toContain(`${id}.json`);
+      const metricsPort = (jsonLines(running.output.stdout).find((line) => line.msg === 'ready')?.metrics as { port?: number } | undefined)?.port;
+      expect(metricsPort).toBeGreaterThan(0);
 
       const response = await request({ agent, port: origin.port, path: '/through-cli' });
       expect([response.status, response.body.toString()]).toEqual([200, 'hello /through-cli']);
@@ -144,7 +153,7 @@ describe('coproxy-http (CLI)', () => {
       await until(() => running.output.stdout.includes('"msg":"exchange"'), 5000, 'the exchange to be logged');
 
       running.child.kill('SIGTERM');
-      const result = await within(running.finished, 10_000, 'the CLI to exit');
+      const result = await within(running.finished, START_MS, 'the CLI to exit');
 
       expect(result).toMatchObject({ code: 0, signal: null, stderr: '' });
       // Every line is JSON; other lines (per connection, say) may come between these.

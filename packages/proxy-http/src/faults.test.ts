@@ -13,7 +13,7 @@ import {
   startHttpOrigin,
   startProxy,
   startTcpOrigin,
-  unusedPort,
+  refusingPort,
   until,
   within,
 } from './test-support/harness.js';
@@ -93,7 +93,8 @@ describe('malformed requests', () => {
 
 describe('origin failures', () => {
   it('answers 502 when nothing listens at the origin, and serves the next request', async () => {
-    const deadPort = await unusedPort();
+    await using dead = await refusingPort();
+    const deadPort = dead.port;
     await using origin = await startHttpOrigin((req, res) => res.end(req.url?.slice(1)));
     await using under = await startProxy([deadPort, origin.port]);
     const agent = createAgent({ registry: under.registry });

@@ -14,6 +14,11 @@ const fixtures = fileURLToPath(new URL('./test-support/', import.meta.url));
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const ID = 'acme-h2c';
 const PORT = 8080;
+/**
+ * How long a child (the origin, the CLI, curl) may take to start: a hang guard, not a
+ * measure. On a 2-core machine at load 18-22 an origin took over 10 s to listen.
+ */
+const START_MS = 30_000;
 
 interface Seen {
   readonly headers: Readonly<Record<string, string>>;
@@ -31,7 +36,7 @@ async function startOrigin(netns: Netns): Promise<Seen[]> {
     });
     child.once('exit', (code) => reject(new Error(`the origin exited early with ${String(code)}`)));
   });
-  await within(ready, 30_000, 'the origin to listen');
+  await within(ready, START_MS, 'the origin to listen');
   return received;
 }
 
@@ -53,7 +58,7 @@ function startCli(netns: Netns, args: readonly string[]): { child: ChildProcess;
     onReady = resolve;
     child.once('exit', (code) => reject(new Error(`the CLI exited before it was ready (${String(code)})`)));
   });
-  return { child, exchanges, ready: within(ready, 30_000, 'the CLI to be ready') };
+  return { child, exchanges, ready: within(ready, START_MS, 'the CLI to be ready') };
 }
 
 async function run(netns: Netns, command: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -62,7 +67,7 @@ async function run(netns: Netns, command: string, args: readonly string[]): Prom
   let stderr = '';
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000, command);
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), START_MS + 15_000, command);
   return { code, stdout, stderr };
 }
 
@@ -80,7 +85,7 @@ describe.skipIf(skipKernelTests)('h2c through the coproxy-http CLI on nftables, 
     const v4 = `http://${NETNS_V4}:${PORT}`;
 
     // curl with prior knowledge: allowed and blocked, each answered over HTTP/2.
-    const curl = (url: string) => run(netns, 'curl', ['-sS', '--http2-prior-knowledge', '--max-time', '10', '--write-out', '\n%{http_version} %{http_code}', url]);
+    const curl = (url: string) => run(netns, 'curl', ['-sS', '--http2-prior-knowledge', '--max-time', '30', '--write-out', '\n%{http_version} %{http_code}', url]);
     const hello = await curl(`${v4}/hello`);
     expect(hello.stdout.split('\n').at(-1)).toBe('2 200');
     expect(JSON.parse(hello.stdout.split('\n')[0]!)).toMatchObject({ headers: { ':method': 'GET', ':path': '/hello', ':authority': `${NETNS_V4}:${PORT}` }, local: NETNS_V4 });
@@ -112,5 +117,5 @@ describe.skipIf(skipKernelTests)('h2c through the coproxy-http CLI on nftables, 
       ]),
     );
     proxy.child.kill('SIGTERM');
-  }, 90_000);
+  }, 180_000);
 });

@@ -3,7 +3,7 @@ import net from 'node:net';
 import { createAgent } from '@coproxy/core';
 import { describe, expect, it } from 'vitest';
 import { serveMetrics } from './metrics.js';
-import { dial, readAll, request, startHttpOrigin, startProxy, startTcpOrigin, unusedPort, until, within } from './test-support/harness.js';
+import { dial, readAll, request, startHttpOrigin, startProxy, startTcpOrigin, refusingPort, until, within } from './test-support/harness.js';
 
 /** The samples of a Prometheus text exposition, keyed `name{labels}` as written. */
 function samples(text: string): Map<string, number> {
@@ -34,7 +34,8 @@ function get(port: number, path: string): Promise<{ status: number; contentType:
 
 describe('metrics', () => {
   it('count exactly the traffic sent: connections by kind, requests, verdicts, errors, records depth, and at least its bytes', async () => {
-    const deadPort = await unusedPort();
+    await using dead = await refusingPort();
+    const deadPort = dead.port;
     await using origin = await startHttpOrigin((req, res) => {
       req.resume().once('end', () => res.end('x'.repeat(2000)));
     });

@@ -2,7 +2,7 @@ import { createAgent } from '@coproxy/core';
 import type http from 'node:http';
 import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
-import { type HttpOrigin, startHttpOrigin, startProxy, startTcpOrigin, unusedPort, until, within } from './test-support/harness.js';
+import { type HttpOrigin, startHttpOrigin, startProxy, startTcpOrigin, refusingPort, until, within } from './test-support/harness.js';
 
 interface EchoOrigin extends HttpOrigin {
   /** The path of each handshake the origin accepted. */
@@ -191,7 +191,8 @@ describe('WebSocket through the proxy', () => {
   });
 
   it('answers a handshake whose origin is unreachable with 502 and an exchange-failed event', async () => {
-    const deadPort = await unusedPort();
+    await using dead = await refusingPort();
+    const deadPort = dead.port;
     await using under = await startProxy([deadPort]);
     const agent = createAgent({ registry: under.registry });
     const socket = new WebSocket(`ws://127.0.0.1:${deadPort}/chat`, { agent });

@@ -11,6 +11,12 @@ import { startHttpsOrigin } from './test-support/h2-support.js';
 // embedded backend as a plain process; cli.kernel.test.ts runs it on nftables.
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
+/**
+ * How long the CLI may take to start or to stop: a hang guard, not a measure. On a 2-core
+ * machine at load 18-22 a child process took over 10 s just to start.
+ */
+const START_MS = 30_000;
+
 interface Finished {
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
@@ -36,7 +42,7 @@ function start(args: string[], env: NodeJS.ProcessEnv = {}): Running {
 const stillRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null;
 
 /** Runs the CLI to its end; kills it if it outlives `timeoutMs`. */
-async function run(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 15_000): Promise<Finished> {
+async function run(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = START_MS): Promise<Finished> {
   const running = start(args, env);
   try {
     return await within(running.finished, timeoutMs, `coproxy-tls ${args.join(' ')}`);
@@ -51,7 +57,7 @@ const jsonLines = (text: string): Record<string, unknown>[] =>
     .filter((line) => line !== '')
     .map((line) => JSON.parse(line) as Record<string, unknown>);
 
-describe('coproxy-tls (CLI)', () => {
+describe('coproxy-tls (CLI)', { timeout: 120_000 }, () => {
   it('prints its usage for --help and exits 0', async () => {
     const result = await run(['--help']);
 
@@ -98,7 +104,7 @@ describe('coproxy-tls (CLI)', () => {
     const id = uniqueId('cli');
     const running = start(['--id', id, '--priority', '5', '--ports', String(origin.port), '--backend', 'embedded'], { COPROXY_REGISTRY: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       expect(fs.readdirSync(registry.path)).toContain(`${id}.json`);
 
       const { socket } = await tlsClient(registry.path, origin.port, { servername: 'cli.example', ca: originCa.certPem });
@@ -115,7 +121,7 @@ describe('coproxy-tls (CLI)', () => {
       await until(() => running.output.stdout.includes('"msg":"handshake"'), 5000, 'the handshake to be logged');
 
       running.child.kill('SIGTERM');
-      const result = await within(running.finished, 10_000, 'the CLI to exit');
+      const result = await within(running.finished, START_MS, 'the CLI to exit');
 
       expect(result).toMatchObject({ code: 0, signal: null, stderr: '' });
       const lines = jsonLines(result.stdout);
@@ -143,7 +149,7 @@ describe('coproxy-tls (CLI)', () => {
     const id = uniqueId('cli');
     const running = start(['--id', id, '--priority', '5', '--ports', String(origin.port), '--unrecognised', 'relay'], { COPROXY_REGISTRY: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       const bytes = Buffer.from('\x00not TLS, not HTTP\r\n', 'latin1');
       const client = await dial(registry.path, origin.port);
       client.write(bytes);
@@ -152,7 +158,7 @@ describe('coproxy-tls (CLI)', () => {
       await until(() => running.output.stdout.includes('"msg":"unrecognised"'), 5000, 'the unrecognised line');
 
       running.child.kill('SIGTERM');
-      const result = await within(running.finished, 10_000, 'the CLI to exit');
+      const result = await within(running.finished, START_MS, 'the CLI to exit');
       expect(result.code).toBe(0);
       expect(jsonLines(result.stdout).find((line) => line.msg === 'unrecognised')).toMatchObject({ action: 'relay', reason: 'unknown', firstBytes: bytes.subarray(0, 16).toString('hex') });
     } finally {
@@ -172,7 +178,7 @@ describe('coproxy-tls (CLI)', () => {
     const args = ['--id', uniqueId('cli'), '--priority', '5', '--ports', String(origin.port), '--policy', policy, '--ca-dir', caDir.path, '--origin-ca', originCaFile];
     const running = start([...args, '--idle-timeout', '300'], { COPROXY_REGISTRY: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       // A bumped TLS session (the proxy's leaf: this client checks nothing, it only idles) that never sends a request.
       // Over the plain socket dial() gives (not the harness's tap), so the proxy's close reaches it as an end.
       const socket = tls.connect({ socket: await dial(registry.path, origin.port), servername: 'idle.example', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
@@ -182,7 +188,7 @@ describe('coproxy-tls (CLI)', () => {
       // The default (120 s) would outlast this guard by far: the flag is what closes it.
       await within(closed, 15_000, 'the proxy to close the silent connection');
       running.child.kill('SIGTERM');
-      expect((await within(running.finished, 10_000, 'the CLI to exit')).code).toBe(0);
+      expect((await within(running.finished, START_MS, 'the CLI to exit')).code).toBe(0);
     } finally {
       if (stillRunning(running.child)) running.child.kill('SIGKILL');
     }
@@ -215,7 +221,7 @@ describe('coproxy-tls (CLI)', () => {
     const args = ['--id', uniqueId('cli'), '--priority', '5', '--ports', String(origin.port), '--policy', policy, '--rules', rules, '--ca-dir', caDir.path, '--origin-ca', originCaFile];
     const running = start(args, { COPROXY_REGISTRY: registry.path });
     try {
-      await until(() => running.output.stdout.includes('"msg":"ready"'), 10_000, `the CLI to be ready (stderr: ${running.output.stderr})`);
+      await until(() => running.output.stdout.includes('"msg":"ready"'), START_MS, `the CLI to be ready (stderr: ${running.output.stderr})`);
       const proxyCa = fs.readFileSync(path.join(caDir.path, 'ca.crt'));
       const get = async (target: string): Promise<string> => {
         const socket = tls.connect({ socket: await dial(registry.path, origin.port), servername: 'shop.example', ca: proxyCa, ALPNProtocols: ['http/1.1'] });
@@ -236,7 +242,7 @@ describe('coproxy-tls (CLI)', () => {
       const logged = jsonLines(running.output.stdout).filter((line) => line.exchange !== undefined || line.request !== undefined);
       expect(JSON.stringify(logged)).toContain('no-admin');
       running.child.kill('SIGTERM');
-      expect((await within(running.finished, 10_000, 'the CLI to exit')).code).toBe(0);
+      expect((await within(running.finished, START_MS, 'the CLI to exit')).code).toBe(0);
     } finally {
       if (stillRunning(running.child)) running.child.kill('SIGKILL');
     }

@@ -1,4 +1,5 @@
 import type net from 'node:net';
+import { refusingPort } from '@coproxy/core/testing';
 import { describe, expect, it } from 'vitest';
 import { GREASY_FIELDS, clientHello, ext } from './test-support/hello-builder.js';
 import { type ProxyUnderTest, alertBytes, dial, readExactly, readToEnd, startEchoOrigin, startProxy, startTcpOrigin, until } from './test-support/harness.js';
@@ -113,10 +114,10 @@ describe('faults', () => {
   });
 
   it('reports an origin that cannot be reached and closes the client’s connection', async () => {
-    // An origin that is gone by the time the proxy connects onward.
-    const origin = await startEchoOrigin();
-    const { port } = origin;
-    await origin[Symbol.asyncDispose]();
+    // An origin that is gone by the time the proxy connects onward: a port that refuses, held
+    // so that no other test can be handed it meanwhile (a closed origin's port could be).
+    await using gone = await refusingPort();
+    const { port } = gone;
     await using proxy = await startProxy([port], { connectTimeoutMs: 5000 });
 
     const client = await dial(proxy.registry, port);

@@ -729,6 +729,7 @@ export function createNamespace(): string {
 
 export function removeNamespace(name: string): void {
   const pids = execFileSync('ip', ['netns', 'pids', name], { encoding: 'latin1' }).split('\n').filter(Boolean);
-  for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
+  // A process listed a moment ago may have been reaped since (a vendor's grandchild, init's now): killPid takes that.
+  for (const pid of pids) killPid(Number(pid));
   execFileSync('ip', ['netns', 'del', name]);
 }

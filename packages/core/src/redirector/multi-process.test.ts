@@ -39,7 +39,9 @@ async function startVendor(args: string[]): Promise<VendorProcess> {
 
 const exited = (child: ChildProcess): Promise<number | null> => new Promise((resolve) => child.once('exit', resolve));
 
-describe('redirectors in separate processes', () => {
+// Vendor processes started and restarted: on a 2-core machine at load 18-22 a child took
+// over 10 s to start, so the hang guard is wider than the package's 30 s.
+describe('redirectors in separate processes', { timeout: 120_000 }, () => {
   it('cooperate through the registry: each vendor inspects the flow once, in priority order', async () => {
     using registry = tempRegistry();
     await using origin = await startEchoOrigin();

@@ -24,8 +24,11 @@ export async function socketPair(): Promise<SocketPair> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   const near = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+  // Both listened for before either is awaited: nothing orders the client's 'connect'
+  // before or after the server's 'connection', and a listener added after its event waits forever.
+  const connected = new Promise((resolve) => near.once('connect', resolve));
   const far = await accepted;
-  await new Promise((resolve) => near.once('connect', resolve));
+  await connected;
   const close = (): void => void server.close();
   return {
     near,

@@ -7,6 +7,8 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
+export { type RefusingPort, refusingPort } from './ports.js';
+
 /**
  * Kernel tests (nftables, socket marks) need root and run inside network namespaces they
  * create and remove. Where a developer lacks root they may be skipped, but only by asking:

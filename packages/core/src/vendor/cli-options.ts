@@ -102,7 +102,7 @@ export function addRedirectorOptions(program: Command, defaults: RedirectorCliDe
 /** Adds `--metrics <host:port>` and `--log-level <level>` (default `info`). */
 export function addServiceOptions(program: Command): Command {
   return program
-    .option('--metrics <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics')
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics (port 0: any free port, named in the ready line)')
     .addOption(new Option('--log-level <level>', 'pino log level').choices([...LOG_LEVELS]).default('info'));
 }
 
@@ -128,11 +128,15 @@ export function parseUdpPorts(text: string): PortSpec[] | undefined {
   }
 }
 
-/** `host:port` or `[v6]:port`; anything else is a `CliUsageError`. */
+/**
+ * `host:port` or `[v6]:port`; anything else is a `CliUsageError`. Port 0 asks for any free
+ * port (the `ready` line names the one bound): a port chosen beforehand can be taken by
+ * another program before the vendor binds it.
+ */
 export function parseEndpoint(text: string, option = '--metrics'): { host: string; port: number } {
   const m = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(text);
   const port = Number(m?.[2]);
-  if (m?.[1] === undefined || port < 1 || port > 65535) throw new CliUsageError(option, `'${text}' is not host:port`);
+  if (m?.[1] === undefined || port < 0 || port > 65535) throw new CliUsageError(option, `'${text}' is not host:port`);
   return { host: m[1], port };
 }
 

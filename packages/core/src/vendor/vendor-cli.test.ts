@@ -1,7 +1,8 @@
-import net from 'node:net';
 import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
 import { Command } from 'commander';
-import { Registry } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
 import { NEVER, Subject } from 'rxjs';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { connect } from '../backends/embedded/connect.js';
@@ -143,6 +144,31 @@ describe('the vendor CLI main loop', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('serves metrics on a free port for --metrics host:0 and names the port bound in the ready line', async () => {
+    const registry = new Registry();
+    new Gauge({ name: 'acme_up', help: 'whether acme serves', registers: [registry] }).set(1);
+    const { run, logger } = acmeCli(['--id', 'a', '--priority', '1', '--metrics', '127.0.0.1:0'], () => idle({ registry }));
+    await until(() => logger.lines.some((line) => line.msg === 'ready'), 5000, 'ready');
+    const ready = logger.lines.find((line) => line.msg === 'ready');
+    const metrics = ready?.fields.metrics as { host: string; port: number } | undefined;
+    expect(metrics?.host).toBe('127.0.0.1');
+    expect(metrics?.port).toBeGreaterThan(0);
+
+    // What the line names is where an operator scrapes.
+    const scraped = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port: metrics?.port, path: '/metrics' }, (res) => {
+          let body = '';
+          res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+          res.once('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        })
+        .once('error', reject);
+    });
+    expect(scraped).toMatchObject({ status: 200, body: expect.stringContaining('acme_up 1') as unknown });
+    process.emit('SIGTERM', 'SIGTERM');
+    expect(await run).toBe(0);
   });
 
   it('exits 1 when the service stops by itself after it started', async () => {

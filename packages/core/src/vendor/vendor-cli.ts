@@ -153,7 +153,10 @@ export async function runVendorCli<TOptions extends RedirectorCliOptions, TLogge
   try {
     try {
       const listening = await service.listening();
-      logger.info({ listening, backend: options.backend, ...spec.readyFields?.(context), metrics: metricsAt }, 'ready');
+      // Where the metrics are served: the port bound, which `--metrics host:0` leaves to the system.
+      const metricsBound = metricsServer?.address();
+      const metrics = metricsAt !== undefined && typeof metricsBound === 'object' && metricsBound !== null ? { host: metricsAt.host, port: metricsBound.port } : metricsAt;
+      logger.info({ listening, backend: options.backend, ...spec.readyFields?.(context), metrics }, 'ready');
     } catch (error) {
       logger.error({ err: error }, 'could not start');
       metricsServer?.close();

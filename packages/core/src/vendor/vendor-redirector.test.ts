@@ -11,6 +11,7 @@ import { connectDatagram } from '../backends/embedded/datagram-connect.js';
 import { relay } from '../net/relay.js';
 import type { RedirectorEvent } from '../redirector/redirector-events.js';
 import { startEchoOrigin, tempRegistry, until } from '../testing/harness.js';
+import { refusingPort } from '../testing/ports.js';
 import { firstValueFrom } from 'rxjs';
 import { RedirectorMetrics, serveMetrics } from './redirector-metrics.js';
 import { createVendorRedirector, type VendorRedirectorOptions } from './vendor-redirector.js';
@@ -112,13 +113,9 @@ describe('the vendor redirector', () => {
 
   it('counts refused connections and failed onward legs by code', async () => {
     using registry = tempRegistry();
-    // A port nothing listens on: the onward leg is refused.
-    const closedPort = await new Promise<number>((resolve) => {
-      const server = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port } = server.address() as net.AddressInfo;
-        server.close(() => resolve(port));
-      });
-    });
+    // A port nothing listens on (and no other test can take meanwhile): the onward leg is refused.
+    await using refusing = await refusingPort();
+    const closedPort = refusing.port;
     const { vendor, metrics } = startEchoVendor({ id: uniqueId('kit'), priority: 10, match: { ports: [closedPort] }, registry: registry.path, tag: 'x' });
     const listening = await vendor.listening();
     try {

@@ -1,5 +1,6 @@
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -105,7 +106,7 @@ http {
   const exited = new Promise<never>((_resolve, reject) => child.once('exit', (code) => reject(new Error(`nginx exited with ${code}: ${stderr.trim()}`))));
   exited.catch(() => undefined); // observed below, and after a successful start nobody waits for it
   const deadline = Date.now() + START_TIMEOUT_MS;
-  while (!(await accepts(port))) {
+  while (!(await nginxAnswers(port))) {
     if (Date.now() > deadline) {
       await stop(child);
       throw new Error(`nginx did not listen on ${port}: ${stderr.trim()}`);
@@ -122,14 +123,20 @@ http {
   };
 }
 
-function accepts(port: number): Promise<boolean> {
+/**
+ * Whether nginx answers on `port`: a connection alone is not enough, since another process
+ * may have been handed the port between freePort() and nginx's bind (nginx then exits with
+ * EADDRINUSE, and the caller tries another port), and that process would accept too.
+ */
+function nginxAnswers(port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
+    const request = http.get({ host: '127.0.0.1', port, path: '/', headers: { host: NGINX_DEFAULT_HOST }, agent: false }, (response) => {
+      response.resume();
+      resolve(response.headers['x-origin'] === 'nginx');
     });
-    socket.once('error', () => resolve(false));
+    request.once('error', () => resolve(false));
+    // Whatever else holds the port may never answer HTTP.
+    request.setTimeout(2000, () => request.destroy());
   });
 }
 

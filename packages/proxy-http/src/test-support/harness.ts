@@ -190,14 +190,8 @@ export async function startTcpOrigin(onConnection: (socket: net.Socket) => void)
   };
 }
 
-/** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
-export async function unusedPort(): Promise<number> {
-  const server = net.createServer();
-  await listen(server);
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+/** A port on 127.0.0.1 that refuses connections and that no other test can take while it is held (core's testing helper). */
+export { refusingPort } from '@coproxy/core/testing';
 
 function listen(server: net.Server): Promise<void> {
   return new Promise((resolve, reject) => {

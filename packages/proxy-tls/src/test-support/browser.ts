@@ -32,7 +32,8 @@ export async function startReporter<TReport>(
     });
     child.once('exit', (code) => reject(new Error(`${script} exited early with ${String(code)}`)));
   });
-  await within(ready, 10_000, `${script} to listen`);
+  // A hang guard: on a loaded 2-core machine (load 18-22) an origin took over 10 s to listen.
+  await within(ready, 30_000, `${script} to listen`);
   return received;
 }
 
@@ -82,12 +83,48 @@ export async function runChromium(
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const poll = stopWhen === undefined ? undefined : setInterval(() => stopWhen() && child.kill('SIGKILL'), 50);
   try {
-    await within(new Promise((resolve) => child.once('close', resolve)), 60_000, `chromium ${url}`);
+    // A hang guard: ~8 s a run here at load 5; CI runs every package's tests at once on 2 cores.
+    await within(new Promise((resolve) => child.once('close', resolve)), 120_000, `chromium ${url}`);
   } finally {
     clearInterval(poll);
-    child.kill('SIGKILL'); // a no-op once it has exited; the namespace's disposal kills what it left
+    child.kill('SIGKILL'); // a no-op once it has exited
+    // Its zygotes and crashpad handlers (daemonised: init's children, a group of their own)
+    // outlive the browser and write to the profile and HOME, which the test removes next.
+    await killChromiumIn(netns);
   }
   return { dom, stderr };
+}
+
+/**
+ * SIGKILLs every Chromium process (the browser's binaries: chromium, chrome_crashpad_handler)
+ * left in the namespace, until none is left; other processes of the test there are spared.
+ * Bounded: throws after 10 s.
+ */
+async function killChromiumIn(netns: Netns): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const pids = (await run('ip', ['netns', 'pids', netns.name])).stdout.split('\n').filter(Boolean).filter(isChromium);
+    if (pids.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`Chromium processes ${pids.join(', ')} in ${netns.name} survive SIGKILL`);
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; // gone meanwhile is fine
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Whether `pid` runs one of Chromium's binaries (a zombie has no exe link: it writes nothing more). */
+function isChromium(pid: string): boolean {
+  try {
+    return /^(chromium|chrome)(_crashpad_handler)?$/.test(path.basename(fs.readlinkSync(`/proc/${pid}/exe`)));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false; // exited, or a zombie
+    throw error;
+  }
 }
 
 /** One UDP datagram seen on the namespace's loopback. */

@@ -73,8 +73,10 @@ export function startCli(netns: Netns, args: readonly string[]): CliProcess {
       onLine?.(line);
     }
   });
+  // 'close', not 'exit': 'exit' may come before the last stdout lines are read (a test then
+  // misses the 'shutting down' line, or a stderr it reports).
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal })),
   );
   const ready = new Promise<{ address: string; port: number }>((resolve, reject) => {
     onLine = (line) => {

@@ -7,19 +7,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { RegistryEntry } from './registry.js';
 import { createRedirector } from '../../redirector/redirector.js';
 import { exchange, startEchoOrigin, tempRegistry, until, type EchoOrigin } from '../../testing/harness.js';
+import { refusingPort } from '../../testing/ports.js';
 import { connect, type ConnectOptions } from './connect.js';
 
 let nextId = 0;
 const uniqueId = (name: string): string => `${name}-${process.pid % 10000}-${++nextId}`;
-
-/** A loopback port nothing listens on: taken from a server that is then closed. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Writes a registry entry by hand, as another process would have published it. */
 function writeEntry(registry: string, fields: Pick<RegistryEntry, 'id' | 'failMode' | 'match' | 'listen'>): void {
@@ -46,8 +38,9 @@ describe('connect() and a redirector that cannot be reached', () => {
     using registry = tempRegistry();
     const warn = vi.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
     await using origin = await startEchoOrigin();
+    await using gone = await refusingPort();
     writeEntry(registry.path, {
-      id: 'gone-open', failMode: 'open', match: { ports: [origin.port] }, listen: { host: '127.0.0.1', port: await closedPort() },
+      id: 'gone-open', failMode: 'open', match: { ports: [origin.port] }, listen: { host: '127.0.0.1', port: gone.port },
     });
 
     const socket = await connect({ host: '127.0.0.1', port: origin.port, registry: registry.path });
@@ -62,8 +55,9 @@ describe('connect() and a redirector that cannot be reached', () => {
   it('refuses the connection when a fail-closed redirector\'s listener refuses', async () => {
     using registry = tempRegistry();
     await using origin = await startEchoOrigin();
+    await using gone = await refusingPort();
     writeEntry(registry.path, {
-      id: 'gone-closed', failMode: 'closed', match: { ports: [origin.port] }, listen: { host: '127.0.0.1', port: await closedPort() },
+      id: 'gone-closed', failMode: 'closed', match: { ports: [origin.port] }, listen: { host: '127.0.0.1', port: gone.port },
     });
 
     await expect(connect({ host: '127.0.0.1', port: origin.port, registry: registry.path })).rejects.toMatchObject({

@@ -116,7 +116,8 @@ function runAsNobody(args: string[]): Promise<{ uid: number; read: string; repli
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': 'exit' may come before the child's output has been read.
+    child.once('close', (code) => {
       clearTimeout(timer);
       if (code === 0) resolve(JSON.parse(stdout) as { uid: number; read: string; replies: string[] });
       else reject(new Error(`the uid 65534 client exited with ${code}: ${stderr}`));

@@ -8,7 +8,7 @@ import type { DatagramLimits, FlowSink, InstallSpec } from '../backend.js';
 import { connectDatagramWithRecords } from './datagram-connect.js';
 import { decodeDatagram } from './datagram-header.js';
 import type { FlowHeader } from './flow-header.js';
-import { udpPeerUid } from './peer-uid.js';
+import { udpPeerUid } from '../../net/peer-uid.js';
 import { asCoproxyError } from './read-flow-header.js';
 
 /**

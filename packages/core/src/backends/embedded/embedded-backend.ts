@@ -6,7 +6,7 @@ import { connectWithRecords } from './connect.js';
 import { type Backend, type FlowSink, type InstallSpec, type Installation, defineBackend, remoteEndpoint } from '../backend.js';
 import { type DatagramListener, listenDatagrams } from './datagram-listener.js';
 import { verifyFlowHeaderAuth } from './flow-header.js';
-import { tcpPeerUid } from './peer-uid.js';
+import { tcpPeerUid } from '../../net/peer-uid.js';
 import type { ProxyV2Header } from './proxy-v2.js';
 import { asCoproxyError, readFlowHeader } from './read-flow-header.js';
 import { defaultRegistryDir, publishEntry, removeEntry, SECRET_BYTES } from './registry.js';
@@ -39,7 +39,7 @@ export const embeddedBackend: Backend = {
      * First the tag (an HMAC, no system call), then the kernel's word on who owns the
      * connecting socket: a valid tag from another uid means the secret leaked, and a
      * refusal names the peer's uid for whoever reads the event. The uid lookup is one
-     * exact sock_diag query per connection (see peer-uid.ts), never a /proc scan.
+     * exact sock_diag query per connection (see net/peer-uid.ts), never a /proc scan.
      */
     const authenticate = (socket: net.Socket) => (raw: Buffer, header: ProxyV2Header): void => {
       const refused = verifyFlowHeaderAuth(raw, header, key);

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import os from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { tcpPeerUid } from './peer-uid.js';
+import { tcpPeerUid } from '../../net/peer-uid.js';
 
 /** A loopback server and one accepted connection from `connect`; resolves with the accepted socket's two ends. */
 async function acceptOne(host: string, connect: (port: number) => void): Promise<{ peer: net.AddressInfo; local: net.AddressInfo; socket: net.Socket; server: net.Server }> {

@@ -161,9 +161,15 @@ export interface DatagramFlowTableOptions<THeader = undefined> {
   /**
    * Where each datagram starts with framing (the embedded backend's per-datagram flow
    * header): returns the payload and the header; `flow` is the open flow of this peer,
-   * undefined for a new one. Throwing drops the datagram; the error goes to `refused`.
+   * undefined for a new one, and `opening` the header that flow was opened with (kept by
+   * the table). Throwing drops the datagram; the error goes to `refused`.
    */
-  readonly unwrap?: (datagram: Buffer, peer: DatagramPeer, flow: DatagramFlowEndpoint | undefined) => { readonly payload: Buffer; readonly header: THeader; readonly newFlow?: boolean };
+  readonly unwrap?: (
+    datagram: Buffer,
+    peer: DatagramPeer,
+    flow: DatagramFlowEndpoint | undefined,
+    opening: THeader | undefined,
+  ) => { readonly payload: Buffer; readonly header: THeader; readonly newFlow?: boolean };
   /** A new client's datagram was dropped: the table is full, or `opened` threw. */
   refused(peer: DatagramPeer, reason: { readonly kind: 'full' } | { readonly kind: 'failed'; readonly error: unknown }): void;
   /**
@@ -185,6 +191,8 @@ export class DatagramFlowTable<THeader = undefined> {
   /** The open flows of each owner, when the table has an `owner` function. */
   private readonly byOwner = new Map<number | undefined, Set<DatagramFlowEndpoint>>();
   private readonly queued: QueueShare = { bytes: 0 };
+  /** The header each open flow was opened with, for `unwrap` to compare later datagrams against. */
+  private readonly openings = new WeakMap<DatagramFlowEndpoint, THeader>();
   private closed = false;
 
   constructor(
@@ -214,7 +222,7 @@ export class DatagramFlowTable<THeader = undefined> {
     let newFlow = false;
     if (this.options.unwrap !== undefined) {
       try {
-        ({ payload, header, newFlow = false } = this.options.unwrap(datagram, peer, existing));
+        ({ payload, header, newFlow = false } = this.options.unwrap(datagram, peer, existing, existing === undefined ? undefined : this.openings.get(existing)));
       } catch (error) {
         return this.options.refused(peer, { kind: 'failed', error });
       }
@@ -248,6 +256,7 @@ export class DatagramFlowTable<THeader = undefined> {
     flow.push(payload);
     try {
       this.options.opened(flow, header);
+      this.openings.set(flow, header);
     } catch (error) {
       flow.end('failed');
       this.options.refused(peer, { kind: 'failed', error });

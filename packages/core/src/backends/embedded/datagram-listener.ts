@@ -52,12 +52,10 @@ export async function listenDatagrams(options: {
   const local = { address, port };
   const peerUid = (peer: DatagramPeer) => () => udpPeerUid(peer, local);
 
-  const firstHeaders = new WeakMap<object, FlowHeader>();
   const table = new DatagramFlowTable<FlowHeader>(socket, {
     ...limits,
-    unwrap(datagram, peer, flow) {
+    unwrap(datagram, peer, _flow, first) {
       const decoded = decodeDatagram(datagram, key, { redirectorId: spec.id, maxHeaderBytes: spec.maxHeaderBytes, peerUid: peerUid(peer) });
-      const first = flow === undefined ? undefined : firstHeaders.get(flow);
       // A signed header naming another destination or other records than the open flow of
       // this address and port: the client's socket is gone and a new one got its port (a
       // connectDatagram() socket always sends one header). It begins a new flow, accepted
@@ -72,7 +70,6 @@ export async function listenDatagrams(options: {
       const redirectedBy = flow.records.redirectedBy;
       if (redirectedBy[redirectedBy.length - 1] !== spec.id) throw new RecordsMismatchError(spec.id, redirectedBy);
       if (options.isUninstalled()) return endpoint.end('listener-closed');
-      firstHeaders.set(endpoint, flow);
       sink.acceptedDatagram?.({
         endpoint,
         originalDestination: flow.destination,

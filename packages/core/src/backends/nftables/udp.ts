@@ -101,17 +101,14 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
   const port = sockets[0]!.port;
   const tables = sockets.map(({ socket, family }) => {
     const listener = { address: family === 6 ? '::1' : '127.0.0.1', port, family };
-    /** Each open flow's conntrack entry, as read when it was opened. */
-    const entries = new WeakMap<DatagramFlowEndpoint, ConntrackEntry>();
     // The "header" of a datagram is its flow's conntrack entry: asked for a new client
     // address and port (before the table counts it, so a datagram sent to the listener
     // itself is refused without taking a place or evicting anyone), and again after a
     // silence (a lookup that fails then drops this datagram; the flow stays as it was).
     const table: DatagramFlowTable<ConntrackEntry | undefined> = new DatagramFlowTable(socket, {
       ...options.limits,
-      unwrap: (datagram, peer, flow) => {
+      unwrap: (datagram, peer, flow, known) => {
         if (flow === undefined) return { payload: datagram, header: redirected(lookupUdpFlow(listener, peer), listener, options.spec.id) };
-        const known = entries.get(flow);
         if (known === undefined || flow.idleMs < RECHECK_AFTER_IDLE_MS) return { payload: datagram, header: known };
         const now = lookupUdpFlow(listener, peer);
         if (now !== undefined && sameEntry(known, now)) return { payload: datagram, header: known };
@@ -125,7 +122,6 @@ export async function listenUdp(options: UdpListenerOptions): Promise<UdpListene
       opened: (endpoint, entry) => {
         if (entry === undefined) throw new RecordsMismatchError(options.spec.id, []);
         openFlow(endpoint, entry, options);
-        entries.set(endpoint, entry);
       },
       refused: (peer, reason) => {
         const error: CoproxyError =
